@@ -1,0 +1,42 @@
+"""autopeft: the best parameter-efficient fine-tuning configuration under a parameter budget.
+
+The public API. Plugins import :data:`hookimpl` and :class:`PeftMethod` from here.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from autopeft.blocks import Block, ModelContext, build_context, discover_blocks
+from autopeft.budget import parse_budget
+from autopeft.config import StudyConfig, load_config
+from autopeft.errors import AutopeftError, BudgetError, ConfigError, DataError, ModelError, PluginError
+from autopeft.hookspecs import hookimpl
+from autopeft.methods import PeftMethod, trainable_numel
+from autopeft.plugins import get_plugin_manager, registered_methods
+from autopeft.study import best_trial, open_study, run_study
+
+__all__ = [
+    "__version__",
+    "AutopeftError",
+    "Block",
+    "BudgetError",
+    "ConfigError",
+    "DataError",
+    "ModelContext",
+    "ModelError",
+    "PeftMethod",
+    "PluginError",
+    "StudyConfig",
+    "best_trial",
+    "build_context",
+    "discover_blocks",
+    "get_plugin_manager",
+    "hookimpl",
+    "load_config",
+    "open_study",
+    "parse_budget",
+    "registered_methods",
+    "run_study",
+    "trainable_numel",
+]

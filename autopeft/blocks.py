@@ -1,0 +1,173 @@
+"""Generic discovery of a model's repeated transformer blocks and their linear sub-modules.
+
+Nothing here knows a model family by name. The blocks are the longest ``ModuleList`` whose children
+are all of one class and hold linear layers; inside a block, each linear layer is put in a *group*
+(``query``, ``key``, ``value``, ``qkv``, ``attn_output``, ``mlp``) from the conventional words in its
+path, so ``attention.self.query`` (BERT), ``self_attn.q_proj`` (Llama) and ``attn.c_attn`` (GPT-2)
+all land where a user expects.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Block",
+    "ModelContext",
+    "build_context",
+    "discover_blocks",
+    "head_module_names",
+    "is_linear",
+    "GROUPS",
+]
+
+GROUPS = ("query", "key", "value", "qkv", "attn_output", "mlp")
+
+_ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
+_LEAF_GROUPS = [  # checked in order against the last path component of an attention linear
+    ("qkv", re.compile(r"^(qkv|c_attn|query_key_value|wqkv|qkv_proj)$", re.IGNORECASE)),
+    ("query", re.compile(r"^(q|query|q_proj|q_lin)$", re.IGNORECASE)),
+    ("key", re.compile(r"^(k|key|k_proj|k_lin)$", re.IGNORECASE)),
+    ("value", re.compile(r"^(v|value|v_proj|v_lin)$", re.IGNORECASE)),
+]
+
+
+def is_linear(module: nn.Module) -> bool:
+    """True for ``nn.Linear`` and transformers' GPT-2 style ``Conv1D`` (a transposed linear)."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a linear-like module, read from its weight's shape only."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    rows, cols = module.weight.shape  # Conv1D stores (in, out)
+    return int(rows), int(cols)
+
+
+def _group_of(relative_path: str) -> str:
+    parts = relative_path.split(".")
+    if any(_ATTENTION.search(p) for p in parts[:-1]) or _ATTENTION.search(parts[-1]):
+        for group, pattern in _LEAF_GROUPS:
+            if pattern.match(parts[-1]):
+                return group
+        return "attn_output"
+    return "mlp"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One repeated transformer block, described by shapes only (no tensors are kept).
+
+    Attributes:
+        index: position in the stack, 0 = closest to the embeddings.
+        path: the block's module path in the model, e.g. ``bert.encoder.layer.3``.
+        linears: relative path of each linear sub-module -> (in_features, out_features).
+        groups: group name -> relative paths of the linears in it.
+        norms: relative paths of normalisation modules (any class whose name contains ``Norm``).
+        params: relative parameter name -> number of elements, for every parameter in the block.
+    """
+
+    index: int
+    path: str
+    linears: dict[str, tuple[int, int]]
+    groups: dict[str, list[str]]
+    norms: list[str] = field(repr=False)
+    params: dict[str, int] = field(repr=False)
+
+    def numel(self) -> int:
+        """Parameters in the whole block."""
+        return sum(self.params.values())
+
+    def params_of(self, modules: list[str]) -> list[str]:
+        """Relative names of the parameters owned by the given sub-modules."""
+        owners = set(modules)
+        return [n for n in self.params if n.rpartition(".")[0] in owners]
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a method plugin knows about the model: its blocks, its task head and its size.
+
+    Method plugins receive this instead of the model so they never parse module paths themselves.
+    """
+
+    blocks: list[Block]
+    head: list[str]
+    head_params: int
+    total_params: int
+    skeleton: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
+
+    def groups(self) -> list[str]:
+        """Groups present in every block, in :data:`GROUPS` order."""
+        return [g for g in GROUPS if all(g in b.groups for b in self.blocks)]
+
+
+def discover_blocks(model: nn.Module) -> list[Block]:
+    """Find the repeated transformer blocks of any model from its module tree.
+
+    Raises:
+        ValueError: when the model has no ``ModuleList`` of identical blocks with linear layers.
+    """
+    candidates: list[tuple[str, nn.ModuleList]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) == 1 and any(is_linear(m) for m in module[0].modules()):
+            candidates.append((name, module))
+    if not candidates:
+        raise ValueError(f"no repeated blocks with linear layers found in {type(model).__name__}")
+    longest = max(len(m) for _, m in candidates)
+    path, stack = next((n, m) for n, m in candidates if len(m) == longest)
+    blocks = []
+    for index, block in enumerate(stack):
+        linears = {n: _linear_shape(m) for n, m in block.named_modules() if n and is_linear(m)}
+        groups: dict[str, list[str]] = {}
+        for rel in linears:
+            groups.setdefault(_group_of(rel), []).append(rel)
+        norms = [n for n, m in block.named_modules() if n and "Norm" in type(m).__name__]
+        params = {n: p.numel() for n, p in block.named_parameters()}
+        blocks.append(Block(index, f"{path}.{index}", linears, groups, norms, params))
+    return blocks
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Top-level modules outside the pretrained backbone that own parameters: the task head.
+
+    Uses transformers' own ``base_model_prefix`` (``bert``, ``model``, ``transformer``...), so the
+    head is found the same way for every family: ``classifier`` for BERT, ``score`` for Llama.
+    """
+    prefix = getattr(model, "base_model_prefix", "")
+    return [
+        name
+        for name, child in model.named_children()
+        if name != prefix and any(True for _ in child.parameters())
+    ]
+
+
+def build_context(model: nn.Module) -> ModelContext:
+    """Describe ``model`` for method plugins, with a factory for weightless copies of it."""
+    head = head_module_names(model)
+    head_params = sum(p.numel() for h in head for p in model.get_submodule(h).parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return ModelContext(discover_blocks(model), head, head_params, total, _skeleton_factory(model))
+
+
+def _skeleton_factory(model: nn.Module) -> Callable[[], nn.Module] | None:
+    """A function building the same architecture on the meta device: shapes, no memory, no init."""
+    config = getattr(model, "config", None)
+    from_config = getattr(type(model), "_from_config", None)
+    if config is None or from_config is None:
+        return None
+
+    def build() -> nn.Module:
+        with torch.device("meta"):
+            return from_config(config)
+
+    return build

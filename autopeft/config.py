@@ -1,0 +1,241 @@
+"""The study file (TOML): its schema, defaults and the error message for every wrong field.
+
+A study file is the whole description of a search. Each section is a frozen dataclass; loading
+checks every key and value and raises :class:`~autopeft.errors.ConfigError` naming the field
+(``train.batch_size``), what is wrong, and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from autopeft.errors import ConfigError
+
+__all__ = ["StudyConfig", "load_config", "METRICS", "SAMPLERS", "PRUNERS", "TASKS", "DATA_SUFFIXES"]
+
+METRICS = ("accuracy", "f1", "mcc")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "none")
+TASKS = ("sequence-classification",)
+DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class StudySection:
+    name: str
+    storage: str | None = None
+    n_trials: int = 10
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)  # config kwargs, e.g. num_hidden_layers
+
+
+@dataclass(frozen=True)
+class TaskSection:
+    type: str = "sequence-classification"
+    metric: str = "accuracy"
+
+
+@dataclass(frozen=True)
+class DataSection:
+    train: str
+    validation: str
+    test: str | None = None
+    text: str | list[str] = "text"
+    label: str = "label"
+    labels: list[Any] | None = None  # label order; default: sorted labels of the train split
+    max_length: int = 128
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class BudgetSection:
+    max_trainable: int | str
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    epochs: int = 1
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    learning_rate: float | list[float] = field(default_factory=lambda: [1e-5, 1e-2])
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    evals_per_epoch: int = 1
+
+
+@dataclass(frozen=True)
+class SearchSection:
+    methods: list[str] = field(default_factory=lambda: ["lora", "unfreeze", "bitfit"])
+    warm_start: bool = True  # try each method's known-good configuration first
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # [search.<method>] tables
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated study file. ``path`` is where it was read from; relative paths resolve against it."""
+
+    path: Path
+    study: StudySection
+    model: ModelSection
+    task: TaskSection
+    data: DataSection
+    budget: BudgetSection
+    train: TrainSection
+    search: SearchSection
+
+    @property
+    def storage(self) -> str:
+        """The storage URL: the study's own, or an SQLite file beside the study file."""
+        if self.study.storage:
+            return self.study.storage
+        return f"sqlite:///{(self.path.parent / self.study.name).resolve()}.db"
+
+    def data_path(self, value: str) -> str:
+        """A local data file relative to the study file, or a hub dataset name left as is."""
+        if value.endswith(DATA_SUFFIXES):
+            return str((self.path.parent / value).resolve())
+        return value
+
+
+_SECTIONS = {
+    "study": StudySection,
+    "model": ModelSection,
+    "task": TaskSection,
+    "data": DataSection,
+    "budget": BudgetSection,
+    "train": TrainSection,
+    "search": SearchSection,
+}
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(choices)}"
+
+
+def _section(name: str, cls: type, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(name, f"must be a table, got {type(table).__name__}", f"write it as [{name}]")
+    known = [f.name for f in fields(cls)]
+    values = dict(table)
+    if cls is SearchSection:  # [search.lora] etc. are method option tables
+        known = ["methods", "warm_start"]
+        values = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}", "unknown key", _suggest(key, known))
+    if cls is SearchSection:
+        values["options"] = {k: v for k, v in table.items() if isinstance(v, dict)}
+    missing = [f.name for f in fields(cls) if f.name not in values and _required(f)]
+    if missing:
+        raise ConfigError(f"{name}.{missing[0]}", "is required", f"add {missing[0]} = ... under [{name}]")
+    return cls(**values)
+
+
+def _required(f: Any) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+def _check(cond: bool, fld: str, problem: str, fix: str) -> None:
+    if not cond:
+        raise ConfigError(fld, problem, fix)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _validate(c: StudyConfig) -> None:
+    s, m, t, d, tr = c.study, c.model, c.task, c.data, c.train
+    _check(isinstance(s.name, str) and s.name.strip() != "", "study.name", "must be a non-empty string", 'e.g. name = "my-study"')
+    _check(s.storage is None or isinstance(s.storage, str) and "://" in s.storage, "study.storage",
+           f"is not a database URL: {s.storage!r}", 'use e.g. "sqlite:///study.db" or "postgresql://user@host/db"')
+    _check(_is_int(s.n_trials) and s.n_trials > 0, "study.n_trials", f"must be a positive integer, got {s.n_trials!r}", "e.g. n_trials = 20")
+    _check(s.sampler in SAMPLERS, "study.sampler", f"unknown sampler {s.sampler!r}", f"use one of {list(SAMPLERS)}")
+    _check(s.pruner in PRUNERS, "study.pruner", f"unknown pruner {s.pruner!r}", f"use one of {list(PRUNERS)}")
+    _check(_is_int(s.seed), "study.seed", f"must be an integer, got {s.seed!r}", "e.g. seed = 0")
+    _check(isinstance(m.name, str) and m.name != "", "model.name", "must be a hub id or a path", 'e.g. name = "sentence-transformers/all-MiniLM-L6-v2"')
+    _check(isinstance(m.trust_remote_code, bool), "model.trust_remote_code", "must be true or false", "trust_remote_code = false")
+    _check(isinstance(m.overrides, dict), "model.overrides", "must be a table", "e.g. overrides = { num_hidden_layers = 2 }")
+    _check(t.type in TASKS, "task.type", f"unknown task {t.type!r}", f"use one of {list(TASKS)}")
+    _check(t.metric in METRICS, "task.metric", f"unknown metric {t.metric!r}", f"use one of {list(METRICS)}")
+    for key in ("train", "validation", "test"):
+        v = getattr(d, key)
+        _check(v is None and key == "test" or isinstance(v, str) and v != "", f"data.{key}", "must be a file path or a hub dataset name",
+               f'e.g. {key} = "data/{key}.parquet"')
+        if isinstance(v, str) and v.endswith(DATA_SUFFIXES):
+            _check(Path(c.data_path(v)).is_file(), f"data.{key}", f"file not found: {c.data_path(v)}", "fix the path (relative to the study file)")
+    text_ok = isinstance(d.text, str) or isinstance(d.text, list) and 1 <= len(d.text) <= 2 and all(isinstance(x, str) for x in d.text)
+    _check(text_ok, "data.text", f"must be a column name or a list of two, got {d.text!r}", 'e.g. text = "text" or text = ["premise", "hypothesis"]')
+    _check(isinstance(d.label, str), "data.label", "must be a column name", 'e.g. label = "label"')
+    _check(d.labels is None or isinstance(d.labels, list) and len(d.labels) >= 2, "data.labels", "must list at least two labels", 'e.g. labels = ["negative", "positive"]')
+    _check(_is_int(d.max_length) and d.max_length >= 8, "data.max_length", f"must be an integer >= 8, got {d.max_length!r}", "e.g. max_length = 128")
+    for key in ("max_train_examples", "max_eval_examples"):
+        v = getattr(d, key)
+        _check(v is None or _is_int(v) and v > 0, f"data.{key}", f"must be a positive integer, got {v!r}", f"remove it or set e.g. {key} = 1000")
+    _check(_is_int(c.budget.max_trainable) and c.budget.max_trainable > 0 or isinstance(c.budget.max_trainable, str),
+           "budget.max_trainable", f"must be a count or a percentage, got {c.budget.max_trainable!r}", 'e.g. max_trainable = "0.5%" or "150k"')
+    for key in ("epochs", "batch_size", "eval_batch_size", "evals_per_epoch"):
+        v = getattr(tr, key)
+        _check(_is_int(v) and v > 0, f"train.{key}", f"must be a positive integer, got {v!r}", f"e.g. {key} = {getattr(TrainSection, key, 1)}")
+    lr = tr.learning_rate
+    lr_ok = _is_number(lr) and lr > 0 or isinstance(lr, list) and len(lr) == 2 and all(_is_number(x) and x > 0 for x in lr) and lr[0] < lr[1]
+    _check(lr_ok, "train.learning_rate", f"must be a positive number or a range [low, high], got {lr!r}", "e.g. learning_rate = [1e-5, 1e-2]")
+    _check(_is_number(tr.warmup_ratio) and 0 <= tr.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)", "e.g. warmup_ratio = 0.1")
+    _check(_is_number(tr.weight_decay) and tr.weight_decay >= 0, "train.weight_decay", "must be >= 0", "e.g. weight_decay = 0.0")
+    _check(_is_number(tr.max_grad_norm) and tr.max_grad_norm > 0, "train.max_grad_norm", "must be > 0", "e.g. max_grad_norm = 1.0")
+    methods = c.search.methods
+    _check(isinstance(methods, list) and methods and all(isinstance(x, str) for x in methods) and len(set(methods)) == len(methods),
+           "search.methods", f"must be a non-empty list of distinct method names, got {methods!r}", 'e.g. methods = ["lora", "bitfit"]; see `autopeft plugins`')
+    _check(isinstance(c.search.warm_start, bool), "search.warm_start", "must be true or false", "warm_start = true")
+    for name in c.search.options:
+        _check(name in methods, f"search.{name}", f"options for method {name!r}, which is not in search.methods", f"add {name!r} to methods or remove [search.{name}]")
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study file.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or a field is wrong.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), "study file not found", "check the path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"not valid TOML ({exc})", "fix the syntax at the position shown") from None
+    for key in raw:
+        if key not in _SECTIONS:
+            raise ConfigError(key, "unknown section", _suggest(key, list(_SECTIONS)))
+    for required in ("study", "model", "data", "budget"):
+        if required not in raw:
+            raise ConfigError(required, "section is missing", f"add a [{required}] table")
+    sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    config = StudyConfig(path=path.resolve(), **sections)
+    _validate(config)
+    return config

@@ -1,0 +1,37 @@
+"""Errors that reach the user as one line and exit code 2.
+
+Every message names the problem *and* the fix, because the person reading it is usually looking at a
+study file or a plugin list, not at a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AutopeftError", "ConfigError", "BudgetError", "PluginError", "DataError", "ModelError"]
+
+
+class AutopeftError(Exception):
+    """Bad input the user can fix; the CLI prints it on one line and exits with code 2."""
+
+
+class ConfigError(AutopeftError):
+    """A study-file field is missing, mistyped or out of range."""
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {problem}; {fix}")
+
+
+class BudgetError(AutopeftError):
+    """No configuration of any enabled method fits the trainable-parameter budget."""
+
+
+class PluginError(AutopeftError):
+    """A plugin failed to load, broke the hook contract, or a method name is unknown."""
+
+
+class DataError(AutopeftError):
+    """A data split is missing, empty, or lacks the configured columns or labels."""
+
+
+class ModelError(AutopeftError):
+    """The model cannot be found or loaded."""

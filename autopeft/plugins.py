@@ -1,0 +1,148 @@
+"""Loading plugins, and the one place core code calls hooks (a typed facade, as tox does).
+
+Built-in methods are ordinary plugin modules listed in :data:`BUILTIN_PLUGINS`; third-party
+plugins come from the entry-point group ``autopeft``. Two environment variables mirror pytest:
+
+* ``AUTOPEFT_DISABLE_PLUGIN_AUTOLOAD=1`` loads no entry points (built-ins only);
+* ``AUTOPEFT_BLOCK_PLUGINS=name,other`` blocks plugins by name (entry-point or built-in name).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+from dataclasses import dataclass
+
+import pluggy
+
+from autopeft import hookspecs
+from autopeft.errors import PluginError
+from autopeft.methods import PeftMethod
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "MethodInfo",
+    "get_plugin_manager",
+    "registered_methods",
+    "resolve_model",
+]
+
+BUILTIN_PLUGINS = (
+    "autopeft_plugins.lora",
+    "autopeft_plugins.unfreeze",
+    "autopeft_plugins.bitfit",
+    "autopeft_plugins.offline_models",
+)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered method and where it came from."""
+
+    method: PeftMethod
+    plugin: str
+    distribution: str
+    version: str
+
+
+def _block_list() -> set[str]:
+    return {n.strip() for n in os.environ.get("AUTOPEFT_BLOCK_PLUGINS", "").split(",") if n.strip()}
+
+
+def get_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
+    """A plugin manager with the built-ins and (unless disabled) the installed entry points.
+
+    Raises:
+        PluginError: a plugin fails to import, or implements a hook that does not exist or with
+            arguments the spec does not have.
+    """
+    if autoload is None:
+        autoload = os.environ.get("AUTOPEFT_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
+    pm = pluggy.PluginManager("autopeft")
+    pm.add_hookspecs(hookspecs)
+    for name in _block_list():
+        pm.set_blocked(name)
+    for module_name in BUILTIN_PLUGINS:
+        short = module_name.rsplit(".", 1)[-1]
+        if not pm.is_blocked(short):
+            pm.register(importlib.import_module(module_name), name=short)
+    if autoload:
+        _load_entry_points(pm)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {exc.plugin!r} implements an unknown hook ({_first_line(exc)}); "
+                          "fix the hook name or block it with AUTOPEFT_BLOCK_PLUGINS") from None
+    return pm
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != "autopeft" or pm.is_blocked(ep.name) or pm.get_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+                pm.register(plugin, name=ep.name)
+            except pluggy.PluginValidationError as exc:
+                raise PluginError(
+                    f"plugin {ep.name!r} from {dist.metadata['name']} does not match the hook spec "
+                    f"({_first_line(exc)}); upgrade it or block it with AUTOPEFT_BLOCK_PLUGINS={ep.name}"
+                ) from None
+            except Exception as exc:  # any import-time failure of foreign code
+                raise PluginError(
+                    f"plugin {ep.name!r} from {dist.metadata['name']} failed to load "
+                    f"({type(exc).__name__}: {_first_line(exc)}); reinstall it or block it with "
+                    f"AUTOPEFT_BLOCK_PLUGINS={ep.name}"
+                ) from None
+            pm._autopeft_dists = getattr(pm, "_autopeft_dists", {}) | {ep.name: dist}  # type: ignore[attr-defined]
+
+
+def _provenance(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str, str]:
+    name = pm.get_name(plugin) or repr(plugin)
+    dist = getattr(pm, "_autopeft_dists", {}).get(name)
+    if dist is not None:
+        return name, dist.metadata["name"], dist.version
+    from autopeft import __version__
+
+    return name, "autopeft", __version__
+
+
+def registered_methods(pm: pluggy.PluginManager) -> dict[str, MethodInfo]:
+    """Every method registered through ``register_methods``, by name.
+
+    Raises:
+        PluginError: two plugins register the same name, or a plugin registers a non-method.
+    """
+    found: dict[str, MethodInfo] = {}
+    for impl in pm.hook.register_methods.get_hookimpls():
+        plugin, dist, version = _provenance(pm, impl.plugin)
+
+        def register(method: PeftMethod, _plugin: str = plugin, _dist: str = dist, _version: str = version) -> None:
+            if not isinstance(method, PeftMethod):
+                raise PluginError(
+                    f"plugin {_plugin!r} registered {method!r}, which is not a PeftMethod; "
+                    "subclass autopeft.PeftMethod and register an instance"
+                )
+            if method.name in found:
+                raise PluginError(
+                    f"method {method.name!r} is registered by both {found[method.name].plugin!r} and "
+                    f"{_plugin!r}; uninstall one or block it with AUTOPEFT_BLOCK_PLUGINS"
+                )
+            found[method.name] = MethodInfo(method, _plugin, _dist, _version)
+
+        impl.function(register=register)
+    return found
+
+
+def resolve_model(pm: pluggy.PluginManager, name: str, offline: bool) -> str | None:
+    """Ask the ``resolve_model`` plugins for a local directory for ``name``."""
+    path = pm.hook.resolve_model(name=name, offline=offline)
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise PluginError(f"a resolve_model plugin returned {path!r} for {name!r}; it must return a path or None")
+    return None if path is None else os.fspath(path)

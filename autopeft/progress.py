@@ -1,0 +1,42 @@
+"""Progress lines for long work: trial k of N, steps, and the best value so far.
+
+Per-trial lines always go to stderr (logs of remote workers need them); the per-step bar is drawn
+only on a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from tqdm import tqdm
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    """Writes one study's progress to ``stream`` (stderr by default); ``quiet`` silences it."""
+
+    def __init__(self, n_trials: int, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.n_trials, self.quiet, self.stream = n_trials, quiet, stream or sys.stderr
+        self._bar: tqdm | None = None
+
+    def line(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
+
+    def step(self, trial: int, step: int, total: int, loss: float) -> None:
+        """Advance the per-trial step bar (terminal only)."""
+        if self.quiet or not self.stream.isatty():
+            return
+        if self._bar is None:
+            self._bar = tqdm(total=total, desc=f"trial {trial}", leave=False, file=self.stream, unit="step")
+        self._bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        self._bar.update(1)
+        if step >= total:
+            self.close_bar()
+
+    def close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

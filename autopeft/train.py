@@ -1,0 +1,142 @@
+"""The training and evaluation loop: plain PyTorch, one function each, readable in one sitting.
+
+AdamW on the trainable parameters only, linear warmup then linear decay, gradient clipping,
+dynamic padding (see :mod:`autopeft.data`), evaluation under ``no_grad``. ``report`` is called after
+every evaluation and may raise ``optuna.TrialPruned`` to stop a hopeless trial early.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from torch import nn
+
+from autopeft.config import TrainSection
+from autopeft.data import Split, batches
+
+__all__ = ["TrainResult", "learning_rate_at", "score", "predict", "evaluate", "train"]
+
+
+@dataclass
+class TrainResult:
+    """What one training run measured."""
+
+    metric: float
+    train_seconds: float
+    eval_seconds: float
+    train_tokens: int
+    steps: int
+
+
+def learning_rate_at(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
+    """Linear warmup to ``peak`` over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def score(metric: str, labels: list[int], predictions: list[int]) -> float:
+    """The study metric from scikit-learn (binary F1 for two classes, macro F1 otherwise)."""
+    if metric == "accuracy":
+        return float(accuracy_score(labels, predictions))
+    if metric == "f1":
+        binary = len(set(labels) | set(predictions)) <= 2
+        return float(f1_score(labels, predictions, average="binary" if binary else "macro", zero_division=0))
+    if metric == "mcc":
+        return float(matthews_corrcoef(labels, predictions))
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, split: Split, pad_token_id: int, batch_size: int, device: torch.device) -> list[int]:
+    """Predicted class of every example of ``split``, in the split's order; dropout off."""
+    was_training = model.training
+    model.eval()
+    # Batches of similar lengths waste no compute on padding; predictions are put back in order.
+    order = sorted(range(len(split)), key=lambda i: len(split.features[i]["input_ids"]))
+    predictions = [0] * len(split)
+    done = 0
+    for batch in batches(split, batch_size, pad_token_id, order=order):
+        batch.pop("labels")
+        with _autocast(device):
+            logits = model(**_to(batch, device)).logits
+        for i, label in zip(order[done : done + len(logits)], logits.argmax(-1).tolist()):
+            predictions[i] = label
+        done += len(logits)
+    model.train(was_training)
+    return predictions
+
+
+def evaluate(model: nn.Module, split: Split, pad_token_id: int, batch_size: int, metric: str, device: torch.device) -> float:
+    """Score ``model`` on ``split`` with the study metric."""
+    return score(metric, split.labels, predict(model, split, pad_token_id, batch_size, device))
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # bf16 on GPUs that support it; on CPU autocast is left off (issue: measured separately).
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train(
+    model: nn.Module,
+    train_split: Split,
+    eval_split: Split,
+    pad_token_id: int,
+    settings: TrainSection,
+    learning_rate: float,
+    metric: str,
+    device: torch.device,
+    seed: int,
+    report: Callable[[int, float], None] = lambda step, value: None,
+    progress: Callable[[int, int, float], None] = lambda step, total, loss: None,
+) -> TrainResult:
+    """Train the parameters of ``model`` that require grad; return the final validation metric."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(train_split) / settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    warmup_steps = max(1, int(settings.warmup_ratio * total_steps))
+    evals = settings.evals_per_epoch
+    eval_steps = {e * steps_per_epoch + max(1, round(k * steps_per_epoch / evals))
+                  for e in range(settings.epochs) for k in range(1, evals + 1)}
+    shuffle = random.Random(seed)
+
+    step, tokens, train_seconds, eval_seconds, value = 0, 0, 0.0, 0.0, float("nan")
+    model.train()
+    for _epoch in range(settings.epochs):
+        for batch in batches(train_split, settings.batch_size, pad_token_id, shuffle):
+            started = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(step, total_steps, learning_rate, warmup_steps)
+            batch = _to(batch, device)
+            labels = batch.pop("labels")
+            with _autocast(device):
+                logits = model(**batch).logits
+            loss = F.cross_entropy(logits.float(), labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens += int(batch["attention_mask"].sum())
+            step += 1
+            train_seconds += time.perf_counter() - started
+            progress(step, total_steps, loss.item())
+
+            if step in eval_steps:
+                started = time.perf_counter()
+                value = evaluate(model, eval_split, pad_token_id, settings.eval_batch_size, metric, device)
+                eval_seconds += time.perf_counter() - started
+                report(step, value)  # may raise optuna.TrialPruned
+    return TrainResult(value, train_seconds, eval_seconds, tokens, step)

@@ -1,0 +1,96 @@
+"""Study-file validation: every mistake names the field and the fix, on one line, exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autopeft import ConfigError, load_config
+from autopeft.cli import main
+from conftest import write_study
+
+
+def test_valid_study_loads_with_defaults(study_file: Path) -> None:
+    config = load_config(study_file)
+    assert config.study.sampler == "tpe" and config.train.epochs == 1
+    assert config.storage == f"sqlite:///{study_file.parent.resolve() / 'tiny'}.db"
+    assert config.data_path("train.parquet") == str(study_file.parent / "train.parquet")
+    assert config.data_path("user/dataset:train") == "user/dataset:train"
+    assert config.model.trust_remote_code is False
+
+
+@pytest.mark.parametrize(
+    "sections,field,fix",
+    [
+        ({"study": {"n_trials": 0}}, "study.n_trials", "n_trials = 20"),
+        ({"study": {"n_trails": 3}}, "study.n_trails", "did you mean 'n_trials'"),
+        ({"study": {"sampler": "bayes"}}, "study.sampler", "use one of"),
+        ({"study": {"storage": "not a url"}}, "study.storage", "sqlite:///"),
+        ({"task": {"metric": "auc"}}, "task.metric", "accuracy"),
+        ({"data": {"train": "missing.csv"}}, "data.train", "fix the path"),
+        ({"data": {"max_length": "long"}}, "data.max_length", "max_length = 128"),
+        ({"data": {"text": ["a", "b", "c"]}}, "data.text", "premise"),
+        ({"budget": {"max_trainable": -3}}, "budget.max_trainable", "0.5%"),
+        ({"train": {"learning_rate": [1e-2, 1e-4]}}, "train.learning_rate", "[1e-5, 1e-2]"),
+        ({"train": {"batch_size": 2.5}}, "train.batch_size", "batch_size ="),
+        ({"search": {"methods": []}}, "search.methods", "autopeft plugins"),
+        ({"search": {"methods": ["lora"], "bitfit": {"x": 1}}}, "search.bitfit", "add 'bitfit' to methods"),
+        ({"budget": None}, "budget", "add a [budget] table"),
+        ({"data": {"validation": None}}, None, None),
+    ],
+)
+def test_config_errors_name_field_and_fix(tmp_path: Path, sections, field, fix) -> None:
+    if field is None:  # removing a required key inside a table
+        path = write_study(tmp_path)
+        path.write_text(path.read_text().replace('validation = "validation.parquet"\n', ""))
+        field, fix = "data.validation", "add validation = ... under [data]"
+    else:
+        path = write_study(tmp_path, **sections)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(field) and fix in message and "\n" not in message
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study\nname=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="study file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_unknown_section_suggests(tmp_path: Path) -> None:
+    path = write_study(tmp_path)
+    path.write_text(path.read_text() + "[trian]\nepochs = 2\n")
+    with pytest.raises(ConfigError, match="trian: unknown section; did you mean 'train'"):
+        load_config(path)
+
+
+def test_unknown_method_option(tmp_path: Path, minilm_available) -> None:
+    path = write_study(tmp_path, search={"methods": ["lora"], "lora": {"rank": [4]}})
+    assert main(["run", str(path), "--quiet"]) == 2
+
+
+def test_cli_bad_study_exits_2_with_one_line(tmp_path: Path, capsys) -> None:
+    path = write_study(tmp_path, task={"metric": "auc"})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["autopeft: error: task.metric: unknown metric 'auc'; use one of ['accuracy', 'f1', 'mcc']"]
+
+
+def test_cli_unknown_method_lists_installed(tmp_path: Path, capsys, minilm_available) -> None:
+    path = write_study(tmp_path, search={"methods": ["lorra"]})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown method 'lorra'" in err[0] and "bitfit, lora, unfreeze" in err[0]
+
+
+def test_cli_unreachable_database_masks_password(tmp_path: Path, capsys) -> None:
+    path = write_study(tmp_path)
+    url = "postgresql://alice:s3cret@127.0.0.1:1/db"
+    assert main(["trials", str(path), "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "alice:***@" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,93 @@
+"""A whole study on MiniLM cut to 2 blocks with ~100 examples, into SQLite, read back with Optuna."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autopeft import run_study
+from autopeft.cli import main
+from conftest import write_study
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, minilm_available) -> tuple[Path, optuna.Study]:
+    folder = tmp_path_factory.mktemp("e2e")
+    path = write_study(folder, study={"n_trials": 4, "seed": 3}, data={"test": "validation.parquet", "max_train_examples": 100})
+    return path, run_study(path, quiet=True)
+
+
+def test_trials_are_in_sqlite_and_readable_by_optuna(finished) -> None:
+    path, _ = finished
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{path.parent / 'tiny.db'}")
+    assert len(study.trials) == 4
+    assert study.user_attrs["budget"] == int(0.005 * study.user_attrs["total_params"])
+    first = study.trials[0]
+    assert first.user_attrs["warm_start"] is True and first.params["method"] == "lora"
+    for trial in study.trials:
+        a = trial.user_attrs
+        assert a["method"] in {"lora", "unfreeze", "bitfit"}
+        assert isinstance(json.loads(a["config"]), dict)
+        assert 0 < a["trainable_params"] <= a["budget"]
+        assert a["trainable_share"] == pytest.approx(a["trainable_params"] / study.user_attrs["total_params"])
+        assert a["versions"]["torch"] and a["versions"]["peft"] and a["seed"] == 3 + trial.number
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert a["train_seconds"] > 0 and a["eval_seconds"] > 0 and a["tokens_per_second"] > 0
+            assert a["peak_memory_mb"] > 0 and 0.0 <= trial.value <= 1.0
+
+
+def test_best_trial_has_a_test_score(finished) -> None:
+    _, study = finished
+    assert 0.0 <= study.best_trial.user_attrs["test_metric"] <= 1.0
+
+
+def test_rerun_resumes_to_n_trials(finished) -> None:
+    path, _ = finished
+    again = run_study(path, quiet=True)
+    assert len(again.trials) == 4  # already done: nothing added
+    more = run_study(path, n_trials=5, quiet=True)
+    assert len(more.trials) == 5 and more.trials[-1].state.is_finished()
+
+
+def test_cli_best_and_trials(finished, capsys) -> None:
+    path, study = finished
+    assert main(["best", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"best trial {study.best_trial.number}" in out and "trainable" in out
+    assert main(["trials", str(path), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["number"] for r in rows] == list(range(len(study.trials)))
+    assert all(r["trainable_params"] > 0 for r in rows)
+
+
+def test_unknown_label_in_validation_is_a_data_error(tmp_path: Path, capsys, minilm_available) -> None:
+    import pandas as pd
+
+    path = write_study(tmp_path)
+    frame = pd.read_parquet(tmp_path / "validation.parquet")
+    frame.loc[0, "label"] = 7
+    frame.to_parquet(tmp_path / "validation.parquet")
+    assert main(["run", str(path)]) == 2
+    assert "data.validation: label '7' is not among the train labels" in capsys.readouterr().err
+
+
+def test_wrong_text_column_is_a_data_error(tmp_path: Path, capsys, minilm_available) -> None:
+    path = write_study(tmp_path, data={"text": "review"})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "data.train: column 'review' not found (columns: text, label, category, movie_name" in err
+
+
+def test_string_labels_from_csv(tmp_path: Path, minilm_available) -> None:
+    import pandas as pd
+
+    path = write_study(tmp_path, study={"n_trials": 1}, search={"methods": ["bitfit"]},
+                       data={"train": "train.csv", "validation": "validation.csv", "label": "category",
+                             "labels": ["rotten", "fresh"], "max_train_examples": 32, "max_eval_examples": 32})
+    for split in ("train", "validation"):
+        pd.read_parquet(tmp_path / f"{split}.parquet").to_csv(tmp_path / f"{split}.csv", index=False)
+    study = run_study(path, quiet=True)
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
