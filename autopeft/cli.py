@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from autopeft.errors import AutopeftError
+from autopeft.progress import quiet_libraries
 
 __all__ = ["main"]
 
@@ -112,28 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """autopeft prints its own progress; the libraries' load reports and bars would bury it."""
-    import warnings
-
-    import datasets
-    import optuna
-    import transformers
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autopeft`` console script."""
     args = _parser().parse_args(argv)
     if args.command == "run" and args.n_trials is not None and args.n_trials < 1:
         print("autopeft: error: --n-trials must be a positive integer", file=sys.stderr)
         return 2
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return int(args.func(args))
     except AutopeftError as exc:

@@ -45,6 +45,15 @@ def trainable_numel(model: nn.Module) -> int:
     return total
 
 
+def _same_kind(value: Any, reference: Any) -> bool:
+    """Whether a study-file value has the type of its default (an int passes for a float)."""
+    if isinstance(reference, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(reference, bool)
+    if isinstance(reference, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(reference))
+
+
 class PeftMethod(ABC):
     """A parameter-efficient fine-tuning method the search can choose.
 
@@ -73,10 +82,15 @@ class PeftMethod(ABC):
             )
         merged = {**self.defaults, **options}
         for key, value in merged.items():
-            if isinstance(self.defaults[key], list) and (not isinstance(value, list) or not value):
-                raise ConfigError(
-                    f"search.{self.name}.{key}", "must be a non-empty list", f"e.g. {key} = {self.defaults[key]}"
-                )
+            default = self.defaults[key]
+            field, example = f"search.{self.name}.{key}", f"e.g. {key} = {json.dumps(default)}"
+            if isinstance(default, list):
+                if not isinstance(value, list) or not value:
+                    raise ConfigError(field, "must be a non-empty list", example)
+                if default and not all(_same_kind(v, default[0]) for v in value):
+                    raise ConfigError(field, f"every item must be of type {type(default[0]).__name__}, got {value!r}", example)
+            elif not _same_kind(value, default):
+                raise ConfigError(field, f"must be of type {type(default).__name__}, got {value!r}", example)
         return merged
 
     @abstractmethod

@@ -68,12 +68,17 @@ def load_tokenizer(config: StudyConfig, source: str, offline: bool) -> Any:
 
 
 def load_model(config: StudyConfig, source: str, offline: bool, num_labels: int, pad_token_id: int | None) -> nn.Module:
-    """The base classification model with every weight frozen; ``[model] overrides`` applied."""
+    """The base classification model with every weight frozen; ``[model] overrides`` applied.
+
+    Weights load as float32 whatever the checkpoint stores (transformers would keep a bf16 checkpoint
+    in bf16): trained parameters need fp32 master copies; GPUs compute in bf16 under autocast.
+    """
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_labels, **_common(config, offline), **config.model.overrides)
+            source, num_labels=num_labels, dtype=torch.float32, **_common(config, offline), **config.model.overrides)
     except (OSError, ValueError, TypeError) as exc:
         raise _loading_error(config, source, offline, exc) from None
     if model.config.pad_token_id is None:

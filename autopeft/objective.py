@@ -76,6 +76,7 @@ class Objective:
         self.model_source, offline = resolve_model_name(pm, config.model.name)
         tokenizer = load_tokenizer(config, self.model_source, offline)
         self.data = load_task_data(config, tokenizer)
+        torch.manual_seed(config.study.seed)  # the new task head is drawn while loading: same seed, same head
         self.base = load_model(config, self.model_source, offline, len(self.data.label_names), tokenizer.pad_token_id)
         self.ctx = build_context(self.base)
         self.setup_seconds = time.perf_counter() - started
@@ -150,6 +151,7 @@ class Objective:
         def report(step: int, value: float) -> None:
             trial.report(value, step)
             if trial.should_prune():
+                trial.set_user_attr("pruned_at_step", step)
                 self.progress.close_bar()
                 self.progress.line(f"[trial {trial.number}] pruned at step {step} ({value:.4f})")
                 raise optuna.TrialPruned()

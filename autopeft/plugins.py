@@ -72,8 +72,9 @@ def get_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r} implements an unknown hook ({_first_line(exc)}); "
-                          "fix the hook name or block it with AUTOPEFT_BLOCK_PLUGINS") from None
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        raise PluginError(f"plugin {name!r} implements an unknown hook ({_first_line(exc)}); "
+                          f"fix the hook name or block it with AUTOPEFT_BLOCK_PLUGINS={name}") from None
     return pm
 
 

@@ -11,7 +11,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "quiet_libraries"]
 
 
 class Progress:
@@ -40,3 +40,22 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def quiet_libraries() -> None:
+    """Silence the libraries' load reports, bars and deprecation chatter, which bury our progress.
+
+    Called by the CLI and the benchmarks; library users keep their own logging settings.
+    """
+    import warnings
+
+    import datasets
+    import optuna
+    import transformers
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()

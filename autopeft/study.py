@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import optuna
@@ -30,7 +31,9 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     if config.study.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = min(10, max(3, config.study.n_trials // 3))
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup, constant_liar=True)
+    with warnings.catch_warnings():  # multivariate and group are marked experimental, and are what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup, constant_liar=True)
 
 
 def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:

@@ -1,8 +1,8 @@
 """The training and evaluation loop: plain PyTorch, one function each, readable in one sitting.
 
 AdamW on the trainable parameters only, linear warmup then linear decay, gradient clipping,
-dynamic padding (see :mod:`autopeft.data`), evaluation under ``no_grad``. ``report`` is called after
-every evaluation and may raise ``optuna.TrialPruned`` to stop a hopeless trial early.
+dynamic padding (see :mod:`autopeft.data`), evaluation under ``inference_mode``. ``report`` is called
+after every evaluation but the last, and may raise ``optuna.TrialPruned`` to stop a hopeless trial.
 """
 
 from __future__ import annotations
@@ -138,5 +138,6 @@ def train(
                 started = time.perf_counter()
                 value = evaluate(model, eval_split, pad_token_id, settings.eval_batch_size, metric, device)
                 eval_seconds += time.perf_counter() - started
-                report(step, value)  # may raise optuna.TrialPruned
+                if step < total_steps:  # the last value is the result: too late to prune
+                    report(step, value)  # may raise optuna.TrialPruned
     return TrainResult(value, train_seconds, eval_seconds, tokens, step)

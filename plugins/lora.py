@@ -51,6 +51,12 @@ class Lora(PeftMethod):
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_options(options)
+        if not all(r > 0 for r in merged["r"]):
+            raise ConfigError("search.lora.r", f"ranks must be positive, got {merged['r']}", "e.g. r = [4, 8, 16]")
+        if not all(a > 0 for a in merged["alpha"]):
+            raise ConfigError("search.lora.alpha", f"multipliers must be positive, got {merged['alpha']}", "e.g. alpha = [1, 2]")
+        if not 0 <= merged["dropout"] < 1:
+            raise ConfigError("search.lora.dropout", f"must be in [0, 1), got {merged['dropout']}", "e.g. dropout = 0.05")
         for targets in merged["targets"]:
             groups = [] if targets == "all" else targets.split("+")
             bad = [g for g in groups if g not in ("query", "key", "value", "qkv", "attn_output", "mlp")]

@@ -94,3 +94,31 @@ def test_cli_unreachable_database_masks_password(tmp_path: Path, capsys) -> None
     assert main(["trials", str(path), "--storage", url]) == 2
     err = capsys.readouterr().err
     assert "s3cret" not in err and "alice:***@" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "options,field",
+    [
+        ({"r": [0, 8]}, "search.lora.r"),
+        ({"r": ["eight"]}, "search.lora.r"),
+        ({"r": 8}, "search.lora.r"),
+        ({"alpha": [-1]}, "search.lora.alpha"),
+        ({"dropout": 1.5}, "search.lora.dropout"),
+        ({"targets": ["query+vlaue"]}, "search.lora.targets"),
+        ({"rank": [8]}, "search.lora.rank"),
+    ],
+)
+def test_lora_options_are_checked(options, field) -> None:
+    from autopeft_plugins.lora import Lora
+
+    with pytest.raises(ConfigError) as info:
+        Lora().check_options(options)
+    assert str(info.value).startswith(field) and "\n" not in str(info.value)
+
+
+def test_unfreeze_parts_are_checked() -> None:
+    from autopeft_plugins.unfreeze import Unfreeze
+
+    assert Unfreeze().check_options({"parts": ["norm"]}) == {"parts": ["norm"]}
+    with pytest.raises(ConfigError, match="search.unfreeze.parts: unknown part 'ffn'"):
+        Unfreeze().check_options({"parts": ["ffn"]})

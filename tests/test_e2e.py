@@ -91,3 +91,19 @@ def test_string_labels_from_csv(tmp_path: Path, minilm_available) -> None:
         pd.read_parquet(tmp_path / f"{split}.parquet").to_csv(tmp_path / f"{split}.csv", index=False)
     study = run_study(path, quiet=True)
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_workers_start_from_the_same_task_head(tmp_path: Path, minilm_available) -> None:
+    # The classifier head is drawn when the model loads; every worker and every rerun must draw the same.
+    import torch
+
+    from autopeft import get_plugin_manager, load_config
+    from autopeft.objective import Objective
+
+    config = load_config(write_study(tmp_path, data={"max_train_examples": 8, "max_eval_examples": 8}))
+    heads = []
+    for _ in range(2):
+        objective = Objective(config, get_plugin_manager(autoload=False))
+        heads.append(objective.base.get_submodule(objective.ctx.head[0]).weight.clone())
+        torch.rand(100)  # whatever else the process draws in between
+    assert torch.equal(heads[0], heads[1])
