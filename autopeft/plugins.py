@@ -46,6 +46,14 @@ class MethodInfo:
     version: str
 
 
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, remembering which distribution each entry-point plugin came from."""
+
+    def __init__(self) -> None:
+        super().__init__("autopeft")
+        self.distributions: dict[str, importlib.metadata.Distribution] = {}
+
+
 def _block_list() -> set[str]:
     return {n.strip() for n in os.environ.get("AUTOPEFT_BLOCK_PLUGINS", "").split(",") if n.strip()}
 
@@ -59,7 +67,7 @@ def get_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
     """
     if autoload is None:
         autoload = os.environ.get("AUTOPEFT_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0")
-    pm = pluggy.PluginManager("autopeft")
+    pm = _PluginManager()
     pm.add_hookspecs(hookspecs)
     for name in _block_list():
         pm.set_blocked(name)
@@ -82,7 +90,7 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _load_entry_points(pm: pluggy.PluginManager) -> None:
+def _load_entry_points(pm: _PluginManager) -> None:
     for dist in importlib.metadata.distributions():
         for ep in dist.entry_points:
             if ep.group != "autopeft" or pm.is_blocked(ep.name) or pm.get_plugin(ep.name):
@@ -101,12 +109,12 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
                     f"({type(exc).__name__}: {_first_line(exc)}); reinstall it or block it with "
                     f"AUTOPEFT_BLOCK_PLUGINS={ep.name}"
                 ) from None
-            pm._autopeft_dists = getattr(pm, "_autopeft_dists", {}) | {ep.name: dist}  # type: ignore[attr-defined]
+            pm.distributions[ep.name] = dist
 
 
 def _provenance(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str, str]:
     name = pm.get_name(plugin) or repr(plugin)
-    dist = getattr(pm, "_autopeft_dists", {}).get(name)
+    dist = getattr(pm, "distributions", {}).get(name)
     if dist is not None:
         return name, dist.metadata["name"], dist.version
     from autopeft import __version__
@@ -121,6 +129,8 @@ def registered_methods(pm: pluggy.PluginManager) -> dict[str, MethodInfo]:
         PluginError: two plugins register the same name, or a plugin registers a non-method.
     """
     found: dict[str, MethodInfo] = {}
+    # Each implementation is called on its own (not through pm.hook) so that every registration
+    # is attributed to its plugin, for `autopeft plugins` and for duplicate-name errors.
     for impl in pm.hook.register_methods.get_hookimpls():
         plugin, dist, version = _provenance(pm, impl.plugin)
 
