@@ -107,3 +107,16 @@ def test_workers_start_from_the_same_task_head(tmp_path: Path, minilm_available)
         heads.append(objective.base.get_submodule(objective.ctx.head[0]).weight.clone())
         torch.rand(100)  # whatever else the process draws in between
     assert torch.equal(heads[0], heads[1])
+
+
+def test_text_pairs_are_tokenized_as_pairs(tmp_path: Path, minilm_available) -> None:
+    from autopeft import get_plugin_manager, load_config
+    from autopeft.data import load_task_data
+    from autopeft.models import load_tokenizer, resolve_model_name
+
+    config = load_config(write_study(tmp_path, data={"text": ["text", "movie_name"], "max_train_examples": 8, "max_eval_examples": 8}))
+    source, offline = resolve_model_name(get_plugin_manager(autoload=False), config.model.name)
+    data = load_task_data(config, load_tokenizer(config, source, offline))
+    first = data.train.features[0]
+    assert set(first["token_type_ids"]) == {0, 1}  # second segment present
+    assert first["input_ids"].count(102) == 2  # [SEP] after each text
