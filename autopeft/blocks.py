@@ -10,8 +10,8 @@ all land where a user expects.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -144,11 +144,7 @@ def head_module_names(model: nn.Module) -> list[str]:
     head is found the same way for every family: ``classifier`` for BERT, ``score`` for Llama.
     """
     prefix = getattr(model, "base_model_prefix", "")
-    return [
-        name
-        for name, child in model.named_children()
-        if name != prefix and any(True for _ in child.parameters())
-    ]
+    return [name for name, child in model.named_children() if name != prefix and any(True for _ in child.parameters())]
 
 
 def build_context(model: nn.Module) -> ModelContext:

@@ -25,10 +25,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _print_best(best, metric: str) -> None:  # type: ignore[no-untyped-def]
     attrs = best.user_attrs
-    print(f"best trial {best.number}: {metric} {best.value:.4f}"
-          + (f" (test {attrs['test_metric']:.4f})" if "test_metric" in attrs else ""))
-    print(f"  method {attrs.get('method')}  trainable {attrs.get('trainable_params')} "
-          f"({100 * attrs.get('trainable_share', 0):.3f}%)  learning rate {attrs.get('learning_rate', 0):.2e}")
+    print(
+        f"best trial {best.number}: {metric} {best.value:.4f}"
+        + (f" (test {attrs['test_metric']:.4f})" if "test_metric" in attrs else "")
+    )
+    print(
+        f"  method {attrs.get('method')}  trainable {attrs.get('trainable_params')} "
+        f"({100 * attrs.get('trainable_share', 0):.3f}%)  learning rate {attrs.get('learning_rate', 0):.2e}"
+    )
     print(f"  config {attrs.get('config')}")
 
 
@@ -47,7 +51,12 @@ def _cmd_best(args: argparse.Namespace) -> int:
     if best is None:
         raise AutopeftError(f"study {study.study_name!r} has no feasible complete trial yet; run `autopeft run` first")
     if args.format == "json":
-        print(json.dumps({"number": best.number, "value": best.value, "params": best.params, "user_attrs": best.user_attrs}, indent=2))
+        print(
+            json.dumps(
+                {"number": best.number, "value": best.value, "params": best.params, "user_attrs": best.user_attrs},
+                indent=2,
+            )
+        )
     else:
         _print_best(best, study.user_attrs.get("metric", "value"))
     return 0
@@ -59,9 +68,18 @@ def _cmd_trials(args: argparse.Namespace) -> int:
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         state = "infeasible" if a.get("infeasible") else t.state.name.lower()
-        rows.append({"number": t.number, "state": state, "value": t.value, "method": a.get("method"),
-                     "trainable_params": a.get("trainable_params"), "learning_rate": a.get("learning_rate"),
-                     "train_seconds": a.get("train_seconds"), "config": a.get("config")})
+        rows.append(
+            {
+                "number": t.number,
+                "state": state,
+                "value": t.value,
+                "method": a.get("method"),
+                "trainable_params": a.get("trainable_params"),
+                "learning_rate": a.get("learning_rate"),
+                "train_seconds": a.get("train_seconds"),
+                "config": a.get("config"),
+            }
+        )
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
@@ -70,7 +88,10 @@ def _cmd_trials(args: argparse.Namespace) -> int:
         value = "" if r["value"] is None else f"{r['value']:.4f}"
         lr = "" if r["learning_rate"] is None else f"{r['learning_rate']:.2e}"
         secs = "" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}"
-        print(f"{r['number']:>4} {r['state']:<10} {value:>8} {r['method'] or '':<10} {r['trainable_params'] or '':>10} {lr:>9} {secs:>8}  {r['config'] or ''}")
+        print(
+            f"{r['number']:>4} {r['state']:<10} {value:>8} {r['method'] or '':<10} "
+            f"{r['trainable_params'] or '':>10} {lr:>9} {secs:>8}  {r['config'] or ''}"
+        )
     return 0
 
 
@@ -78,9 +99,16 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     from autopeft.plugins import get_plugin_manager, registered_methods
 
     methods = registered_methods(get_plugin_manager())
-    rows = [{"method": n, "plugin": i.plugin, "distribution": i.distribution, "version": i.version,
-             "description": (type(i.method).__doc__ or "").strip().splitlines()[0] if type(i.method).__doc__ else ""}
-            for n, i in sorted(methods.items())]
+    rows = [
+        {
+            "method": n,
+            "plugin": i.plugin,
+            "distribution": i.distribution,
+            "version": i.version,
+            "description": (type(i.method).__doc__ or "").strip().splitlines()[0] if type(i.method).__doc__ else "",
+        }
+        for n, i in sorted(methods.items())
+    ]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
@@ -90,7 +118,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autopeft", description="Search PEFT configurations under a parameter budget.")
+    parser = argparse.ArgumentParser(
+        prog="autopeft", description="Search PEFT configurations under a parameter budget."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run or resume the search a study file describes")

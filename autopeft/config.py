@@ -171,49 +171,160 @@ def _is_number(v: Any) -> bool:
 
 def _validate(c: StudyConfig) -> None:
     s, m, t, d, tr = c.study, c.model, c.task, c.data, c.train
-    _check(isinstance(s.name, str) and s.name.strip() != "", "study.name", "must be a non-empty string", 'e.g. name = "my-study"')
-    _check(s.storage is None or isinstance(s.storage, str) and "://" in s.storage, "study.storage",
-           f"is not a database URL: {s.storage!r}", 'use e.g. "sqlite:///study.db" or "postgresql://user@host/db"')
-    _check(_is_int(s.n_trials) and s.n_trials > 0, "study.n_trials", f"must be a positive integer, got {s.n_trials!r}", "e.g. n_trials = 20")
+    _check(
+        isinstance(s.name, str) and s.name.strip() != "",
+        "study.name",
+        "must be a non-empty string",
+        'e.g. name = "my-study"',
+    )
+    _check(
+        s.storage is None or isinstance(s.storage, str) and "://" in s.storage,
+        "study.storage",
+        f"is not a database URL: {s.storage!r}",
+        'use e.g. "sqlite:///study.db" or "postgresql://user@host/db"',
+    )
+    _check(
+        _is_int(s.n_trials) and s.n_trials > 0,
+        "study.n_trials",
+        f"must be a positive integer, got {s.n_trials!r}",
+        "e.g. n_trials = 20",
+    )
     _check(s.sampler in SAMPLERS, "study.sampler", f"unknown sampler {s.sampler!r}", f"use one of {list(SAMPLERS)}")
     _check(s.pruner in PRUNERS, "study.pruner", f"unknown pruner {s.pruner!r}", f"use one of {list(PRUNERS)}")
     _check(_is_int(s.seed), "study.seed", f"must be an integer, got {s.seed!r}", "e.g. seed = 0")
-    _check(isinstance(m.name, str) and m.name != "", "model.name", "must be a hub id or a path", 'e.g. name = "sentence-transformers/all-MiniLM-L6-v2"')
-    _check(isinstance(m.trust_remote_code, bool), "model.trust_remote_code", "must be true or false", "trust_remote_code = false")
-    _check(isinstance(m.overrides, dict), "model.overrides", "must be a table", "e.g. overrides = { num_hidden_layers = 2 }")
+    _check(
+        isinstance(m.name, str) and m.name != "",
+        "model.name",
+        "must be a hub id or a path",
+        'e.g. name = "sentence-transformers/all-MiniLM-L6-v2"',
+    )
+    _check(
+        isinstance(m.trust_remote_code, bool),
+        "model.trust_remote_code",
+        "must be true or false",
+        "trust_remote_code = false",
+    )
+    _check(
+        isinstance(m.overrides, dict),
+        "model.overrides",
+        "must be a table",
+        "e.g. overrides = { num_hidden_layers = 2 }",
+    )
     _check(t.type in TASKS, "task.type", f"unknown task {t.type!r}", f"use one of {list(TASKS)}")
     _check(t.metric in METRICS, "task.metric", f"unknown metric {t.metric!r}", f"use one of {list(METRICS)}")
     for key in ("train", "validation", "test"):
         v = getattr(d, key)
-        _check(v is None and key == "test" or isinstance(v, str) and v != "", f"data.{key}", "must be a file path or a hub dataset name",
-               f'e.g. {key} = "data/{key}.parquet"')
+        _check(
+            v is None and key == "test" or isinstance(v, str) and v != "",
+            f"data.{key}",
+            "must be a file path or a hub dataset name",
+            f'e.g. {key} = "data/{key}.parquet"',
+        )
         if isinstance(v, str) and v.endswith(DATA_SUFFIXES):
-            _check(Path(c.data_path(v)).is_file(), f"data.{key}", f"file not found: {c.data_path(v)}", "fix the path (relative to the study file)")
-    text_ok = isinstance(d.text, str) or isinstance(d.text, list) and 1 <= len(d.text) <= 2 and all(isinstance(x, str) for x in d.text)
-    _check(text_ok, "data.text", f"must be a column name or a list of two, got {d.text!r}", 'e.g. text = "text" or text = ["premise", "hypothesis"]')
+            _check(
+                Path(c.data_path(v)).is_file(),
+                f"data.{key}",
+                f"file not found: {c.data_path(v)}",
+                "fix the path (relative to the study file)",
+            )
+    text_ok = (
+        isinstance(d.text, str)
+        or isinstance(d.text, list)
+        and 1 <= len(d.text) <= 2
+        and all(isinstance(x, str) for x in d.text)
+    )
+    _check(
+        text_ok,
+        "data.text",
+        f"must be a column name or a list of two, got {d.text!r}",
+        'e.g. text = "text" or text = ["premise", "hypothesis"]',
+    )
     _check(isinstance(d.label, str), "data.label", "must be a column name", 'e.g. label = "label"')
-    _check(d.labels is None or isinstance(d.labels, list) and len(d.labels) >= 2, "data.labels", "must list at least two labels", 'e.g. labels = ["negative", "positive"]')
-    _check(_is_int(d.max_length) and d.max_length >= 8, "data.max_length", f"must be an integer >= 8, got {d.max_length!r}", "e.g. max_length = 128")
+    _check(
+        d.labels is None or isinstance(d.labels, list) and len(d.labels) >= 2,
+        "data.labels",
+        "must list at least two labels",
+        'e.g. labels = ["negative", "positive"]',
+    )
+    _check(
+        _is_int(d.max_length) and d.max_length >= 8,
+        "data.max_length",
+        f"must be an integer >= 8, got {d.max_length!r}",
+        "e.g. max_length = 128",
+    )
     for key in ("max_train_examples", "max_eval_examples"):
         v = getattr(d, key)
-        _check(v is None or _is_int(v) and v > 0, f"data.{key}", f"must be a positive integer, got {v!r}", f"remove it or set e.g. {key} = 1000")
-    _check(_is_int(c.budget.max_trainable) and c.budget.max_trainable > 0 or isinstance(c.budget.max_trainable, str),
-           "budget.max_trainable", f"must be a count or a percentage, got {c.budget.max_trainable!r}", 'e.g. max_trainable = "0.5%" or "150k"')
+        _check(
+            v is None or _is_int(v) and v > 0,
+            f"data.{key}",
+            f"must be a positive integer, got {v!r}",
+            f"remove it or set e.g. {key} = 1000",
+        )
+    _check(
+        _is_int(c.budget.max_trainable) and c.budget.max_trainable > 0 or isinstance(c.budget.max_trainable, str),
+        "budget.max_trainable",
+        f"must be a count or a percentage, got {c.budget.max_trainable!r}",
+        'e.g. max_trainable = "0.5%" or "150k"',
+    )
     for key in ("epochs", "batch_size", "eval_batch_size", "evals_per_epoch"):
         v = getattr(tr, key)
-        _check(_is_int(v) and v > 0, f"train.{key}", f"must be a positive integer, got {v!r}", f"e.g. {key} = {getattr(TrainSection, key, 1)}")
+        _check(
+            _is_int(v) and v > 0,
+            f"train.{key}",
+            f"must be a positive integer, got {v!r}",
+            f"e.g. {key} = {getattr(TrainSection, key, 1)}",
+        )
     lr = tr.learning_rate
-    lr_ok = _is_number(lr) and lr > 0 or isinstance(lr, list) and len(lr) == 2 and all(_is_number(x) and x > 0 for x in lr) and lr[0] < lr[1]
-    _check(lr_ok, "train.learning_rate", f"must be a positive number or a range [low, high], got {lr!r}", "e.g. learning_rate = [1e-5, 1e-2]")
-    _check(_is_number(tr.warmup_ratio) and 0 <= tr.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)", "e.g. warmup_ratio = 0.1")
-    _check(_is_number(tr.weight_decay) and tr.weight_decay >= 0, "train.weight_decay", "must be >= 0", "e.g. weight_decay = 0.0")
-    _check(_is_number(tr.max_grad_norm) and tr.max_grad_norm > 0, "train.max_grad_norm", "must be > 0", "e.g. max_grad_norm = 1.0")
+    lr_ok = (
+        _is_number(lr)
+        and lr > 0
+        or isinstance(lr, list)
+        and len(lr) == 2
+        and all(_is_number(x) and x > 0 for x in lr)
+        and lr[0] < lr[1]
+    )
+    _check(
+        lr_ok,
+        "train.learning_rate",
+        f"must be a positive number or a range [low, high], got {lr!r}",
+        "e.g. learning_rate = [1e-5, 1e-2]",
+    )
+    _check(
+        _is_number(tr.warmup_ratio) and 0 <= tr.warmup_ratio < 1,
+        "train.warmup_ratio",
+        "must be in [0, 1)",
+        "e.g. warmup_ratio = 0.1",
+    )
+    _check(
+        _is_number(tr.weight_decay) and tr.weight_decay >= 0,
+        "train.weight_decay",
+        "must be >= 0",
+        "e.g. weight_decay = 0.0",
+    )
+    _check(
+        _is_number(tr.max_grad_norm) and tr.max_grad_norm > 0,
+        "train.max_grad_norm",
+        "must be > 0",
+        "e.g. max_grad_norm = 1.0",
+    )
     methods = c.search.methods
-    _check(isinstance(methods, list) and methods and all(isinstance(x, str) for x in methods) and len(set(methods)) == len(methods),
-           "search.methods", f"must be a non-empty list of distinct method names, got {methods!r}", 'e.g. methods = ["lora", "bitfit"]; see `autopeft plugins`')
+    _check(
+        isinstance(methods, list)
+        and methods
+        and all(isinstance(x, str) for x in methods)
+        and len(set(methods)) == len(methods),
+        "search.methods",
+        f"must be a non-empty list of distinct method names, got {methods!r}",
+        'e.g. methods = ["lora", "bitfit"]; see `autopeft plugins`',
+    )
     _check(isinstance(c.search.warm_start, bool), "search.warm_start", "must be true or false", "warm_start = true")
     for name in c.search.options:
-        _check(name in methods, f"search.{name}", f"options for method {name!r}, which is not in search.methods", f"add {name!r} to methods or remove [search.{name}]")
+        _check(
+            name in methods,
+            f"search.{name}",
+            f"options for method {name!r}, which is not in search.methods",
+            f"add {name!r} to methods or remove [search.{name}]",
+        )
 
 
 def load_config(path: str | Path) -> StudyConfig:

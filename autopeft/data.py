@@ -58,8 +58,10 @@ def _load_split(config: StudyConfig, key: str) -> Any:
         name, _, split = source.partition(":")
         return datasets.load_dataset(name, split=split or key)
     except Exception as exc:  # datasets raises many types for unreadable or unreachable sources
-        raise DataError(f"data.{key}: cannot load {value!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                        "check the path, or the hub name and your connection") from None
+        raise DataError(
+            f"data.{key}: cannot load {value!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "check the path, or the hub name and your connection"
+        ) from None
 
 
 def _columns(config: StudyConfig) -> list[str]:
@@ -72,15 +74,23 @@ def _rows(config: StudyConfig, key: str, limit: int | None, seed: int) -> tuple[
     needed = [*_columns(config), config.data.label]
     for column in needed:
         if column not in table.column_names:
-            raise DataError(f"data.{key}: column {column!r} not found (columns: {', '.join(table.column_names)}); "
-                            f"set data.text / data.label to existing columns")
+            raise DataError(
+                f"data.{key}: column {column!r} not found (columns: {', '.join(table.column_names)}); "
+                f"set data.text / data.label to existing columns"
+            )
     texts = [table[c] for c in _columns(config)]
     labels = table[config.data.label]
-    keep = [i for i in range(len(labels)) if labels[i] is not None and all(isinstance(t[i], str) and t[i].strip() for t in texts)]
+    keep = [
+        i
+        for i in range(len(labels))
+        if labels[i] is not None and all(isinstance(t[i], str) and t[i].strip() for t in texts)
+    ]
     if limit is not None and len(keep) > limit:
         keep = sorted(random.Random(seed).sample(keep, limit))
     if not keep:
-        raise DataError(f"data.{key}: the split has no usable rows (empty texts or labels); point it at a non-empty file")
+        raise DataError(
+            f"data.{key}: the split has no usable rows (empty texts or labels); point it at a non-empty file"
+        )
     return [[t[i] for t in texts] for i in keep], [labels[i] for i in keep]
 
 
@@ -92,8 +102,10 @@ def load_task_data(config: StudyConfig, tokenizer: Any) -> TaskData:
             train split (or ``data.labels``) does not have.
     """
     d, seed = config.data, config.study.seed
-    raw = {"train": _rows(config, "train", d.max_train_examples, seed),
-           "validation": _rows(config, "validation", d.max_eval_examples, seed)}
+    raw = {
+        "train": _rows(config, "train", d.max_train_examples, seed),
+        "validation": _rows(config, "validation", d.max_eval_examples, seed),
+    }
     if d.test is not None:
         raw["test"] = _rows(config, "test", d.max_eval_examples, seed)
     names = list(d.labels) if d.labels is not None else sorted(set(raw["train"][1]), key=str)
@@ -104,8 +116,10 @@ def load_task_data(config: StudyConfig, tokenizer: Any) -> TaskData:
     for key, (texts, labels) in raw.items():
         unknown = sorted({str(x) for x in labels if x not in index})
         if unknown:
-            raise DataError(f"data.{key}: label {unknown[0]!r} is not among the train labels {names}; "
-                            "fix the data or list every label in data.labels")
+            raise DataError(
+                f"data.{key}: label {unknown[0]!r} is not among the train labels {names}; "
+                "fix the data or list every label in data.labels"
+            )
         columns = list(zip(*texts))
         encoded = tokenizer(*columns, truncation=True, max_length=d.max_length)
         keys = [k for k in encoded.keys() if k != "attention_mask"]
@@ -114,8 +128,13 @@ def load_task_data(config: StudyConfig, tokenizer: Any) -> TaskData:
     return TaskData(splits["train"], splits["validation"], splits.get("test"), names, tokenizer.pad_token_id)
 
 
-def batches(split: Split, batch_size: int, pad_token_id: int, generator: random.Random | None = None,
-            order: list[int] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+def batches(
+    split: Split,
+    batch_size: int,
+    pad_token_id: int,
+    generator: random.Random | None = None,
+    order: list[int] | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
     """Yield padded batches: in ``order`` if given, else shuffled by ``generator``, else in order."""
     if order is None:
         order = list(range(len(split)))
@@ -127,7 +146,9 @@ def batches(split: Split, batch_size: int, pad_token_id: int, generator: random.
         batch: dict[str, torch.Tensor] = {}
         for key in split.features[chosen[0]]:
             pad = pad_token_id if key == "input_ids" else 0
-            batch[key] = torch.tensor([f + [pad] * (longest - len(f)) for f in (split.features[i][key] for i in chosen)])
+            batch[key] = torch.tensor(
+                [f + [pad] * (longest - len(f)) for f in (split.features[i][key] for i in chosen)]
+            )
         lengths = torch.tensor([len(split.features[i]["input_ids"]) for i in chosen])
         batch["attention_mask"] = (torch.arange(longest)[None, :] < lengths[:, None]).long()
         batch["labels"] = torch.tensor([split.labels[i] for i in chosen])

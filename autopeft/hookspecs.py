@@ -7,7 +7,8 @@ what the hooks return.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -21,7 +22,7 @@ hookimpl = pluggy.HookimplMarker("autopeft")
 
 
 @hookspec
-def register_methods(register: Callable[["PeftMethod"], None]) -> None:
+def register_methods(register: Callable[[PeftMethod], None]) -> None:
     """Register PEFT methods the search may choose from.
 
     Args:

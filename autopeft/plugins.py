@@ -81,8 +81,10 @@ def get_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         name = pm.get_name(exc.plugin) or repr(exc.plugin)
-        raise PluginError(f"plugin {name!r} implements an unknown hook ({_first_line(exc)}); "
-                          f"fix the hook name or block it with AUTOPEFT_BLOCK_PLUGINS={name}") from None
+        raise PluginError(
+            f"plugin {name!r} implements an unknown hook ({_first_line(exc)}); "
+            f"fix the hook name or block it with AUTOPEFT_BLOCK_PLUGINS={name}"
+        ) from None
     return pm
 
 

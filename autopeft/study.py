@@ -33,7 +33,9 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     startup = min(10, max(3, config.study.n_trials // 3))
     with warnings.catch_warnings():  # multivariate and group are marked experimental, and are what we need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup, constant_liar=True)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, n_startup_trials=startup, constant_liar=True
+        )
 
 
 def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -51,14 +53,26 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
     url = storage or config.storage
     try:
         if not create:
-            return optuna.load_study(study_name=config.study.name, storage=url, sampler=make_sampler(config), pruner=_pruner(config))
-        return optuna.create_study(study_name=config.study.name, storage=url, direction="maximize",
-                                   sampler=make_sampler(config), pruner=_pruner(config), load_if_exists=True)
+            return optuna.load_study(
+                study_name=config.study.name, storage=url, sampler=make_sampler(config), pruner=_pruner(config)
+            )
+        return optuna.create_study(
+            study_name=config.study.name,
+            storage=url,
+            direction="maximize",
+            sampler=make_sampler(config),
+            pruner=_pruner(config),
+            load_if_exists=True,
+        )
     except KeyError:
-        raise AutopeftError(f"study {config.study.name!r} not found in {mask_url(url)}; run `autopeft run` first") from None
+        raise AutopeftError(
+            f"study {config.study.name!r} not found in {mask_url(url)}; run `autopeft run` first"
+        ) from None
     except Exception as exc:  # sqlalchemy raises many types for bad URLs and unreachable servers
         message = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        raise AutopeftError(f"study.storage: cannot open {mask_url(url)} ({message}); check the URL, server and credentials") from None
+        raise AutopeftError(
+            f"study.storage: cannot open {mask_url(url)} ({message}); check the URL, server and credentials"
+        ) from None
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -74,8 +88,9 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
-def run_study(study_file: str | Path | StudyConfig, n_trials: int | None = None, storage: str | None = None,
-              quiet: bool = False) -> optuna.Study:
+def run_study(
+    study_file: str | Path | StudyConfig, n_trials: int | None = None, storage: str | None = None, quiet: bool = False
+) -> optuna.Study:
     """Run (or resume) the search a study file describes, until ``n_trials`` trials have finished.
 
     Args:
@@ -105,8 +120,10 @@ def run_study(study_file: str | Path | StudyConfig, n_trials: int | None = None,
     if config.search.warm_start and not study.get_trials(deepcopy=False):
         for params in objective.warm_start_params():
             study.enqueue_trial(params, user_attrs={"warm_start": True})
-    progress.line(f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
-                  f"budget {objective.budget} parameters; methods {', '.join(objective.methods)}; device {objective.device}")
+    progress.line(
+        f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
+        f"budget {objective.budget} parameters; methods {', '.join(objective.methods)}; device {objective.device}"
+    )
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         best = best_trial(study)

@@ -34,8 +34,15 @@ def tiny_bert(num_labels: int = 2) -> nn.Module:
     """A 3-block BERT classifier with hidden size 32 (random weights)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+    )
     return BertForSequenceClassification(config)
 
 
@@ -43,9 +50,17 @@ def tiny_llama(num_labels: int = 2) -> nn.Module:
     """A 3-block Llama classifier with hidden size 32 (random weights, no biases, RMSNorm)."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
-                         num_labels=num_labels, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        pad_token_id=0,
+    )
     return LlamaForSequenceClassification(config)
 
 
@@ -54,8 +69,11 @@ TINY_MODELS: dict[str, Callable[[], nn.Module]] = {"bert": tiny_bert, "llama": t
 
 def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"input_ids": torch.randint(1, 100, (4, 12), generator=g), "attention_mask": torch.ones(4, 12, dtype=torch.long),
-            "labels": torch.tensor([0, 1, 0, 1])}
+    return {
+        "input_ids": torch.randint(1, 100, (4, 12), generator=g),
+        "attention_mask": torch.ones(4, 12, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 0, 1]),
+    }
 
 
 class MethodConformance:
@@ -80,7 +98,9 @@ class MethodConformance:
     def _options(self) -> dict[str, Any]:
         return self.method.check_options(dict(self.options))
 
-    def _configs(self, ctx: ModelContext, budget: int | None = None) -> Iterator[tuple[optuna.trial.FrozenTrial, dict[str, Any]]]:
+    def _configs(
+        self, ctx: ModelContext, budget: int | None = None
+    ) -> Iterator[tuple[optuna.trial.FrozenTrial, dict[str, Any]]]:
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
         options = self._options()
         for _ in range(self.n_samples):

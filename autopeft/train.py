@@ -78,7 +78,9 @@ def predict(model: nn.Module, split: Split, pad_token_id: int, batch_size: int, 
     return predictions
 
 
-def evaluate(model: nn.Module, split: Split, pad_token_id: int, batch_size: int, metric: str, device: torch.device) -> float:
+def evaluate(
+    model: nn.Module, split: Split, pad_token_id: int, batch_size: int, metric: str, device: torch.device
+) -> float:
     """Score ``model`` on ``split`` with the study metric."""
     return score(metric, split.labels, predict(model, split, pad_token_id, batch_size, device))
 
@@ -109,8 +111,11 @@ def train(
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = max(1, int(settings.warmup_ratio * total_steps))
     evals = settings.evals_per_epoch
-    eval_steps = {e * steps_per_epoch + max(1, round(k * steps_per_epoch / evals))
-                  for e in range(settings.epochs) for k in range(1, evals + 1)}
+    eval_steps = {
+        e * steps_per_epoch + max(1, round(k * steps_per_epoch / evals))
+        for e in range(settings.epochs)
+        for k in range(1, evals + 1)
+    }
     shuffle = random.Random(seed)
 
     step, tokens, train_seconds, eval_seconds, value = 0, 0, 0.0, 0.0, float("nan")

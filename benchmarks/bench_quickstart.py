@@ -38,7 +38,9 @@ def plain_loop_tokens_per_second(config) -> tuple[float, float]:  # type: ignore
     data = load_task_data(config, tokenizer)
     model = load_model(config, source, offline, len(data.label_names), tokenizer.pad_token_id)
     torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"]))
+    model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"])
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     model.train()
@@ -72,14 +74,26 @@ def main() -> None:
         a = t.user_attrs
         if "train_seconds" not in a:
             continue
-        print(f"| {t.number} | {a['method']} | {a['trainable_params']} | {a['setup_seconds']:.2f} | {a['train_seconds']:.1f} | "
-              f"{a['eval_seconds']:.1f} | {a['tokens_per_second']:.0f} | {t.value:.4f} |")
-    lora = [t.user_attrs["tokens_per_second"] for t in study.trials
-            if t.user_attrs.get("method") == "lora" and "tokens_per_second" in t.user_attrs]
+        print(
+            f"| {t.number} | {a['method']} | {a['trainable_params']} | {a['setup_seconds']:.2f} | "
+            f"{a['train_seconds']:.1f} | "
+            f"{a['eval_seconds']:.1f} | {a['tokens_per_second']:.0f} | {t.value:.4f} |"
+        )
+    lora = [
+        t.user_attrs["tokens_per_second"]
+        for t in study.trials
+        if t.user_attrs.get("method") == "lora" and "tokens_per_second" in t.user_attrs
+    ]
     plain, seconds = plain_loop_tokens_per_second(config)
-    print(f"\nplain PyTorch loop, LoRA r=8 query+value, same batches: {plain:.0f} tokens/s ({seconds:.1f} s for one epoch)")
+    print(
+        f"\nplain PyTorch loop, LoRA r=8 query+value, same batches: {plain:.0f} tokens/s "
+        f"({seconds:.1f} s for one epoch)"
+    )
     if lora:
-        print(f"autopeft LoRA trials: {sum(lora) / len(lora):.0f} tokens/s on average ({sum(lora) / len(lora) / plain:.2f} x the plain loop)")
+        print(
+            f"autopeft LoRA trials: {sum(lora) / len(lora):.0f} tokens/s on average "
+            f"({sum(lora) / len(lora) / plain:.2f} x the plain loop)"
+        )
 
 
 if __name__ == "__main__":

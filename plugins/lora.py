@@ -54,15 +54,20 @@ class Lora(PeftMethod):
         if not all(r > 0 for r in merged["r"]):
             raise ConfigError("search.lora.r", f"ranks must be positive, got {merged['r']}", "e.g. r = [4, 8, 16]")
         if not all(a > 0 for a in merged["alpha"]):
-            raise ConfigError("search.lora.alpha", f"multipliers must be positive, got {merged['alpha']}", "e.g. alpha = [1, 2]")
+            raise ConfigError(
+                "search.lora.alpha", f"multipliers must be positive, got {merged['alpha']}", "e.g. alpha = [1, 2]"
+            )
         if not 0 <= merged["dropout"] < 1:
-            raise ConfigError("search.lora.dropout", f"must be in [0, 1), got {merged['dropout']}", "e.g. dropout = 0.05")
+            raise ConfigError(
+                "search.lora.dropout", f"must be in [0, 1), got {merged['dropout']}", "e.g. dropout = 0.05"
+            )
         for targets in merged["targets"]:
             groups = [] if targets == "all" else targets.split("+")
             bad = [g for g in groups if g not in ("query", "key", "value", "qkv", "attn_output", "mlp")]
             if bad:
                 raise ConfigError(
-                    "search.lora.targets", f"unknown module group {bad[0]!r}",
+                    "search.lora.targets",
+                    f"unknown module group {bad[0]!r}",
                     "use 'all' or groups joined by '+' from query, key, value, qkv, attn_output, mlp",
                 )
         return merged
@@ -79,7 +84,9 @@ class Lora(PeftMethod):
         low = lowest_start_block(costs, ctx.head_params, budget)
         # If not even the top block fits this r and targets, sample it anyway: the driver records
         # the trial as infeasible in milliseconds, and the sampler learns to avoid the combination.
-        from_block = trial.suggest_int("lora.from_block", len(ctx.blocks) - 1 if low is None else low, len(ctx.blocks) - 1)
+        from_block = trial.suggest_int(
+            "lora.from_block", len(ctx.blocks) - 1 if low is None else low, len(ctx.blocks) - 1
+        )
         return {"r": r, "alpha": alpha * r, "targets": targets, "from_block": from_block, "dropout": options["dropout"]}
 
     def warm_start(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any] | None:
@@ -92,7 +99,13 @@ class Lora(PeftMethod):
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
         r = min(options["r"])
         targets = min(options["targets"], key=lambda t: self._block_cost(ctx, len(ctx.blocks) - 1, r, t))
-        return {"r": r, "alpha": r, "targets": targets, "from_block": len(ctx.blocks) - 1, "dropout": options["dropout"]}
+        return {
+            "r": r,
+            "alpha": r,
+            "targets": targets,
+            "from_block": len(ctx.blocks) - 1,
+            "dropout": options["dropout"],
+        }
 
     def count_trainable(self, ctx: ModelContext, config: dict[str, Any]) -> int:
         blocks = range(config["from_block"], len(ctx.blocks))

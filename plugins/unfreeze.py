@@ -62,11 +62,7 @@ class Unfreeze(PeftMethod):
         return ctx.head_params + sum(self._costs(ctx, config["part"])[config["from_block"] :])
 
     def apply(self, model: nn.Module, ctx: ModelContext, config: dict[str, Any]) -> nn.Module:
-        for block in ctx.blocks[config["from_block"] :]:
-            for name in part_params(block, config["part"]):
-                model.get_parameter(f"{block.path}.{name}").requires_grad_(True)
-        self.unfreeze_head(model, ctx)
-        return model
+        return self.unfreeze_block_params(model, ctx, config["from_block"], lambda b: part_params(b, config["part"]))
 
 
 @hookimpl

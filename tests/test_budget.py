@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from conftest import write_study
 
 from autopeft import BudgetError, parse_budget, run_study
 from autopeft.budget import format_count, lowest_start_block
-from conftest import write_study
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,9 @@ def test_lowest_start_block() -> None:
 
 def test_budget_nothing_fits_fails_before_any_trial(tmp_path, minilm_available) -> None:
     path = write_study(tmp_path, budget={"max_trainable": 500})
-    with pytest.raises(BudgetError, match=r"budget.max_trainable: 500 parameters fit no configuration; the smallest is \w+ with"):
+    with pytest.raises(
+        BudgetError, match=r"budget.max_trainable: 500 parameters fit no configuration; the smallest is \w+ with"
+    ):
         run_study(path, quiet=True)
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
     assert study.trials == []

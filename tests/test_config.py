@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import write_study
 
 from autopeft import ConfigError, load_config
 from autopeft.cli import main
-from conftest import write_study
 
 
 def test_valid_study_loads_with_defaults(study_file: Path) -> None:

