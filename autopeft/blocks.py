@@ -46,7 +46,7 @@ def _linear_shape(module: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of a linear-like module, read from its weight's shape only."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
-    rows, cols = module.weight.shape  # Conv1D stores (in, out)
+    rows, cols = module.weight.shape  # type: ignore[misc]  # Conv1D stores (in, out)
     return int(rows), int(cols)
 
 

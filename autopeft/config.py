@@ -261,7 +261,7 @@ def _validate(c: StudyConfig) -> None:
             f"remove it or set e.g. {key} = 1000",
         )
     _check(
-        _is_int(c.budget.max_trainable) and c.budget.max_trainable > 0 or isinstance(c.budget.max_trainable, str),
+        isinstance(c.budget.max_trainable, str) or _is_int(c.budget.max_trainable) and int(c.budget.max_trainable) > 0,
         "budget.max_trainable",
         f"must be a count or a percentage, got {c.budget.max_trainable!r}",
         'e.g. max_trainable = "0.5%" or "150k"',
@@ -276,7 +276,8 @@ def _validate(c: StudyConfig) -> None:
         )
     lr = tr.learning_rate
     lr_ok = (
-        _is_number(lr)
+        not isinstance(lr, list)
+        and _is_number(lr)
         and lr > 0
         or isinstance(lr, list)
         and len(lr) == 2
@@ -310,7 +311,7 @@ def _validate(c: StudyConfig) -> None:
     methods = c.search.methods
     _check(
         isinstance(methods, list)
-        and methods
+        and bool(methods)
         and all(isinstance(x, str) for x in methods)
         and len(set(methods)) == len(methods),
         "search.methods",

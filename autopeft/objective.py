@@ -87,14 +87,12 @@ class Objective:
             name: info.method.check_options(config.search.options.get(name, {})) for name, info in methods.items()
         }
 
-        started = time.perf_counter()
         self.model_source, offline = resolve_model_name(pm, config.model.name)
         tokenizer = load_tokenizer(config, self.model_source, offline)
         self.data = load_task_data(config, tokenizer)
         torch.manual_seed(config.study.seed)  # the new task head is drawn while loading: same seed, same head
         self.base = load_model(config, self.model_source, offline, len(self.data.label_names), tokenizer.pad_token_id)
         self.ctx = build_context(self.base)
-        self.setup_seconds = time.perf_counter() - started
         try:
             self.budget = parse_budget(config.budget.max_trainable, self.ctx.total_params)
         except ValueError as exc:

@@ -68,6 +68,11 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
         raise AutopeftError(
             f"study {config.study.name!r} not found in {mask_url(url)}; run `autopeft run` first"
         ) from None
+    except ModuleNotFoundError as exc:
+        raise AutopeftError(
+            f"study.storage: the database driver {exc.name!r} for {mask_url(url)} is not installed; "
+            f"pip install it (e.g. psycopg2-binary for postgresql://)"
+        ) from None
     except Exception as exc:  # sqlalchemy raises many types for bad URLs and unreachable servers
         message = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         raise AutopeftError(

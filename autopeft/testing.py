@@ -34,7 +34,7 @@ def tiny_bert(num_labels: int = 2) -> nn.Module:
     """A 3-block BERT classifier with hidden size 32 (random weights)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(
+    config = BertConfig(  # type: ignore[call-arg]
         vocab_size=100,
         hidden_size=32,
         num_hidden_layers=3,
@@ -50,7 +50,7 @@ def tiny_llama(num_labels: int = 2) -> nn.Module:
     """A 3-block Llama classifier with hidden size 32 (random weights, no biases, RMSNorm)."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(
+    config = LlamaConfig(  # type: ignore[call-arg]
         vocab_size=100,
         hidden_size=32,
         num_hidden_layers=3,

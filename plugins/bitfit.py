@@ -20,7 +20,7 @@ class BitFit(PeftMethod):
     """Bias-only fine-tuning (Ben Zaken et al., 2022) of blocks ``from_block..end``."""
 
     name = "bitfit"
-    defaults: dict[str, Any] = {}
+    defaults = {}
 
     def _costs(self, ctx: ModelContext) -> list[int]:
         return [sum(b.params[n] for n in bias_params(b)) for b in ctx.blocks]

@@ -40,7 +40,7 @@ class Lora(PeftMethod):
     """Low-rank adapters on the chosen linears of the top blocks (peft's ``LoraConfig``)."""
 
     name = "lora"
-    defaults: dict[str, Any] = {
+    defaults = {
         "r": [2, 4, 8, 16],
         "alpha": [1, 2],  # lora_alpha = alpha * r
         "targets": ["query+value", "query+key+value+attn_output", "all"],
@@ -137,7 +137,7 @@ class Lora(PeftMethod):
         model.save_pretrained(str(directory), safe_serialization=True)
 
     def load(self, model: nn.Module, directory: Path) -> nn.Module:
-        result = set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_FILE)))
+        result: Any = set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_FILE)))
         if result.unexpected_keys:
             raise PluginError(f"adapter in {directory} has keys this model lacks: {result.unexpected_keys[:3]}")
         return model

@@ -28,7 +28,7 @@ class Unfreeze(PeftMethod):
     """Train the original weights of blocks ``from_block..end`` (all of them, or one part)."""
 
     name = "unfreeze"
-    defaults: dict[str, Any] = {"parts": list(PARTS)}
+    defaults = {"parts": list(PARTS)}
     default_learning_rate = 1e-4
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
