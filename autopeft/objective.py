@@ -81,7 +81,7 @@ class Objective:
         device: torch.device | None = None,
     ) -> None:
         self.config, self.device = config, device or pick_device()
-        self.progress = progress or Progress(config.study.n_trials, quiet=True)
+        self.progress = progress or Progress(quiet=True)
         methods = enabled_methods(config, pm)
         self.options = {
             name: info.method.check_options(config.search.options.get(name, {})) for name, info in methods.items()

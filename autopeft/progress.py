@@ -17,8 +17,8 @@ __all__ = ["Progress", "quiet_libraries"]
 class Progress:
     """Writes one study's progress to ``stream`` (stderr by default); ``quiet`` silences it."""
 
-    def __init__(self, n_trials: int, quiet: bool = False, stream: TextIO | None = None) -> None:
-        self.n_trials, self.quiet, self.stream = n_trials, quiet, stream or sys.stderr
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.quiet, self.stream = quiet, stream or sys.stderr
         self._bar: tqdm | None = None
 
     def line(self, text: str) -> None:

@@ -68,10 +68,10 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
         raise AutopeftError(
             f"study {config.study.name!r} not found in {mask_url(url)}; run `autopeft run` first"
         ) from None
-    except ModuleNotFoundError as exc:
+    except ImportError:
         raise AutopeftError(
-            f"study.storage: the database driver {exc.name!r} for {mask_url(url)} is not installed; "
-            f"pip install it (e.g. psycopg2-binary for postgresql://)"
+            f"study.storage: no database driver for {mask_url(url)} is installed; "
+            "pip install one (e.g. psycopg2-binary for postgresql://)"
         ) from None
     except Exception as exc:  # sqlalchemy raises many types for bad URLs and unreachable servers
         message = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
@@ -114,7 +114,7 @@ def run_study(
     pm = get_plugin_manager()
     study = open_study(config, storage)
     done = len(finished_trials(study))
-    progress = Progress(target, quiet=quiet)
+    progress = Progress(quiet=quiet)
     if done >= target:
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
         return study
