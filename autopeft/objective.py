@@ -189,9 +189,10 @@ class Objective:
 
         def report(step: int, value: float) -> None:
             trial.report(value, step)
+            self.progress.close_bar()
+            self.progress.line(f"[trial {trial.number}] step {step}: {self.config.task.metric} {value:.4f}")
             if trial.should_prune():
                 trial.set_user_attr("pruned_at_step", step)
-                self.progress.close_bar()
                 self.progress.line(f"[trial {trial.number}] pruned at step {step} ({value:.4f})")
                 raise optuna.TrialPruned()
 
