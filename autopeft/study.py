@@ -17,6 +17,7 @@ from autopeft.progress import Progress
 __all__ = ["run_study", "open_study", "finished_trials", "best_trial", "mask_url", "make_sampler"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PENDING = (TrialState.RUNNING, TrialState.WAITING)
 
 
 def mask_url(url: str) -> str:
@@ -122,7 +123,8 @@ def run_study(
     study.set_user_attr("budget", objective.budget)
     study.set_user_attr("total_params", objective.ctx.total_params)
     study.set_user_attr("metric", config.task.metric)
-    if config.search.warm_start and not study.get_trials(deepcopy=False):
+    # A new study (or one whose only trials failed, e.g. interrupted) starts from the known-good configurations.
+    if config.search.warm_start and not study.get_trials(deepcopy=False, states=(*FINISHED, *PENDING)):
         for params in objective.warm_start_params():
             study.enqueue_trial(params, user_attrs={"warm_start": True})
     progress.line(

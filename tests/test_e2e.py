@@ -134,3 +134,15 @@ def test_text_pairs_are_tokenized_as_pairs(tmp_path: Path, minilm_available) -> 
     first = data.train.features[0]
     assert set(first["token_type_ids"]) == {0, 1}  # second segment present
     assert first["input_ids"].count(102) == 2  # [SEP] after each text
+
+
+def test_interrupted_study_resumes_with_its_warm_start(tmp_path: Path, minilm_available) -> None:
+    # What Ctrl-C leaves behind: a failed first trial. The rerun retries the warm start and finishes.
+    path = write_study(tmp_path, study={"n_trials": 2}, data={"max_train_examples": 16, "max_eval_examples": 16})
+    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
+    interrupted = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
+    interrupted.tell(interrupted.ask(), state=optuna.trial.TrialState.FAIL)
+    study = run_study(path, quiet=True)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2 and states[0] == optuna.trial.TrialState.FAIL
+    assert study.trials[1].user_attrs.get("warm_start") is True
