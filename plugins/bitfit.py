@@ -17,7 +17,7 @@ def bias_params(block: Block) -> list[str]:
 
 
 class BitFit(PeftMethod):
-    """Bias-only fine-tuning (Ben Zaken et al., 2022) of blocks ``from_block..end``."""
+    """Bias-only fine-tuning (Ben Zaken et al., 2022) of the top blocks."""
 
     name = "bitfit"
     defaults = {}

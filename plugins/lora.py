@@ -37,7 +37,7 @@ def target_paths(ctx: ModelContext, block_index: int, targets: str) -> list[str]
 
 
 class Lora(PeftMethod):
-    """Low-rank adapters on the chosen linears of the top blocks (peft's ``LoraConfig``)."""
+    """Low-rank adapters on the chosen linears of the top blocks, through peft."""
 
     name = "lora"
     defaults = {

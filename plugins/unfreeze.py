@@ -25,7 +25,7 @@ def part_params(block: Block, part: str) -> list[str]:
 
 
 class Unfreeze(PeftMethod):
-    """Train the original weights of blocks ``from_block..end`` (all of them, or one part)."""
+    """Train the original weights of the top blocks: all of them, or one part."""
 
     name = "unfreeze"
     defaults = {"parts": list(PARTS)}
