@@ -51,13 +51,12 @@ def _linear_shape(module: nn.Module) -> tuple[int, int]:
 
 
 def _group_of(relative_path: str) -> str:
-    parts = relative_path.split(".")
-    if any(_ATTENTION.search(p) for p in parts[:-1]) or _ATTENTION.search(parts[-1]):
-        for group, pattern in _LEAF_GROUPS:
-            if pattern.match(parts[-1]):
-                return group
-        return "attn_output"
-    return "mlp"
+    """The group of a linear from its path inside the block; attention linears that are not
+    query/key/value projections are the attention output."""
+    if not _ATTENTION.search(relative_path):
+        return "mlp"
+    leaf = relative_path.rsplit(".", 1)[-1]
+    return next((group for group, pattern in _LEAF_GROUPS if pattern.match(leaf)), "attn_output")
 
 
 @dataclass(frozen=True)
@@ -80,10 +79,6 @@ class Block:
     norms: list[str] = field(repr=False)
     params: dict[str, int] = field(repr=False)
 
-    def numel(self) -> int:
-        """Parameters in the whole block."""
-        return sum(self.params.values())
-
     def params_of(self, modules: list[str]) -> list[str]:
         """Relative names of the parameters owned by the given sub-modules."""
         owners = set(modules)
@@ -102,10 +97,6 @@ class ModelContext:
     head_params: int
     total_params: int
     skeleton: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
-
-    def groups(self) -> list[str]:
-        """Groups present in every block, in :data:`GROUPS` order."""
-        return [g for g in GROUPS if all(g in b.groups for b in self.blocks)]
 
 
 def discover_blocks(model: nn.Module) -> list[Block]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,10 +31,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def n_tokens(self) -> int:
-        """Real (non-padding) tokens in the split."""
-        return sum(len(f["input_ids"]) for f in self.features)
-
 
 @dataclass
 class TaskData:
@@ -46,6 +43,9 @@ class TaskData:
     pad_token_id: int
 
 
+_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}  # datasets' loaders
+
+
 def _load_split(config: StudyConfig, key: str) -> Any:
     import datasets
 
@@ -53,8 +53,8 @@ def _load_split(config: StudyConfig, key: str) -> Any:
     source = config.data_path(value)
     try:
         if source.endswith(DATA_SUFFIXES):
-            kind = {".jsonl": "json"}.get(source[source.rindex(".") :], source[source.rindex(".") + 1 :])
-            return datasets.load_dataset(kind, data_files=source, split="train")
+            builder = _BUILDERS[Path(source).suffix]
+            return datasets.load_dataset(builder, data_files=source, split="train")
         name, _, split = source.partition(":")
         return datasets.load_dataset(name, split=split or key)
     except Exception as exc:  # datasets raises many types for unreadable or unreachable sources
