@@ -186,6 +186,7 @@ class Objective:
                 "trainable; fix its count_trainable"
             )
         trial.set_user_attr("setup_seconds", time.perf_counter() - started)
+        training_started = time.perf_counter()
 
         def report(step: int, value: float) -> None:
             trial.report(value, step)
@@ -193,6 +194,7 @@ class Objective:
             self.progress.line(f"[trial {trial.number}] step {step}: {self.config.task.metric} {value:.4f}")
             if trial.should_prune():
                 trial.set_user_attr("pruned_at_step", step)
+                trial.set_user_attr("seconds_before_pruning", time.perf_counter() - training_started)
                 self.progress.line(f"[trial {trial.number}] pruned at step {step} ({value:.4f})")
                 raise optuna.TrialPruned()
 

@@ -146,3 +146,26 @@ def test_interrupted_study_resumes_with_its_warm_start(tmp_path: Path, minilm_av
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 2 and states[0] == optuna.trial.TrialState.FAIL
     assert study.trials[1].user_attrs.get("warm_start") is True
+
+
+def test_pruned_trial_records_where_and_when(tmp_path: Path, minilm_available) -> None:
+    from autopeft import get_plugin_manager, load_config
+    from autopeft.objective import Objective
+
+    class Always(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return True
+
+    config = load_config(
+        write_study(
+            tmp_path,
+            train={"evals_per_epoch": 2, "batch_size": 8},
+            data={"max_train_examples": 32, "max_eval_examples": 16},
+        )
+    )
+    study = optuna.create_study(direction="maximize", pruner=Always())
+    study.optimize(Objective(config, get_plugin_manager(autoload=False)), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["pruned_at_step"] == 2 and list(trial.intermediate_values) == [2]
+    assert trial.user_attrs["seconds_before_pruning"] > 0 and "train_seconds" not in trial.user_attrs
