@@ -6,9 +6,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from autopeft.errors import AutopeftError
 from autopeft.progress import quiet_libraries
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
 
 __all__ = ["main"]
 
@@ -23,7 +28,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_best(best, metric: str) -> None:  # type: ignore[no-untyped-def]
+def _print_best(best: FrozenTrial, metric: str) -> None:
     attrs = best.user_attrs
     print(
         f"best trial {best.number}: {metric} {best.value:.4f}"
@@ -36,7 +41,7 @@ def _print_best(best, metric: str) -> None:  # type: ignore[no-untyped-def]
     print(f"  config {attrs.get('config')}")
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace) -> optuna.Study:
     from autopeft.config import load_config
     from autopeft.study import open_study
 
