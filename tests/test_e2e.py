@@ -169,3 +169,11 @@ def test_pruned_trial_records_where_and_when(tmp_path: Path, minilm_available) -
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert trial.user_attrs["pruned_at_step"] == 2 and list(trial.intermediate_values) == [2]
     assert trial.user_attrs["seconds_before_pruning"] > 0 and "train_seconds" not in trial.user_attrs
+
+
+def test_hub_dataset_offline_is_a_one_line_data_error(tmp_path: Path, capsys, minilm_available) -> None:
+    name = "cornell-movie-review-data/rotten_tomatoes"
+    path = write_study(tmp_path, data={"train": name, "validation": f"{name}:validation"})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"autopeft: error: data.train: cannot load '{name}'")
