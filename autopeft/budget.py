@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["parse_budget", "lowest_start_block", "format_count"]
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["parse_budget", "lowest_start_block", "suggest_start_block", "format_count"]
 
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMbB]?)\s*$")
 _SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
@@ -52,6 +56,17 @@ def lowest_start_block(costs: Sequence[int], fixed: int, budget: int) -> int | N
             break
         start = i
     return start
+
+
+def suggest_start_block(trial: optuna.Trial, name: str, costs: Sequence[int], fixed: int, budget: int) -> int:
+    """Sample the first trained block among those :func:`lowest_start_block` allows.
+
+    When not even the top block fits, the top block is still sampled: the driver then records the
+    trial as infeasible in milliseconds, and the sampler learns to avoid what led there.
+    """
+    last = len(costs) - 1
+    low = lowest_start_block(costs, fixed, budget)
+    return trial.suggest_int(name, last if low is None else low, last)
 
 
 def format_count(n: int) -> str:

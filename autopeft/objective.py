@@ -30,6 +30,7 @@ from autopeft.methods import PeftMethod, trainable_numel
 from autopeft.models import load_model, load_tokenizer, resolve_model_name
 from autopeft.plugins import MethodInfo, registered_methods
 from autopeft.progress import Progress
+from autopeft.study import best_trial
 from autopeft.train import evaluate, train
 
 __all__ = ["Objective", "WORST", "library_versions", "pick_device"]
@@ -241,12 +242,8 @@ class Objective:
                 torch.cuda.empty_cache()
 
     def _is_new_best(self, trial: optuna.Trial, value: float) -> bool:
-        done = [
-            t.value
-            for t in trial.study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-            if t.value is not None and not t.user_attrs.get("infeasible")
-        ]
-        return not done or value > max(done)
+        best = best_trial(trial.study)
+        return best is None or best.value is None or value > best.value
 
     def _peak_memory_mb(self) -> float:
         """Peak CUDA memory of this trial; on CPU, the process's peak resident memory so far."""

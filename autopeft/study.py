@@ -138,5 +138,5 @@ def run_study(
         progress.line(f"[{len(finished_trials(study))}/{target}] {shown}")
 
     stop = optuna.study.MaxTrialsCallback(target, states=FINISHED)
-    study.optimize(objective, n_trials=target - done, callbacks=[stop, after_trial], gc_after_trial=True)
+    study.optimize(objective, n_trials=target - done, callbacks=[stop, after_trial])
     return study

@@ -30,19 +30,22 @@ from autopeft.methods import PeftMethod, trainable_numel
 __all__ = ["MethodConformance", "tiny_bert", "tiny_llama", "TINY_MODELS"]
 
 
+#: Sizes both tiny models share: 3 blocks of hidden size 32, 4 heads, a 100-token vocabulary.
+_TINY_SIZES: dict[str, Any] = {
+    "vocab_size": 100,
+    "hidden_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+
+
 def tiny_bert(num_labels: int = 2) -> nn.Module:
     """A 3-block BERT classifier with hidden size 32 (random weights)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(  # type: ignore[call-arg]
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-    )
+    config = BertConfig(**_TINY_SIZES, num_labels=num_labels)  # type: ignore[call-arg]
     return BertForSequenceClassification(config)
 
 
@@ -50,17 +53,7 @@ def tiny_llama(num_labels: int = 2) -> nn.Module:
     """A 3-block Llama classifier with hidden size 32 (random weights, no biases, RMSNorm)."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    config = LlamaConfig(  # type: ignore[call-arg]
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-        pad_token_id=0,
-    )
+    config = LlamaConfig(**_TINY_SIZES, num_key_value_heads=2, num_labels=num_labels, pad_token_id=0)  # type: ignore[call-arg]
     return LlamaForSequenceClassification(config)
 
 

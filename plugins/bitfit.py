@@ -8,7 +8,7 @@ import optuna
 from torch import nn
 
 from autopeft import Block, ModelContext, PeftMethod, hookimpl
-from autopeft.budget import lowest_start_block
+from autopeft.budget import suggest_start_block
 
 
 def bias_params(block: Block) -> list[str]:
@@ -26,9 +26,9 @@ class BitFit(PeftMethod):
         return [sum(b.params[n] for n in bias_params(b)) for b in ctx.blocks]
 
     def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
-        low = lowest_start_block(self._costs(ctx), ctx.head_params, budget)
-        last = len(ctx.blocks) - 1
-        return {"from_block": trial.suggest_int("bitfit.from_block", last if low is None else low, last)}
+        return {
+            "from_block": suggest_start_block(trial, "bitfit.from_block", self._costs(ctx), ctx.head_params, budget)
+        }
 
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
         return {"from_block": len(ctx.blocks) - 1}

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from autopeft import ModelContext, PeftMethod, hookimpl
-from autopeft.budget import lowest_start_block
+from autopeft.blocks import GROUPS
+from autopeft.budget import suggest_start_block
 from autopeft.errors import ConfigError, PluginError
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -63,12 +64,12 @@ class Lora(PeftMethod):
             )
         for targets in merged["targets"]:
             groups = [] if targets == "all" else targets.split("+")
-            bad = [g for g in groups if g not in ("query", "key", "value", "qkv", "attn_output", "mlp")]
+            bad = [g for g in groups if g not in GROUPS]
             if bad:
                 raise ConfigError(
                     "search.lora.targets",
                     f"unknown module group {bad[0]!r}",
-                    "use 'all' or groups joined by '+' from query, key, value, qkv, attn_output, mlp",
+                    f"use 'all' or groups joined by '+' from {', '.join(GROUPS)}",
                 )
         return merged
 
@@ -81,12 +82,7 @@ class Lora(PeftMethod):
         alpha = trial.suggest_categorical("lora.alpha", options["alpha"])
         targets = trial.suggest_categorical("lora.targets", options["targets"])
         costs = [self._block_cost(ctx, i, r, targets) for i in range(len(ctx.blocks))]
-        low = lowest_start_block(costs, ctx.head_params, budget)
-        # If not even the top block fits this r and targets, sample it anyway: the driver records
-        # the trial as infeasible in milliseconds, and the sampler learns to avoid the combination.
-        from_block = trial.suggest_int(
-            "lora.from_block", len(ctx.blocks) - 1 if low is None else low, len(ctx.blocks) - 1
-        )
+        from_block = suggest_start_block(trial, "lora.from_block", costs, ctx.head_params, budget)
         return {"r": r, "alpha": alpha * r, "targets": targets, "from_block": from_block, "dropout": options["dropout"]}
 
     def warm_start(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any] | None:

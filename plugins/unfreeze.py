@@ -8,7 +8,7 @@ import optuna
 from torch import nn
 
 from autopeft import Block, ModelContext, PeftMethod, hookimpl
-from autopeft.budget import lowest_start_block
+from autopeft.budget import lowest_start_block, suggest_start_block
 from autopeft.errors import ConfigError
 
 PARTS = ("all", "attention", "mlp", "norm")
@@ -49,9 +49,7 @@ class Unfreeze(PeftMethod):
         # study, since the budget and model are).
         fitting = [p for p in options["parts"] if self._start(ctx, p, budget) is not None] or options["parts"]
         part = trial.suggest_categorical("unfreeze.part", fitting)
-        low = self._start(ctx, part, budget)
-        last = len(ctx.blocks) - 1
-        from_block = trial.suggest_int("unfreeze.from_block", last if low is None else low, last)
+        from_block = suggest_start_block(trial, "unfreeze.from_block", self._costs(ctx, part), ctx.head_params, budget)
         return {"part": part, "from_block": from_block}
 
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
