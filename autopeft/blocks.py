@@ -84,6 +84,25 @@ class Block:
         owners = set(modules)
         return [n for n in self.params if n.rpartition(".")[0] in owners]
 
+    def sublayer(self, name: str) -> tuple[str, str] | None:
+        """(entry, exit) linears of the ``"attention"`` or ``"mlp"`` sub-layer, or None.
+
+        The entry reads the block's hidden states (query/qkv projection, or the MLP's up/gate
+        projection); the exit writes back to them (attention output, MLP down projection). Found
+        from shapes, so it holds for BERT's ``output.dense`` and Llama's ``down_proj`` alike. Bottleneck
+        adapters and IA3 attach here.
+        """
+        entries = self.groups.get("query") or self.groups.get("qkv") or []
+        if not entries:
+            return None
+        hidden = self.linears[entries[0]][0]
+        if name == "attention":
+            exits = [p for p in self.groups.get("attn_output", []) if self.linears[p][1] == hidden]
+        else:
+            entries = [p for p in self.groups.get("mlp", []) if self.linears[p][0] == hidden]
+            exits = [p for p in self.groups.get("mlp", []) if self.linears[p][1] == hidden]
+        return (entries[0], exits[-1]) if entries and exits else None
+
 
 @dataclass(frozen=True)
 class ModelContext:
@@ -96,6 +115,7 @@ class ModelContext:
     head: list[str]
     head_params: int
     total_params: int
+    embedding_dim: int = 0  # width of the input embeddings, which prompt tuning prepends to
     skeleton: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
 
 
@@ -143,7 +163,9 @@ def build_context(model: nn.Module) -> ModelContext:
     head = head_module_names(model)
     head_params = sum(p.numel() for h in head for p in model.get_submodule(h).parameters())
     total = sum(p.numel() for p in model.parameters())
-    return ModelContext(discover_blocks(model), head, head_params, total, _skeleton_factory(model))
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    width = int(embeddings.weight.shape[1]) if isinstance(embeddings, nn.Embedding) else 0
+    return ModelContext(discover_blocks(model), head, head_params, total, width, _skeleton_factory(model))
 
 
 def _skeleton_factory(model: nn.Module) -> Callable[[], nn.Module] | None:

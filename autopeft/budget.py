@@ -1,15 +1,15 @@
-"""The trainable-parameter budget: parsing ``150000`` / ``"150k"`` / ``"0.5%"`` and fitting blocks to it."""
+"""The trainable-parameter budget: parsing ``150000`` / ``"150k"`` / ``"0.5%"`` and fitting per-block sizes to it."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["parse_budget", "lowest_start_block", "suggest_start_block", "format_count"]
+__all__ = ["parse_budget", "fit_sizes", "suggest_sizes", "format_count"]
 
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMbB]?)\s*$")
 _SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
@@ -41,32 +41,48 @@ def parse_budget(value: int | float | str, total_params: int) -> int:
     return count
 
 
-def lowest_start_block(costs: Sequence[int], fixed: int, budget: int) -> int | None:
-    """Lowest ``i`` such that training blocks ``i..end`` (``sum(costs[i:]) + fixed``) fits ``budget``.
+def fit_sizes(
+    wanted: Sequence[int], cost: Callable[[int, int], int], choices: Sequence[int], fixed: int, budget: int
+) -> list[int]:
+    """Shrink per-block sizes, top block first, until ``fixed + sum(cost(i, size_i))`` fits ``budget``.
 
-    Methods adapt the top blocks first because they carry the most task-specific features; this
-    turns "which blocks" into one integer whose feasible range is known before sampling.
-    Returns None when not even the last block fits.
+    Each block keeps the largest size from ``0`` and ``choices`` that is at most what was asked and
+    still fits what the blocks above it left over: the top blocks carry the most task-specific
+    features, so they are served first. When every block ends at 0, the top block gets the
+    smallest choice even if that breaks the budget (the driver then records the trial as
+    infeasible): a method must touch at least one block.
     """
+    sizes = [0] * len(wanted)
     total = fixed
-    start = None
-    for i in range(len(costs) - 1, -1, -1):
-        total += costs[i]
-        if total > budget:
-            break
-        start = i
-    return start
+    for i in range(len(wanted) - 1, -1, -1):
+        for size in sorted((c for c in {0, *choices} if c <= wanted[i]), reverse=True):
+            if total + cost(i, size) <= budget:
+                sizes[i], total = size, total + cost(i, size)
+                break
+    if not any(sizes) and sizes:
+        sizes[-1] = min(c for c in choices if c > 0)
+    return sizes
 
 
-def suggest_start_block(trial: optuna.Trial, name: str, costs: Sequence[int], fixed: int, budget: int) -> int:
-    """Sample the first trained block among those :func:`lowest_start_block` allows.
+def suggest_sizes(
+    trial: optuna.Trial,
+    name: str,
+    choices: Sequence[int],
+    cost: Callable[[int, int], int],
+    n_blocks: int,
+    fixed: int,
+    budget: int,
+) -> list[int]:
+    """Sample a size per block (``name[i]``, 0 = block left out), then fit them to ``budget``.
 
-    When not even the top block fits, the top block is still sampled: the driver then records the
-    trial as infeasible in milliseconds, and the sampler learns to avoid what led there.
+    Every ``name[i]`` has the same choices in every trial, so the space has a fixed size and the
+    sampler models all of it jointly (a range that moved with the budget left would make Optuna's
+    TPE fall back to independent sampling). :func:`fit_sizes` then turns the sample into a
+    configuration that fits, so over-budget configurations are never trained and rarely sampled.
     """
-    last = len(costs) - 1
-    low = lowest_start_block(costs, fixed, budget)
-    return trial.suggest_int(name, last if low is None else low, last)
+    options = sorted({0, *choices})
+    wanted = [int(trial.suggest_categorical(f"{name}[{i}]", options)) for i in range(n_blocks)]
+    return fit_sizes(wanted, cost, [c for c in options if c > 0], fixed, budget)
 
 
 def format_count(n: int) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,7 +59,7 @@ class PeftMethod(ABC):
     """A parameter-efficient fine-tuning method the search can choose.
 
     Subclasses set :attr:`name` and :attr:`defaults` and implement :meth:`suggest`,
-    :meth:`smallest` and :meth:`apply`. The default :meth:`count_trainable` applies the method to a
+    :meth:`smallest`, :meth:`largest` and :meth:`apply`. The default :meth:`count_trainable` applies the method to a
     weightless meta-device copy of the model, which is exact for any method; built-ins override it
     with closed-form counts that take microseconds.
     """
@@ -100,14 +100,22 @@ class PeftMethod(ABC):
     def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
         """Sample a configuration from ``trial``; parameter names must start with ``"<name>."``.
 
-        ``budget`` is the most trainable parameters allowed (head included): shape the ranges so
-        that configurations over it are rare. The driver still counts every configuration and never
-        trains one over budget.
+        ``budget`` is the most trainable parameters allowed (head included): shape the sample so
+        that configurations over it are rare (:func:`autopeft.budget.suggest_sizes` does this for
+        per-block sizes), and keep every parameter's choices the same in every trial so the sampler
+        can model the space jointly. Name per-block parameters ``"<name>.<what>[<block index>]"``:
+        ``--from`` maps them onto another model's blocks by relative depth. The driver still counts
+        every configuration and never trains one over budget.
         """
 
     @abstractmethod
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
         """The configuration with the fewest trainable parameters that ``suggest`` can return."""
+
+    @abstractmethod
+    def largest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
+        """The configuration with the most trainable parameters that ``suggest`` can return when the
+        budget does not bind; ``autopeft plan`` shows it next to :meth:`smallest`."""
 
     @abstractmethod
     def apply(self, model: nn.Module, ctx: ModelContext, config: dict[str, Any]) -> nn.Module:
@@ -156,13 +164,13 @@ class PeftMethod(ABC):
 
     @classmethod
     def unfreeze_block_params(
-        cls, model: nn.Module, ctx: ModelContext, from_block: int, names_of: Callable[[Block], list[str]]
+        cls, model: nn.Module, ctx: ModelContext, blocks: Iterable[int], names_of: Callable[[Block], list[str]]
     ) -> nn.Module:
-        """Make ``names_of(block)`` trainable in blocks ``from_block..end``, and the head.
+        """Make ``names_of(block)`` trainable in the given blocks (indices), and the head.
 
         The shared ``apply`` of methods that train a subset of the original weights.
         """
-        for block in ctx.blocks[from_block:]:
+        for block in (ctx.blocks[i] for i in blocks):
             for name in names_of(block):
                 model.get_parameter(f"{block.path}.{name}").requires_grad_(True)
         cls.unfreeze_head(model, ctx)

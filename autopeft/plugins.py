@@ -32,6 +32,9 @@ BUILTIN_PLUGINS = (
     "autopeft_plugins.lora",
     "autopeft_plugins.unfreeze",
     "autopeft_plugins.bitfit",
+    "autopeft_plugins.ia3",
+    "autopeft_plugins.prompt",
+    "autopeft_plugins.adapter",
     "autopeft_plugins.offline_models",
 )
 

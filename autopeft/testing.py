@@ -137,6 +137,10 @@ class MethodConformance:
         least = self.method.count_trainable(ctx, self.method.smallest(ctx, self._options()))
         assert all(least <= self.method.count_trainable(ctx, c) for _, c in self._configs(ctx))
 
+    def test_largest_is_largest(self, ctx: ModelContext) -> None:
+        most = self.method.count_trainable(ctx, self.method.largest(ctx, self._options()))
+        assert all(most >= self.method.count_trainable(ctx, c) for _, c in self._configs(ctx))
+
     def test_only_trainable_parameters_change(self, base: nn.Module, ctx: ModelContext) -> None:
         for _, config in list(self._configs(ctx))[:3]:
             model = self._applied(base, ctx, config)

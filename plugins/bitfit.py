@@ -1,4 +1,4 @@
-"""BitFit: train only the bias terms (of the top blocks) and the task head."""
+"""BitFit: train only the bias terms (of chosen blocks) and the task head."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import optuna
 from torch import nn
 
 from autopeft import Block, ModelContext, PeftMethod, hookimpl
-from autopeft.budget import suggest_start_block
+from autopeft.budget import suggest_sizes
 
 
 def bias_params(block: Block) -> list[str]:
@@ -17,7 +17,7 @@ def bias_params(block: Block) -> list[str]:
 
 
 class BitFit(PeftMethod):
-    """Bias-only fine-tuning (Ben Zaken et al., 2022) of the top blocks."""
+    """Bias-only fine-tuning (Ben Zaken et al., 2022) of chosen blocks."""
 
     name = "bitfit"
     defaults = {}
@@ -26,18 +26,23 @@ class BitFit(PeftMethod):
         return [sum(b.params[n] for n in bias_params(b)) for b in ctx.blocks]
 
     def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
-        return {
-            "from_block": suggest_start_block(trial, "bitfit.from_block", self._costs(ctx), ctx.head_params, budget)
-        }
+        costs = self._costs(ctx)
+        on = suggest_sizes(
+            trial, "bitfit.block", [1], lambda i, x: x * costs[i], len(ctx.blocks), ctx.head_params, budget
+        )
+        return {"blocks": on}
 
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
-        return {"from_block": len(ctx.blocks) - 1}
+        return {"blocks": [0] * (len(ctx.blocks) - 1) + [1]}
+
+    def largest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
+        return {"blocks": [1] * len(ctx.blocks)}
 
     def count_trainable(self, ctx: ModelContext, config: dict[str, Any]) -> int:
-        return ctx.head_params + sum(self._costs(ctx)[config["from_block"] :])
+        return ctx.head_params + sum(c * on for c, on in zip(self._costs(ctx), config["blocks"]))
 
     def apply(self, model: nn.Module, ctx: ModelContext, config: dict[str, Any]) -> nn.Module:
-        return self.unfreeze_block_params(model, ctx, config["from_block"], bias_params)
+        return self.unfreeze_block_params(model, ctx, [i for i, on in enumerate(config["blocks"]) if on], bias_params)
 
 
 @hookimpl

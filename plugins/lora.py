@@ -1,21 +1,20 @@
-"""LoRA through peft: which blocks, which module groups, rank and alpha."""
+"""LoRA through peft: a rank per block (0 = left out), module groups, alpha, and the DoRA/rsLoRA variants."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import optuna
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
-from safetensors.torch import load_file
+from peft import LoraConfig, PeftModel
 from torch import nn
 
-from autopeft import ModelContext, PeftMethod, hookimpl
+from autopeft import ModelContext, hookimpl
 from autopeft.blocks import GROUPS
-from autopeft.budget import suggest_start_block
+from autopeft.budget import suggest_sizes
 from autopeft.errors import ConfigError, PluginError
+from autopeft.peft_backed import PeftBackedMethod
 
-ADAPTER_FILE = "adapter_model.safetensors"
+VARIANTS = ("lora", "rslora", "dora")
 
 
 def target_paths(ctx: ModelContext, block_index: int, targets: str) -> list[str]:
@@ -37,14 +36,15 @@ def target_paths(ctx: ModelContext, block_index: int, targets: str) -> list[str]
     return paths
 
 
-class Lora(PeftMethod):
-    """Low-rank adapters on the chosen linears of the top blocks, through peft."""
+class Lora(PeftBackedMethod):
+    """Low-rank adapters with a rank per block on the chosen linears, through peft (LoRA, rsLoRA, DoRA)."""
 
     name = "lora"
     defaults = {
-        "r": [2, 4, 8, 16],
+        "r": [2, 4, 8, 16],  # per-block rank choices; 0 (block left out) is always added
         "alpha": [1, 2],  # lora_alpha = alpha * r
         "targets": ["query+value", "query+key+value+attn_output", "all"],
+        "variants": list(VARIANTS),
         "dropout": 0.0,
     }
     # Searches train for few steps, where LoRA wants a higher rate than in long fine-tuning runs.
@@ -62,6 +62,9 @@ class Lora(PeftMethod):
             raise ConfigError(
                 "search.lora.dropout", f"must be in [0, 1), got {merged['dropout']}", "e.g. dropout = 0.05"
             )
+        bad_variants = [v for v in merged["variants"] if v not in VARIANTS]
+        if bad_variants:
+            raise ConfigError("search.lora.variants", f"unknown variant {bad_variants[0]!r}", f"use some of {list(VARIANTS)}")
         for targets in merged["targets"]:
             groups = [] if targets == "all" else targets.split("+")
             bad = [g for g in groups if g not in GROUPS]
@@ -73,70 +76,96 @@ class Lora(PeftMethod):
                 )
         return merged
 
-    def _block_cost(self, ctx: ModelContext, index: int, r: int, targets: str) -> int:
+    def _block_cost(self, ctx: ModelContext, index: int, r: int, targets: str, variant: str) -> int:
+        if r == 0:
+            return 0
         block = ctx.blocks[index]
-        return sum(r * sum(block.linears[p]) for p in target_paths(ctx, index, targets))
+        dora = variant == "dora"  # DoRA adds a magnitude vector per output feature
+        return sum(r * sum(block.linears[p]) + dora * block.linears[p][1] for p in target_paths(ctx, index, targets))
 
     def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
-        r = trial.suggest_categorical("lora.r", options["r"])
         alpha = trial.suggest_categorical("lora.alpha", options["alpha"])
         targets = trial.suggest_categorical("lora.targets", options["targets"])
-        costs = [self._block_cost(ctx, i, r, targets) for i in range(len(ctx.blocks))]
-        from_block = suggest_start_block(trial, "lora.from_block", costs, ctx.head_params, budget)
-        return {"r": r, "alpha": alpha * r, "targets": targets, "from_block": from_block, "dropout": options["dropout"]}
+        variant = trial.suggest_categorical("lora.variant", options["variants"])
+        ranks = suggest_sizes(
+            trial,
+            "lora.r",
+            options["r"],
+            lambda i, r: self._block_cost(ctx, i, r, targets, variant),
+            len(ctx.blocks),
+            ctx.head_params,
+            budget,
+        )
+        return {"ranks": ranks, "alpha": alpha, "targets": targets, "variant": variant, "dropout": options["dropout"]}
 
     def warm_start(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any] | None:
         # The configuration people type by hand: r=8, alpha=16, query and value, every block.
         r = min(options["r"], key=lambda x: abs(x - 8))
         alpha = min(options["alpha"], key=lambda x: abs(x * r - 16))
         targets = "query+value" if "query+value" in options["targets"] else options["targets"][0]
-        return {"lora.r": r, "lora.alpha": alpha, "lora.targets": targets, "lora.from_block": 0}
+        variant = "lora" if "lora" in options["variants"] else options["variants"][0]
+        ranks = {f"lora.r[{i}]": r for i in range(len(ctx.blocks))}
+        return {"lora.alpha": alpha, "lora.targets": targets, "lora.variant": variant, **ranks}
+
+    def _extreme(self, ctx: ModelContext, options: dict[str, Any], pick: Any) -> dict[str, Any]:
+        top = len(ctx.blocks) - 1
+        r = pick(options["r"])
+        variant = pick(options["variants"], key=lambda v: v == "dora")
+        targets = pick(options["targets"], key=lambda t: self._block_cost(ctx, top, r, t, variant))
+        ranks = [0] * top + [r] if pick is min else [r] * len(ctx.blocks)
+        return {"ranks": ranks, "alpha": min(options["alpha"]), "targets": targets, "variant": variant, "dropout": options["dropout"]}
 
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
-        r = min(options["r"])
-        targets = min(options["targets"], key=lambda t: self._block_cost(ctx, len(ctx.blocks) - 1, r, t))
-        return {
-            "r": r,
-            "alpha": r,
-            "targets": targets,
-            "from_block": len(ctx.blocks) - 1,
-            "dropout": options["dropout"],
-        }
+        return self._extreme(ctx, options, min)
+
+    def largest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
+        return self._extreme(ctx, options, max)
 
     def count_trainable(self, ctx: ModelContext, config: dict[str, Any]) -> int:
-        blocks = range(config["from_block"], len(ctx.blocks))
-        return ctx.head_params + sum(self._block_cost(ctx, i, config["r"], config["targets"]) for i in blocks)
+        return ctx.head_params + sum(
+            self._block_cost(ctx, i, r, config["targets"], config["variant"]) for i, r in enumerate(config["ranks"])
+        )
 
-    def lora_config(self, ctx: ModelContext, config: dict[str, Any]) -> LoraConfig:
-        """The peft configuration for ``config``, targeting modules by their full paths."""
-        paths = [
-            f"{ctx.blocks[i].path}.{rel}"
-            for i in range(config["from_block"], len(ctx.blocks))
+    def module_ranks(self, ctx: ModelContext, config: dict[str, Any]) -> dict[str, int]:
+        """Full path of every adapted linear -> its rank."""
+        return {
+            f"{ctx.blocks[i].path}.{rel}": r
+            for i, r in enumerate(config["ranks"])
+            if r > 0
             for rel in target_paths(ctx, i, config["targets"])
-        ]
+        }
+
+    def peft_config(self, ctx: ModelContext, config: dict[str, Any]) -> LoraConfig:
+        """One ``LoraConfig``: the most common rank as ``r``, the others in ``rank_pattern``/``alpha_pattern``."""
+        ranks = self.module_ranks(ctx, config)
+        values = list(ranks.values())
+        base = max(set(values), key=values.count)
+        other = {path: r for path, r in ranks.items() if r != base}
         return LoraConfig(
-            r=config["r"],
-            lora_alpha=config["alpha"],
+            r=base,
+            lora_alpha=config["alpha"] * base,
+            rank_pattern=other,
+            alpha_pattern={path: config["alpha"] * r for path, r in other.items()},
             lora_dropout=config["dropout"],
-            target_modules=paths,
+            use_rslora=config["variant"] == "rslora",
+            use_dora=config["variant"] == "dora",
+            target_modules=list(ranks),
             modules_to_save=list(ctx.head),
             bias="none",
         )
 
     def apply(self, model: nn.Module, ctx: ModelContext, config: dict[str, Any]) -> nn.Module:
-        return get_peft_model(model, self.lora_config(ctx, config))
+        wrapped = super().apply(model, ctx, config)
+        assert isinstance(wrapped, PeftModel)
+        for path, r in self.module_ranks(ctx, config).items():  # peft would have used `r` for an unmatched key
+            got = wrapped.base_model.model.get_submodule(path).r.get("default")
+            if got != r:
+                raise PluginError(f"lora: {path} got rank {got}, expected {r}; a rank_pattern key did not match")
+        return wrapped
 
-    def save(self, model: nn.Module, directory: Path) -> None:
-        # A standard peft adapter folder: adapter_config.json + adapter_model.safetensors.
-        if not isinstance(model, PeftModel):
-            raise PluginError("lora.save expects the PeftModel that lora.apply returned")
-        model.save_pretrained(str(directory), safe_serialization=True)
-
-    def load(self, model: nn.Module, directory: Path) -> nn.Module:
-        result: Any = set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_FILE)))
-        if result.unexpected_keys:
-            raise PluginError(f"adapter in {directory} has keys this model lacks: {result.unexpected_keys[:3]}")
-        return model
+    def describe(self, config: dict[str, Any]) -> str:
+        ranks = "/".join(str(r) for r in config["ranks"])
+        return f"{config['variant']} r={ranks} alpha={config['alpha']}xr {config['targets']}"
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""Partial fine-tuning: make the top blocks (or one part of each) trainable, nothing added."""
+"""Partial fine-tuning: make chosen blocks (or one part of each) trainable, nothing added."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import optuna
 from torch import nn
 
 from autopeft import Block, ModelContext, PeftMethod, hookimpl
-from autopeft.budget import lowest_start_block, suggest_start_block
+from autopeft.budget import suggest_sizes
 from autopeft.errors import ConfigError
 
 PARTS = ("all", "attention", "mlp", "norm")
@@ -25,7 +25,7 @@ def part_params(block: Block, part: str) -> list[str]:
 
 
 class Unfreeze(PeftMethod):
-    """Train the original weights of the top blocks: all of them, or one part."""
+    """Train the original weights of chosen blocks: all of them, or one part."""
 
     name = "unfreeze"
     defaults = {"parts": list(PARTS)}
@@ -41,26 +41,38 @@ class Unfreeze(PeftMethod):
     def _costs(self, ctx: ModelContext, part: str) -> list[int]:
         return [sum(b.params[n] for n in part_params(b, part)) for b in ctx.blocks]
 
-    def _start(self, ctx: ModelContext, part: str, budget: int) -> int | None:
-        return lowest_start_block(self._costs(ctx, part), ctx.head_params, budget)
-
     def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
         # Parts that cannot fit even in one block are never offered (the choice list is fixed per
         # study, since the budget and model are).
-        fitting = [p for p in options["parts"] if self._start(ctx, p, budget) is not None] or options["parts"]
-        part = trial.suggest_categorical("unfreeze.part", fitting)
-        from_block = suggest_start_block(trial, "unfreeze.from_block", self._costs(ctx, part), ctx.head_params, budget)
-        return {"part": part, "from_block": from_block}
+        fitting = [p for p in options["parts"] if self._costs(ctx, p)[-1] + ctx.head_params <= budget]
+        part = trial.suggest_categorical("unfreeze.part", fitting or options["parts"])
+        costs = self._costs(ctx, part)
+        on = suggest_sizes(
+            trial, "unfreeze.block", [1], lambda i, x: x * costs[i], len(ctx.blocks), ctx.head_params, budget
+        )
+        return {"part": part, "blocks": on}
 
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
         part = min(options["parts"], key=lambda p: self._costs(ctx, p)[-1])
-        return {"part": part, "from_block": len(ctx.blocks) - 1}
+        return {"part": part, "blocks": [0] * (len(ctx.blocks) - 1) + [1]}
+
+    def largest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
+        part = max(options["parts"], key=lambda p: sum(self._costs(ctx, p)))
+        return {"part": part, "blocks": [1] * len(ctx.blocks)}
 
     def count_trainable(self, ctx: ModelContext, config: dict[str, Any]) -> int:
-        return ctx.head_params + sum(self._costs(ctx, config["part"])[config["from_block"] :])
+        return ctx.head_params + sum(c * on for c, on in zip(self._costs(ctx, config["part"]), config["blocks"]))
 
     def apply(self, model: nn.Module, ctx: ModelContext, config: dict[str, Any]) -> nn.Module:
-        return self.unfreeze_block_params(model, ctx, config["from_block"], lambda b: part_params(b, config["part"]))
+        chosen = [i for i, on in enumerate(config["blocks"]) if on]
+        return self.unfreeze_block_params(model, ctx, chosen, lambda b: part_params(b, config["part"]))
+
+    def describe(self, config: dict[str, Any]) -> str:
+        return f"{config['part']} of blocks {_block_list(config['blocks'])}"
+
+
+def _block_list(on: list[int]) -> str:
+    return ",".join(str(i) for i, x in enumerate(on) if x) or "none"
 
 
 @hookimpl

@@ -7,7 +7,7 @@ import pytest
 from conftest import write_study
 
 from autopeft import BudgetError, parse_budget, run_study
-from autopeft.budget import format_count, lowest_start_block
+from autopeft.budget import fit_sizes, format_count
 
 
 @pytest.mark.parametrize(
@@ -24,10 +24,13 @@ def test_parse_budget_rejects(value) -> None:
         parse_budget(value, total_params=1_000_000)
 
 
-def test_lowest_start_block() -> None:
-    assert lowest_start_block([10, 10, 10], fixed=5, budget=35) == 0
-    assert lowest_start_block([10, 10, 10], fixed=5, budget=25) == 1
-    assert lowest_start_block([10, 10, 10], fixed=5, budget=14) is None
+def test_fit_sizes_serves_the_top_blocks_first() -> None:
+    cost = lambda i, size: 10 * size  # noqa: E731
+    assert fit_sizes([4, 4, 4], cost, [1, 2, 4], fixed=5, budget=1000) == [4, 4, 4]  # fits: unchanged
+    assert fit_sizes([4, 4, 4], cost, [1, 2, 4], fixed=5, budget=105) == [2, 4, 4]  # lowest block shrinks
+    assert fit_sizes([4, 0, 4], cost, [1, 2, 4], fixed=5, budget=55) == [1, 0, 4]  # a left-out block stays out
+    assert fit_sizes([0, 0, 0], cost, [1, 2, 4], fixed=5, budget=1000) == [0, 0, 1]  # at least one block
+    assert fit_sizes([4, 4], cost, [4], fixed=5, budget=20) == [0, 4]  # nothing fits: top block, infeasible
     assert format_count(73728) == "73.7k" and format_count(999) == "999"
 
 
@@ -42,13 +45,13 @@ def test_budget_nothing_fits_fails_before_any_trial(tmp_path, minilm_available) 
 
 
 def test_over_budget_configurations_are_never_trained(tmp_path, minilm_available) -> None:
-    # 20k parameters: LoRA r=16 on every linear of one block (~36k) does not fit, r=2 on query+value does.
+    # 20k parameters: LoRA r=8 on every linear of one block (~55k) does not fit, on query+value (~12k) it does.
     path = write_study(
         tmp_path,
         study={"n_trials": 8, "sampler": "random", "pruner": "none"},
         budget={"max_trainable": "20k"},
         data={"max_train_examples": 16, "max_eval_examples": 16},
-        search={"methods": ["lora"], "warm_start": False, "lora": {"r": [2, 16], "targets": ["query+value", "all"]}},
+        search={"methods": ["lora"], "warm_start": False, "lora": {"r": [8], "targets": ["query+value", "all"]}},
     )
     study = run_study(path, quiet=True)
     trials = study.trials

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from autopeft.testing import MethodConformance
+from autopeft_plugins.adapter import Adapter
 from autopeft_plugins.bitfit import BitFit
+from autopeft_plugins.ia3 import IA3
 from autopeft_plugins.lora import Lora
+from autopeft_plugins.prompt import PromptTuning
 from autopeft_plugins.unfreeze import Unfreeze
 
 
 class TestLora(MethodConformance):
     method = Lora()
+
+
+class TestDoRA(MethodConformance):
+    method = Lora()
+    options = {"variants": ["dora"]}
 
 
 class TestUnfreeze(MethodConformance):
@@ -18,3 +26,21 @@ class TestUnfreeze(MethodConformance):
 
 class TestBitFit(MethodConformance):
     method = BitFit()
+
+
+class TestIA3(MethodConformance):
+    method = IA3()
+
+
+class TestPromptTuning(MethodConformance):
+    method = PromptTuning()
+
+
+class TestSerialAdapter(MethodConformance):
+    method = Adapter()
+    options = {"placement": ["serial"], "sublayers": ["attention+mlp"]}
+
+
+class TestParallelAdapter(MethodConformance):
+    method = Adapter()
+    options = {"placement": ["parallel"], "sublayers": ["attention+mlp"]}

@@ -75,7 +75,7 @@ def test_registering_a_non_method_is_an_error() -> None:
 
 def test_blocking_a_builtin_by_name(monkeypatch) -> None:
     monkeypatch.setenv("AUTOPEFT_BLOCK_PLUGINS", "bitfit, unfreeze")
-    assert set(registered_methods(get_plugin_manager(autoload=False))) == {"lora"}
+    assert set(registered_methods(get_plugin_manager(autoload=False))) == {"lora", "ia3", "prompt", "adapter"}
 
 
 def _install(tmp_path: Path, project: Path) -> Path:

@@ -70,7 +70,7 @@ def _trained(evals_per_epoch: int, reports: list) -> tuple[float, torch.Tensor]:
     base = tiny_bert().requires_grad_(False)
     ctx = build_context(base)
     model = Lora().apply(
-        copy.deepcopy(base), ctx, {"r": 4, "alpha": 8, "targets": "all", "from_block": 0, "dropout": 0.0}
+        copy.deepcopy(base), ctx, {"ranks": [4, 4, 4], "alpha": 2, "targets": "all", "variant": "lora", "dropout": 0.0}
     )
     settings = TrainSection(epochs=3, batch_size=8, eval_batch_size=16, evals_per_epoch=evals_per_epoch)
     result = train(

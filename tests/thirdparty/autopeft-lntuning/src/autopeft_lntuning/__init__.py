@@ -24,8 +24,12 @@ class LNTuning(PeftMethod):
     def smallest(self, ctx, options):  # type: ignore[no-untyped-def]
         return {"from_block": len(ctx.blocks) - 1}
 
+    def largest(self, ctx, options):  # type: ignore[no-untyped-def]
+        return {"from_block": 0}
+
     def apply(self, model, ctx, config):  # type: ignore[no-untyped-def]
-        return self.unfreeze_block_params(model, ctx, config["from_block"], lambda b: b.params_of(b.norms))
+        blocks = range(config["from_block"], len(ctx.blocks))
+        return self.unfreeze_block_params(model, ctx, blocks, lambda b: b.params_of(b.norms))
 
 
 @hookimpl
