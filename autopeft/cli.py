@@ -19,19 +19,24 @@ __all__ = ["main"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from autopeft.study import best_trial, run_study
+    from autopeft.study import best_trial, pareto_front, run_study
 
-    study = run_study(args.study, n_trials=args.n_trials, storage=args.storage, quiet=args.quiet)
+    study = run_study(
+        args.study, n_trials=args.n_trials, storage=args.storage, quiet=args.quiet, start_from=args.start_from
+    )
     best = best_trial(study)
     if best is not None:
         _print_best(best, study.user_attrs.get("metric", "value"))
+    if len(study.directions) > 1:
+        print(f"Pareto front: {len(pareto_front(study))} trials; see `autopeft pareto {args.study}`")
     return 0
 
 
 def _print_best(best: FrozenTrial, metric: str) -> None:
     attrs = best.user_attrs
+    assert best.values is not None
     print(
-        f"best trial {best.number}: {metric} {best.value:.4f}"
+        f"best trial {best.number}: {metric} {best.values[0]:.4f}"
         + (f" (test {attrs['test_metric']:.4f})" if "test_metric" in attrs else "")
     )
     print(
@@ -58,7 +63,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(
             json.dumps(
-                {"number": best.number, "value": best.value, "params": best.params, "user_attrs": best.user_attrs},
+                {"number": best.number, "values": best.values, "params": best.params, "user_attrs": best.user_attrs},
                 indent=2,
             )
         )
@@ -68,35 +73,54 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 
 def _cmd_trials(args: argparse.Namespace) -> int:
+    from autopeft.results import format_rows, trial_row
+
     study = _load(args)
+    metric = study.user_attrs.get("metric", "value")
+    print(format_rows([trial_row(t, metric) for t in study.get_trials(deepcopy=False)], args.format))
+    return 0
+
+
+def _cmd_pareto(args: argparse.Namespace) -> int:
+    from autopeft.confirm import CONFIRM_PREFIX
+    from autopeft.results import format_rows, trial_row
+    from autopeft.study import pareto_front
+
+    study = _load(args)
+    metric = study.user_attrs.get("metric", "value")
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
-        state = "infeasible" if a.get("infeasible") else t.state.name.lower()
-        rows.append(
-            {
-                "number": t.number,
-                "state": state,
-                "value": t.value,
-                "method": a.get("method"),
-                "trainable_params": a.get("trainable_params"),
-                "learning_rate": a.get("learning_rate"),
-                "train_seconds": a.get("train_seconds"),
-                "config": a.get("config"),
-            }
-        )
-    if args.format == "json":
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'#':>4} {'state':<10} {'value':>8} {'method':<10} {'trainable':>10} {'lr':>9} {'train s':>8}  config")
-    for r in rows:
-        value = "" if r["value"] is None else f"{r['value']:.4f}"
-        lr = "" if r["learning_rate"] is None else f"{r['learning_rate']:.2e}"
-        secs = "" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}"
-        print(
-            f"{r['number']:>4} {r['state']:<10} {value:>8} {r['method'] or '':<10} "
-            f"{r['trainable_params'] or '':>10} {lr:>9} {secs:>8}  {r['config'] or ''}"
-        )
+    for t in pareto_front(study):
+        row = trial_row(t, metric)
+        del row["state"], row["train_seconds"]
+        confirmed = study.user_attrs.get(f"{CONFIRM_PREFIX}{t.number}")
+        if confirmed or args.format != "table":
+            row["confirmed_mean"] = confirmed and confirmed["mean"]
+            row["confirmed_std"] = confirmed and confirmed["std"]
+            row["confirmed_seeds"] = confirmed and len(confirmed["seeds"])
+        rows.append(row)
+    if not rows:
+        raise AutopeftError(f"study {study.study_name!r} has no feasible complete trial yet; run `autopeft run` first")
+    print(format_rows(rows, args.format))
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from autopeft.config import load_config
+    from autopeft.plan import format_plan, make_plan
+    from autopeft.plugins import get_plugin_manager
+
+    plan = make_plan(load_config(args.study), get_plugin_manager(), samples=args.samples)
+    print(json.dumps(plan, indent=2) if args.format == "json" else format_plan(plan))
+    return 0
+
+
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from autopeft.confirm import confirm_front
+
+    _, records = confirm_front(args.study, seeds=args.seeds, storage=args.storage, quiet=args.quiet)
+    for r in records:
+        test = f"; test {r['test_mean']:.4f} ± {r['test_std']:.4f}" if "test_mean" in r else ""
+        print(f"trial {r['trial']}: {r['mean']:.4f} ± {r['std']:.4f} over {len(r['seeds'])} seeds{test}")
     return 0
 
 
@@ -133,14 +157,37 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--n-trials", type=int, help="finish this many trials instead of [study] n_trials")
     run.add_argument("--storage", help="storage URL instead of [study] storage")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument(
+        "--from",
+        dest="start_from",
+        metavar="OTHER_STUDY",
+        help="study file of another study whose Pareto configurations are tried first",
+    )
     run.set_defaults(func=_cmd_run)
 
-    for name, func, text in (("best", _cmd_best, "show the best trial"), ("trials", _cmd_trials, "list every trial")):
+    for name, func, text, formats in (
+        ("best", _cmd_best, "show the best trial", ("table", "json")),
+        ("trials", _cmd_trials, "list every trial", ("table", "json", "csv")),
+        ("pareto", _cmd_pareto, "the Pareto front of metric against trainable parameters", ("table", "json", "csv")),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("study")
         p.add_argument("--storage", help="storage URL instead of [study] storage")
-        p.add_argument("--format", choices=("table", "json"), default="table")
+        p.add_argument("--format", choices=formats, default="table")
         p.set_defaults(func=func)
+
+    plan = sub.add_parser("plan", help="show blocks, method sizes and how much of the space fits, without training")
+    plan.add_argument("study")
+    plan.add_argument("--samples", type=int, default=1000, help="random samples per method for the shares")
+    plan.add_argument("--format", choices=("table", "json"), default="table")
+    plan.set_defaults(func=_cmd_plan)
+
+    confirm = sub.add_parser("confirm", help="re-train the Pareto configurations with new seeds")
+    confirm.add_argument("study")
+    confirm.add_argument("--seeds", type=int, default=3, help="new seeds per configuration")
+    confirm.add_argument("--storage", help="storage URL instead of [study] storage")
+    confirm.add_argument("--quiet", action="store_true", help="no progress output")
+    confirm.set_defaults(func=_cmd_confirm)
 
     plugins = sub.add_parser("plugins", help="list installed methods and the distribution providing each")
     plugins.add_argument("--format", choices=("table", "json"), default="table")

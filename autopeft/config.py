@@ -37,6 +37,8 @@ class StudySection:
     sampler: str = "tpe"
     pruner: str = "median"
     seed: int = 0
+    # ["accuracy"]: the best metric under the budget; ["accuracy", "trainable_params"]: the Pareto front.
+    objectives: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class SearchSection:
-    methods: list[str] = field(default_factory=lambda: ["lora", "unfreeze", "bitfit"])
+    # Every built-in but prompt tuning, which needs long training on large models to compete.
+    methods: list[str] = field(default_factory=lambda: ["lora", "ia3", "adapter", "bitfit", "unfreeze"])
     warm_start: bool = True  # try each method's known-good configuration first
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # [search.<method>] tables
 
@@ -102,6 +105,15 @@ class StudyConfig:
     budget: BudgetSection
     train: TrainSection
     search: SearchSection
+
+    @property
+    def objectives(self) -> list[str]:
+        """What the study optimizes: the task metric, and the trainable parameters when multi-objective."""
+        return self.study.objectives or [self.task.metric]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     @property
     def storage(self) -> str:
@@ -192,6 +204,12 @@ def _validate(c: StudyConfig) -> None:
     _check(s.sampler in SAMPLERS, "study.sampler", f"unknown sampler {s.sampler!r}", f"use one of {list(SAMPLERS)}")
     _check(s.pruner in PRUNERS, "study.pruner", f"unknown pruner {s.pruner!r}", f"use one of {list(PRUNERS)}")
     _check(_is_int(s.seed), "study.seed", f"must be an integer, got {s.seed!r}", "e.g. seed = 0")
+    _check(
+        s.objectives is None or s.objectives in ([t.metric], [t.metric, "trainable_params"]),
+        "study.objectives",
+        f"must be the task metric, optionally followed by trainable_params; got {s.objectives!r}",
+        f'use objectives = ["{t.metric}", "trainable_params"] for a Pareto front, or remove it',
+    )
     _check(
         isinstance(m.name, str) and m.name != "",
         "model.name",

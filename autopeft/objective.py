@@ -10,10 +10,12 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import math
 import platform
 import random
 import resource
 import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -30,13 +32,17 @@ from autopeft.methods import PeftMethod, trainable_numel
 from autopeft.models import load_model, load_tokenizer, resolve_model_name
 from autopeft.plugins import MethodInfo, registered_methods
 from autopeft.progress import Progress
-from autopeft.study import best_trial
-from autopeft.train import evaluate, train
+from autopeft.pruning import SizeAwareMedianPruner
+from autopeft.results import best_trial
+from autopeft.train import TrainResult, evaluate, train
+from autopeft.warm_start import map_to_blocks
 
-__all__ = ["Objective", "WORST", "library_versions", "pick_device"]
+__all__ = ["Objective", "WORST", "UNBOUNDED", "library_versions", "pick_device"]
 
 #: The value an infeasible trial reports: the worst the metric can be, so it never looks good.
 WORST = {"accuracy": 0.0, "f1": 0.0, "mcc": -1.0}
+#: A budget no configuration reaches: what a method samples when nothing constrains it.
+UNBOUNDED = 2**62
 
 
 def library_versions() -> dict[str, str]:
@@ -72,7 +78,12 @@ def enabled_methods(config: StudyConfig, pm: pluggy.PluginManager) -> dict[str, 
 
 
 class Objective:
-    """The callable Optuna optimizes; one instance per worker process."""
+    """The callable Optuna optimizes; one instance per worker process.
+
+    Args:
+        strict: raise :class:`BudgetError` when no enabled method fits the budget (``autopeft plan``
+            passes False to show why instead).
+    """
 
     def __init__(
         self,
@@ -80,12 +91,13 @@ class Objective:
         pm: pluggy.PluginManager,
         progress: Progress | None = None,
         device: torch.device | None = None,
+        strict: bool = True,
     ) -> None:
         self.config, self.device = config, device or pick_device()
         self.progress = progress or Progress(quiet=True)
-        methods = enabled_methods(config, pm)
+        self.enabled = {name: info.method for name, info in enabled_methods(config, pm).items()}
         self.options = {
-            name: info.method.check_options(config.search.options.get(name, {})) for name, info in methods.items()
+            name: method.check_options(config.search.options.get(name, {})) for name, method in self.enabled.items()
         }
 
         self.model_source, offline = resolve_model_name(pm, config.model.name)
@@ -98,38 +110,81 @@ class Objective:
             self.budget = parse_budget(config.budget.max_trainable, self.ctx.total_params)
         except ValueError as exc:
             raise ConfigError("budget.max_trainable", str(exc), 'use e.g. "0.5%" or "150k"') from None
+        self.total_steps = math.ceil(len(self.data.train) / config.train.batch_size) * config.train.epochs
+        self.pruner = SizeAwareMedianPruner() if config.multi_objective and config.study.pruner != "none" else None
 
-        smallest = {
-            n: i.method.count_trainable(self.ctx, i.method.smallest(self.ctx, self.options[n]))
-            for n, i in methods.items()
+        self.smallest = {
+            n: m.count_trainable(self.ctx, m.smallest(self.ctx, self.options[n])) for n, m in self.enabled.items()
         }
-        self.methods = {n: i.method for n, i in methods.items() if smallest[n] <= self.budget}
-        if not self.methods:
-            cheapest = min(smallest, key=smallest.__getitem__)
+        self.methods = {n: m for n, m in self.enabled.items() if self.smallest[n] <= self.budget}
+        if not self.methods and strict:
+            cheapest = min(self.smallest, key=self.smallest.__getitem__)
             raise BudgetError(
                 f"budget.max_trainable: {format_count(self.budget)} parameters fit no configuration; the "
-                f"smallest is {cheapest} with {format_count(smallest[cheapest])}: raise the budget to at least "
-                f"{smallest[cheapest]} or enable a smaller method"
+                f"smallest is {cheapest} with {format_count(self.smallest[cheapest])}: raise the budget to at least "
+                f"{self.smallest[cheapest]} or enable a smaller method"
             )
-        for name in set(methods) - set(self.methods):
+        for name in set(self.enabled) - set(self.methods):
             self.progress.line(
                 f"autopeft: method {name!r} skipped: its smallest configuration "
-                f"({format_count(smallest[name])}) exceeds the budget ({format_count(self.budget)})"
+                f"({format_count(self.smallest[name])}) exceeds the budget ({format_count(self.budget)})"
             )
         self.versions = library_versions()
 
-    def warm_start_params(self) -> list[dict[str, Any]]:
-        """Optuna parameters of each enabled method's known-good configuration, to enqueue first."""
+    # -- configurations from parameters ---------------------------------------------------------
+
+    def config_of(self, params: dict[str, Any], budget: int | None = None) -> tuple[str, dict[str, Any]]:
+        """(method, configuration) that ``params`` (a trial's parameters) stand for.
+
+        Raises:
+            ValueError: a parameter is missing or not among this study's choices.
+        """
+        name = params["method"]
+        method = self.enabled[name]
+        trial = optuna.trial.FixedTrial(params)
+        return name, method.suggest(trial, self.ctx, self.options[name], self.budget if budget is None else budget)
+
+    def _with_learning_rate(self, params: dict[str, Any], method: str) -> dict[str, Any]:
         lr = self.config.train.learning_rate
+        key = f"{method}.learning_rate"
+        if isinstance(lr, list):
+            default = self.methods[method].default_learning_rate
+            params[key] = min(max(float(params.get(key, default)), lr[0]), lr[1])
+        else:
+            params.pop(key, None)
+        return params
+
+    def warm_start_params(self) -> list[dict[str, Any]]:
+        """Optuna parameters of each enabled method's known-good configuration that fits the budget as is."""
         found = []
         for name, method in self.methods.items():
             params = method.warm_start(self.ctx, self.options[name])
             if params is None:
                 continue
-            found.append({"method": name, **params})
-            if isinstance(lr, list):
-                found[-1][f"{name}.learning_rate"] = min(max(method.default_learning_rate, lr[0]), lr[1])
+            params = self._with_learning_rate({"method": name, **params}, name)
+            _, config = self.config_of(params, UNBOUNDED)
+            if method.count_trainable(self.ctx, config) <= self.budget:
+                found.append(params)
+            else:
+                self.progress.line(f"autopeft: {name}'s default configuration exceeds the budget; not tried first")
         return found
+
+    def adopt(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Another study's trial parameters made valid here (blocks mapped, rate clipped), or None.
+
+        None when its method is not enabled here or a value is not among this study's choices.
+        """
+        name = params.get("method")
+        if name not in self.methods:
+            return None
+        params = self._with_learning_rate(map_to_blocks(params, len(self.ctx.blocks)), name)
+        try:
+            self.config_of(params)
+        except (ValueError, KeyError):
+            return None
+        return params
+
+    # -- one trial --------------------------------------------------------------------------------
 
     def _learning_rate(self, trial: optuna.Trial, method: str) -> float:
         # Per method: the right rate for LoRA is orders of magnitude above full fine-tuning's.
@@ -140,7 +195,10 @@ class Objective:
             else trial.suggest_float(f"{method}.learning_rate", lr[0], lr[1], log=True)
         )
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def _values(self, metric: float, n: int) -> float | tuple[float, float]:
+        return (metric, float(n)) if self.config.multi_objective else metric
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         metric = self.config.task.metric
         name = trial.suggest_categorical("method", list(self.methods))
         method = self.methods[name]
@@ -167,38 +225,77 @@ class Objective:
         if n > self.budget:  # never trained: told to Optuna as infeasible through the constraint
             trial.set_user_attr("infeasible", True)
             self.progress.line(f"{label}: over budget ({format_count(self.budget)}), not trained")
-            return WORST[metric]
+            return self._values(WORST[metric], n)
         self.progress.line(label)
-        return self._train(trial, method, config, n, learning_rate, seed)
+        result, test = self.fit(
+            method, config, learning_rate, seed, self._reporter(trial, n), trial.number, self._is_new_best(trial, n)
+        )
+        for key, value in {
+            "setup_seconds": result.setup_seconds,
+            "train_seconds": result.train_seconds,
+            "eval_seconds": result.eval_seconds,
+            "train_tokens": result.train_tokens,
+            "tokens_per_second": result.train_tokens / max(result.train_seconds, 1e-9),
+            "peak_memory_mb": result.peak_memory_mb,
+        }.items():
+            trial.set_user_attr(key, value)
+        if test is not None:
+            trial.set_user_attr("test_metric", test)
+        return self._values(result.metric, n)
 
-    def _train(
-        self, trial: optuna.Trial, method: PeftMethod, config: dict[str, Any], n: int, learning_rate: float, seed: int
-    ) -> float:
+    def _reporter(self, trial: optuna.Trial, n: int) -> Callable[[int, float], None]:
+        """The callback ``train`` reports intermediate metrics to; it raises TrialPruned to stop."""
+        started = time.perf_counter()
+        intermediate: dict[str, float] = {}
+
+        def report(step: int, value: float) -> None:
+            self.progress.close_bar()
+            self.progress.line(f"[trial {trial.number}] step {step}: {self.config.task.metric} {value:.4f}")
+            if self.config.multi_objective:  # Optuna cannot report here: keep the values for our pruner
+                intermediate[str(step)] = value
+                trial.set_user_attr("intermediate", intermediate)
+                prune = self.pruner is not None and self.pruner.should_prune(trial.study, n, step, value)
+            else:
+                trial.report(value, step)
+                prune = trial.should_prune()
+            if prune:
+                trial.set_user_attr("pruned_at_step", step)
+                trial.set_user_attr("steps_saved", self.total_steps - step)
+                trial.set_user_attr("seconds_before_pruning", time.perf_counter() - started)
+                self.progress.line(f"[trial {trial.number}] pruned at step {step} ({value:.4f})")
+                raise optuna.TrialPruned()
+
+        return report
+
+    def fit(
+        self,
+        method: PeftMethod,
+        config: dict[str, Any],
+        learning_rate: float,
+        seed: int,
+        report: Callable[[int, float], None] | None = None,
+        label: int | str = "",
+        test: Callable[[float], bool] | bool = False,
+    ) -> tuple[TrainResult, float | None]:
+        """Train ``config`` from a pristine copy of the base model: (result, test metric or None).
+
+        ``test`` says whether to score the test split, as a flag or as a function of the validation
+        metric (trials score it only when they are the new best, to save the time).
+        """
         started = time.perf_counter()
         random.seed(seed)
         torch.manual_seed(seed)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         model = method.apply(copy.deepcopy(self.base).requires_grad_(False), self.ctx, config).to(self.device)
+        n = method.count_trainable(self.ctx, config)
         actual = trainable_numel(model)
         if actual != n:
             raise PluginError(
                 f"method {method.name!r} counted {n} trainable parameters but apply() made {actual} "
                 "trainable; fix its count_trainable"
             )
-        trial.set_user_attr("setup_seconds", time.perf_counter() - started)
-        training_started = time.perf_counter()
-
-        def report(step: int, value: float) -> None:
-            trial.report(value, step)
-            self.progress.close_bar()
-            self.progress.line(f"[trial {trial.number}] step {step}: {self.config.task.metric} {value:.4f}")
-            if trial.should_prune():
-                trial.set_user_attr("pruned_at_step", step)
-                trial.set_user_attr("seconds_before_pruning", time.perf_counter() - training_started)
-                self.progress.line(f"[trial {trial.number}] pruned at step {step} ({value:.4f})")
-                raise optuna.TrialPruned()
-
+        setup_seconds = time.perf_counter() - started
         try:
             result = train(
                 model,
@@ -210,40 +307,43 @@ class Objective:
                 self.config.task.metric,
                 self.device,
                 seed,
-                report,
-                lambda step, total, loss: self.progress.step(trial.number, step, total, loss),
+                report or (lambda step, value: None),
+                lambda step, total, loss: self.progress.step(label, step, total, loss),
             )
-            trial.set_user_attr("train_seconds", result.train_seconds)
-            trial.set_user_attr("eval_seconds", result.eval_seconds)
-            trial.set_user_attr("train_tokens", result.train_tokens)
-            trial.set_user_attr("tokens_per_second", result.train_tokens / max(result.train_seconds, 1e-9))
-            if self.data.test is not None and self._is_new_best(trial, result.metric):
-                trial.set_user_attr(
-                    "test_metric",
-                    evaluate(
-                        model,
-                        self.data.test,
-                        self.data.pad_token_id,
-                        self.config.train.eval_batch_size,
-                        self.config.task.metric,
-                        self.device,
-                    ),
+            result.setup_seconds = setup_seconds
+            score_test = test(result.metric) if callable(test) else test
+            test_value = None
+            if self.data.test is not None and score_test:
+                test_value = evaluate(
+                    model,
+                    self.data.test,
+                    self.data.pad_token_id,
+                    self.config.train.eval_batch_size,
+                    self.config.task.metric,
+                    self.device,
                 )
             self.progress.line(
-                f"[trial {trial.number}] {self.config.task.metric} {result.metric:.4f} "
+                f"[trial {label}] {self.config.task.metric} {result.metric:.4f} "
                 f"(train {result.train_seconds:.1f}s, eval {result.eval_seconds:.1f}s)"
             )
-            return result.metric
+            result.peak_memory_mb = self._peak_memory_mb()
+            return result, test_value
         finally:
-            trial.set_user_attr("peak_memory_mb", self._peak_memory_mb())
             del model
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _is_new_best(self, trial: optuna.Trial, value: float) -> bool:
-        best = best_trial(trial.study)
-        return best is None or best.value is None or value > best.value
+    def _is_new_best(self, trial: optuna.Trial, n: int) -> Callable[[float], bool]:
+        """Whether a validation metric makes this trial the new best (as :func:`best_trial` ranks)."""
+
+        def better(value: float) -> bool:
+            best = best_trial(trial.study)
+            if best is None or best.values is None:
+                return True
+            return (value, -n) > (best.values[0], -best.user_attrs["trainable_params"])
+
+        return better
 
     def _peak_memory_mb(self) -> float:
         """Peak CUDA memory of this trial; on CPU, the process's peak resident memory so far."""

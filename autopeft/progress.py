@@ -25,7 +25,7 @@ class Progress:
         if not self.quiet:
             print(text, file=self.stream, flush=True)
 
-    def step(self, trial: int, step: int, total: int, loss: float) -> None:
+    def step(self, trial: int | str, step: int, total: int, loss: float) -> None:
         """Advance the per-trial step bar (terminal only)."""
         if self.quiet or not self.stream.isatty():
             return

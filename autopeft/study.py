@@ -6,18 +6,31 @@ import re
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
 
 from autopeft.config import StudyConfig, load_config
 from autopeft.errors import AutopeftError
 from autopeft.plugins import get_plugin_manager
 from autopeft.progress import Progress
+from autopeft.results import FINISHED, PENDING, best_trial, finished_trials, pareto_front
 
-__all__ = ["run_study", "open_study", "finished_trials", "best_trial", "mask_url", "make_sampler"]
+if TYPE_CHECKING:
+    from autopeft.objective import Objective
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-PENDING = (TrialState.RUNNING, TrialState.WAITING)
+__all__ = [
+    "run_study",
+    "open_study",
+    "finished_trials",
+    "best_trial",
+    "pareto_front",
+    "mask_url",
+    "make_sampler",
+    "directions",
+]
 
 
 def mask_url(url: str) -> str:
@@ -39,8 +52,15 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
         )
 
 
+def directions(config: StudyConfig) -> list[str]:
+    """Optuna directions of the study's objectives: the metric up, the trainable parameters down."""
+    return ["minimize" if o == "trainable_params" else "maximize" for o in config.objectives]
+
+
 def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    if config.study.pruner == "none":
+    # Optuna's pruners cannot judge multi-objective trials; the objective applies
+    # autopeft.pruning.SizeAwareMedianPruner itself there.
+    if config.study.pruner == "none" or config.multi_objective:
         return optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
@@ -54,17 +74,18 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
     url = storage or config.storage
     try:
         if not create:
-            return optuna.load_study(
+            study = optuna.load_study(
                 study_name=config.study.name, storage=url, sampler=make_sampler(config), pruner=_pruner(config)
             )
-        return optuna.create_study(
-            study_name=config.study.name,
-            storage=url,
-            direction="maximize",
-            sampler=make_sampler(config),
-            pruner=_pruner(config),
-            load_if_exists=True,
-        )
+        else:
+            study = optuna.create_study(
+                study_name=config.study.name,
+                storage=url,
+                directions=directions(config),
+                sampler=make_sampler(config),
+                pruner=_pruner(config),
+                load_if_exists=True,
+            )
     except KeyError:
         raise AutopeftError(
             f"study {config.study.name!r} not found in {mask_url(url)}; run `autopeft run` first"
@@ -79,23 +100,22 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
         raise AutopeftError(
             f"study.storage: cannot open {mask_url(url)} ({message}); check the URL, server and credentials"
         ) from None
-
-
-def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that count towards ``n_trials``: complete (infeasible included) or pruned."""
-    return study.get_trials(deepcopy=False, states=FINISHED)
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best feasible complete trial, or None when there is none yet."""
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
+    wanted = [StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for d in directions(config)]
+    if study.directions != wanted:
+        raise AutopeftError(
+            f"study.objectives: study {config.study.name!r} in {mask_url(url)} was created with "
+            f"{len(study.directions)} objective(s), the study file asks for {len(wanted)}; "
+            "give the study a new name or restore its objectives"
+        )
+    return study
 
 
 def run_study(
-    study_file: str | Path | StudyConfig, n_trials: int | None = None, storage: str | None = None, quiet: bool = False
+    study_file: str | Path | StudyConfig,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    quiet: bool = False,
+    start_from: str | Path | None = None,
 ) -> optuna.Study:
     """Run (or resume) the search a study file describes, until ``n_trials`` trials have finished.
 
@@ -104,6 +124,8 @@ def run_study(
         n_trials: override ``[study] n_trials``.
         storage: override ``[study] storage``.
         quiet: no progress output.
+        start_from: another study file whose Pareto-front configurations, mapped onto this model's
+            blocks, are tried first (once per study).
 
     Returns:
         The Optuna study; every trial's details are in its user attributes.
@@ -127,16 +149,41 @@ def run_study(
     if config.search.warm_start and not study.get_trials(deepcopy=False, states=(*FINISHED, *PENDING)):
         for params in objective.warm_start_params():
             study.enqueue_trial(params, user_attrs={"warm_start": True})
+    if start_from is not None:
+        _enqueue_front(study, objective, start_from, progress)
     progress.line(
         f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
         f"budget {objective.budget} parameters; methods {', '.join(objective.methods)}; device {objective.device}"
     )
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        study.set_user_attr("pruned_trials", sum(1 for t in trials if "steps_saved" in t.user_attrs))
+        study.set_user_attr("pruning_steps_saved", sum(t.user_attrs.get("steps_saved", 0) for t in trials))
         best = best_trial(study)
-        shown = f"best {best.value:.4f} (trial {best.number})" if best else "no feasible trial yet"
+        shown = f"best {best.values[0]:.4f} (trial {best.number})" if best else "no feasible trial yet"
+        if config.multi_objective:
+            shown += f"; Pareto front of {len(pareto_front(study))}"
         progress.line(f"[{len(finished_trials(study))}/{target}] {shown}")
 
     stop = optuna.study.MaxTrialsCallback(target, states=FINISHED)
     study.optimize(objective, n_trials=target - done, callbacks=[stop, after_trial])
     return study
+
+
+def _enqueue_front(study: optuna.Study, objective: Objective, other: str | Path, progress: Progress) -> None:
+    """Enqueue another study's Pareto configurations, mapped onto this model, unless already done."""
+    from autopeft.warm_start import front_params
+
+    name, front = front_params(other)
+    if any(t.user_attrs.get("started_from") == name for t in study.get_trials(deepcopy=False)):
+        return
+    adopted = [p for p in (objective.adopt(params) for params in front) if p is not None]
+    if not adopted:
+        raise AutopeftError(
+            f"--from: none of the {len(front)} Pareto configurations of study {name!r} uses a method and choices "
+            "this study enables; enable its methods under [search] or start without --from"
+        )
+    for params in adopted:
+        study.enqueue_trial(params, user_attrs={"started_from": name}, skip_if_exists=True)
+    progress.line(f"trying first {len(adopted)} of the {len(front)} Pareto configurations of study {name!r}")

@@ -33,6 +33,8 @@ class TrainResult:
     eval_seconds: float
     train_tokens: int
     steps: int
+    setup_seconds: float = 0.0  # copying the base model and applying the method (set by the caller)
+    peak_memory_mb: float = 0.0  # set by the caller, which knows the device
 
 
 def learning_rate_at(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from conftest import write_study
 
-from autopeft import run_study
+from autopeft import best_trial, run_study
 from autopeft.cli import main
 
 
@@ -43,7 +43,7 @@ def test_trials_are_in_sqlite_and_readable_by_optuna(finished) -> None:
 
 def test_best_trial_has_a_test_score(finished) -> None:
     _, study = finished
-    assert 0.0 <= study.best_trial.user_attrs["test_metric"] <= 1.0
+    assert 0.0 <= best_trial(study).user_attrs["test_metric"] <= 1.0
 
 
 def test_rerun_resumes_to_n_trials(finished) -> None:
@@ -58,7 +58,10 @@ def test_cli_best_and_trials(finished, capsys) -> None:
     path, study = finished
     assert main(["best", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f"best trial {study.best_trial.number}" in out and "trainable" in out
+    best = best_trial(study)
+    assert f"best trial {best.number}" in out and "trainable" in out
+    same = [t for t in study.trials if t.value == best.value and t.user_attrs.get("trainable_params")]
+    assert best.user_attrs["trainable_params"] == min(t.user_attrs["trainable_params"] for t in same)  # ties: smaller
     assert main(["trials", str(path), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["number"] for r in rows] == list(range(len(study.trials)))

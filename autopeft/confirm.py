@@ -1,0 +1,82 @@
+"""Re-training the Pareto configurations with new seeds, as configuration-search papers do before reporting.
+
+One search trial is one seed: on small validation sets a lucky seed can put a configuration on the
+front. ``autopeft confirm`` trains every front configuration again with ``seeds`` new seeds and
+records the mean and spread in the study's user attributes (``confirm:<trial number>``), so the
+front can be read with error bars. Re-running it resumes: seeds already trained are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autopeft.config import load_config
+from autopeft.errors import AutopeftError
+from autopeft.plugins import get_plugin_manager
+from autopeft.progress import Progress
+from autopeft.results import pareto_front
+
+__all__ = ["confirm_front", "confirm_seeds", "CONFIRM_PREFIX"]
+
+CONFIRM_PREFIX = "confirm:"
+
+
+def confirm_seeds(study_seed: int, trial_number: int, n: int) -> list[int]:
+    """Seeds for re-training a trial: distinct from every search trial's seed (study seed + trial number)."""
+    return [study_seed + 1_000_003 * (k + 1) + trial_number for k in range(n)]
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def confirm_front(
+    study_file: str | Path, seeds: int = 3, storage: str | None = None, quiet: bool = False
+) -> tuple[optuna.Study, list[dict[str, Any]]]:
+    """Re-train each Pareto configuration of a finished study with ``seeds`` new seeds.
+
+    Returns:
+        The study and one record per front trial: ``trial``, ``seeds``, ``values`` and their
+        ``mean``/``std`` (and ``test_values``/``test_mean``/``test_std`` when there is a test split).
+    """
+    from autopeft.objective import Objective
+    from autopeft.study import open_study
+
+    if seeds < 1:
+        raise AutopeftError("--seeds must be a positive integer")
+    config = load_config(study_file)
+    study = open_study(config, storage, create=False)
+    front = pareto_front(study)
+    if not front:
+        raise AutopeftError(f"study {config.study.name!r} has no feasible complete trial to confirm; run it first")
+    progress = Progress(quiet=quiet)
+    objective = Objective(config, get_plugin_manager(), progress, strict=False)
+    records = []
+    for position, trial in enumerate(front, 1):
+        key = f"{CONFIRM_PREFIX}{trial.number}"
+        record: dict[str, Any] = dict(study.user_attrs.get(key) or {"trial": trial.number, "seeds": [], "values": []})
+        method = objective.enabled[trial.user_attrs["method"]]
+        method_config = json.loads(trial.user_attrs["config"])
+        for seed in confirm_seeds(config.study.seed, trial.number, seeds):
+            if seed in record["seeds"]:
+                continue
+            progress.line(f"confirm {position}/{len(front)}: trial {trial.number}, seed {seed}")
+            result, test = objective.fit(
+                method, method_config, trial.user_attrs["learning_rate"], seed, label=f"{trial.number}", test=True
+            )
+            record["seeds"].append(seed)
+            record["values"].append(result.metric)
+            if test is not None:
+                record.setdefault("test_values", []).append(test)
+            record.update(_summary(record["values"]))
+            if record.get("test_values"):
+                test_summary = _summary(record["test_values"])
+                record.update(test_mean=test_summary["mean"], test_std=test_summary["std"])
+            study.set_user_attr(key, record)  # after every seed: an interrupted confirm keeps what it did
+        records.append(record)
+    return study, records

@@ -1,0 +1,125 @@
+"""``autopeft plan``: what a study would search, without training anything.
+
+Shows the blocks and sub-modules discovered in the model, each method's smallest and largest
+configuration, how much of each method's space fits the budget (before and after autopeft shapes
+the sampling to it), and the size of each method's default configuration. It loads the model and
+the data, so it also checks the study file end to end in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pluggy
+
+from autopeft.config import StudyConfig
+
+__all__ = ["make_plan", "format_plan"]
+
+
+class _RandomTrial:
+    """Uniform draws for the ``suggest_*`` calls methods make: Optuna's ask/tell costs ~1 ms a
+    sample, this costs microseconds, and the shares need hundreds of samples per method."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._rng.choice(list(choices))
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        return self._rng.randrange(low, high + 1, step)
+
+    def suggest_float(self, name: str, low: float, high: float, step: float | None = None, log: bool = False) -> float:
+        return math.exp(self._rng.uniform(math.log(low), math.log(high))) if log else self._rng.uniform(low, high)
+
+
+def _fit_shares(objective: Any, name: str, samples: int) -> tuple[float, float]:
+    """(share of unshaped samples that fit, share of shaped samples that fit) for one method."""
+    from autopeft.objective import UNBOUNDED
+
+    method, options, ctx = objective.enabled[name], objective.options[name], objective.ctx
+    fits = [0, 0]
+    for shaped, budget in enumerate((UNBOUNDED, objective.budget)):
+        trial: Any = _RandomTrial(random.Random(shaped))
+        for _ in range(samples):
+            config = method.suggest(trial, ctx, options, budget)
+            fits[shaped] += method.count_trainable(ctx, config) <= objective.budget
+    return fits[0] / samples, fits[1] / samples
+
+
+def make_plan(config: StudyConfig, pm: pluggy.PluginManager, samples: int = 1000) -> dict[str, Any]:
+    """The plan of a study as a JSON-able dict (see the module docstring)."""
+    from autopeft.objective import UNBOUNDED, Objective
+
+    objective = Objective(config, pm, strict=False)
+    ctx = objective.ctx
+    methods = []
+    for name, method in objective.enabled.items():
+        options = objective.options[name]
+        warm = method.warm_start(ctx, options)
+        default = None
+        if warm is not None:
+            default = method.count_trainable(ctx, objective.config_of({"method": name, **warm}, UNBOUNDED)[1])
+        unshaped, shaped = _fit_shares(objective, name, samples)
+        methods.append(
+            {
+                "method": name,
+                "smallest": method.count_trainable(ctx, method.smallest(ctx, options)),
+                "largest": method.count_trainable(ctx, method.largest(ctx, options)),
+                "default": default,
+                "default_fits": default is not None and default <= objective.budget,
+                "share_fitting_unshaped": unshaped,
+                "share_fitting_sampled": shaped,
+                "enabled": name in objective.methods,
+            }
+        )
+    return {
+        "model": config.model.name,
+        "total_params": ctx.total_params,
+        "budget": objective.budget,
+        "budget_share": objective.budget / ctx.total_params,
+        "head": {"modules": ctx.head, "params": ctx.head_params},
+        "blocks": [
+            {
+                "index": b.index,
+                "path": b.path,
+                "params": sum(b.params.values()),
+                "groups": {g: paths for g, paths in b.groups.items()},
+            }
+            for b in ctx.blocks
+        ],
+        "methods": methods,
+        "objectives": config.objectives,
+        "samples": samples,
+    }
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The plan as text for a terminal."""
+    from autopeft.budget import format_count
+
+    lines = [
+        f"model {plan['model']}: {format_count(plan['total_params'])} parameters; budget "
+        f"{format_count(plan['budget'])} ({100 * plan['budget_share']:.3g}%); objectives {', '.join(plan['objectives'])}",
+        f"head: {', '.join(plan['head']['modules'])} ({format_count(plan['head']['params'])})",
+        f"{len(plan['blocks'])} blocks:",
+    ]
+    for b in plan["blocks"]:
+        groups = "; ".join(f"{g}: {', '.join(p)}" for g, p in b["groups"].items())
+        lines.append(f"  {b['index']:>3} {b['path']} ({format_count(b['params'])})  {groups}")
+    lines.append(
+        f"{'method':<10} {'smallest':>9} {'largest':>9} {'default':>9}  fits budget (space / as sampled)"
+    )
+    for m in plan["methods"]:
+        default = "-" if m["default"] is None else format_count(m["default"]) + ("" if m["default_fits"] else "!")
+        note = "" if m["enabled"] else "  (skipped: smallest exceeds the budget)"
+        lines.append(
+            f"{m['method']:<10} {format_count(m['smallest']):>9} {format_count(m['largest']):>9} {default:>9}  "
+            f"{100 * m['share_fitting_unshaped']:5.1f}% / {100 * m['share_fitting_sampled']:5.1f}%{note}"
+        )
+    lines.append(f"(shares from {plan['samples']} random samples per method; ! = default exceeds the budget)")
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""Reading results out of a study: finished trials, the best trial, and the Pareto front.
+
+Every trial records its metric as its first objective value and its exact size in the
+``trainable_params`` user attribute, so single- and multi-objective studies are read the same way:
+the front of metric against trainable parameters exists for both.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = [
+    "FINISHED",
+    "PENDING",
+    "finished_trials",
+    "feasible_trials",
+    "best_trial",
+    "pareto_front",
+    "trial_row",
+    "format_rows",
+]
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PENDING = (TrialState.RUNNING, TrialState.WAITING)
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that count towards ``n_trials``: complete (infeasible included) or pruned."""
+    return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete trials that were trained within the budget."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not t.user_attrs.get("infeasible")
+        and all(v <= 0 for v in t.constraints.values())
+        and "trainable_params" in t.user_attrs
+    ]
+
+
+def _metric(trial: FrozenTrial) -> float:
+    assert trial.values is not None
+    return float(trial.values[0])
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The feasible trial with the best metric (fewer trainable parameters break ties), or None."""
+    trials = feasible_trials(study)
+    if not trials:
+        return None
+    return max(trials, key=lambda t: (_metric(t), -t.user_attrs["trainable_params"], -t.number))
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """Feasible trials no other feasible trial beats on both metric and size, smallest first.
+
+    Of trials with the same metric and size, the first is kept.
+    """
+    front: list[FrozenTrial] = []
+    for t in sorted(feasible_trials(study), key=lambda t: (t.user_attrs["trainable_params"], -_metric(t), t.number)):
+        if not front or _metric(t) > _metric(front[-1]):
+            front.append(t)
+    return front
+
+
+def trial_row(trial: FrozenTrial, metric: str) -> dict[str, Any]:
+    """One trial as a flat record for tables, JSON and CSV."""
+    a = trial.user_attrs
+    return {
+        "number": trial.number,
+        "state": "infeasible" if a.get("infeasible") else trial.state.name.lower(),
+        metric: trial.values[0] if trial.values else None,
+        "test": a.get("test_metric"),
+        "method": a.get("method"),
+        "trainable_params": a.get("trainable_params"),
+        "trainable_share": a.get("trainable_share"),
+        "learning_rate": a.get("learning_rate"),
+        "train_seconds": a.get("train_seconds"),
+        "config": a.get("config"),
+    }
+
+
+def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
+    """Rows as ``json``, ``csv`` or an aligned text ``table``."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if not rows:
+        return ""
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue().rstrip("\n")
+    cells = [[_cell(v) for v in r.values()] for r in rows]
+    header = [k.replace("_", " ") for k in rows[0]]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.4f}"
+    return str(value)
