@@ -145,12 +145,14 @@ def run_study(
     study.set_user_attr("budget", objective.budget)
     study.set_user_attr("total_params", objective.ctx.total_params)
     study.set_user_attr("metric", config.task.metric)
-    # A new study (or one whose only trials failed, e.g. interrupted) starts from the known-good configurations.
-    if config.search.warm_start and not study.get_trials(deepcopy=False, states=(*FINISHED, *PENDING)):
-        for params in objective.warm_start_params():
-            study.enqueue_trial(params, user_attrs={"warm_start": True})
+    # A new study (or one whose only trials failed, e.g. interrupted) starts from the known-good
+    # configurations: another study's front first when asked for, then each method's default.
+    new = not study.get_trials(deepcopy=False, states=(*FINISHED, *PENDING))
     if start_from is not None:
         _enqueue_front(study, objective, start_from, progress)
+    if config.search.warm_start and new:
+        for params in objective.warm_start_params():
+            study.enqueue_trial(params, user_attrs={"warm_start": True})
     progress.line(
         f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
         f"budget {objective.budget} parameters; methods {', '.join(objective.methods)}; device {objective.device}"

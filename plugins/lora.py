@@ -139,7 +139,7 @@ class Lora(PeftBackedMethod):
         """One ``LoraConfig``: the most common rank as ``r``, the others in ``rank_pattern``/``alpha_pattern``."""
         ranks = self.module_ranks(ctx, config)
         values = list(ranks.values())
-        base = max(set(values), key=values.count)
+        base = max(sorted(set(values)), key=values.count)  # ties: the smallest, for a stable config
         other = {path: r for path, r in ranks.items() if r != base}
         return LoraConfig(
             r=base,
