@@ -163,7 +163,8 @@ def build_context(model: nn.Module) -> ModelContext:
     head = head_module_names(model)
     head_params = sum(p.numel() for h in head for p in model.get_submodule(h).parameters())
     total = sum(p.numel() for p in model.parameters())
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if callable(get_embeddings) else None
     width = int(embeddings.weight.shape[1]) if isinstance(embeddings, nn.Embedding) else 0
     return ModelContext(discover_blocks(model), head, head_params, total, width, _skeleton_factory(model))
 

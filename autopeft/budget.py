@@ -65,7 +65,7 @@ def fit_sizes(
 
 
 def suggest_sizes(
-    trial: optuna.Trial,
+    trial: optuna.trial.BaseTrial,
     name: str,
     choices: Sequence[int],
     cost: Callable[[int, int], int],

@@ -97,7 +97,9 @@ class PeftMethod(ABC):
         return merged
 
     @abstractmethod
-    def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
+    def suggest(
+        self, trial: optuna.trial.BaseTrial, ctx: ModelContext, options: dict[str, Any], budget: int
+    ) -> dict[str, Any]:
         """Sample a configuration from ``trial``; parameter names must start with ``"<name>."``.
 
         ``budget`` is the most trainable parameters allowed (head included): shape the sample so

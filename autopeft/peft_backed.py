@@ -68,7 +68,10 @@ class PeftBackedMethod(PeftMethod):
     def apply(self, model: nn.Module, ctx: ModelContext, config: dict[str, Any]) -> nn.Module:
         peft_config = self.peft_config(ctx, config)
         targets = list(getattr(peft_config, "target_modules", None) or [])
-        patterns = {**(getattr(peft_config, "rank_pattern", None) or {}), **(getattr(peft_config, "alpha_pattern", None) or {})}
+        patterns = {
+            **(getattr(peft_config, "rank_pattern", None) or {}),
+            **(getattr(peft_config, "alpha_pattern", None) or {}),
+        }
         wrapped = get_peft_model(model, peft_config)
         verify_targets(wrapped, targets, patterns)
         return wrapped

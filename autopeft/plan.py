@@ -104,16 +104,15 @@ def format_plan(plan: dict[str, Any]) -> str:
 
     lines = [
         f"model {plan['model']}: {format_count(plan['total_params'])} parameters; budget "
-        f"{format_count(plan['budget'])} ({100 * plan['budget_share']:.3g}%); objectives {', '.join(plan['objectives'])}",
+        f"{format_count(plan['budget'])} ({100 * plan['budget_share']:.3g}%); "
+        f"objectives {', '.join(plan['objectives'])}",
         f"head: {', '.join(plan['head']['modules'])} ({format_count(plan['head']['params'])})",
         f"{len(plan['blocks'])} blocks:",
     ]
     for b in plan["blocks"]:
         groups = "; ".join(f"{g}: {', '.join(p)}" for g, p in b["groups"].items())
         lines.append(f"  {b['index']:>3} {b['path']} ({format_count(b['params'])})  {groups}")
-    lines.append(
-        f"{'method':<10} {'smallest':>9} {'largest':>9} {'default':>9}  fits budget (space / as sampled)"
-    )
+    lines.append(f"{'method':<10} {'smallest':>9} {'largest':>9} {'default':>9}  fits budget (space / as sampled)")
     for m in plan["methods"]:
         default = "-" if m["default"] is None else format_count(m["default"]) + ("" if m["default_fits"] else "!")
         note = "" if m["enabled"] else "  (skipped: smallest exceeds the budget)"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import optuna
 from optuna.study import StudyDirection
@@ -52,7 +51,7 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
         )
 
 
-def directions(config: StudyConfig) -> list[str]:
+def directions(config: StudyConfig) -> list[Literal["minimize", "maximize"]]:
     """Optuna directions of the study's objectives: the metric up, the trainable parameters down."""
     return ["minimize" if o == "trainable_params" else "maximize" for o in config.objectives]
 

@@ -123,7 +123,9 @@ class Adapter(PeftMethod):
             return 0
         return sum(d_in * size + size + size * d_out + d_out for _, _, d_in, d_out in self._sites(ctx, index, config))
 
-    def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
+    def suggest(
+        self, trial: optuna.trial.BaseTrial, ctx: ModelContext, options: dict[str, Any], budget: int
+    ) -> dict[str, Any]:
         config = {
             "placement": trial.suggest_categorical("adapter.placement", options["placement"]),
             "sublayers": trial.suggest_categorical("adapter.sublayers", options["sublayers"]),
@@ -169,7 +171,7 @@ class Adapter(PeftMethod):
                 adapter = Bottleneck(d_in, size, d_out).to(device=weight.device, dtype=weight.dtype)
                 model.set_submodule(f"{prefix}.{exit_}", _Exit(base, adapter, slot))
         self.unfreeze_head(model, ctx)
-        model.autopeft_adapter_config = dict(config)  # written into the saved file's metadata
+        model.autopeft_adapter_config = dict(config)  # type: ignore[assignment]  # for the saved file's metadata
         return model
 
     def save(self, model: nn.Module, directory: Path) -> None:

@@ -25,7 +25,9 @@ class BitFit(PeftMethod):
     def _costs(self, ctx: ModelContext) -> list[int]:
         return [sum(b.params[n] for n in bias_params(b)) for b in ctx.blocks]
 
-    def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
+    def suggest(
+        self, trial: optuna.trial.BaseTrial, ctx: ModelContext, options: dict[str, Any], budget: int
+    ) -> dict[str, Any]:
         costs = self._costs(ctx)
         on = suggest_sizes(
             trial, "bitfit.block", [1], lambda i, x: x * costs[i], len(ctx.blocks), ctx.head_params, budget

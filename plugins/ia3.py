@@ -36,7 +36,9 @@ class IA3(PeftBackedMethod):
         linears = ctx.blocks[index].linears
         return on * (sum(linears[p][1] for p in attention) + sum(linears[p][0] for p in ff))
 
-    def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
+    def suggest(
+        self, trial: optuna.trial.BaseTrial, ctx: ModelContext, options: dict[str, Any], budget: int
+    ) -> dict[str, Any]:
         ff = bool(trial.suggest_categorical("ia3.feedforward", options["feedforward"]))
         on = suggest_sizes(
             trial,
@@ -51,7 +53,10 @@ class IA3(PeftBackedMethod):
 
     def warm_start(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any] | None:
         # peft's defaults: every block, keys, values and the feed-forward output.
-        return {"ia3.feedforward": max(options["feedforward"]), **{f"ia3.block[{i}]": 1 for i in range(len(ctx.blocks))}}
+        return {
+            "ia3.feedforward": max(options["feedforward"]),
+            **{f"ia3.block[{i}]": 1 for i in range(len(ctx.blocks))},
+        }
 
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
         return {"blocks": [0] * (len(ctx.blocks) - 1) + [1], "feedforward": min(options["feedforward"])}

@@ -64,7 +64,9 @@ class Lora(PeftBackedMethod):
             )
         bad_variants = [v for v in merged["variants"] if v not in VARIANTS]
         if bad_variants:
-            raise ConfigError("search.lora.variants", f"unknown variant {bad_variants[0]!r}", f"use some of {list(VARIANTS)}")
+            raise ConfigError(
+                "search.lora.variants", f"unknown variant {bad_variants[0]!r}", f"use some of {list(VARIANTS)}"
+            )
         for targets in merged["targets"]:
             groups = [] if targets == "all" else targets.split("+")
             bad = [g for g in groups if g not in GROUPS]
@@ -83,7 +85,9 @@ class Lora(PeftBackedMethod):
         dora = variant == "dora"  # DoRA adds a magnitude vector per output feature
         return sum(r * sum(block.linears[p]) + dora * block.linears[p][1] for p in target_paths(ctx, index, targets))
 
-    def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
+    def suggest(
+        self, trial: optuna.trial.BaseTrial, ctx: ModelContext, options: dict[str, Any], budget: int
+    ) -> dict[str, Any]:
         alpha = trial.suggest_categorical("lora.alpha", options["alpha"])
         targets = trial.suggest_categorical("lora.targets", options["targets"])
         variant = trial.suggest_categorical("lora.variant", options["variants"])
@@ -113,7 +117,13 @@ class Lora(PeftBackedMethod):
         variant = pick(options["variants"], key=lambda v: v == "dora")
         targets = pick(options["targets"], key=lambda t: self._block_cost(ctx, top, r, t, variant))
         ranks = [0] * top + [r] if pick is min else [r] * len(ctx.blocks)
-        return {"ranks": ranks, "alpha": min(options["alpha"]), "targets": targets, "variant": variant, "dropout": options["dropout"]}
+        return {
+            "ranks": ranks,
+            "alpha": min(options["alpha"]),
+            "targets": targets,
+            "variant": variant,
+            "dropout": options["dropout"],
+        }
 
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
         return self._extreme(ctx, options, min)
@@ -158,7 +168,8 @@ class Lora(PeftBackedMethod):
         wrapped = super().apply(model, ctx, config)
         assert isinstance(wrapped, PeftModel)
         for path, r in self.module_ranks(ctx, config).items():  # peft would have used `r` for an unmatched key
-            got = wrapped.base_model.model.get_submodule(path).r.get("default")
+            layer: Any = wrapped.get_submodule(f"base_model.model.{path}")
+            got = layer.r.get("default")
             if got != r:
                 raise PluginError(f"lora: {path} got rank {got}, expected {r}; a rank_pattern key did not match")
         return wrapped

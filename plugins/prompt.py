@@ -23,13 +23,17 @@ class PromptTuning(PeftBackedMethod):
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_options(options)
         if not all(t > 0 for t in merged["tokens"]):
-            raise ConfigError("search.prompt.tokens", f"must be positive, got {merged['tokens']}", "e.g. tokens = [8, 16]")
+            raise ConfigError(
+                "search.prompt.tokens", f"must be positive, got {merged['tokens']}", "e.g. tokens = [8, 16]"
+            )
         return merged
 
     def _cost(self, ctx: ModelContext, tokens: int) -> int:
         return ctx.head_params + tokens * ctx.embedding_dim
 
-    def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
+    def suggest(
+        self, trial: optuna.trial.BaseTrial, ctx: ModelContext, options: dict[str, Any], budget: int
+    ) -> dict[str, Any]:
         wanted = trial.suggest_categorical("prompt.tokens", sorted(options["tokens"]))
         fitting = [t for t in options["tokens"] if t <= wanted and self._cost(ctx, t) <= budget]
         return {"tokens": max(fitting, default=min(options["tokens"]))}

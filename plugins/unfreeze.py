@@ -41,7 +41,9 @@ class Unfreeze(PeftMethod):
     def _costs(self, ctx: ModelContext, part: str) -> list[int]:
         return [sum(b.params[n] for n in part_params(b, part)) for b in ctx.blocks]
 
-    def suggest(self, trial: optuna.Trial, ctx: ModelContext, options: dict[str, Any], budget: int) -> dict[str, Any]:
+    def suggest(
+        self, trial: optuna.trial.BaseTrial, ctx: ModelContext, options: dict[str, Any], budget: int
+    ) -> dict[str, Any]:
         # Parts that cannot fit even in one block are never offered (the choice list is fixed per
         # study, since the budget and model are).
         fitting = [p for p in options["parts"] if self._costs(ctx, p)[-1] + ctx.head_params <= budget]

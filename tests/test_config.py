@@ -85,7 +85,8 @@ def test_cli_unknown_method_lists_installed(tmp_path: Path, capsys, minilm_avail
     path = write_study(tmp_path, search={"methods": ["lorra"]})
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown method 'lorra'" in err[0] and "adapter, bitfit, ia3, lora, prompt, unfreeze" in err[0]
+    assert len(err) == 1 and "unknown method 'lorra'" in err[0]
+    assert "installed methods: adapter, bitfit, ia3, lora, prompt, unfreeze" in err[0]
 
 
 def test_cli_unreachable_database_masks_password(tmp_path: Path, capsys) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,7 +64,7 @@ def test_quickstart_space_rarely_samples_over_budget_and_never_trains_it(tmp_pat
 
 def _method_share(sampler: str, tmp_path: Path, caplog) -> float:
     config = load_config(_study_copy(tmp_path / sampler, "quickstart-pareto.toml"))
-    config = type(config)(**{**config.__dict__, "study": type(config.study)(**{**config.study.__dict__, "sampler": sampler})})
+    config = replace(config, study=replace(config.study, sampler=sampler))
     optuna.logging.enable_propagation()
     try:
         with caplog.at_level(logging.WARNING, logger="optuna"):
