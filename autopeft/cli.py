@@ -198,9 +198,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autopeft`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "run" and args.n_trials is not None and args.n_trials < 1:
-        print("autopeft: error: --n-trials must be a positive integer", file=sys.stderr)
-        return 2
+    for flag in ("n_trials", "samples", "seeds"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            print(f"autopeft: error: --{flag.replace('_', '-')} must be a positive integer", file=sys.stderr)
+            return 2
     quiet_libraries()
     try:
         return int(args.func(args))

@@ -148,3 +148,16 @@ def test_changing_objectives_of_an_existing_study_is_refused(front_study, capsys
     single.write_text(text)
     assert main(["best", str(single)]) == 2
     assert "was created with 2 objective(s), the study file asks for 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["plan", "s.toml", "--samples", "0"],
+        ["confirm", "s.toml", "--seeds", "0"],
+        ["run", "s.toml", "--n-trials", "-1"],
+    ],
+)
+def test_counts_must_be_positive(argv, capsys) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().endswith("must be a positive integer")
