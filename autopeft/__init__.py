@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 
 from autopeft.blocks import Block, ModelContext, build_context, discover_blocks
 from autopeft.budget import parse_budget, suggest_sizes
-from autopeft.confirm import confirm_front
 from autopeft.config import StudyConfig, load_config
+from autopeft.confirm import confirm_front
 from autopeft.errors import AutopeftError, BudgetError, ConfigError, DataError, ModelError, PluginError
 from autopeft.hookspecs import hookimpl
 from autopeft.methods import PeftMethod, trainable_numel
