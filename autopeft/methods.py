@@ -146,7 +146,11 @@ class PeftMethod(ABC):
         """Write the trained result of ``model`` to ``directory`` (safetensors only)."""
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"method": self.name})
+        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"method": self.name, **self._metadata(model)})
+
+    def _metadata(self, model: nn.Module) -> dict[str, str]:
+        """Extra strings for the saved file's metadata, e.g. what rebuilding the method needs."""
+        return {}
 
     def load(self, model: nn.Module, directory: Path) -> nn.Module:
         """Load what :meth:`save` wrote into ``model``, which ``apply`` built from the same config."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import gc
 import json
-import math
 import platform
 import random
 import resource
@@ -34,7 +33,7 @@ from autopeft.plugins import MethodInfo, registered_methods
 from autopeft.progress import Progress
 from autopeft.pruning import SizeAwareMedianPruner
 from autopeft.results import best_trial
-from autopeft.train import TrainResult, evaluate, train
+from autopeft.train import TrainResult, evaluate, planned_steps, train
 from autopeft.warm_start import map_to_blocks
 
 __all__ = ["Objective", "WORST", "UNBOUNDED", "library_versions", "pick_device"]
@@ -110,7 +109,7 @@ class Objective:
             self.budget = parse_budget(config.budget.max_trainable, self.ctx.total_params)
         except ValueError as exc:
             raise ConfigError("budget.max_trainable", str(exc), 'use e.g. "0.5%" or "150k"') from None
-        self.total_steps = math.ceil(len(self.data.train) / config.train.batch_size) * config.train.epochs
+        self.total_steps = planned_steps(self.data.train, config.train)
         self.pruner = SizeAwareMedianPruner() if config.multi_objective and config.study.pruner != "none" else None
 
         self.smallest = {

@@ -40,9 +40,7 @@ def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not t.user_attrs.get("infeasible")
-        and all(v <= 0 for v in t.constraints.values())
-        and "trainable_params" in t.user_attrs
+        if all(v <= 0 for v in t.constraints.values()) and "trainable_params" in t.user_attrs
     ]
 
 

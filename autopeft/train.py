@@ -21,7 +21,7 @@ from torch import nn
 from autopeft.config import TrainSection
 from autopeft.data import Split, batches
 
-__all__ = ["TrainResult", "learning_rate_at", "score", "predict", "evaluate", "train"]
+__all__ = ["TrainResult", "planned_steps", "learning_rate_at", "score", "predict", "evaluate", "train"]
 
 
 @dataclass
@@ -35,6 +35,11 @@ class TrainResult:
     steps: int
     setup_seconds: float = 0.0  # copying the base model and applying the method (set by the caller)
     peak_memory_mb: float = 0.0  # set by the caller, which knows the device
+
+
+def planned_steps(train_split: Split, settings: TrainSection) -> int:
+    """Optimizer steps a full training run takes; the pruner counts the steps it saves against it."""
+    return math.ceil(len(train_split) / settings.batch_size) * settings.epochs
 
 
 def learning_rate_at(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
@@ -109,8 +114,8 @@ def train(
     """Train the parameters of ``model`` that require grad; return the final validation metric."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(len(train_split) / settings.batch_size)
-    total_steps = steps_per_epoch * settings.epochs
+    total_steps = planned_steps(train_split, settings)
+    steps_per_epoch = total_steps // settings.epochs
     warmup_steps = max(1, int(settings.warmup_ratio * total_steps))
     evals = settings.evals_per_epoch
     eval_steps = {

@@ -22,18 +22,15 @@ wrappers before loading.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from autopeft import ModelContext, PeftMethod, hookimpl
 from autopeft.budget import suggest_sizes
 from autopeft.errors import ConfigError
-from autopeft.methods import WEIGHTS_FILE
 
 PLACEMENTS = ("serial", "parallel")
 SUBLAYERS = ("attention+mlp", "mlp", "attention")
@@ -174,12 +171,9 @@ class Adapter(PeftMethod):
         model.autopeft_adapter_config = dict(config)  # type: ignore[assignment]  # for the saved file's metadata
         return model
 
-    def save(self, model: nn.Module, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    def _metadata(self, model: nn.Module) -> dict[str, str]:
         config = getattr(model, "autopeft_adapter_config", None)
-        metadata = {"method": self.name, **({"config": json.dumps(config)} if config else {})}
-        save_file(tensors, str(directory / WEIGHTS_FILE), metadata=metadata)
+        return {"config": json.dumps(config)} if config else {}
 
     def describe(self, config: dict[str, Any]) -> str:
         return f"{config['placement']} {config['sublayers']} size={'/'.join(map(str, config['sizes']))}"
