@@ -23,6 +23,7 @@ __all__ = [
     "discover_blocks",
     "head_module_names",
     "is_linear",
+    "trainable_per_block",
     "GROUPS",
 ]
 
@@ -167,6 +168,23 @@ def build_context(model: nn.Module) -> ModelContext:
     embeddings = get_embeddings() if callable(get_embeddings) else None
     width = int(embeddings.weight.shape[1]) if isinstance(embeddings, nn.Embedding) else 0
     return ModelContext(discover_blocks(model), head, head_params, total, width, _skeleton_factory(model))
+
+
+def trainable_per_block(model: nn.Module, ctx: ModelContext) -> list[int]:
+    """Trainable parameters inside each block of ``model`` (after a method was applied).
+
+    Read from parameter names, so it holds for any method: peft's wrappers add a prefix
+    (``base_model.model.``) and suffixes, never remove the block's path.
+    """
+    counts = [0] * len(ctx.blocks)
+    patterns = [re.compile(rf"(^|\.){re.escape(b.path)}\.") for b in ctx.blocks]
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            for i, pattern in enumerate(patterns):
+                if pattern.search(name):
+                    counts[i] += p.numel()
+                    break
+    return counts
 
 
 def _skeleton_factory(model: nn.Module) -> Callable[[], nn.Module] | None:

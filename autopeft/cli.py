@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autopeft.errors import AutopeftError
@@ -124,6 +125,72 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from autopeft.export import export
+    from autopeft.progress import Progress
+
+    if args.trial is not None:
+        number, out = args.trial
+        try:
+            which: str | int = int(number)
+        except ValueError:
+            raise AutopeftError(f"--trial: {number!r} is not a trial number; e.g. --trial 7 out/") from None
+    else:
+        which, out = ("best", args.best) if args.best is not None else ("pareto", args.pareto)
+    records = export(args.study, out, which, storage=args.storage, progress=Progress(quiet=args.quiet))
+    metric = records[0]["study"]["metric"]
+    for r in records:
+        t = r["trial"]
+        folder = Path(out) / f"trial-{t['number']}" if which == "pareto" else Path(out)
+        source = "kept" if r["weights"]["source"] == "artifact" else "retrained"
+        print(
+            f"trial {t['number']}: {r['method']} {t['trainable_params']} params, {metric} "
+            f"{t['validation_metric']:.4f} -> {folder} ({source} weights)"
+        )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from autopeft.config import load_config
+    from autopeft.report import write_html, write_pngs
+    from autopeft.study import mask_url, open_study
+
+    config = load_config(args.study)
+    url = args.storage or config.storage
+    study = open_study(config, url, create=False)
+    if args.output:
+        print(f"report: {write_html(study, Path(args.output), mask_url(url))}")
+    if args.png:
+        for path in write_pngs(study, Path(args.png)):
+            print(f"plot: {path}")
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from autopeft.artifacts import artifact_store
+    from autopeft.config import load_config
+    from autopeft.study import mask_url, open_study
+
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise AutopeftError("dashboard: optuna-dashboard is not installed; pip install 'autopeft[dashboard]'") from None
+    config = load_config(args.study)
+    url = args.storage or config.storage
+    study = open_study(config, url, create=False)
+    if study.metric_names is None:  # studies made before autopeft named its objectives
+        study.set_metric_names(config.objectives)
+    store = artifact_store(config) if config.artifacts_dir.is_dir() else None
+    print(
+        f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/ for {mask_url(url)}; trial attributes "
+        "(method, config, trainable_params...) are under each trial; Ctrl-C stops it",
+        file=sys.stderr,
+        flush=True,
+    )
+    optuna_dashboard.run_server(url, host=args.host, port=args.port, artifact_store=store)
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from autopeft.plugins import get_plugin_manager, registered_methods
 
@@ -189,6 +256,32 @@ def _parser() -> argparse.ArgumentParser:
     confirm.add_argument("--quiet", action="store_true", help="no progress output")
     confirm.set_defaults(func=_cmd_confirm)
 
+    export = sub.add_parser(
+        "export", help="write trained adapters (peft format where peft implements the method) with provenance"
+    )
+    export.add_argument("study")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--best", metavar="OUT", help="export the best trial into folder OUT")
+    which.add_argument("--pareto", metavar="OUT", help="export every Pareto trial into OUT/trial-<n>")
+    which.add_argument("--trial", nargs=2, metavar=("N", "OUT"), help="export trial N into folder OUT")
+    export.add_argument("--storage", help="storage URL instead of [study] storage")
+    export.add_argument("--quiet", action="store_true", help="no progress output")
+    export.set_defaults(func=_cmd_export)
+
+    report = sub.add_parser("report", help="write an HTML report with plots (and the plots as PNG images)")
+    report.add_argument("study")
+    report.add_argument("-o", "--output", metavar="HTML", help="report file to write, e.g. report.html")
+    report.add_argument("--png", metavar="DIR", help="also write each plot as DIR/<name>.png (needs Chromium)")
+    report.add_argument("--storage", help="storage URL instead of [study] storage")
+    report.set_defaults(func=_cmd_report)
+
+    dashboard = sub.add_parser("dashboard", help="serve optuna-dashboard on the study's storage")
+    dashboard.add_argument("study")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--storage", help="storage URL instead of [study] storage")
+    dashboard.set_defaults(func=_cmd_dashboard)
+
     plugins = sub.add_parser("plugins", help="list installed methods and the distribution providing each")
     plugins.add_argument("--format", choices=("table", "json"), default="table")
     plugins.set_defaults(func=_cmd_plugins)
@@ -203,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"autopeft: error: --{flag.replace('_', '-')} must be a positive integer", file=sys.stderr)
             return 2
+    if args.command == "report" and not (args.output or args.png):
+        print("autopeft: error: report needs -o report.html, --png DIR, or both", file=sys.stderr)
+        return 2
     quiet_libraries()
     try:
         return int(args.func(args))

@@ -20,13 +20,14 @@ else:  # pragma: no cover
 
 from autopeft.errors import ConfigError
 
-__all__ = ["StudyConfig", "load_config", "METRICS", "SAMPLERS", "PRUNERS", "TASKS", "DATA_SUFFIXES"]
+__all__ = ["StudyConfig", "load_config", "METRICS", "SAMPLERS", "PRUNERS", "TASKS", "DATA_SUFFIXES", "KEEP_WEIGHTS"]
 
 METRICS = ("accuracy", "f1", "mcc")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
 TASKS = ("sequence-classification",)
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
+KEEP_WEIGHTS = ("front", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class StudySection:
     seed: int = 0
     # ["accuracy"]: the best metric under the budget; ["accuracy", "trainable_params"]: the Pareto front.
     objectives: list[str] | None = None
+    # Trained weights kept as Optuna artifacts, so `autopeft export` does not retrain:
+    # "front" keeps every trial on the metric-vs-size front when it finished, "all" or "none".
+    keep_weights: str = "front"
+    artifacts: str | None = None  # directory of the artifact store; default: <name>.artifacts beside this file
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,12 @@ class StudyConfig:
         if self.study.storage:
             return self.study.storage
         return f"sqlite:///{(self.path.parent / self.study.name).resolve()}.db"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where trained weights are kept: ``[study] artifacts`` (relative to the study file) or
+        ``<name>.artifacts`` beside it. Workers on several machines need it on a shared file system."""
+        return (self.path.parent / (self.study.artifacts or f"{self.study.name}.artifacts")).resolve()
 
     def data_path(self, value: str) -> str:
         """A local data file relative to the study file, or a hub dataset name left as is."""
@@ -209,6 +220,18 @@ def _validate(c: StudyConfig) -> None:
         "study.objectives",
         f"must be the task metric, optionally followed by trainable_params; got {s.objectives!r}",
         f'use objectives = ["{t.metric}", "trainable_params"] for a Pareto front, or remove it',
+    )
+    _check(
+        s.keep_weights in KEEP_WEIGHTS,
+        "study.keep_weights",
+        f"must be one of {list(KEEP_WEIGHTS)}, got {s.keep_weights!r}",
+        'e.g. keep_weights = "front"',
+    )
+    _check(
+        s.artifacts is None or isinstance(s.artifacts, str) and s.artifacts.strip() != "",
+        "study.artifacts",
+        "must be a directory path",
+        'e.g. artifacts = "/shared/my-study.artifacts"',
     )
     _check(
         isinstance(m.name, str) and m.name != "",

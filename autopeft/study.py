@@ -99,6 +99,8 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
         raise AutopeftError(
             f"study.storage: cannot open {mask_url(url)} ({message}); check the URL, server and credentials"
         ) from None
+    if create and study.metric_names is None:  # named objectives, for optuna-dashboard and Optuna's plots
+        study.set_metric_names(config.objectives)
     wanted = [StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for d in directions(config)]
     if study.directions != wanted:
         raise AutopeftError(
@@ -144,6 +146,7 @@ def run_study(
     study.set_user_attr("budget", objective.budget)
     study.set_user_attr("total_params", objective.ctx.total_params)
     study.set_user_attr("metric", config.task.metric)
+    study.set_user_attr("labels", objective.data.label_names)
     # A new study (or one whose only trials failed, e.g. interrupted) starts from the known-good
     # configurations: another study's front first when asked for, then each method's default.
     new = not study.get_trials(deepcopy=False, states=(*FINISHED, *PENDING))

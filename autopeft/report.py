@@ -1,0 +1,405 @@
+"""The study report: one self-contained HTML file of plots and tables, or the plots as PNG images.
+
+Everything is read from the study database (trial values and autopeft's user attributes), so a
+report can be written on any machine that reaches the storage, without the model or the data.
+The plots are Plotly figures with plotly.js inlined once, so the file opens offline; ``--png``
+renders the same figures through kaleido, which drives a local Chrome or Chromium.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from autopeft.errors import AutopeftError
+from autopeft.results import best_trial, feasible_trials, pareto_front
+
+__all__ = ["build_figures", "method_table", "outcome_table", "write_html", "write_pngs", "FIGURES"]
+
+#: Figure names, in report order, with their titles.
+FIGURES = {
+    "pareto": "Pareto front: metric against trainable parameters",
+    "history": "Optimisation history",
+    "importance": "Parameter importances per method (fANOVA)",
+    "blocks": "What the front configurations train, block by block",
+}
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def _colors(study: optuna.Study) -> dict[str, str]:
+    methods = sorted({t.user_attrs["method"] for t in study.get_trials(deepcopy=False) if "method" in t.user_attrs})
+    return {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(methods)}
+
+
+def _hover(t: FrozenTrial, metric: str) -> str:
+    a = t.user_attrs
+    assert t.values is not None
+    return (
+        f"trial {t.number} · {a['method']}<br>{metric} {t.values[0]:.4f} · {a['trainable_params']:,} params"
+        f"<br>lr {a.get('learning_rate', 0):.2e}<br>{html.escape(a.get('config', ''))}"
+    )
+
+
+def _empty(fig: Any, text: str) -> Any:
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def _pareto(study: optuna.Study, metric: str) -> Any:
+    import plotly.graph_objects as go
+
+    from autopeft.confirm import CONFIRM_PREFIX
+
+    fig = go.Figure()
+    trials = feasible_trials(study)
+    if not trials:
+        return _empty(fig, "no feasible complete trial yet")
+    colors = _colors(study)
+    for method, color in colors.items():
+        mine = [t for t in trials if t.user_attrs["method"] == method]
+        if mine:
+            fig.add_trace(
+                go.Scatter(
+                    x=[t.user_attrs["trainable_params"] for t in mine],
+                    y=[t.values[0] for t in mine if t.values],
+                    mode="markers",
+                    name=method,
+                    marker={"color": color, "size": 9, "opacity": 0.55},
+                    hovertext=[_hover(t, metric) for t in mine],
+                    hoverinfo="text",
+                )
+            )
+    front = pareto_front(study)
+    confirmed = [study.user_attrs.get(f"{CONFIRM_PREFIX}{t.number}") for t in front]
+    fig.add_trace(
+        go.Scatter(
+            x=[t.user_attrs["trainable_params"] for t in front],
+            y=[t.values[0] for t in front if t.values],
+            mode="lines+markers",
+            line={"shape": "hv", "color": "black", "width": 1.5},
+            marker={"color": [colors[t.user_attrs["method"]] for t in front], "size": 13, "line": {"width": 2}},
+            name="Pareto front",
+            hovertext=[_hover(t, metric) for t in front],
+            hoverinfo="text",
+        )
+    )
+    if any(confirmed):
+        fig.add_trace(
+            go.Scatter(
+                x=[t.user_attrs["trainable_params"] for t, c in zip(front, confirmed) if c],
+                y=[c["mean"] for c in confirmed if c],
+                error_y={"type": "data", "array": [c["std"] for c in confirmed if c]},
+                mode="markers",
+                marker={"symbol": "diamond-open", "size": 12, "color": "black"},
+                name="confirmed mean ± std",
+            )
+        )
+    budget = study.user_attrs.get("budget")
+    if budget:
+        fig.add_vline(x=budget, line_dash="dash", line_color="gray", annotation_text="budget")
+    fig.update_xaxes(type="log", title="trainable parameters")
+    fig.update_yaxes(title=metric)
+    return fig
+
+
+def _history(study: optuna.Study, metric: str) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    trials = sorted(feasible_trials(study), key=lambda t: t.number)
+    if not trials:
+        return _empty(fig, "no feasible complete trial yet")
+    for method, color in _colors(study).items():
+        mine = [t for t in trials if t.user_attrs["method"] == method]
+        if mine:
+            fig.add_trace(
+                go.Scatter(
+                    x=[t.number for t in mine],
+                    y=[t.values[0] for t in mine if t.values],
+                    mode="markers",
+                    name=method,
+                    marker={"color": color, "size": 9},
+                    hovertext=[_hover(t, metric) for t in mine],
+                    hoverinfo="text",
+                )
+            )
+    best, running = [], float("-inf")
+    for t in trials:
+        assert t.values is not None
+        running = max(running, t.values[0])
+        best.append(running)
+    fig.add_trace(
+        go.Scatter(
+            x=[t.number for t in trials], y=best, mode="lines", line={"shape": "hv", "color": "black"}, name="best"
+        )
+    )
+    fig.update_xaxes(title="trial")
+    fig.update_yaxes(title=metric)
+    return fig
+
+
+def _importances(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """fANOVA importance of each method's parameters over that method's feasible trials.
+
+    Per method, because the parameters are conditional on the method: over all trials only
+    ``method`` itself is shared. Methods with fewer than 4 trials, or one parameter, are left out.
+    """
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    result = {}
+    by_method: dict[str, list[FrozenTrial]] = {}
+    for t in feasible_trials(study):
+        by_method.setdefault(t.user_attrs["method"], []).append(t)
+    for method, trials in sorted(by_method.items()):
+        names = {n for t in trials for n in t.params if n != "method"}
+        if len(trials) < 4 or len(names) < 2:
+            continue
+        sub = optuna.create_study(directions=study.directions)
+        sub.add_trials(trials)
+        try:
+            result[method] = get_param_importances(
+                sub, evaluator=FanovaImportanceEvaluator(seed=0), target=lambda t: t.values[0]
+            )
+        except (RuntimeError, ValueError):  # e.g. every trial has the same value: nothing to attribute
+            continue
+    return result
+
+
+def _importance(study: optuna.Study) -> Any:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    found = _importances(study)
+    if not found:
+        return _empty(go.Figure(), "needs at least 4 feasible trials of a method with 2 or more parameters")
+    colors = _colors(study)
+    fig = make_subplots(rows=1, cols=len(found), subplot_titles=list(found), horizontal_spacing=0.12)
+    for col, (method, values) in enumerate(found.items(), 1):
+        top = sorted(values.items(), key=lambda kv: kv[1])[-12:]
+        fig.add_trace(
+            go.Bar(
+                x=[v for _, v in top],
+                y=[k.removeprefix(f"{method}.") for k, _ in top],
+                orientation="h",
+                marker_color=colors.get(method, "gray"),
+                name=method,
+                showlegend=False,
+            ),
+            row=1,
+            col=col,
+        )
+    fig.update_xaxes(title="importance", range=[0, 1])
+    return fig
+
+
+def _per_block_values(config: dict[str, Any], n_blocks: int) -> tuple[str, list[Any]] | None:
+    """The configuration's per-block list (LoRA ``ranks``, adapter ``sizes``, ``blocks`` on/off), if any."""
+    for key, value in config.items():
+        if isinstance(value, list) and len(value) == n_blocks:
+            return key, value
+    return None
+
+
+def _blocks(study: optuna.Study, metric: str) -> Any:
+    import plotly.graph_objects as go
+
+    rows = [t for t in pareto_front(study) if t.user_attrs.get("block_params")]
+    if not rows:
+        return _empty(go.Figure(), "no front trial records its trainable parameters per block yet")
+    n_blocks = len(rows[0].user_attrs["block_params"])
+    z, text, labels = [], [], []
+    for t in rows:
+        a = t.user_attrs
+        assert t.values is not None
+        z.append(a["block_params"])
+        per_block = _per_block_values(json.loads(a.get("config", "{}")), n_blocks)
+        text.append([f"{per_block[0]}={v}" if per_block else "" for v in (per_block[1] if per_block else z[-1])])
+        labels.append(f"#{t.number} {a['method']} {a['trainable_params']:,} · {t.values[0]:.4f}")
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[f"block {i}" for i in range(n_blocks)],
+            y=labels,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            colorbar={"title": "trainable<br>params"},
+            hovertemplate="%{y}<br>%{x}: %{z:,} trainable<br>%{text}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title=f"front trial (params · {metric})")
+    fig.update_xaxes(title="block (0 = next to the embeddings)")
+    return fig
+
+
+def build_figures(study: optuna.Study) -> dict[str, Any]:
+    """The report's Plotly figures by name (see :data:`FIGURES`)."""
+    metric = study.user_attrs.get("metric", "value")
+    builders: dict[str, Callable[[], Any]] = {
+        "pareto": lambda: _pareto(study, metric),
+        "history": lambda: _history(study, metric),
+        "importance": lambda: _importance(study),
+        "blocks": lambda: _blocks(study, metric),
+    }
+    figures = {}
+    for name, build in builders.items():
+        fig = build()
+        fig.update_layout(title=FIGURES[name], template="plotly_white", height=460, margin={"t": 70})
+        figures[name] = fig
+    return figures
+
+
+def _outcome(t: FrozenTrial) -> str:
+    a = t.user_attrs
+    if a.get("infeasible"):
+        return "infeasible"
+    return t.state.name.lower()
+
+
+def _rank(t: FrozenTrial) -> tuple[float, int]:
+    return (t.values[0] if t.values else 0.0, -t.user_attrs["trainable_params"])
+
+
+def method_table(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per method: trials by outcome, its best feasible trial, and its median training time."""
+    metric = study.user_attrs.get("metric", "value")
+    rows = []
+    trials = [t for t in study.get_trials(deepcopy=False) if "method" in t.user_attrs]
+    for method in sorted({t.user_attrs["method"] for t in trials}):
+        mine = [t for t in trials if t.user_attrs["method"] == method]
+        outcomes = Counter(_outcome(t) for t in mine)
+        feasible = [t for t in feasible_trials(study) if t.user_attrs["method"] == method]
+        best = max(feasible, key=_rank, default=None)
+        seconds = [t.user_attrs["train_seconds"] for t in mine if "train_seconds" in t.user_attrs]
+        rows.append(
+            {
+                "method": method,
+                "trials": len(mine),
+                "complete": outcomes["complete"],
+                "pruned": outcomes["pruned"],
+                "infeasible": outcomes["infeasible"],
+                "failed": outcomes["fail"],
+                f"best {metric}": best.values[0] if best and best.values else None,
+                "best trial": best.number if best else None,
+                "its params": best.user_attrs["trainable_params"] if best else None,
+                "median train s": statistics.median(seconds) if seconds else None,
+            }
+        )
+    return rows
+
+
+def outcome_table(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every trial that did not complete within the budget, and why."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a, outcome = t.user_attrs, _outcome(t)
+        if outcome == "complete":
+            continue
+        if outcome == "pruned":
+            step = a.get("pruned_at_step")
+            why = f"pruned at step {step}, saving {a.get('steps_saved', '?')} steps" if step is not None else "pruned"
+        elif outcome == "infeasible":
+            why = f"{a.get('trainable_params', 0):,} trainable parameters > budget {a.get('budget', 0):,}; not trained"
+        elif outcome == "fail":
+            why = str(a.get("error") or t.system_attrs.get("fail_reason") or "failed; no reason recorded")
+        else:
+            why = "still running or waiting"
+        rows.append({"trial": t.number, "outcome": outcome, "method": a.get("method", ""), "reason": why})
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], empty: str) -> str:
+    if not rows:
+        return f"<p class='empty'>{html.escape(empty)}</p>"
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0.2rem; } .meta { color: #555; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; } .empty { color: #777; }
+.plot { margin-bottom: 1.5rem; }
+"""
+
+
+def write_html(study: optuna.Study, path: Path, storage: str = "") -> Path:
+    """Write the report for ``study`` to ``path``: one file, plotly.js inlined, viewable offline."""
+    from plotly.offline import get_plotlyjs
+
+    figures = build_figures(study)
+    metric = study.user_attrs.get("metric", "value")
+    best = best_trial(study)
+    states = Counter(_outcome(t) for t in study.get_trials(deepcopy=False))
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    best_line = (
+        f"best: trial {best.number}, {best.user_attrs['method']}, {metric} {best.values[0]:.4f} with "
+        f"{best.user_attrs['trainable_params']:,} trainable parameters"
+        if best is not None and best.values
+        else "no feasible trial yet"
+    )
+    plots = "\n".join(
+        f"<div class='plot' id='plot-{name}'>"
+        + fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{name}", config={"responsive": True})
+        + "</div>"
+        for name, fig in figures.items()
+    )
+    budget = study.user_attrs.get("budget")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>autopeft report: {html.escape(study.study_name)}</title>
+<style>{_CSS}</style><script>{get_plotlyjs()}</script></head>
+<body>
+<h1>autopeft study {html.escape(study.study_name)}</h1>
+<p class="meta">{html.escape(storage)} · metric {html.escape(metric)} · budget {f"{budget:,}" if budget else "?"}
+trainable parameters · {len(study.trials)} trials ({html.escape(summary)})<br>{html.escape(best_line)}</p>
+{plots}
+<h2>Methods</h2>
+{_table(method_table(study), "no trials yet")}
+<h2>Pruned, infeasible and failed trials</h2>
+{_table(outcome_table(study), "every trial completed within the budget")}
+</body></html>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def write_pngs(study: optuna.Study, directory: Path, width: int = 1000, height: int = 460) -> list[Path]:
+    """Write the report's figures as ``<name>.png`` images (kaleido, with a local Chrome or Chromium)."""
+    import plotly.io as pio
+
+    figures = build_figures(study)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{name}.png" for name in figures]
+    try:
+        pio.write_images(list(figures.values()), [str(p) for p in paths], width=width, height=height)
+    except Exception as exc:  # kaleido raises its own types for a missing or failing browser
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise AutopeftError(
+            f"--png: could not render images ({first}); kaleido needs Chrome or Chromium: install chromium "
+            "(e.g. apt install chromium) or run `plotly_get_chrome`"
+        ) from None
+    return paths
