@@ -12,6 +12,7 @@ from autopeft.budget import parse_budget, suggest_sizes
 from autopeft.config import StudyConfig, load_config
 from autopeft.confirm import confirm_front
 from autopeft.errors import AutopeftError, BudgetError, ConfigError, DataError, ModelError, PluginError
+from autopeft.export import export, load_model
 from autopeft.hookspecs import hookimpl
 from autopeft.methods import PeftMethod, trainable_numel
 from autopeft.peft_backed import PeftBackedMethod
@@ -36,9 +37,11 @@ __all__ = [
     "build_context",
     "confirm_front",
     "discover_blocks",
+    "export",
     "get_plugin_manager",
     "hookimpl",
     "load_config",
+    "load_model",
     "make_plan",
     "open_study",
     "pareto_front",

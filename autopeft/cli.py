@@ -169,7 +169,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from autopeft.artifacts import artifact_store
     from autopeft.config import load_config
-    from autopeft.study import mask_url, open_study
+    from autopeft.study import mask_url, name_objectives, open_study
 
     try:
         import optuna_dashboard
@@ -179,7 +179,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     url = args.storage or config.storage
     study = open_study(config, url, create=False)
     if study.metric_names is None:  # studies made before autopeft named its objectives
-        study.set_metric_names(config.objectives)
+        name_objectives(study, config)
     store = artifact_store(config) if config.artifacts_dir.is_dir() else None
     print(
         f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/ for {mask_url(url)}; trial attributes "

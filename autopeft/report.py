@@ -161,14 +161,14 @@ def _importances(study: optuna.Study) -> dict[str, dict[str, float]]:
     for t in feasible_trials(study):
         by_method.setdefault(t.user_attrs["method"], []).append(t)
     for method, trials in sorted(by_method.items()):
-        names = {n for t in trials for n in t.params if n != "method"}
+        names = sorted({n for t in trials for n in t.params if n != "method"})
         if len(trials) < 4 or len(names) < 2:
             continue
         sub = optuna.create_study(directions=study.directions)
         sub.add_trials(trials)
         try:
             result[method] = get_param_importances(
-                sub, evaluator=FanovaImportanceEvaluator(seed=0), target=lambda t: t.values[0]
+                sub, evaluator=FanovaImportanceEvaluator(seed=0), params=names, target=lambda t: t.values[0]
             )
         except (RuntimeError, ValueError):  # e.g. every trial has the same value: nothing to attribute
             continue
@@ -233,6 +233,7 @@ def _blocks(study: optuna.Study, metric: str) -> Any:
             text=text,
             texttemplate="%{text}",
             colorscale="Blues",
+            zmin=0,
             colorbar={"title": "trainable<br>params"},
             hovertemplate="%{y}<br>%{x}: %{z:,} trainable<br>%{text}<extra></extra>",
         )
@@ -271,7 +272,8 @@ def _rank(t: FrozenTrial) -> tuple[float, int]:
 
 
 def method_table(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per method: trials by outcome, its best feasible trial, and its median training time."""
+    """One row per method, best method first: trials by outcome, its best feasible trial, and its
+    median training time."""
     metric = study.user_attrs.get("metric", "value")
     rows = []
     trials = [t for t in study.get_trials(deepcopy=False) if "method" in t.user_attrs]
@@ -295,7 +297,7 @@ def method_table(study: optuna.Study) -> list[dict[str, Any]]:
                 "median train s": statistics.median(seconds) if seconds else None,
             }
         )
-    return rows
+    return sorted(rows, key=lambda r: (r[f"best {metric}"] is None, -(r[f"best {metric}"] or 0)))
 
 
 def outcome_table(study: optuna.Study) -> list[dict[str, Any]]:
@@ -324,15 +326,15 @@ def _table(rows: list[dict[str, Any]], empty: str) -> str:
 
     def cell(v: Any) -> str:
         if v is None:
-            return ""
+            return "<td></td>"
         if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
+            return f"<td class='n'>{v:.4f}</td>" if abs(v) < 1000 else f"<td class='n'>{v:,.0f}</td>"
         if isinstance(v, int):
-            return f"{v:,}"
-        return html.escape(str(v))
+            return f"<td class='n'>{v:,}</td>"
+        return f"<td>{html.escape(str(v))}</td>"
 
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(cell(v) for v in r.values()) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -340,8 +342,8 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
 h1 { margin-bottom: 0.2rem; } .meta { color: #555; margin-top: 0; }
 table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; } .empty { color: #777; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: left; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; } .empty { color: #777; }
 .plot { margin-bottom: 1.5rem; }
 """
 

@@ -99,8 +99,8 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
         raise AutopeftError(
             f"study.storage: cannot open {mask_url(url)} ({message}); check the URL, server and credentials"
         ) from None
-    if create and study.metric_names is None:  # named objectives, for optuna-dashboard and Optuna's plots
-        study.set_metric_names(config.objectives)
+    if create and study.metric_names is None:
+        name_objectives(study, config)
     wanted = [StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for d in directions(config)]
     if study.directions != wanted:
         raise AutopeftError(
@@ -109,6 +109,13 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
             "give the study a new name or restore its objectives"
         )
     return study
+
+
+def name_objectives(study: optuna.Study, config: StudyConfig) -> None:
+    """Name the objective values (``accuracy``, ``trainable_params``) for optuna-dashboard and Optuna's plots."""
+    with warnings.catch_warnings():  # set_metric_names is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(config.objectives)
 
 
 def run_study(

@@ -86,3 +86,68 @@ def minilm_available() -> bool:
 def clean_dir(tmp_path: Path):
     yield tmp_path
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+TEXTS = ["a warm, funny and moving film", "dull, long and predictable", "the plot follows two brothers"]
+
+
+def tokenized(texts: list[str] = TEXTS) -> dict:
+    """The offline MiniLM tokenizer's batch for ``texts``."""
+    from transformers import AutoTokenizer
+
+    from autopeft.models import resolve_model_name
+
+    source, _ = resolve_model_name(_plugin_manager(), "sentence-transformers/all-MiniLM-L6-v2")
+    return dict(AutoTokenizer.from_pretrained(source)(texts, return_tensors="pt", padding=True))
+
+
+def _plugin_manager():
+    from autopeft import get_plugin_manager
+
+    return get_plugin_manager(autoload=False)
+
+
+@pytest.fixture(scope="session")
+def trained_study(tmp_path_factory, minilm_available):
+    """A real two-objective study whose every trial kept its weights (LoRA, IA3 and the native
+    adapter each trained once), with the logits each trained model gave for :data:`TEXTS`."""
+    import torch
+
+    from autopeft import load_config, open_study, run_study
+    from autopeft.objective import Objective
+
+    folder = tmp_path_factory.mktemp("trained")
+    path = write_study(
+        folder,
+        study={
+            "name": "trained",
+            "n_trials": 4,
+            "seed": 0,
+            "objectives": ["accuracy", "trainable_params"],
+            "keep_weights": "all",
+        },
+        data={"test": "validation.parquet"},
+        search={"methods": ["lora", "ia3", "adapter"]},
+    )
+    study = open_study(load_config(path))
+    for method in ("lora", "ia3", "adapter"):  # one trial of each; a new study's warm start would skip adapter
+        study.enqueue_trial({"method": method})
+    batch = tokenized()
+    logits: dict[int, torch.Tensor] = {}
+    original = Objective._keeper
+
+    def keeper(self, trial, method, n):
+        keep = original(self, trial, method, n)
+
+        def record(model, result):
+            keep(model, result)
+            model.eval()
+            with torch.no_grad():
+                logits[trial.number] = model(**batch).logits
+
+        return record
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Objective, "_keeper", keeper)
+        study = run_study(path, quiet=True)
+    return path, study, logits
