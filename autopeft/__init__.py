@@ -1,27 +1,52 @@
 """autopeft: the best parameter-efficient fine-tuning configuration under a parameter budget.
 
-The public API. Plugins import :data:`hookimpl` and :class:`PeftMethod` from here.
+The public API. Plugins import :data:`hookimpl` and :class:`PeftMethod` from here. Names load on
+first use (PEP 562), so ``autopeft trials`` or ``autopeft report`` do not pay for importing torch,
+transformers and peft.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from autopeft.hookspecs import hookimpl
+
 __version__ = "0.1.0"
 
-from autopeft.blocks import Block, ModelContext, build_context, discover_blocks
-from autopeft.budget import parse_budget, suggest_sizes
-from autopeft.config import StudyConfig, load_config
-from autopeft.confirm import confirm_front
-from autopeft.errors import AutopeftError, BudgetError, ConfigError, DataError, ModelError, PluginError
-from autopeft.export import export, load_model
-from autopeft.hookspecs import hookimpl
-from autopeft.methods import PeftMethod, trainable_numel
-from autopeft.peft_backed import PeftBackedMethod
-from autopeft.plan import make_plan
-from autopeft.plugins import get_plugin_manager, registered_methods
-from autopeft.study import best_trial, open_study, pareto_front, run_study
+_WHERE = {
+    "AutopeftError": "autopeft.errors",
+    "Block": "autopeft.blocks",
+    "BudgetError": "autopeft.errors",
+    "ConfigError": "autopeft.errors",
+    "DataError": "autopeft.errors",
+    "ModelContext": "autopeft.blocks",
+    "ModelError": "autopeft.errors",
+    "PeftBackedMethod": "autopeft.peft_backed",
+    "PeftMethod": "autopeft.methods",
+    "PluginError": "autopeft.errors",
+    "StudyConfig": "autopeft.config",
+    "best_trial": "autopeft.results",
+    "build_context": "autopeft.blocks",
+    "confirm_front": "autopeft.confirm",
+    "discover_blocks": "autopeft.blocks",
+    "export": "autopeft.export",
+    "get_plugin_manager": "autopeft.plugins",
+    "load_config": "autopeft.config",
+    "load_model": "autopeft.export",
+    "make_plan": "autopeft.plan",
+    "open_study": "autopeft.study",
+    "pareto_front": "autopeft.results",
+    "parse_budget": "autopeft.budget",
+    "registered_methods": "autopeft.plugins",
+    "run_study": "autopeft.study",
+    "suggest_sizes": "autopeft.budget",
+    "trainable_numel": "autopeft.methods",
+}
 
 __all__ = [
     "__version__",
+    "hookimpl",
     "AutopeftError",
     "Block",
     "BudgetError",
@@ -39,7 +64,6 @@ __all__ = [
     "discover_blocks",
     "export",
     "get_plugin_manager",
-    "hookimpl",
     "load_config",
     "load_model",
     "make_plan",
@@ -51,3 +75,30 @@ __all__ = [
     "suggest_sizes",
     "trainable_numel",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'autopeft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from autopeft.blocks import Block, ModelContext, build_context, discover_blocks
+    from autopeft.budget import parse_budget, suggest_sizes
+    from autopeft.config import StudyConfig, load_config
+    from autopeft.confirm import confirm_front
+    from autopeft.errors import AutopeftError, BudgetError, ConfigError, DataError, ModelError, PluginError
+    from autopeft.export import export, load_model
+    from autopeft.methods import PeftMethod, trainable_numel
+    from autopeft.peft_backed import PeftBackedMethod
+    from autopeft.plan import make_plan
+    from autopeft.plugins import get_plugin_manager, registered_methods
+    from autopeft.results import best_trial, pareto_front
+    from autopeft.study import open_study, run_study

@@ -13,7 +13,6 @@ from optuna.trial import FrozenTrial
 
 from autopeft.config import StudyConfig, load_config
 from autopeft.errors import AutopeftError
-from autopeft.plugins import get_plugin_manager
 from autopeft.progress import Progress
 from autopeft.results import FINISHED, PENDING, best_trial, finished_trials, pareto_front
 
@@ -139,6 +138,7 @@ def run_study(
         The Optuna study; every trial's details are in its user attributes.
     """
     from autopeft.objective import Objective
+    from autopeft.plugins import get_plugin_manager
 
     config = study_file if isinstance(study_file, StudyConfig) else load_config(study_file)
     target = n_trials or config.study.n_trials

@@ -44,3 +44,17 @@ def test_wheel_contents(tmp_path: Path) -> None:
     assert "autopeft_plugins/lora.py" in names and "autopeft/hookspecs.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "autopeft = autopeft.cli:main" in entry_points
+
+
+def test_every_public_name_resolves_and_the_cli_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    import autopeft
+
+    for name in autopeft.__all__:
+        assert getattr(autopeft, name) is not None, name
+    # Reading a study (`trials`, `pareto`, `report`, `dashboard`) must not pay for torch, transformers, peft.
+    code = "import sys, autopeft.cli, autopeft.study, autopeft.report; print(sorted({'torch', 'peft', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
