@@ -30,6 +30,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _print_best(best, study.user_attrs.get("metric", "value"))
     if len(study.directions) > 1:
         print(f"Pareto front: {len(pareto_front(study))} trials; see `autopeft pareto {args.study}`")
+    if best is not None:
+        print(f"next: `autopeft export {args.study} --best OUT`, `autopeft report {args.study} -o report.html`")
     return 0
 
 

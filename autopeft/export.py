@@ -235,11 +235,12 @@ def load_model(
     directory = Path(directory)
     try:
         record = json.loads((directory / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        model_section = ModelSection(**record["model"])
+        record["method"], record["config"], record["labels"]  # noqa: B018 - what rebuilding needs
+    except (OSError, ValueError, TypeError, KeyError):
         raise AutopeftError(
             f"{directory} has no readable {PROVENANCE_FILE}; export a trial with `autopeft export`"
         ) from None
-    model_section = ModelSection(**record["model"])
     if model_section.trust_remote_code and not trust_remote_code:
         raise AutopeftError(
             f"{directory} was trained with trust_remote_code = true; pass trust_remote_code=True if you trust "

@@ -194,6 +194,9 @@ def test_load_model_refuses_what_it_should_not_load(trained_study, tmp_path) -> 
     path, study, _ = trained_study
     with pytest.raises(AutopeftError, match="provenance.json"):
         load_model(tmp_path)
+    (tmp_path / PROVENANCE_FILE).write_text(json.dumps({"model": {"name": "x", "unknown_key": 1}}))
+    with pytest.raises(AutopeftError, match="provenance.json"):
+        load_model(tmp_path)
     out = tmp_path / "lora"
     assert main(["export", str(path), "--trial", str(_trial_of(study, "lora").number), str(out), "--quiet"]) == 0
     record = json.loads((out / PROVENANCE_FILE).read_text())

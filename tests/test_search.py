@@ -30,7 +30,7 @@ def instant(monkeypatch):
     """
     trained: list[tuple[str, int, int]] = []
 
-    def fit(self, method, config, learning_rate, seed, report=None, label="", test=False):
+    def fit(self, method, config, learning_rate, seed, report=None, label="", test=False, on_trained=None):
         n = method.count_trainable(self.ctx, config)
         trained.append((method.name, n, self.budget))
         value = (0.9 if method.name == "bitfit" else 0.6) + 0.05 * math.log(n) / math.log(self.budget)
