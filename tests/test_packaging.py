@@ -55,6 +55,9 @@ def test_every_public_name_resolves_and_the_cli_does_not_import_torch() -> None:
     for name in autopeft.__all__:
         assert getattr(autopeft, name) is not None, name
     # Reading a study (`trials`, `pareto`, `report`, `dashboard`) must not pay for torch, transformers, peft.
-    code = "import sys, autopeft.cli, autopeft.study, autopeft.report; print(sorted({'torch', 'peft', 'transformers'} & set(sys.modules)))"
+    code = (
+        "import sys, autopeft.cli, autopeft.study, autopeft.report; "
+        "print(sorted({'torch', 'peft', 'transformers'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
