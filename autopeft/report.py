@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import AutopeftError
 from autopeft.results import best_trial, feasible_trials, pareto_front
@@ -133,6 +133,19 @@ def _history(study: optuna.Study, metric: str) -> Any:
                     hoverinfo="text",
                 )
             )
+    pruned = [(t, v) for t in study.get_trials(deepcopy=False) if (v := _last_value(t)) is not None]
+    if pruned:
+        fig.add_trace(
+            go.Scatter(
+                x=[t.number for t, _ in pruned],
+                y=[v for _, v in pruned],
+                mode="markers",
+                name="pruned (last value)",
+                marker={"color": "gray", "symbol": "x", "size": 8},
+                hovertext=[f"trial {t.number} · {t.user_attrs.get('method')} · pruned" for t, _ in pruned],
+                hoverinfo="text",
+            )
+        )
     best, running = [], float("-inf")
     for t in trials:
         assert t.values is not None
@@ -146,6 +159,14 @@ def _history(study: optuna.Study, metric: str) -> Any:
     fig.update_xaxes(title="trial")
     fig.update_yaxes(title=metric)
     return fig
+
+
+def _last_value(trial: FrozenTrial) -> float | None:
+    """The last metric a pruned trial reported (Optuna's for one objective, ours for two), or None."""
+    if trial.state != TrialState.PRUNED:
+        return None
+    values = trial.intermediate_values or {int(k): v for k, v in trial.user_attrs.get("intermediate", {}).items()}
+    return values[max(values)] if values else None
 
 
 def _importances(study: optuna.Study) -> dict[str, dict[str, float]]:

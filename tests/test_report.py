@@ -94,7 +94,17 @@ def synthetic(tmp_path: Path) -> tuple[Path, optuna.Study]:
     for k in range(6):
         blocks = [k % 2, (k // 2) % 2, 1]
         _add(study, 14 + k, "bitfit", 0.55 + 0.03 * sum(blocks), blocks)
-    _add(study, 20, "lora", 0.5, [2, 0, 0], state=TrialState.PRUNED, pruned_at_step=4, steps_saved=12)
+    _add(
+        study,
+        20,
+        "lora",
+        0.5,
+        [2, 0, 0],
+        state=TrialState.PRUNED,
+        pruned_at_step=4,
+        steps_saved=12,
+        intermediate={"4": 0.52},
+    )
     _add(study, 21, "lora", 0.0, [8, 8, 8], infeasible=True)
     _add(study, 22, "bitfit", 0.0, [1, 1, 1], state=TrialState.FAIL, error="ValueError: loss is NaN")
     return path, study
@@ -125,7 +135,7 @@ def test_report_opens_in_headless_chromium_with_every_plot_drawn(synthetic, tmp_
             page.wait_for_selector(f"#fig-{name} .main-svg", timeout=20_000)
         feasible, front = len(feasible_trials(study)), len(pareto_front(study))
         assert page.locator("#fig-pareto .scatterlayer .point").count() == feasible + front
-        assert page.locator("#fig-history .scatterlayer .point").count() == feasible
+        assert page.locator("#fig-history .scatterlayer .point").count() == feasible + 1  # and the pruned one
         assert page.locator("#fig-importance .barlayer .point").count() >= 4  # lora's parameters and bitfit's
         assert page.locator("#fig-blocks .hm image").count() == 1
         heat_rows = page.locator("#fig-blocks .yaxislayer-above .ytick").count()
