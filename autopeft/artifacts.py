@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial
 from autopeft.config import StudyConfig
 from autopeft.results import pareto_front
 
-__all__ = ["artifact_store", "keep_weights", "fetch_weights", "has_weights", "on_front"]
+__all__ = ["artifact_store", "keep_weights", "fetch_weights", "on_front"]
 
 
 def artifact_store(config: StudyConfig) -> FileSystemArtifactStore:
@@ -48,11 +48,6 @@ def keep_weights(store: FileSystemArtifactStore, trial: optuna.Trial, save: Call
             for f in sorted(Path(tmp).iterdir())
             if f.is_file()
         ]
-
-
-def has_weights(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Whether the study database records kept weights for ``trial``."""
-    return bool(get_all_artifact_meta(trial, storage=study._storage))
 
 
 def fetch_weights(store: FileSystemArtifactStore, study: optuna.Study, trial: FrozenTrial, directory: Path) -> bool:

@@ -175,6 +175,18 @@ def test_weights_not_kept_are_retrained_and_reproduce_the_trial(tmp_path, capsys
     torch.testing.assert_close(_logits(load_model(tmp_path / "out")), logits[0], atol=ATOL, rtol=0)
 
 
+def test_weights_missing_from_the_store_are_retrained(trained_study, tmp_path, capsys) -> None:
+    path, study, logits = trained_study
+    copy = tmp_path / "copy"
+    shutil.copytree(path.parent, copy)
+    shutil.rmtree(copy / "trained.artifacts")  # the store was cleaned; the database still lists the artifacts
+    trial = _trial_of(study, "lora")
+    assert main(["export", str(copy / path.name), "--trial", str(trial.number), str(tmp_path / "out")]) == 0
+    assert "retraining" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / PROVENANCE_FILE).read_text())["weights"]["reproduced"] is True
+    torch.testing.assert_close(_logits(_plain_peft(tmp_path / "out")), logits[trial.number], atol=ATOL, rtol=0)
+
+
 def test_front_policy_keeps_a_trial_only_when_it_joins_the_front() -> None:
     study = optuna.create_study(directions=["maximize", "minimize"])
     for metric, n in ((0.7, 1000), (0.8, 5000)):
