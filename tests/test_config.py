@@ -27,6 +27,8 @@ def test_valid_study_loads_with_defaults(study_file: Path) -> None:
         ({"study": {"n_trails": 3}}, "study.n_trails", "did you mean 'n_trials'"),
         ({"study": {"sampler": "bayes"}}, "study.sampler", "use one of"),
         ({"study": {"storage": "not a url"}}, "study.storage", "sqlite:///"),
+        ({"study": {"keep_weights": "best"}}, "study.keep_weights", 'keep_weights = "front"'),
+        ({"study": {"artifacts": ""}}, "study.artifacts", "artifacts = "),
         ({"task": {"metric": "auc"}}, "task.metric", "accuracy"),
         ({"data": {"train": "missing.csv"}}, "data.train", "fix the path"),
         ({"data": {"max_length": "long"}}, "data.max_length", "max_length = 128"),

@@ -56,6 +56,10 @@ def test_every_trial_kept_its_weights_as_artifacts(trained_study) -> None:
         assert expected <= names and not any(n.endswith((".bin", ".pt", ".pth", ".pkl")) for n in names)
         assert len(t.user_attrs["block_params"]) == 2 and sum(t.user_attrs["block_params"]) > 0
         assert t.number in logits
+    lora = _trial_of(study, "lora")  # per-block counts read off the trained model agree with the configuration
+    ranks, per_block = json.loads(lora.user_attrs["config"])["ranks"], lora.user_attrs["block_params"]
+    assert [p == 0 for p in per_block] == [r == 0 for r in ranks]
+    assert sum(per_block) + 384 * 2 + 2 == lora.user_attrs["trainable_params"]  # + the classifier head
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3"])
