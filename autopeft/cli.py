@@ -80,7 +80,18 @@ def _cmd_trials(args: argparse.Namespace) -> int:
 
     study = _load(args)
     metric = study.user_attrs.get("metric", "value")
-    print(format_rows([trial_row(t, metric) for t in study.get_trials(deepcopy=False)], args.format))
+    trials = study.get_trials(deepcopy=False)
+    print(format_rows([trial_row(t, metric) for t in trials], args.format))
+    if args.format == "table" and trials:
+        from collections import Counter
+
+        from autopeft.results import outcome, reason
+
+        counts = Counter(outcome(t) for t in trials)
+        print(f"\n{len(trials)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.most_common()))
+        why = Counter(reason(t) for t in trials if outcome(t) in ("fail", "pruned") and reason(t))
+        for text, n in why.most_common():
+            print(f"  {n} × {text}")
     return 0
 
 

@@ -14,6 +14,7 @@ import platform
 import random
 import resource
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,7 @@ from autopeft.plugins import MethodInfo, registered_methods
 from autopeft.progress import Progress
 from autopeft.pruning import SizeAwareMedianPruner
 from autopeft.results import best_trial
-from autopeft.train import TrainResult, evaluate, planned_steps, train
+from autopeft.train import NonFiniteLoss, TrainResult, evaluate, planned_steps, train
 from autopeft.warm_start import map_to_blocks
 
 __all__ = ["Objective", "WORST", "UNBOUNDED", "library_versions", "pick_device"]
@@ -96,7 +97,9 @@ class Objective:
     ) -> None:
         self.config, self.device = config, device or pick_device()
         self.progress = progress or Progress(quiet=True)
-        self.enabled = {name: info.method for name, info in enabled_methods(config, pm).items()}
+        infos = enabled_methods(config, pm)
+        self.enabled = {name: info.method for name, info in infos.items()}
+        self.plugins = {name: f"{info.plugin} from {info.distribution} {info.version}" for name, info in infos.items()}
         self.options = {
             name: method.check_options(config.search.options.get(name, {})) for name, method in self.enabled.items()
         }
@@ -202,6 +205,30 @@ class Objective:
         return (metric, float(n)) if self.config.multi_objective else metric
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        """One trial. Faults inside it end that trial, recorded, and never the study: a NaN or
+        infinite loss prunes it (``pruned_reason``); any other exception, out-of-memory included,
+        fails it with ``error``, ``error_plugin`` and ``traceback`` attributes, after ``fit`` freed
+        the model's memory. Ctrl-C (not an ``Exception``) still stops the study."""
+        try:
+            return self._trial(trial)
+        except NonFiniteLoss as exc:
+            trial.set_user_attr("pruned_reason", str(exc))
+            self.progress.line(f"[trial {trial.number}] pruned: {exc}")
+            raise optuna.TrialPruned(str(exc)) from None
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            name = trial.params.get("method")
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            out_of_memory = isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
+            error = f"out of memory: {first}" if out_of_memory else f"{type(exc).__name__}: {first}"
+            trial.set_user_attr("error", error)
+            trial.set_user_attr("error_plugin", self.plugins.get(name, "autopeft") if name else "autopeft")
+            trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
+            self.progress.line(f"[trial {trial.number}] failed in {name or 'autopeft'}: {error}")
+            raise
+
+    def _trial(self, trial: optuna.Trial) -> float | tuple[float, float]:
         metric = self.config.task.metric
         name = trial.suggest_categorical("method", list(self.methods))
         method = self.methods[name]

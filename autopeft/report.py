@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import AutopeftError
-from autopeft.results import best_trial, feasible_trials, pareto_front
+from autopeft.results import best_trial, feasible_trials, outcome, pareto_front, reason
 
 __all__ = ["build_figures", "method_table", "outcome_table", "write_html", "write_pngs", "FIGURES"]
 
@@ -281,13 +281,6 @@ def build_figures(study: optuna.Study) -> dict[str, Any]:
     return figures
 
 
-def _outcome(t: FrozenTrial) -> str:
-    a = t.user_attrs
-    if a.get("infeasible"):
-        return "infeasible"
-    return t.state.name.lower()
-
-
 def _rank(t: FrozenTrial) -> tuple[float, int]:
     return (t.values[0] if t.values else 0.0, -t.user_attrs["trainable_params"])
 
@@ -300,7 +293,7 @@ def method_table(study: optuna.Study) -> list[dict[str, Any]]:
     trials = [t for t in study.get_trials(deepcopy=False) if "method" in t.user_attrs]
     for method in sorted({t.user_attrs["method"] for t in trials}):
         mine = [t for t in trials if t.user_attrs["method"] == method]
-        outcomes = Counter(_outcome(t) for t in mine)
+        outcomes = Counter(outcome(t) for t in mine)
         feasible = [t for t in feasible_trials(study) if t.user_attrs["method"] == method]
         best = max(feasible, key=_rank, default=None)
         seconds = [t.user_attrs["train_seconds"] for t in mine if "train_seconds" in t.user_attrs]
@@ -323,22 +316,11 @@ def method_table(study: optuna.Study) -> list[dict[str, Any]]:
 
 def outcome_table(study: optuna.Study) -> list[dict[str, Any]]:
     """Every trial that did not complete within the budget, and why."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        a, outcome = t.user_attrs, _outcome(t)
-        if outcome == "complete":
-            continue
-        if outcome == "pruned":
-            step = a.get("pruned_at_step")
-            why = f"pruned at step {step}, saving {a.get('steps_saved', '?')} steps" if step is not None else "pruned"
-        elif outcome == "infeasible":
-            why = f"{a.get('trainable_params', 0):,} trainable parameters > budget {a.get('budget', 0):,}; not trained"
-        elif outcome == "fail":
-            why = str(a.get("error") or t.system_attrs.get("fail_reason") or "failed; no reason recorded")
-        else:
-            why = "still running or waiting"
-        rows.append({"trial": t.number, "outcome": outcome, "method": a.get("method", ""), "reason": why})
-    return rows
+    return [
+        {"trial": t.number, "outcome": outcome(t), "method": t.user_attrs.get("method", ""), "reason": reason(t)}
+        for t in study.get_trials(deepcopy=False)
+        if outcome(t) != "complete"
+    ]
 
 
 def _table(rows: list[dict[str, Any]], empty: str) -> str:
@@ -376,7 +358,7 @@ def write_html(study: optuna.Study, path: Path, storage: str = "") -> Path:
     figures = build_figures(study)
     metric = study.user_attrs.get("metric", "value")
     best = best_trial(study)
-    states = Counter(_outcome(t) for t in study.get_trials(deepcopy=False))
+    states = Counter(outcome(t) for t in study.get_trials(deepcopy=False))
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     best_line = (
         f"best: trial {best.number}, {best.user_attrs['method']}, {metric} {best.values[0]:.4f} with "

@@ -22,6 +22,8 @@ __all__ = [
     "feasible_trials",
     "best_trial",
     "pareto_front",
+    "outcome",
+    "reason",
     "trial_row",
     "format_rows",
 ]
@@ -69,12 +71,36 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return front
 
 
+def outcome(trial: FrozenTrial) -> str:
+    """``complete``, ``pruned``, ``fail``, ``running``, ``waiting``, or ``infeasible`` (over budget, not trained)."""
+    return "infeasible" if trial.user_attrs.get("infeasible") else trial.state.name.lower()
+
+
+def reason(trial: FrozenTrial) -> str | None:
+    """Why a trial did not complete within the budget, in words; None when it did."""
+    a, state = trial.user_attrs, outcome(trial)
+    if state == "complete":
+        return None
+    if state == "pruned":
+        if "pruned_reason" in a:
+            return f"pruned: {a['pruned_reason']}"
+        step = a.get("pruned_at_step")
+        return f"pruned at step {step}, saving {a.get('steps_saved', '?')} steps" if step is not None else "pruned"
+    if state == "infeasible":
+        return f"{a.get('trainable_params', 0):,} trainable parameters > budget {a.get('budget', 0):,}; not trained"
+    if state == "fail":
+        if "error" in a:
+            return f"{a['error']} (in {a.get('error_plugin', 'autopeft')})"
+        return "failed; no reason recorded (interrupted?)"
+    return "still running or waiting"
+
+
 def trial_row(trial: FrozenTrial, metric: str) -> dict[str, Any]:
     """One trial as a flat record for tables, JSON and CSV."""
     a = trial.user_attrs
     return {
         "number": trial.number,
-        "state": "infeasible" if a.get("infeasible") else trial.state.name.lower(),
+        "state": outcome(trial),
         metric: trial.values[0] if trial.values else None,
         "test": a.get("test_metric"),
         "method": a.get("method"),
@@ -83,6 +109,7 @@ def trial_row(trial: FrozenTrial, metric: str) -> dict[str, Any]:
         "learning_rate": a.get("learning_rate"),
         "train_seconds": a.get("train_seconds"),
         "config": a.get("config"),
+        "reason": reason(trial),
     }
 
 

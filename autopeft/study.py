@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 import optuna
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.config import StudyConfig, load_config
 from autopeft.errors import AutopeftError
@@ -29,6 +29,10 @@ __all__ = [
     "make_sampler",
     "directions",
 ]
+
+
+#: Consecutive failed trials after which a study stops: a fault that fails every trial is not retried forever.
+MAX_FAILURES_IN_A_ROW = 5
 
 
 def mask_url(url: str) -> str:
@@ -167,7 +171,13 @@ def run_study(
         f"budget {objective.budget} parameters; methods {', '.join(objective.methods)}; device {objective.device}"
     )
 
+    failed_in_a_row: list[FrozenTrial] = []
+
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        # A failed trial does not count towards n_trials; a fault that fails every trial stops the study.
+        failed_in_a_row[:] = [*failed_in_a_row, trial] if trial.state == TrialState.FAIL else []
+        if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW:
+            study.stop()
         trials = study.get_trials(deepcopy=False)
         study.set_user_attr("pruned_trials", sum(1 for t in trials if "steps_saved" in t.user_attrs))
         study.set_user_attr("pruning_steps_saved", sum(t.user_attrs.get("steps_saved", 0) for t in trials))
@@ -178,7 +188,15 @@ def run_study(
         progress.line(f"[{len(finished_trials(study))}/{target}] {shown}")
 
     stop = optuna.study.MaxTrialsCallback(target, states=FINISHED)
-    study.optimize(objective, n_trials=target - done, callbacks=[stop, after_trial])
+    # No n_trials: failed trials are retried until `target` have finished (the callback stops it).
+    study.optimize(objective, callbacks=[stop, after_trial], catch=(Exception,))
+    if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW:
+        last = failed_in_a_row[-1].user_attrs
+        raise AutopeftError(
+            f"{len(failed_in_a_row)} trials in a row failed, the last in {last.get('error_plugin', 'autopeft')}: "
+            f"{last.get('error', 'no reason recorded')}; fix it and run again "
+            f"(details: `autopeft trials {config.path}`)"
+        )
     return study
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from autopeft.config import TrainSection
 from autopeft.data import Split, batches
 
-__all__ = ["TrainResult", "planned_steps", "learning_rate_at", "score", "predict", "evaluate", "train"]
+__all__ = ["NonFiniteLoss", "TrainResult", "planned_steps", "learning_rate_at", "score", "predict", "evaluate", "train"]
 
 
 @dataclass
@@ -35,6 +35,14 @@ class TrainResult:
     steps: int
     setup_seconds: float = 0.0  # copying the base model and applying the method (set by the caller)
     peak_memory_mb: float = 0.0  # set by the caller, which knows the device
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite: the trial cannot recover, so it stops here."""
+
+    def __init__(self, step: int, value: float) -> None:
+        self.step, self.value = step, value
+        super().__init__(f"loss was {value} at step {step}")
 
 
 def planned_steps(train_split: Split, settings: TrainSection) -> int:
@@ -137,13 +145,15 @@ def train(
             with _autocast(device):
                 logits = model(**batch).logits
             loss = F.cross_entropy(logits.float(), labels)
+            loss_value = loss.item()  # checked before the update: a NaN must not reach the weights
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(step, loss_value)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             tokens += int(batch["attention_mask"].sum())
             step += 1
-            loss_value = loss.item()  # waits for the device, so the step's time below is real
             train_seconds += time.perf_counter() - started
             progress(step, total_steps, loss_value)
 
