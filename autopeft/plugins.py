@@ -4,7 +4,9 @@ Built-in methods are ordinary plugin modules listed in :data:`BUILTIN_PLUGINS`; 
 plugins come from the entry-point group ``autopeft``. Two environment variables mirror pytest:
 
 * ``AUTOPEFT_DISABLE_PLUGIN_AUTOLOAD=1`` loads no entry points (built-ins only);
-* ``AUTOPEFT_BLOCK_PLUGINS=name,other`` blocks plugins by name (entry-point or built-in name).
+* ``AUTOPEFT_BLOCK_PLUGINS=name,other`` blocks plugins by name (entry-point or built-in name);
+* ``AUTOPEFT_PLUGINS=name,other`` is an allow-list: only these entry points load (built-ins always
+  do), so a shared machine's installed packages cannot add code to a study unnoticed.
 """
 
 from __future__ import annotations
@@ -95,10 +97,18 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def _allow_list() -> set[str] | None:
+    value = os.environ.get("AUTOPEFT_PLUGINS")
+    return None if value is None else {n.strip() for n in value.split(",") if n.strip()}
+
+
 def _load_entry_points(pm: _PluginManager) -> None:
+    allowed = _allow_list()
     for dist in importlib.metadata.distributions():
         for ep in dist.entry_points:
             if ep.group != "autopeft" or pm.is_blocked(ep.name) or pm.get_plugin(ep.name):
+                continue
+            if allowed is not None and ep.name not in allowed:
                 continue
             try:
                 plugin = ep.load()

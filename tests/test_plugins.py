@@ -123,6 +123,13 @@ def test_autoload_off_and_block_hide_the_third_party_plugin(lntuning_site: Path)
     assert "lntuning" not in _cli(["plugins"], lntuning_site, AUTOPEFT_BLOCK_PLUGINS="lntuning").stdout
 
 
+def test_allow_list_loads_only_the_named_entry_points(lntuning_site: Path) -> None:
+    assert "lntuning" not in _cli(["plugins"], lntuning_site, AUTOPEFT_PLUGINS="").stdout
+    assert "lntuning" not in _cli(["plugins"], lntuning_site, AUTOPEFT_PLUGINS="other").stdout
+    allowed = _cli(["plugins"], lntuning_site, AUTOPEFT_PLUGINS="lntuning, other").stdout
+    assert "lntuning" in allowed and "lora" in allowed  # built-ins always load
+
+
 def test_third_party_method_is_searched(lntuning_site: Path, tmp_path: Path, monkeypatch, minilm_available) -> None:
     monkeypatch.syspath_prepend(str(lntuning_site))
     path = write_study(
