@@ -91,10 +91,23 @@ def test_cli_unknown_method_lists_installed(tmp_path: Path, capsys, minilm_avail
     assert "installed methods: adapter, bitfit, ia3, lora, prompt, unfreeze" in err[0]
 
 
-def test_cli_unreachable_database_masks_password(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["trials"],
+        ["best"],
+        ["pareto"],
+        ["run", "--quiet"],
+        ["confirm", "--quiet"],
+        ["export", "--best", "out"],
+        ["report", "-o", "r.html"],
+        ["dashboard"],
+    ],
+)
+def test_cli_unreachable_database_masks_password(tmp_path: Path, capsys, command) -> None:
     path = write_study(tmp_path)
     url = "postgresql://alice:s3cret@127.0.0.1:1/db"
-    assert main(["trials", str(path), "--storage", url]) == 2
+    assert main([command[0], str(path), *command[1:], "--storage", url]) == 2
     err = capsys.readouterr().err
     assert "s3cret" not in err and "alice:***@" in err and len(err.strip().splitlines()) == 1
 
