@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
+    from autopeft.config import StudyConfig
+
 __all__ = ["main"]
 
 
@@ -49,11 +51,18 @@ def _print_best(best: FrozenTrial, metric: str) -> None:
     print(f"  config {attrs.get('config')}")
 
 
-def _load(args: argparse.Namespace) -> optuna.Study:
+def _open(args: argparse.Namespace) -> tuple[StudyConfig, str, optuna.Study]:
+    """(study file, storage URL, study) of a command's ``study`` and ``--storage`` arguments."""
     from autopeft.config import load_config
     from autopeft.study import open_study
 
-    return open_study(load_config(args.study), args.storage, create=False)
+    config = load_config(args.study)
+    url = args.storage or config.storage
+    return config, url, open_study(config, url, create=False)
+
+
+def _load(args: argparse.Namespace) -> optuna.Study:
+    return _open(args)[2]
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
@@ -89,7 +98,7 @@ def _cmd_trials(args: argparse.Namespace) -> int:
 
         counts = Counter(outcome(t) for t in trials)
         print(f"\n{len(trials)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.most_common()))
-        why = Counter(reason(t) for t in trials if outcome(t) in ("fail", "pruned") and reason(t))
+        why = Counter(reason(t) for t in trials if outcome(t) in ("fail", "pruned"))
         for text, n in why.most_common():
             print(f"  {n} × {text}")
     return 0
@@ -164,13 +173,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from autopeft.config import load_config
     from autopeft.report import write_html, write_pngs
-    from autopeft.study import mask_url, open_study
+    from autopeft.study import mask_url
 
-    config = load_config(args.study)
-    url = args.storage or config.storage
-    study = open_study(config, url, create=False)
+    _, url, study = _open(args)
     if args.output:
         print(f"report: {write_html(study, Path(args.output), mask_url(url))}")
     if args.png:
@@ -181,16 +187,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from autopeft.artifacts import artifact_store
-    from autopeft.config import load_config
-    from autopeft.study import mask_url, name_objectives, open_study
+    from autopeft.study import mask_url, name_objectives
 
     try:
         import optuna_dashboard
     except ImportError:
         raise AutopeftError("dashboard: optuna-dashboard is not installed; pip install 'autopeft[dashboard]'") from None
-    config = load_config(args.study)
-    url = args.storage or config.storage
-    study = open_study(config, url, create=False)
+    config, url, study = _open(args)
     if study.metric_names is None:  # studies made before autopeft named its objectives
         name_objectives(study, config)
     store = artifact_store(config) if config.artifacts_dir.is_dir() else None

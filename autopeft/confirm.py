@@ -8,7 +8,6 @@ front can be read with error bars. Re-running it resumes: seeds already trained 
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -60,13 +59,7 @@ def confirm_front(
     for position, trial in enumerate(front, 1):
         key = f"{CONFIRM_PREFIX}{trial.number}"
         record: dict[str, Any] = dict(study.user_attrs.get(key) or {"trial": trial.number, "seeds": [], "values": []})
-        if trial.user_attrs["method"] not in objective.enabled:
-            raise AutopeftError(
-                f"trial {trial.number} used method {trial.user_attrs['method']!r}, which the study file no longer "
-                "enables; add it back to search.methods to confirm this front"
-            )
-        method = objective.enabled[trial.user_attrs["method"]]
-        method_config = json.loads(trial.user_attrs["config"])
+        method, method_config = objective.method_of(trial, to="confirm this front")
         for seed in confirm_seeds(config.study.seed, trial.number, seeds):
             if seed in record["seeds"]:
                 continue

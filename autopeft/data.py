@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from autopeft.config import DATA_SUFFIXES, StudyConfig
-from autopeft.errors import DataError
+from autopeft.errors import DataError, first_line
 
 __all__ = ["Split", "TaskData", "load_task_data", "batches"]
 
@@ -59,7 +59,7 @@ def _load_split(config: StudyConfig, key: str) -> Any:
         return datasets.load_dataset(name, split=split or key)
     except Exception as exc:  # datasets raises many types for unreadable or unreachable sources
         raise DataError(
-            f"data.{key}: cannot load {value!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            f"data.{key}: cannot load {value!r} ({type(exc).__name__}: {first_line(exc)}); "
             "check the path, or the hub name and your connection"
         ) from None
 

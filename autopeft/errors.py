@@ -6,7 +6,14 @@ study file or a plugin list, not at a traceback.
 
 from __future__ import annotations
 
-__all__ = ["AutopeftError", "ConfigError", "BudgetError", "PluginError", "DataError", "ModelError"]
+__all__ = ["AutopeftError", "ConfigError", "BudgetError", "PluginError", "DataError", "ModelError", "first_line"]
+
+
+def first_line(exc: BaseException, limit: int = 200, default: str | None = None) -> str:
+    """The first line of an exception's message, for one-line errors; ``default`` (else the
+    exception's type name) when it has none. Foreign libraries' messages can run to pages."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else (default or type(exc).__name__)
 
 
 class AutopeftError(Exception):

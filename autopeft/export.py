@@ -21,7 +21,7 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from torch import nn
 
 from autopeft.artifacts import artifact_store, fetch_weights
@@ -30,7 +30,7 @@ from autopeft.config import ModelSection, StudyConfig, load_config
 from autopeft.errors import AutopeftError, PluginError
 from autopeft.plugins import get_plugin_manager, registered_methods
 from autopeft.progress import Progress
-from autopeft.results import best_trial, pareto_front
+from autopeft.results import best_trial, is_feasible, pareto_front
 
 __all__ = ["export", "export_trial", "load_model", "PROVENANCE_FILE"]
 
@@ -48,9 +48,8 @@ def _prepare(out: Path) -> None:
 
 
 def _check_exportable(trial: FrozenTrial) -> None:
-    a = trial.user_attrs
-    if trial.state != TrialState.COMPLETE or a.get("infeasible") or "trainable_params" not in a:
-        why = "over budget, never trained" if a.get("infeasible") else trial.state.name.lower()
+    if not is_feasible(trial):
+        why = "over budget, never trained" if trial.user_attrs.get("infeasible") else trial.state.name.lower()
         raise AutopeftError(f"export: trial {trial.number} is {why}; export a complete trial (see `autopeft trials`)")
 
 
@@ -147,15 +146,10 @@ def _retrain(config: StudyConfig, trial: FrozenTrial, out: Path, progress: Progr
     assert trial.values is not None
     progress.line(f"export: trial {trial.number}'s weights were not kept; retraining it with its seed {a['seed']}")
     objective = Objective(config, get_plugin_manager(), progress, strict=False)
-    if a["method"] not in objective.enabled:
-        raise AutopeftError(
-            f"export: trial {trial.number} used method {a['method']!r}, which the study file no longer enables; "
-            "add it back to search.methods to retrain it"
-        )
-    method = objective.enabled[a["method"]]
+    method, method_config = objective.method_of(trial, to="retrain it")
     result, _ = objective.fit(
         method,
-        json.loads(a["config"]),
+        method_config,
         a["learning_rate"],
         a["seed"],
         label=trial.number,

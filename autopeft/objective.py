@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 import pluggy
 import torch
+from optuna.trial import FrozenTrial
 from torch import nn
 
 from autopeft import __version__
@@ -29,7 +30,7 @@ from autopeft.blocks import build_context, trainable_per_block
 from autopeft.budget import format_count, parse_budget
 from autopeft.config import StudyConfig
 from autopeft.data import load_task_data
-from autopeft.errors import BudgetError, ConfigError, PluginError
+from autopeft.errors import AutopeftError, BudgetError, ConfigError, PluginError, first_line
 from autopeft.methods import PeftMethod, trainable_numel
 from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
 from autopeft.plugins import MethodInfo, registered_methods
@@ -150,6 +151,20 @@ class Objective:
         trial = optuna.trial.FixedTrial(params)
         return name, method.suggest(trial, self.ctx, self.options[name], self.budget if budget is None else budget)
 
+    def method_of(self, trial: FrozenTrial, to: str) -> tuple[PeftMethod, dict[str, Any]]:
+        """(method, configuration) a recorded trial trained, to train it again (``confirm``, ``export``).
+
+        Raises:
+            AutopeftError: its method is no longer enabled by the study file; ``to`` ends the fix.
+        """
+        name = trial.user_attrs["method"]
+        if name not in self.enabled:
+            raise AutopeftError(
+                f"trial {trial.number} used method {name!r}, which the study file no longer enables; "
+                f"add it back to search.methods to {to}"
+            )
+        return self.enabled[name], json.loads(trial.user_attrs["config"])
+
     def _with_learning_rate(self, params: dict[str, Any], method: str) -> dict[str, Any]:
         lr = self.config.train.learning_rate
         key = f"{method}.learning_rate"
@@ -219,7 +234,7 @@ class Objective:
             raise
         except Exception as exc:
             name = trial.params.get("method")
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            first = first_line(exc, 300, default="(no message)")
             out_of_memory = isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
             error = f"out of memory: {first}" if out_of_memory else f"{type(exc).__name__}: {first}"
             trial.set_user_attr("error", error)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pluggy
 
 from autopeft import hookspecs
-from autopeft.errors import PluginError
+from autopeft.errors import PluginError, first_line
 from autopeft.methods import PeftMethod
 
 __all__ = [
@@ -87,14 +87,10 @@ def get_plugin_manager(autoload: bool | None = None) -> pluggy.PluginManager:
     except pluggy.PluginValidationError as exc:
         name = pm.get_name(exc.plugin) or repr(exc.plugin)
         raise PluginError(
-            f"plugin {name!r} implements an unknown hook ({_first_line(exc)}); "
+            f"plugin {name!r} implements an unknown hook ({first_line(exc)}); "
             f"fix the hook name or block it with AUTOPEFT_BLOCK_PLUGINS={name}"
         ) from None
     return pm
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _allow_list() -> set[str] | None:
@@ -116,12 +112,12 @@ def _load_entry_points(pm: _PluginManager) -> None:
             except pluggy.PluginValidationError as exc:
                 raise PluginError(
                     f"plugin {ep.name!r} from {dist.metadata['name']} does not match the hook spec "
-                    f"({_first_line(exc)}); upgrade it or block it with AUTOPEFT_BLOCK_PLUGINS={ep.name}"
+                    f"({first_line(exc)}); upgrade it or block it with AUTOPEFT_BLOCK_PLUGINS={ep.name}"
                 ) from None
             except Exception as exc:  # any import-time failure of foreign code
                 raise PluginError(
                     f"plugin {ep.name!r} from {dist.metadata['name']} failed to load "
-                    f"({type(exc).__name__}: {_first_line(exc)}); reinstall it or block it with "
+                    f"({type(exc).__name__}: {first_line(exc)}); reinstall it or block it with "
                     f"AUTOPEFT_BLOCK_PLUGINS={ep.name}"
                 ) from None
             pm.distributions[ep.name] = dist

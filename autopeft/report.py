@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autopeft.errors import AutopeftError
+from autopeft.errors import AutopeftError, first_line
 from autopeft.results import best_trial, feasible_trials, outcome, pareto_front, reason
 
 __all__ = ["build_figures", "method_table", "outcome_table", "write_html", "write_pngs", "FIGURES"]
@@ -402,9 +402,8 @@ def write_pngs(study: optuna.Study, directory: Path, width: int = 1000, height: 
     try:
         pio.write_images(list(figures.values()), [str(p) for p in paths], width=width, height=height)
     except Exception as exc:  # kaleido raises its own types for a missing or failing browser
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise AutopeftError(
-            f"--png: could not render images ({first}); kaleido needs Chrome or Chromium: install chromium "
+            f"--png: could not render images ({first_line(exc)}); kaleido needs Chrome or Chromium: install chromium "
             "(e.g. apt install chromium) or run `plotly_get_chrome`"
         ) from None
     return paths

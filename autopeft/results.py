@@ -20,6 +20,7 @@ __all__ = [
     "PENDING",
     "finished_trials",
     "feasible_trials",
+    "is_feasible",
     "best_trial",
     "pareto_front",
     "outcome",
@@ -37,13 +38,18 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED)
 
 
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Whether a trial completed and was trained within the budget."""
+    return (
+        trial.state == TrialState.COMPLETE
+        and all(v <= 0 for v in trial.constraints.values())
+        and "trainable_params" in trial.user_attrs
+    )
+
+
 def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Complete trials that were trained within the budget."""
-    return [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if all(v <= 0 for v in t.constraints.values()) and "trainable_params" in t.user_attrs
-    ]
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
 
 
 def _metric(trial: FrozenTrial) -> float:

@@ -12,7 +12,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.config import StudyConfig, load_config
-from autopeft.errors import AutopeftError
+from autopeft.errors import AutopeftError, first_line
 from autopeft.progress import Progress
 from autopeft.results import FINISHED, PENDING, best_trial, finished_trials, pareto_front
 
@@ -98,7 +98,7 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
             "pip install one (e.g. psycopg2-binary for postgresql://)"
         ) from None
     except Exception as exc:  # sqlalchemy raises many types for bad URLs and unreachable servers
-        message = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        message = mask_url(first_line(exc, limit=1000))
         raise AutopeftError(
             f"study.storage: cannot open {mask_url(url)} ({message}); check the URL, server and credentials"
         ) from None

@@ -48,7 +48,9 @@ def main() -> None:
     labels = torch.tensor(data.validation.labels)
 
     ours = autopeft.load_model(folder)
-    base = AutoModelForSequenceClassification.from_pretrained(source, num_labels=len(record["labels"]))
+    base = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=len(record["labels"]), **record["model"]["overrides"]
+    )
     plain = PeftModel.from_pretrained(base, str(folder)).eval()
     a, b = logits_of(ours, data.validation, data.pad_token_id), logits_of(plain, data.validation, data.pad_token_id)
     agree = int((a.argmax(-1) == b.argmax(-1)).sum())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -101,6 +102,31 @@ def tokenized(texts: list[str] = TEXTS) -> dict:
     return dict(AutoTokenizer.from_pretrained(source)(texts, return_tensors="pt", padding=True))
 
 
+@contextlib.contextmanager
+def capturing_logits():
+    """While active, each trained trial's logits for :data:`TEXTS` (eval mode) are recorded by trial
+    number, from the trained model itself, before it is freed."""
+    import torch
+
+    from autopeft.objective import Objective
+
+    batch, logits, original = tokenized(), {}, Objective._keeper
+
+    def keeper(self, trial, method, n):
+        keep = original(self, trial, method, n)
+
+        def record(model, result):
+            keep(model, result)
+            with torch.no_grad():
+                logits[trial.number] = model.eval()(**batch).logits
+
+        return record
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Objective, "_keeper", keeper)
+        yield logits
+
+
 def _plugin_manager():
     from autopeft import get_plugin_manager
 
@@ -111,10 +137,8 @@ def _plugin_manager():
 def trained_study(tmp_path_factory, minilm_available):
     """A real two-objective study whose every trial kept its weights (LoRA, IA3 and the native
     adapter each trained once), with the logits each trained model gave for :data:`TEXTS`."""
-    import torch
 
     from autopeft import load_config, open_study, run_study
-    from autopeft.objective import Objective
 
     folder = tmp_path_factory.mktemp("trained")
     path = write_study(
@@ -132,22 +156,6 @@ def trained_study(tmp_path_factory, minilm_available):
     study = open_study(load_config(path))
     for method in ("lora", "ia3", "adapter"):  # one trial of each; a new study's warm start would skip adapter
         study.enqueue_trial({"method": method})
-    batch = tokenized()
-    logits: dict[int, torch.Tensor] = {}
-    original = Objective._keeper
-
-    def keeper(self, trial, method, n):
-        keep = original(self, trial, method, n)
-
-        def record(model, result):
-            keep(model, result)
-            model.eval()
-            with torch.no_grad():
-                logits[trial.number] = model(**batch).logits
-
-        return record
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Objective, "_keeper", keeper)
+    with capturing_logits() as logits:
         study = run_study(path, quiet=True)
     return path, study, logits

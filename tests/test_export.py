@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import tokenized, write_study
+from conftest import capturing_logits, tokenized, write_study
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
@@ -18,7 +18,6 @@ from autopeft import AutopeftError, load_config, load_model, run_study
 from autopeft.artifacts import on_front
 from autopeft.cli import main
 from autopeft.export import PROVENANCE_FILE
-from autopeft.objective import Objective
 from autopeft.results import best_trial, pareto_front
 
 ATOL = 1e-5
@@ -141,7 +140,11 @@ def test_pruned_or_infeasible_trials_are_not_exported(tmp_path, capsys, minilm_a
     study = run_study(path, quiet=True)
     study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={"method": "bitfit"}))
     study.add_trial(
-        optuna.trial.create_trial(value=0.0, user_attrs={"method": "bitfit", "infeasible": True, "trainable_params": 9})
+        optuna.trial.create_trial(
+            value=0.0,
+            user_attrs={"method": "bitfit", "infeasible": True, "trainable_params": 9},
+            system_attrs={"constraints": [5.0]},  # as the objective records an over-budget trial
+        )
     )
     for number, why in ((1, "is pruned"), (2, "over budget")):
         assert main(["export", str(path), "--trial", str(number), str(tmp_path / "x")]) == 2
@@ -152,22 +155,7 @@ def test_weights_not_kept_are_retrained_and_reproduce_the_trial(tmp_path, capsys
     path = write_study(
         tmp_path, study={"name": "none", "n_trials": 1, "seed": 3, "keep_weights": "none"}, search={"methods": ["lora"]}
     )
-    batch = tokenized()
-    logits = {}
-    original = Objective._keeper
-
-    def keeper(self, trial, method, n):
-        keep = original(self, trial, method, n)
-
-        def record(model, result):
-            keep(model, result)
-            with torch.no_grad():
-                logits[trial.number] = model.eval()(**batch).logits
-
-        return record
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Objective, "_keeper", keeper)
+    with capturing_logits() as logits:
         study = run_study(path, quiet=True)
     assert not load_config(path).artifacts_dir.exists() or not any(load_config(path).artifacts_dir.iterdir())
     assert main(["export", str(path), "--best", str(tmp_path / "out")]) == 0
