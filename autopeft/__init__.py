@@ -20,6 +20,7 @@ _WHERE = {
     "BudgetError": "autopeft.errors",
     "ConfigError": "autopeft.errors",
     "DataError": "autopeft.errors",
+    "Interrupted": "autopeft.errors",
     "ModelContext": "autopeft.blocks",
     "ModelError": "autopeft.errors",
     "PeftBackedMethod": "autopeft.peft_backed",
@@ -40,6 +41,7 @@ _WHERE = {
     "parse_budget": "autopeft.budget",
     "registered_methods": "autopeft.plugins",
     "run_study": "autopeft.study",
+    "run_workers": "autopeft.workers",
     "suggest_sizes": "autopeft.budget",
     "trainable_numel": "autopeft.methods",
 }
@@ -52,6 +54,7 @@ __all__ = [
     "BudgetError",
     "ConfigError",
     "DataError",
+    "Interrupted",
     "ModelContext",
     "ModelError",
     "PeftBackedMethod",
@@ -72,6 +75,7 @@ __all__ = [
     "parse_budget",
     "registered_methods",
     "run_study",
+    "run_workers",
     "suggest_sizes",
     "trainable_numel",
 ]

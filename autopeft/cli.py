@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,10 +24,10 @@ __all__ = ["main"]
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from autopeft.study import best_trial, pareto_front, run_study
+    from autopeft.workers import run_workers
 
-    study = run_study(
-        args.study, n_trials=args.n_trials, storage=args.storage, quiet=args.quiet, start_from=args.start_from
-    )
+    common = {"n_trials": args.n_trials, "storage": args.storage, "quiet": args.quiet, "start_from": args.start_from}
+    study = run_workers(args.study, args.workers, **common) if args.workers > 1 else run_study(args.study, **common)
     best = best_trial(study)
     if best is not None:
         _print_best(best, study.user_attrs.get("metric", "value"))
@@ -34,6 +35,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"Pareto front: {len(pareto_front(study))} trials; see `autopeft pareto {args.study}`")
     if best is not None:
         print(f"next: `autopeft export {args.study} --best OUT`, `autopeft report {args.study} -o report.html`")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from autopeft.results import finished_trials
+    from autopeft.study import run_study
+
+    study = run_study(args.study, n_trials=args.n_trials, storage=args.storage, quiet=args.quiet, label=args.label)
+    if not args.quiet:
+        print(f"worker done: study {study.study_name!r} has {len(finished_trials(study))} finished trials")
     return 0
 
 
@@ -174,7 +185,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from autopeft.report import write_html, write_pngs
-    from autopeft.study import mask_url
+    from autopeft.storage import mask_url
 
     _, url, study = _open(args)
     if args.output:
@@ -187,7 +198,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from autopeft.artifacts import artifact_store
-    from autopeft.study import mask_url, name_objectives
+    from autopeft.storage import mask_url, open_storage
+    from autopeft.study import name_objectives
 
     try:
         import optuna_dashboard
@@ -203,7 +215,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    optuna_dashboard.run_server(url, host=args.host, port=args.port, artifact_store=store)
+    storage = open_storage(url, config.study.heartbeat_seconds)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=store)
     return 0
 
 
@@ -246,7 +259,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OTHER_STUDY",
         help="study file of another study whose Pareto configurations are tried first",
     )
+    run.add_argument(
+        "--workers", type=int, default=1, help="local worker processes sharing the study (cores split between them)"
+    )
     run.set_defaults(func=_cmd_run)
+
+    worker = sub.add_parser("worker", help="join a study as one more worker (any machine that reaches its storage)")
+    worker.add_argument("study", help="path of the study file (TOML)")
+    worker.add_argument("--storage", help="storage URL instead of [study] storage, e.g. postgresql://user@host/db")
+    worker.add_argument("--n-trials", type=int, help="finish this many trials instead of [study] n_trials")
+    worker.add_argument("--quiet", action="store_true", help="no progress output")
+    worker.add_argument("--label", default="", help="prefix of this worker's progress lines")
+    worker.set_defaults(func=_cmd_worker)
 
     for name, func, text, formats in (
         ("best", _cmd_best, "show the best trial", ("table", "json")),
@@ -307,7 +331,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``autopeft`` console script."""
     args = _parser().parse_args(argv)
-    for flag in ("n_trials", "samples", "seeds"):
+    for flag in ("n_trials", "samples", "seeds", "workers"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             print(f"autopeft: error: --{flag.replace('_', '-')} must be a positive integer", file=sys.stderr)
@@ -316,15 +340,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("autopeft: error: report needs -o report.html, --png DIR, or both", file=sys.stderr)
         return 2
     quiet_libraries()
+    # A scheduler's SIGTERM (preemption, `kill`) stops a study the way Ctrl-C does: the running
+    # trial is marked failed and queued again, instead of staying "running" until its heartbeat ages.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return int(args.func(args))
     except AutopeftError as exc:
-        from autopeft.study import mask_url
+        from autopeft.storage import mask_url
 
         print(f"autopeft: error: {mask_url(str(exc))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("autopeft: interrupted; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"autopeft: {exc or 'interrupted'}; run the same command again to resume", file=sys.stderr)
         return 130
 
 

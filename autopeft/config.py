@@ -44,6 +44,8 @@ class StudySection:
     # "front" keeps every trial on the metric-vs-size front when it finished, "all" or "none".
     keep_weights: str = "front"
     artifacts: str | None = None  # directory of the artifact store; default: <name>.artifacts beside this file
+    # Workers mark their running trial alive this often; a trial silent for twice as long is failed and retried.
+    heartbeat_seconds: int = 30
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,12 @@ def _validate(c: StudyConfig) -> None:
         "study.keep_weights",
         f"must be one of {list(KEEP_WEIGHTS)}, got {s.keep_weights!r}",
         'e.g. keep_weights = "front"',
+    )
+    _check(
+        _is_int(s.heartbeat_seconds) and s.heartbeat_seconds > 0,
+        "study.heartbeat_seconds",
+        f"must be a positive integer, got {s.heartbeat_seconds!r}",
+        "e.g. heartbeat_seconds = 30",
     )
     _check(
         s.artifacts is None or isinstance(s.artifacts, str) and s.artifacts.strip() != "",

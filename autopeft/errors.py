@@ -6,7 +6,16 @@ study file or a plugin list, not at a traceback.
 
 from __future__ import annotations
 
-__all__ = ["AutopeftError", "ConfigError", "BudgetError", "PluginError", "DataError", "ModelError", "first_line"]
+__all__ = [
+    "AutopeftError",
+    "ConfigError",
+    "BudgetError",
+    "PluginError",
+    "DataError",
+    "ModelError",
+    "Interrupted",
+    "first_line",
+]
 
 
 def first_line(exc: BaseException, limit: int = 200, default: str | None = None) -> str:
@@ -42,3 +51,8 @@ class DataError(AutopeftError):
 
 class ModelError(AutopeftError):
     """The model cannot be found or loaded."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a study; the message says which trial was marked failed and queued
+    again. A ``KeyboardInterrupt``, so code that catches that still does; the CLI exits with 130."""

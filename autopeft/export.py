@@ -69,7 +69,7 @@ def _provenance(
 ) -> dict[str, Any]:
     from autopeft.confirm import CONFIRM_PREFIX
     from autopeft.objective import library_versions
-    from autopeft.study import mask_url
+    from autopeft.storage import mask_url
 
     a = trial.user_attrs
     assert trial.values is not None

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 import pluggy
 import torch
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from autopeft import __version__
@@ -36,16 +36,20 @@ from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
 from autopeft.plugins import MethodInfo, registered_methods
 from autopeft.progress import Progress
 from autopeft.pruning import SizeAwareMedianPruner
-from autopeft.results import best_trial
+from autopeft.results import FINISHED, best_trial
 from autopeft.train import NonFiniteLoss, TrainResult, evaluate, planned_steps, train
 from autopeft.warm_start import map_to_blocks
 
-__all__ = ["Objective", "WORST", "UNBOUNDED", "library_versions", "pick_device"]
+__all__ = ["Objective", "Surplus", "WORST", "UNBOUNDED", "library_versions", "pick_device"]
 
 #: The value an infeasible trial reports: the worst the metric can be, so it never looks good.
 WORST = {"accuracy": 0.0, "f1": 0.0, "mcc": -1.0}
 #: A budget no configuration reaches: what a method samples when nothing constrains it.
 UNBOUNDED = 2**62
+
+
+class Surplus(Exception):
+    """A trial started when other workers' trials already complete the study; it is not run."""
 
 
 def library_versions() -> dict[str, str]:
@@ -137,6 +141,10 @@ class Objective:
                 f"({format_count(self.smallest[name])}) exceeds the budget ({format_count(self.budget)})"
             )
         self.versions = library_versions()
+        #: Trials this study should finish (set by the driver): a trial started beyond it is surplus.
+        self.target: int | None = None
+        #: Number of the trial this worker is running, for the Ctrl-C handler; None between trials.
+        self.current: int | None = None
 
     # -- configurations from parameters ---------------------------------------------------------
 
@@ -223,14 +231,23 @@ class Objective:
         """One trial. Faults inside it end that trial, recorded, and never the study: a NaN or
         infinite loss prunes it (``pruned_reason``); any other exception, out-of-memory included,
         fails it with ``error``, ``error_plugin`` and ``traceback`` attributes, after ``fit`` freed
-        the model's memory. Ctrl-C (not an ``Exception``) still stops the study."""
+        the model's memory. Ctrl-C (not an ``Exception``) still stops the study; the trial is
+        marked ``interrupted``."""
+        self.current = trial.number
         try:
+            self._check_not_surplus(trial)
             return self._trial(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM)")
+            raise
         except NonFiniteLoss as exc:
             trial.set_user_attr("pruned_reason", str(exc))
             self.progress.line(f"[trial {trial.number}] pruned: {exc}")
             raise optuna.TrialPruned(str(exc)) from None
         except optuna.TrialPruned:
+            raise
+        except Surplus as exc:
+            trial.set_user_attr("error", str(exc))
             raise
         except Exception as exc:
             name = trial.params.get("method")
@@ -242,6 +259,22 @@ class Objective:
             trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
             self.progress.line(f"[trial {trial.number}] failed in {name or 'autopeft'}: {error}")
             raise
+        finally:
+            self.current = None
+
+    def _check_not_surplus(self, trial: optuna.Trial) -> None:
+        """Refuse a trial that two workers' simultaneous starts made one too many.
+
+        Workers start a trial only while finished plus running trials are fewer than the target,
+        but two can check at the same moment. The later-numbered trial then gives way, recorded as
+        failed with ``surplus`` (failed trials do not count), and is never trained.
+        """
+        if self.target is None:
+            return
+        earlier = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        if sum(1 for t in earlier if t.number < trial.number) >= self.target:
+            trial.set_user_attr("surplus", True)
+            raise Surplus(f"not run: other workers had started the study's last {self.target} trials")
 
     def _trial(self, trial: optuna.Trial) -> float | tuple[float, float]:
         metric = self.config.task.metric

@@ -15,19 +15,24 @@ __all__ = ["Progress", "quiet_libraries"]
 
 
 class Progress:
-    """Writes one study's progress to ``stream`` (stderr by default); ``quiet`` silences it."""
+    """Writes one study's progress to ``stream`` (stderr by default); ``quiet`` silences it.
 
-    def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
+    ``label`` prefixes every line (``[w2] ...``) and turns the step bar off: the lines of several
+    local workers share one terminal, and their bars would overwrite each other.
+    """
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None, label: str = "") -> None:
         self.quiet, self.stream = quiet, stream or sys.stderr
+        self.prefix = f"[{label}] " if label else ""
         self._bar: tqdm | None = None
 
     def line(self, text: str) -> None:
         if not self.quiet:
-            print(text, file=self.stream, flush=True)
+            print(self.prefix + text, file=self.stream, flush=True)
 
     def step(self, trial: int | str, step: int, total: int, loss: float) -> None:
         """Advance the per-trial step bar (terminal only)."""
-        if self.quiet or not self.stream.isatty():
+        if self.quiet or self.prefix or not self.stream.isatty():
             return
         if self._bar is None:
             self._bar = tqdm(total=total, desc=f"trial {trial}", leave=False, file=self.stream, unit="step")

@@ -25,6 +25,7 @@ __all__ = [
     "pareto_front",
     "outcome",
     "reason",
+    "retry_of",
     "trial_row",
     "format_rows",
 ]
@@ -95,9 +96,11 @@ def reason(trial: FrozenTrial) -> str | None:
     if state == "infeasible":
         return f"{a.get('trainable_params', 0):,} trainable parameters > budget {a.get('budget', 0):,}; not trained"
     if state == "fail":
-        if "error" in a:
-            return f"{a['error']} (in {a.get('error_plugin', 'autopeft')})"
-        return "failed; no reason recorded (interrupted?)"
+        if "error_plugin" in a:
+            return f"{a['error']} (in {a['error_plugin']})"
+        if "error" in a:  # interrupted, or surplus: not a plugin's fault
+            return str(a["error"])
+        return "no reason recorded: its worker was lost in mid-trial (killed, or its machine went away)"
     return "still running or waiting"
 
 
@@ -116,7 +119,14 @@ def trial_row(trial: FrozenTrial, metric: str) -> dict[str, Any]:
         "train_seconds": a.get("train_seconds"),
         "config": a.get("config"),
         "reason": reason(trial),
+        "retry_of": retry_of(trial),
     }
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The failed trial (killed or interrupted) this one runs again, or None."""
+    history = trial.system_attrs.get("retry_history") or [None]
+    return history[-1]
 
 
 def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:

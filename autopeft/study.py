@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -12,15 +12,17 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.config import StudyConfig, load_config
-from autopeft.errors import AutopeftError, first_line
+from autopeft.errors import AutopeftError, Interrupted, first_line
 from autopeft.progress import Progress
 from autopeft.results import FINISHED, PENDING, best_trial, finished_trials, pareto_front
+from autopeft.storage import mask_url, open_storage, retry_trial
 
 if TYPE_CHECKING:
     from autopeft.objective import Objective
 
 __all__ = [
     "run_study",
+    "prepare_study",
     "open_study",
     "finished_trials",
     "best_trial",
@@ -33,11 +35,6 @@ __all__ = [
 
 #: Consecutive failed trials after which a study stops: a fault that fails every trial is not retried forever.
 MAX_FAILURES_IN_A_ROW = 5
-
-
-def mask_url(url: str) -> str:
-    """The storage URL with any password replaced by ``***``, for logs and errors."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
@@ -75,14 +72,15 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
     """
     url = storage or config.storage
     try:
+        rdb = open_storage(url, config.study.heartbeat_seconds)
         if not create:
             study = optuna.load_study(
-                study_name=config.study.name, storage=url, sampler=make_sampler(config), pruner=_pruner(config)
+                study_name=config.study.name, storage=rdb, sampler=make_sampler(config), pruner=_pruner(config)
             )
         else:
             study = optuna.create_study(
                 study_name=config.study.name,
-                storage=url,
+                storage=rdb,
                 directions=directions(config),
                 sampler=make_sampler(config),
                 pruner=_pruner(config),
@@ -95,7 +93,7 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
     except ImportError:
         raise AutopeftError(
             f"study.storage: no database driver for {mask_url(url)} is installed; "
-            "pip install one (e.g. psycopg2-binary for postgresql://)"
+            'pip install one (pip install "autopeft[postgres]" for postgresql://)'
         ) from None
     except Exception as exc:  # sqlalchemy raises many types for bad URLs and unreachable servers
         message = mask_url(first_line(exc, limit=1000))
@@ -121,38 +119,28 @@ def name_objectives(study: optuna.Study, config: StudyConfig) -> None:
         study.set_metric_names(config.objectives)
 
 
-def run_study(
-    study_file: str | Path | StudyConfig,
-    n_trials: int | None = None,
-    storage: str | None = None,
-    quiet: bool = False,
+def prepare_study(
+    config: StudyConfig,
+    target: int,
+    storage: str | None,
+    progress: Progress,
     start_from: str | Path | None = None,
-) -> optuna.Study:
-    """Run (or resume) the search a study file describes, until ``n_trials`` trials have finished.
+) -> tuple[optuna.Study, Objective | None]:
+    """Open or create the study, record its budget and classes, and queue the known-good configurations.
 
-    Args:
-        study_file: path of the TOML study file, or an already loaded config.
-        n_trials: override ``[study] n_trials``.
-        storage: override ``[study] storage``.
-        quiet: no progress output.
-        start_from: another study file whose Pareto-front configurations, mapped onto this model's
-            blocks, are tried first (once per study).
-
-    Returns:
-        The Optuna study; every trial's details are in its user attributes.
+    Every worker calls this; the queueing skips configurations already queued, so workers that
+    start together do not try the defaults twice. Returns the objective, or None when the study
+    already has ``target`` finished trials.
     """
     from autopeft.objective import Objective
     from autopeft.plugins import get_plugin_manager
 
-    config = study_file if isinstance(study_file, StudyConfig) else load_config(study_file)
-    target = n_trials or config.study.n_trials
     pm = get_plugin_manager()
     study = open_study(config, storage)
     done = len(finished_trials(study))
-    progress = Progress(quiet=quiet)
     if done >= target:
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
-        return study
+        return study, None
     objective = Objective(config, pm, progress)
     study.set_user_attr("budget", objective.budget)
     study.set_user_attr("total_params", objective.ctx.total_params)
@@ -165,19 +153,62 @@ def run_study(
         _enqueue_front(study, objective, start_from, progress)
     if config.search.warm_start and new:
         for params in objective.warm_start_params():
-            study.enqueue_trial(params, user_attrs={"warm_start": True})
+            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
     progress.line(
         f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
         f"budget {objective.budget} parameters; methods {', '.join(objective.methods)}; device {objective.device}"
     )
+    return study, objective
 
+
+def run_study(
+    study_file: str | Path | StudyConfig,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    quiet: bool = False,
+    start_from: str | Path | None = None,
+    label: str = "",
+) -> optuna.Study:
+    """Run (or resume, or join) the search a study file describes, until ``n_trials`` trials have finished.
+
+    Any number of processes may run this on one study at once (``autopeft worker``): together
+    they finish exactly ``n_trials`` trials.
+
+    Args:
+        study_file: path of the TOML study file, or an already loaded config.
+        n_trials: override ``[study] n_trials``.
+        storage: override ``[study] storage``.
+        quiet: no progress output.
+        start_from: another study file whose Pareto-front configurations, mapped onto this model's
+            blocks, are tried first (once per study).
+        label: prefix of this worker's progress lines (``w1``).
+
+    Returns:
+        The Optuna study; every trial's details are in its user attributes.
+
+    Raises:
+        Interrupted: Ctrl-C or SIGTERM; the trial it stopped is marked failed and queued again.
+    """
+    config = study_file if isinstance(study_file, StudyConfig) else load_config(study_file)
+    target = n_trials or config.study.n_trials
+    progress = Progress(quiet=quiet, label=label)
+    study, objective = prepare_study(config, target, storage, progress, start_from)
+    if objective is not None:
+        _optimize(study, objective, target, progress)
+    return study
+
+
+def _optimize(study: optuna.Study, objective: Objective, target: int, progress: Progress) -> None:
+    config = objective.config
+    poll = min(5.0, config.study.heartbeat_seconds / 2)
     failed_in_a_row: list[FrozenTrial] = []
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         # A failed trial does not count towards n_trials; a fault that fails every trial stops the study.
-        failed_in_a_row[:] = [*failed_in_a_row, trial] if trial.state == TrialState.FAIL else []
-        if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW:
-            study.stop()
+        if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus"):
+            failed_in_a_row.append(trial)
+        elif trial.state != TrialState.FAIL:
+            failed_in_a_row.clear()
         trials = study.get_trials(deepcopy=False)
         study.set_user_attr("pruned_trials", sum(1 for t in trials if "steps_saved" in t.user_attrs))
         study.set_user_attr("pruning_steps_saved", sum(t.user_attrs.get("steps_saved", 0) for t in trials))
@@ -186,10 +217,18 @@ def run_study(
         if config.multi_objective:
             shown += f"; Pareto front of {len(pareto_front(study))}"
         progress.line(f"[{len(finished_trials(study))}/{target}] {shown}")
+        if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW or not wait_for_slot(study, target, progress, poll):
+            study.stop()
 
-    stop = optuna.study.MaxTrialsCallback(target, states=FINISHED)
-    # No n_trials: failed trials are retried until `target` have finished (the callback stops it).
-    study.optimize(objective, callbacks=[stop, after_trial], catch=(Exception,))
+    if not wait_for_slot(study, target, progress, poll):
+        return
+    objective.target = target
+    try:
+        # No n_trials: failed trials are retried, and other workers finish trials too; after_trial
+        # decides when the study has its n_trials.
+        study.optimize(objective, callbacks=[after_trial], catch=(Exception,))
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted(study, objective.current)) from None
     if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW:
         last = failed_in_a_row[-1].user_attrs
         raise AutopeftError(
@@ -197,7 +236,43 @@ def run_study(
             f"{last.get('error', 'no reason recorded')}; fix it and run again "
             f"(details: `autopeft trials {config.path}`)"
         )
-    return study
+
+
+def wait_for_slot(study: optuna.Study, target: int, progress: Progress, poll: float) -> bool:
+    """Whether this worker may start another trial: False once ``target`` trials have finished.
+
+    While the trials other workers are running would complete the study, wait: one of them may
+    still fail (or its worker die, which the heartbeat notices here) and need running again.
+    """
+    waiting = False
+    while True:
+        with warnings.catch_warnings():  # fail_stale_trials is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
+        states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))]
+        finished = sum(1 for s in states if s in FINISHED)
+        if finished >= target:
+            return False
+        if len(states) < target:
+            return True
+        if not waiting:
+            progress.line(f"waiting: the {len(states) - finished} running trials would finish the study")
+            waiting = True
+        time.sleep(poll)
+
+
+def _interrupted(study: optuna.Study, number: int | None) -> str:
+    """Mark the trial Ctrl-C stopped as failed (Optuna usually has) and queue it again; say so."""
+    if number is None:
+        return "interrupted between trials"
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.state == TrialState.RUNNING:  # stopped while Optuna was recording it
+        study.tell(number, state=TrialState.FAIL)
+        trial = study.get_trials(deepcopy=False)[number]
+    if trial.state == TrialState.FAIL:
+        retry_trial(study, trial)
+        return f"interrupted: trial {number} marked failed and queued again"
+    return f"interrupted after trial {number} finished"
 
 
 def _enqueue_front(study: optuna.Study, objective: Objective, other: str | Path, progress: Progress) -> None:

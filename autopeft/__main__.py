@@ -1,0 +1,7 @@
+"""``python -m autopeft``: the same as the ``autopeft`` command (local workers start this way)."""
+
+import sys
+
+from autopeft.cli import main
+
+sys.exit(main())
