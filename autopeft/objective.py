@@ -10,9 +10,11 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import os
 import platform
 import random
 import resource
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -143,7 +145,9 @@ class Objective:
         self.versions = library_versions()
         #: Trials this study should finish (set by the driver): a trial started beyond it is surplus.
         self.target: int | None = None
-        #: Number of the trial this worker is running, for the Ctrl-C handler; None between trials.
+        #: Which machine and process ran a trial, for teams spreading a study over machines.
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        #: Number of the trial this worker runs or last ran, for the Ctrl-C handler; None before the first.
         self.current: int | None = None
 
     # -- configurations from parameters ---------------------------------------------------------
@@ -259,8 +263,6 @@ class Objective:
             trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
             self.progress.line(f"[trial {trial.number}] failed in {name or 'autopeft'}: {error}")
             raise
-        finally:
-            self.current = None
 
     def _check_not_surplus(self, trial: optuna.Trial) -> None:
         """Refuse a trial that two workers' simultaneous starts made one too many.
@@ -294,6 +296,7 @@ class Objective:
             "learning_rate": learning_rate,
             "versions": self.versions,
             "device": str(self.device),
+            "worker": self.worker,
         }.items():
             trial.set_user_attr(key, value)
         trial.set_constraint("trainable_params", float(n - self.budget))

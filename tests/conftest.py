@@ -159,3 +159,15 @@ def trained_study(tmp_path_factory, minilm_available):
     with capturing_logits() as logits:
         study = run_study(path, quiet=True)
     return path, study, logits
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """URL of the PostgreSQL database the tests may use (``.ci/run`` starts the server and sets
+    ``AUTOPEFT_TEST_POSTGRES``). In CI its absence is a failure, never a skip."""
+    url = os.environ.get("AUTOPEFT_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("AUTOPEFT_TEST_POSTGRES is not set; .ci/run starts PostgreSQL and sets it")
+        pytest.skip("no PostgreSQL: set AUTOPEFT_TEST_POSTGRES (bash .ci/run does)")
+    return url

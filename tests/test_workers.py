@@ -1,0 +1,280 @@
+"""Many workers on one study: exactly n_trials, dead workers' trials retried, Ctrl-C resumable.
+
+Workers are real processes (``python -m autopeft``), on SQLite and on the PostgreSQL server
+``.ci/run`` starts. ``tests/slow`` slows their training steps down so a test can stop one in mid-trial.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import write_study
+from optuna.trial import TrialState
+
+from autopeft.objective import Objective, Surplus
+from autopeft.progress import Progress
+from autopeft.results import FINISHED
+from autopeft.storage import open_storage, retry_trial
+from autopeft.study import wait_for_slot
+from autopeft.workers import worker_env
+
+SLOW = Path(__file__).parent / "slow"
+
+
+def _env(step_seconds: float = 0.0) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(SLOW), os.environ.get("PYTHONPATH", "")]),
+    }
+    env["AUTOPEFT_TEST_STEP_SECONDS"] = str(step_seconds)
+    return env
+
+
+def _autopeft(*args: object, step_seconds: float = 0.0) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "autopeft", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(step_seconds),
+    )
+
+
+def _study(tmp_path: Path, n_trials: int, storage: str | None = None) -> tuple[Path, str, str]:
+    """A tiny study with 1-second heartbeats: (study file, storage URL, study name)."""
+    name = f"workers-{uuid.uuid4().hex[:8]}"
+    study = {"name": name, "n_trials": n_trials, "seed": 0, "heartbeat_seconds": 1}
+    path = write_study(
+        tmp_path,
+        study={**study, **({"storage": storage} if storage else {})},
+        search={"methods": ["bitfit", "lora"]},
+        data={"max_train_examples": 32, "max_eval_examples": 16},
+    )
+    return path, storage or f"sqlite:///{tmp_path / name}.db", name
+
+
+def _load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url, 1))
+
+
+def _running_trials(url: str, name: str, count: int = 1, timeout: float = 180) -> list[int]:
+    """Numbers of ``count`` trials in mid-training (their method chosen), once there are that many."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            trials = _load(url, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except KeyError:  # not created yet
+            trials = []
+        started = [t.number for t in trials if "method" in t.user_attrs]
+        if len(started) >= count:
+            return started
+        time.sleep(0.2)
+    raise AssertionError(f"no {count} running trials within {timeout} s")
+
+
+def _assert_accounted_for(study: optuna.Study, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    """Exactly n_trials finished, nothing left running or waiting, every failure with its reason or retry."""
+    trials = study.get_trials()
+    assert sum(t.state in FINISHED for t in trials) == n_trials
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert "error" in t.user_attrs or t.number in retried, t
+    return trials
+
+
+# -- the pieces ---------------------------------------------------------------------------------
+
+
+def test_worker_env_splits_cores_and_deals_out_gpus() -> None:
+    assert worker_env(0, 4, 16, [])["OMP_NUM_THREADS"] == "4"
+    assert worker_env(3, 4, 2, [])["OMP_NUM_THREADS"] == "1"  # never zero threads
+    assert "CUDA_VISIBLE_DEVICES" not in worker_env(0, 2, 8, [])
+    assert [worker_env(i, 3, 8, ["4", "6"])["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["4", "6", "4"]
+
+
+def _plain_study(tmp_path: Path) -> optuna.Study:
+    return optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'plain.db'}", 1))
+
+
+def test_wait_for_slot_waits_while_running_trials_would_finish_the_study(tmp_path: Path) -> None:
+    study = _plain_study(tmp_path)
+    study.tell(study.ask(), 1.0)
+    running = study.ask()
+    assert wait_for_slot(study, 3, Progress(quiet=True), 0.05)  # 1 finished + 1 running < 3: start one
+
+    def fail_it() -> None:  # the running trial fails in another worker after a while
+        time.sleep(0.5)
+        study.tell(running, state=TrialState.FAIL)
+
+    threading.Thread(target=fail_it).start()
+    started = time.monotonic()
+    assert wait_for_slot(study, 2, Progress(quiet=True), 0.05)  # it waited, then the slot opened
+    assert time.monotonic() - started >= 0.4
+    study.tell(study.ask(), 2.0)
+    assert not wait_for_slot(study, 2, Progress(quiet=True), 0.05)  # 2 finished: stop
+
+
+def test_wait_for_slot_fails_a_dead_workers_trial_and_queues_it_again(tmp_path: Path) -> None:
+    study = _plain_study(tmp_path)
+    study.tell(study.ask(), 1.0)
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # no heartbeat thread: looks dead
+    study._storage.record_heartbeat(dead._trial_id)  # type: ignore[attr-defined]
+    assert wait_for_slot(study, 2, Progress(quiet=True), 0.2)  # waits out the 2-second grace period
+    trials = study.get_trials()
+    assert trials[dead.number].state == TrialState.FAIL
+    assert trials[-1].state == TrialState.WAITING and trials[-1].system_attrs["failed_trial"] == dead.number
+    assert trials[-1].params == trials[dead.number].params
+
+
+def test_retries_stop_after_max_retries(tmp_path: Path) -> None:
+    from autopeft.storage import MAX_RETRIES
+
+    study = _plain_study(tmp_path)
+    number = study.ask().number
+    for _ in range(MAX_RETRIES + 2):
+        study.tell(number, state=TrialState.FAIL)
+        retry_trial(study, study.get_trials()[number])
+        waiting = study.get_trials(states=(TrialState.WAITING,))
+        if not waiting:
+            break
+        number = study.ask().number  # pops the retry
+    assert len(study.trials) == MAX_RETRIES + 1
+    assert study.trials[-1].system_attrs["retry_history"] == list(range(MAX_RETRIES))
+
+
+def test_a_simultaneous_surplus_start_gives_way(tmp_path: Path) -> None:
+    study = _plain_study(tmp_path)
+    first, second = study.ask(), study.ask()  # two workers asked at the same moment for the last trial
+    objective = Objective.__new__(Objective)
+    objective.target = 1
+    objective._check_not_surplus(first)  # the earlier one runs
+    with pytest.raises(Surplus):
+        objective._check_not_surplus(second)
+    assert study.trials[1].user_attrs["surplus"] is True
+
+
+def test_sqlite_takes_parallel_writers_without_database_is_locked(tmp_path: Path) -> None:
+    # Four processes writing trials as fast as they can, with heartbeats: Optuna's default SQLite
+    # setup fails this way ("database is locked"); WAL and the long busy timeout must not.
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    optuna.create_study(study_name="busy", storage=open_storage(url, 1))
+    code = (
+        "import optuna, sys\n"
+        "from autopeft.storage import open_storage\n"
+        "optuna.logging.set_verbosity(optuna.logging.ERROR)\n"
+        f"study = optuna.load_study(study_name='busy', storage=open_storage({url!r}, 1))\n"
+        "study.optimize(lambda t: t.suggest_float('x', 0, 1), n_trials=40)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    states = [t.state for t in _load(url, "busy").get_trials()]
+    assert len(states) == 160 and set(states) == {TrialState.COMPLETE}
+
+
+# -- whole workers ------------------------------------------------------------------------------
+
+
+def test_run_with_local_workers_finishes_exactly_n_trials(tmp_path: Path, minilm_available) -> None:
+    path, url, name = _study(tmp_path, 4)
+    run = subprocess.run(
+        [sys.executable, "-m", "autopeft", "run", str(path), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "starting 2 workers, 1 CPU threads each" in run.stderr
+    assert "[w1] " in run.stderr and "[w2] " in run.stderr and "best trial" in run.stdout
+    trials = _assert_accounted_for(_load(url, name), 4)
+    assert len({t.user_attrs["worker"] for t in trials if t.state in FINISHED}) == 2
+
+
+def test_three_workers_share_one_postgresql_study(tmp_path: Path, postgres_url: str, minilm_available) -> None:
+    path, url, name = _study(tmp_path, 5)  # the study file names no storage: each worker is told
+    workers = [_autopeft("worker", path, "--storage", postgres_url, "--label", f"m{i}") for i in range(3)]
+    results = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], [err for _, err in results]
+    assert all("worker done" in out for out, _ in results)
+    trials = _assert_accounted_for(_load(postgres_url, name), 5)
+    assert len({t.user_attrs["worker"] for t in trials if t.state in FINISHED}) >= 2
+    assert not Path(url.removeprefix("sqlite:///")).exists()  # nothing went to the default SQLite file
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_killed_worker_s_trial_is_failed_and_retried(tmp_path: Path, request, backend, minilm_available) -> None:
+    storage = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    path, url, name = _study(tmp_path, 3, storage)
+    victim = _autopeft("worker", path, step_seconds=2.0)
+    [killed] = _running_trials(url, name)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    survivor = _autopeft("worker", path)
+    _, err = survivor.communicate(timeout=600)
+    assert survivor.returncode == 0, err
+
+    trials = _assert_accounted_for(_load(url, name), 3)
+    assert trials[killed].state == TrialState.FAIL and "error" not in trials[killed].user_attrs
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert retry.state in FINISHED and retry.params == trials[killed].params
+    shown = subprocess.run(
+        [sys.executable, "-m", "autopeft", "trials", str(path), "--format", "csv"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    ).stdout
+    assert "its worker was lost in mid-trial" in shown
+    assert any(line.split(",")[0] == str(retry.number) and line.endswith(f",{killed}") for line in shown.splitlines())
+
+
+def test_ctrl_c_marks_the_trial_and_the_same_command_resumes(tmp_path: Path, minilm_available) -> None:
+    path, url, name = _study(tmp_path, 2)
+    run = _autopeft("run", path, step_seconds=2.0)
+    [stopped] = _running_trials(url, name)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f"autopeft: interrupted: trial {stopped} marked failed and queued again; run the same command again to resume"
+    )
+    trials = _load(url, name).get_trials()
+    assert trials[stopped].state == TrialState.FAIL and trials[stopped].user_attrs["error"].startswith("interrupted")
+    assert [t.state for t in trials if t.state in (TrialState.RUNNING,)] == []
+    [queued] = [t for t in trials if t.state == TrialState.WAITING and t.system_attrs.get("failed_trial") == stopped]
+
+    again = _autopeft("run", path)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    trials = _assert_accounted_for(_load(url, name), 2)
+    assert trials[queued.number].state in FINISHED and trials[queued.number].params == trials[stopped].params
+
+
+def test_sigterm_stops_local_workers_and_the_same_command_resumes(tmp_path: Path, minilm_available) -> None:
+    path, url, name = _study(tmp_path, 3)
+    run = _autopeft("run", path, "--workers", "2", step_seconds=2.0)
+    stopped = _running_trials(url, name, count=2)
+    run.send_signal(signal.SIGTERM)  # what a scheduler sends; Ctrl-C takes the same path
+    _, err = run.communicate(timeout=180)
+    assert run.returncode == 130, err
+    assert "2 workers stopped" in err.strip().splitlines()[-1]
+    trials = _load(url, name).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert all(trials[n].state == TrialState.FAIL for n in stopped)
+    again = _autopeft("run", path, "--workers", "2")
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    trials = _assert_accounted_for(_load(url, name), 3)
+    assert {t.system_attrs.get("failed_trial") for t in trials} >= set(stopped)
