@@ -58,10 +58,27 @@ def _load_split(config: StudyConfig, key: str) -> Any:
         name, _, split = source.partition(":")
         return datasets.load_dataset(name, split=split or key)
     except Exception as exc:  # datasets raises many types for unreadable or unreachable sources
+        if source.endswith(DATA_SUFFIXES) and Path(source).is_file() and _has_no_rows(Path(source)):
+            raise DataError(f"data.{key}: {value!r} has no rows; point it at a file with examples") from None
         raise DataError(
             f"data.{key}: cannot load {value!r} ({type(exc).__name__}: {first_line(exc)}); "
             "check the path, or the hub name and your connection"
         ) from None
+
+
+def _has_no_rows(path: Path) -> bool:
+    """Whether a local data file holds no examples: datasets reports that as an obscure load error
+    (``StopIteration``, "corresponds to no data", an Arrow batch-size error)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return bool(pq.read_metadata(path).num_rows == 0)
+        except Exception:
+            return False
+    content = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    header = 1 if path.suffix == ".csv" else 0
+    return len(content) <= header or "".join(content).strip() == "[]"
 
 
 def _columns(config: StudyConfig) -> list[str]:
