@@ -1,7 +1,7 @@
 """Many workers on one study: exactly n_trials, dead workers' trials retried, Ctrl-C resumable.
 
 Workers are real processes (``python -m autopeft``), on SQLite and on the PostgreSQL server
-``.ci/run`` starts. ``tests/slow`` slows their training steps down so a test can stop one in mid-trial.
+``.ci/run`` starts. ``tests/faults`` slows their training steps down so a test can stop one in mid-trial.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from autopeft.storage import open_storage, retry_trial
 from autopeft.study import wait_for_slot
 from autopeft.workers import worker_env
 
-SLOW = Path(__file__).parent / "slow"
+FAULTS = Path(__file__).parent / "faults"
 
 
 def _env(step_seconds: float = 0.0) -> dict[str, str]:
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(SLOW), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(FAULTS), os.environ.get("PYTHONPATH", "")]),
     }
     env["AUTOPEFT_TEST_STEP_SECONDS"] = str(step_seconds)
     return env
