@@ -223,12 +223,23 @@ def _optimize(study: optuna.Study, objective: Objective, target: int, progress: 
     if not wait_for_slot(study, target, progress, poll):
         return
     objective.target = target
-    try:
-        # No n_trials: failed trials are retried, and other workers finish trials too; after_trial
-        # decides when the study has its n_trials.
-        study.optimize(objective, callbacks=[after_trial], catch=(Exception,))
-    except KeyboardInterrupt:
-        raise Interrupted(_interrupted(study, objective.current)) from None
+    while True:
+        try:
+            # No n_trials: failed trials are retried, and other workers finish trials too; after_trial
+            # decides when the study has its n_trials.
+            study.optimize(objective, callbacks=[after_trial], catch=(Exception,))
+            break
+        except KeyboardInterrupt:
+            raise Interrupted(_interrupted(study, objective.current)) from None
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            # Optuna cannot record a trial that another worker already marked failed: its heartbeats
+            # came too late (an overloaded machine, a long database lock). Its retry is queued; go on.
+            number = objective.current
+            if number is None or not study.get_trials(deepcopy=False)[number].state.is_finished():
+                raise
+            progress.line(f"[trial {number}] was marked failed by another worker (late heartbeats); retried there")
+            if not wait_for_slot(study, target, progress, poll):
+                break
     if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW:
         last = failed_in_a_row[-1].user_attrs
         raise AutopeftError(

@@ -74,7 +74,8 @@ def main() -> None:
     command += ["--storage", args.storage] if args.storage else []
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        log = (tmp / f"worker-{time.monotonic_ns()}.log").open("wb")
+        return subprocess.Popen(command, env=env, stderr=log)
 
     procs = {p.pid: p for p in (start() for _ in range(args.workers))}
     faults = ["kill"] * args.kills + ["interrupt"] * args.interrupts
@@ -121,6 +122,10 @@ def main() -> None:
         f"{len(retried)} retries linked to their failed trial, {len(dangling)} left running or queued"
     )
     print(f"trials lost: {lost}")
+    for log in sorted(tmp.glob("worker-*.log")):
+        text = log.read_text().strip()
+        if "Traceback" in text or "error" in text:
+            print(f"{log}:\n{text[-3000:]}")
     sys.exit(0 if lost == 0 and len(finished) == args.trials else 1)
 
 

@@ -50,14 +50,16 @@ def _autopeft(*args: object, step_seconds: float = 0.0) -> subprocess.Popen[str]
     )
 
 
-def _study(tmp_path: Path, n_trials: int, storage: str | None = None) -> tuple[Path, str, str]:
+def _study(
+    tmp_path: Path, n_trials: int, storage: str | None = None, methods: tuple[str, ...] = ("bitfit", "lora")
+) -> tuple[Path, str, str]:
     """A tiny study with 1-second heartbeats: (study file, storage URL, study name)."""
     name = f"workers-{uuid.uuid4().hex[:8]}"
     study = {"name": name, "n_trials": n_trials, "seed": 0, "heartbeat_seconds": 1}
     path = write_study(
         tmp_path,
         study={**study, **({"storage": storage} if storage else {})},
-        search={"methods": ["bitfit", "lora"]},
+        search={"methods": list(methods)},
         data={"max_train_examples": 32, "max_eval_examples": 16},
     )
     return path, storage or f"sqlite:///{tmp_path / name}.db", name
@@ -278,3 +280,27 @@ def test_sigterm_stops_local_workers_and_the_same_command_resumes(tmp_path: Path
     assert again.returncode == 0, err
     trials = _assert_accounted_for(_load(url, name), 3)
     assert {t.system_attrs.get("failed_trial") for t in trials} >= set(stopped)
+
+
+def test_a_trial_failed_by_another_worker_does_not_stop_this_one(tmp_path: Path, monkeypatch, minilm_available) -> None:
+    # Another worker took this worker's trial for dead (its heartbeats came late) and failed it while
+    # it was still training: Optuna cannot record the result; the worker goes on with the study.
+    from autopeft import run_study
+    from autopeft_plugins.bitfit import BitFit
+
+    path, url, name = _study(tmp_path, 2, methods=("bitfit",))
+    real, calls = BitFit.apply, []
+
+    def apply_while_another_worker_fails_the_trial(self, model, ctx, config):
+        calls.append(1)
+        if len(calls) == 1:
+            other = _load(url, name)
+            [running] = other.get_trials(states=(TrialState.RUNNING,))
+            other.tell(running.number, state=TrialState.FAIL)
+        return real(self, model, ctx, config)
+
+    monkeypatch.setattr(BitFit, "apply", apply_while_another_worker_fails_the_trial)
+    study = run_study(path, quiet=True)
+    trials = study.get_trials()
+    assert sum(t.state in FINISHED for t in trials) == 2
+    assert trials[0].state == TrialState.FAIL
