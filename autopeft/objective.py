@@ -268,13 +268,17 @@ class Objective:
         """Refuse a trial that two workers' simultaneous starts made one too many.
 
         Workers start a trial only while finished plus running trials are fewer than the target,
-        but two can check at the same moment. The later-numbered trial then gives way, recorded as
-        failed with ``surplus`` (failed trials do not count), and is never trained.
+        but two can check at the same moment. The one that started later (by start time, then
+        number: a queued retry can have a lower number than a new trial) then gives way, recorded
+        as failed with ``surplus`` (failed trials do not count), and is never trained.
         """
         if self.target is None:
             return
-        earlier = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-        if sum(1 for t in earlier if t.number < trial.number) >= self.target:
+        others = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        me = next(t for t in others if t.number == trial.number)
+        mine = (me.datetime_start, me.number)
+        ahead = [t for t in others if t.state in FINISHED or t is not me and (t.datetime_start, t.number) < mine]
+        if len(ahead) >= self.target:
             trial.set_user_attr("surplus", True)
             raise Surplus(f"not run: other workers had started the study's last {self.target} trials")
 

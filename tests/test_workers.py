@@ -304,3 +304,18 @@ def test_a_trial_failed_by_another_worker_does_not_stop_this_one(tmp_path: Path,
     trials = study.get_trials()
     assert sum(t.state in FINISHED for t in trials) == 2
     assert trials[0].state == TrialState.FAIL
+
+
+def test_a_queued_retry_started_first_keeps_its_place(tmp_path: Path) -> None:
+    # The retry of trial 0 has a lower number than the new trial 2 but started after it: it gives way.
+    study = _plain_study(tmp_path)
+    study.tell(study.ask(), state=TrialState.FAIL)
+    retry_trial(study, study.trials[0])  # trial 1, waiting
+    optuna_new = study._storage.create_new_trial(study._study_id)  # type: ignore[attr-defined]
+    assert study._storage.get_trial(optuna_new).number == 2  # type: ignore[attr-defined]
+    retry = study.ask()  # pops trial 1 after trial 2 started
+    assert retry.number == 1
+    objective = Objective.__new__(Objective)
+    objective.target = 1
+    with pytest.raises(Surplus):
+        objective._check_not_surplus(retry)
