@@ -73,9 +73,11 @@ def _sqlite_wal(url: str) -> None:
     path = url.removeprefix("sqlite:///")
     if not path or path == ":memory:" or "?" in path:
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_SECONDS) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
+    try:
+        with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_SECONDS) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        pass  # a read-only copy, a missing folder: opening the storage reports what matters
 
 
 def open_storage(url: str, heartbeat_seconds: int) -> RDBStorage:

@@ -184,6 +184,10 @@ def test_sqlite_takes_parallel_writers_without_database_is_locked(tmp_path: Path
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     states = [t.state for t in _load(url, "busy").get_trials()]
     assert len(states) == 160 and set(states) == {TrialState.COMPLETE}
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "busy.db") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 # -- whole workers ------------------------------------------------------------------------------

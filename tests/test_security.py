@@ -1,0 +1,34 @@
+"""trust_remote_code reaches transformers only as the study file sets it."""
+
+from __future__ import annotations
+
+import pytest
+
+from autopeft.config import ModelSection
+from autopeft.models import load_base_model, load_tokenizer
+
+
+class _Loaded(Exception):
+    """Raised by the stand-in loaders to end the call once the arguments are seen."""
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_trust_remote_code_is_what_the_study_file_says(monkeypatch, trusted: bool) -> None:
+    import transformers
+
+    seen: list[object] = []
+
+    def capture(source, **kwargs):
+        seen.append(kwargs["trust_remote_code"])
+        raise _Loaded
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", capture)
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", capture)
+    section = ModelSection(name="some/model", trust_remote_code=True) if trusted else ModelSection(name="some/model")
+    for load in (
+        lambda: load_tokenizer(section, "some/model", True),
+        lambda: load_base_model(section, "some/model", True, [0, 1], 0),
+    ):
+        with pytest.raises(_Loaded):
+            load()
+    assert seen == [trusted, trusted]
