@@ -16,7 +16,6 @@ import importlib.util
 import re
 import sqlite3
 import warnings
-from pathlib import Path
 from typing import Any
 
 import optuna

@@ -82,7 +82,7 @@ def run_workers(
     command = [sys.executable, "-m", "autopeft", "worker", str(config.path), "--n-trials", str(target)]
     command += ["--storage", storage] if storage else []
     command += ["--quiet"] if quiet else []
-    # Each in its own session: Ctrl-C reaches only this process, which passes on one SIGINT to each.
+    # Each in its own session: Ctrl-C reaches only this process, which passes the stop on to each.
     procs = [
         subprocess.Popen(
             [*command, "--label", f"w{i + 1}"],
@@ -110,7 +110,9 @@ def run_workers(
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGINT)
+            # SIGTERM, not SIGINT: a shell starts background jobs with SIGINT ignored, and the workers
+            # inherit that; autopeft handles SIGTERM itself, the way it handles Ctrl-C.
+            p.send_signal(signal.SIGTERM)
     for p in procs:
         try:
             p.wait(timeout=_STOP_SECONDS)

@@ -75,7 +75,11 @@ def main() -> None:
 
     def start() -> subprocess.Popen[bytes]:
         log = (tmp / f"worker-{time.monotonic_ns()}.log").open("wb")
-        return subprocess.Popen(command, env=env, stderr=log)
+        # SIGINT as a terminal's Ctrl-C delivers it, even when this script runs as a background job
+        # (whose children a shell starts with SIGINT ignored).
+        return subprocess.Popen(
+            command, env=env, stderr=log, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+        )
 
     procs = {p.pid: p for p in (start() for _ in range(args.workers))}
     faults = ["kill"] * args.kills + ["interrupt"] * args.interrupts

@@ -40,13 +40,15 @@ def _env(step_seconds: float = 0.0) -> dict[str, str]:
     return env
 
 
-def _autopeft(*args: object, step_seconds: float = 0.0) -> subprocess.Popen[str]:
+def _autopeft(*args: object, step_seconds: float = 0.0, background: bool = False) -> subprocess.Popen[str]:
+    """``python -m autopeft ARGS``; ``background``: with SIGINT ignored, as a shell starts ``cmd &``."""
     return subprocess.Popen(
         [sys.executable, "-m", "autopeft", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=_env(step_seconds),
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None,
     )
 
 
@@ -270,7 +272,8 @@ def test_ctrl_c_marks_the_trial_and_the_same_command_resumes(tmp_path: Path, min
 
 def test_sigterm_stops_local_workers_and_the_same_command_resumes(tmp_path: Path, minilm_available) -> None:
     path, url, name = _study(tmp_path, 3)
-    run = _autopeft("run", path, "--workers", "2", step_seconds=2.0)
+    # Started the way `nohup autopeft run ... &` is (SIGINT ignored, and inherited by the workers)
+    run = _autopeft("run", path, "--workers", "2", step_seconds=2.0, background=True)
     stopped = _running_trials(url, name, count=2)
     run.send_signal(signal.SIGTERM)  # what a scheduler sends; Ctrl-C takes the same path
     _, err = run.communicate(timeout=180)
@@ -279,6 +282,7 @@ def test_sigterm_stops_local_workers_and_the_same_command_resumes(tmp_path: Path
     trials = _load(url, name).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert all(trials[n].state == TrialState.FAIL for n in stopped)
+    assert all(trials[n].user_attrs["error"].startswith("interrupted") for n in stopped)  # stopped, not killed
     again = _autopeft("run", path, "--workers", "2")
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
