@@ -1,9 +1,9 @@
 """The SQL storage a study lives in: SQLite on one machine, PostgreSQL (or MySQL) shared by workers.
 
 Every storage gets Optuna's heartbeats, so a worker that dies in mid-trial (``kill -9``, a lost
-machine) leaves a trial that another worker marks failed and queues again
-(``RetryHeartbeatStaleTrialCallback``); the retry names the trial it repeats in its
-``failed_trial`` system attribute.
+machine) leaves a trial that another worker marks failed and queues again (:func:`retry_trial`,
+Optuna's ``RetryHeartbeatStaleTrialCallback`` without the failed trial's error); the retry names
+the trial it repeats in its ``failed_trial`` system attribute.
 
 SQLite is opened in WAL mode with a long busy timeout: with the default rollback journal and
 Python's 5-second timeout, parallel workers fail with "database is locked" (optuna/optuna#820).

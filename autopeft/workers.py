@@ -71,14 +71,12 @@ def run_workers(
     gc.collect()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     gpus = _visible_gpus()
-    progress.line(
-        f"starting {workers} workers, {max(1, cores // workers)} CPU threads each"
-        + (
-            f", GPUs {', '.join(worker_env(i, workers, cores, gpus)['CUDA_VISIBLE_DEVICES'] for i in range(workers))}"
-            if gpus
-            else ""
+    shares = f"{max(1, cores // workers)} CPU threads each"
+    if gpus:
+        shares += ", GPUs " + ", ".join(
+            worker_env(i, workers, cores, gpus)["CUDA_VISIBLE_DEVICES"] for i in range(workers)
         )
-    )
+    progress.line(f"starting {workers} workers, {shares}")
     command = [sys.executable, "-m", "autopeft", "worker", str(config.path), "--n-trials", str(target)]
     command += ["--storage", storage] if storage else []
     command += ["--quiet"] if quiet else []
