@@ -62,6 +62,10 @@ def run_workers(
         Interrupted: Ctrl-C or SIGTERM; each worker marked its running trial failed and queued it again.
     """
     config = load_config(study_file)
+    if ":memory:" in (storage or config.storage):
+        raise AutopeftError(
+            "--workers: an in-memory SQLite study cannot be shared between processes; use a file or a server"
+        )
     target = n_trials or config.study.n_trials
     progress = Progress(quiet=quiet)
     study, objective = prepare_study(config, target, storage, progress, start_from)

@@ -327,3 +327,10 @@ def test_a_queued_retry_started_first_keeps_its_place(tmp_path: Path) -> None:
     objective.target = 1
     with pytest.raises(Surplus):
         objective._check_not_surplus(retry)
+
+
+def test_workers_refuse_an_in_memory_study(study_file: Path, capsys) -> None:
+    from autopeft.cli import main
+
+    assert main(["run", str(study_file), "--workers", "2", "--storage", "sqlite:///:memory:"]) == 2
+    assert "cannot be shared between processes" in capsys.readouterr().err
