@@ -28,6 +28,8 @@ from autopeft.study import wait_for_slot
 from autopeft.workers import worker_env
 
 FAULTS = Path(__file__).parent / "faults"
+# The pieces are tested with study.ask(), which warns that heartbeats are meant for study.optimize.
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
 
 def _env(step_seconds: float = 0.0) -> dict[str, str]:
