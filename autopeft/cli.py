@@ -39,10 +39,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    import os
+    import socket
+    import zlib
+
     from autopeft.results import finished_trials
     from autopeft.study import run_study
 
-    study = run_study(args.study, n_trials=args.n_trials, storage=args.storage, quiet=args.quiet, label=args.label)
+    # Each worker samples with its own seed, or workers would try the same configurations.
+    worker_seed = zlib.crc32((args.label or f"{socket.gethostname()}:{os.getpid()}").encode())
+    study = run_study(
+        args.study,
+        n_trials=args.n_trials,
+        storage=args.storage,
+        quiet=args.quiet,
+        label=args.label,
+        worker_seed=worker_seed,
+    )
     if not args.quiet:
         print(f"worker done: study {study.study_name!r} has {len(finished_trials(study))} finished trials")
     return 0

@@ -37,10 +37,15 @@ __all__ = [
 MAX_FAILURES_IN_A_ROW = 5
 
 
-def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.BaseSampler:
     """Seeded sampler. TPE is multivariate and grouped, so each method's conditional parameters are
-    modelled jointly with the method choice instead of falling back to independent sampling."""
-    seed = config.study.seed
+    modelled jointly with the method choice instead of falling back to independent sampling.
+
+    ``worker_seed`` is added to the study's seed: workers sharing a study with one seed would draw
+    the same configurations at the same time (found with three workers: the same random start four
+    times over).
+    """
+    seed = (config.study.seed + worker_seed) % 2**32  # numpy's seed range
     if config.study.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = min(10, max(3, config.study.n_trials // 3))
@@ -64,8 +69,10 @@ def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
-def open_study(config: StudyConfig, storage: str | None = None, create: bool = True) -> optuna.Study:
-    """Create the study on its storage, or load it to resume.
+def open_study(
+    config: StudyConfig, storage: str | None = None, create: bool = True, worker_seed: int = 0
+) -> optuna.Study:
+    """Create the study on its storage, or load it to resume; ``worker_seed``: see :func:`make_sampler`.
 
     Raises:
         AutopeftError: the database cannot be reached, or (``create=False``) the study is not there.
@@ -75,14 +82,17 @@ def open_study(config: StudyConfig, storage: str | None = None, create: bool = T
         rdb = open_storage(url, config.study.heartbeat_seconds)
         if not create:
             study = optuna.load_study(
-                study_name=config.study.name, storage=rdb, sampler=make_sampler(config), pruner=_pruner(config)
+                study_name=config.study.name,
+                storage=rdb,
+                sampler=make_sampler(config, worker_seed),
+                pruner=_pruner(config),
             )
         else:
             study = optuna.create_study(
                 study_name=config.study.name,
                 storage=rdb,
                 directions=directions(config),
-                sampler=make_sampler(config),
+                sampler=make_sampler(config, worker_seed),
                 pruner=_pruner(config),
                 load_if_exists=True,
             )
@@ -125,6 +135,7 @@ def prepare_study(
     storage: str | None,
     progress: Progress,
     start_from: str | Path | None = None,
+    worker_seed: int = 0,
 ) -> tuple[optuna.Study, Objective | None]:
     """Open or create the study, record its budget and classes, and queue the known-good configurations.
 
@@ -136,7 +147,7 @@ def prepare_study(
     from autopeft.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
-    study = open_study(config, storage)
+    study = open_study(config, storage, worker_seed=worker_seed)
     done = len(finished_trials(study))
     if done >= target:
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
@@ -168,6 +179,7 @@ def run_study(
     quiet: bool = False,
     start_from: str | Path | None = None,
     label: str = "",
+    worker_seed: int = 0,
 ) -> optuna.Study:
     """Run (or resume, or join) the search a study file describes, until ``n_trials`` trials have finished.
 
@@ -182,6 +194,7 @@ def run_study(
         start_from: another study file whose Pareto-front configurations, mapped onto this model's
             blocks, are tried first (once per study).
         label: prefix of this worker's progress lines (``w1``).
+        worker_seed: added to the sampler's seed; give each worker of a study a different one.
 
     Returns:
         The Optuna study; every trial's details are in its user attributes.
@@ -192,7 +205,7 @@ def run_study(
     config = study_file if isinstance(study_file, StudyConfig) else load_config(study_file)
     target = n_trials or config.study.n_trials
     progress = Progress(quiet=quiet, label=label)
-    study, objective = prepare_study(config, target, storage, progress, start_from)
+    study, objective = prepare_study(config, target, storage, progress, start_from, worker_seed)
     if objective is not None:
         _optimize(study, objective, target, progress)
     return study

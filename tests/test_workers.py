@@ -6,6 +6,7 @@ Workers are real processes (``python -m autopeft``), on SQLite and on the Postgr
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -98,6 +99,16 @@ def _assert_accounted_for(study: optuna.Study, n_trials: int) -> list[optuna.tri
         if t.state == TrialState.FAIL:
             assert "error" in t.user_attrs or t.number in retried, t
     return trials
+
+
+def _assert_sampled_configurations_differ(trials: list[optuna.trial.FrozenTrial]) -> None:
+    """Workers sample with their own seeds: no two sampled (not queued) trials are the same."""
+    sampled = [
+        json.dumps(t.params, sort_keys=True)
+        for t in trials
+        if t.state in FINISHED and "warm_start" not in t.user_attrs and "retry_history" not in t.system_attrs
+    ]
+    assert len(sampled) == len(set(sampled)), sampled
 
 
 # -- the pieces ---------------------------------------------------------------------------------
@@ -211,6 +222,7 @@ def test_run_with_local_workers_finishes_exactly_n_trials(tmp_path: Path, minilm
     assert "[w1] " in run.stderr and "[w2] " in run.stderr and "best trial" in run.stdout
     trials = _assert_accounted_for(_load(url, name), 4)
     assert len({t.user_attrs["worker"] for t in trials if t.state in FINISHED}) == 2
+    _assert_sampled_configurations_differ(trials)
 
 
 def test_three_workers_share_one_postgresql_study(tmp_path: Path, postgres_url: str, minilm_available) -> None:
@@ -221,6 +233,7 @@ def test_three_workers_share_one_postgresql_study(tmp_path: Path, postgres_url: 
     assert all("worker done" in out for out, _ in results)
     trials = _assert_accounted_for(_load(postgres_url, name), 5)
     assert len({t.user_attrs["worker"] for t in trials if t.state in FINISHED}) >= 2
+    _assert_sampled_configurations_differ(trials)
     assert not Path(url.removeprefix("sqlite:///")).exists()  # nothing went to the default SQLite file
 
 
@@ -336,3 +349,15 @@ def test_workers_refuse_an_in_memory_study(study_file: Path, capsys) -> None:
 
     assert main(["run", str(study_file), "--workers", "2", "--storage", "sqlite:///:memory:"]) == 2
     assert "cannot be shared between processes" in capsys.readouterr().err
+
+
+def test_workers_sample_with_their_own_seeds(study_file: Path) -> None:
+    from autopeft.config import load_config
+    from autopeft.study import make_sampler
+
+    def first_draw(worker_seed: int) -> float:
+        study = optuna.create_study(sampler=make_sampler(load_config(study_file), worker_seed))
+        return study.ask().suggest_float("x", 0, 1)
+
+    assert first_draw(0) == first_draw(0)  # one worker: reproducible
+    assert first_draw(0) != first_draw(2**32 - 1)  # two workers: different draws (no seed overflow)
