@@ -34,13 +34,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning
 
 
 def _env(step_seconds: float = 0.0) -> dict[str, str]:
-    env = {
+    return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(FAULTS), os.environ.get("PYTHONPATH", "")]),
+        "AUTOPEFT_TEST_STEP_SECONDS": str(step_seconds),
     }
-    env["AUTOPEFT_TEST_STEP_SECONDS"] = str(step_seconds)
-    return env
 
 
 def _autopeft(*args: object, step_seconds: float = 0.0, background: bool = False) -> subprocess.Popen[str]:
