@@ -24,6 +24,7 @@ __all__ = ["StudyConfig", "load_config", "METRICS", "SAMPLERS", "PRUNERS", "TASK
 
 METRICS = ("accuracy", "f1", "mcc")
 SAMPLERS = ("tpe", "random")
+PRECISIONS = ("auto", "bf16", "fp32")
 PRUNERS = ("median", "none")
 TASKS = ("sequence-classification",)
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
@@ -90,6 +91,9 @@ class TrainSection:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     evals_per_epoch: int = 1
+    # "auto": bf16 autocast on GPUs that support it, fp32 elsewhere; "bf16" asks for it on CPUs too
+    # (fast on CPUs with bf16 matrix units); "fp32" never autocasts.
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -323,6 +327,12 @@ def _validate(c: StudyConfig) -> None:
             f"must be a positive integer, got {v!r}",
             f"e.g. {key} = {getattr(TrainSection, key, 1)}",
         )
+    _check(
+        tr.precision in PRECISIONS,
+        "train.precision",
+        f"must be one of {list(PRECISIONS)}, got {tr.precision!r}",
+        'e.g. precision = "auto"',
+    )
     lr = tr.learning_rate
     lr_ok = (
         not isinstance(lr, list)

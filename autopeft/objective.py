@@ -427,6 +427,7 @@ class Objective:
                     self.config.train.eval_batch_size,
                     self.config.task.metric,
                     self.device,
+                    self.config.train.precision,
                 )
             self.progress.line(
                 f"[trial {label}] {self.config.task.metric} {result.metric:.4f} "

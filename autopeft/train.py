@@ -74,7 +74,9 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, split: Split, pad_token_id: int, batch_size: int, device: torch.device) -> list[int]:
+def predict(
+    model: nn.Module, split: Split, pad_token_id: int, batch_size: int, device: torch.device, precision: str = "auto"
+) -> list[int]:
     """Predicted class of every example of ``split``, in the split's order; dropout off."""
     was_training = model.training
     model.eval()
@@ -84,7 +86,7 @@ def predict(model: nn.Module, split: Split, pad_token_id: int, batch_size: int, 
     done = 0
     for batch in batches(split, batch_size, pad_token_id, order=order):
         batch.pop("labels")
-        with _autocast(device):
+        with _autocast(device, precision):
             logits = model(**_to(batch, device)).logits
         for i, label in zip(order[done : done + len(logits)], logits.argmax(-1).tolist()):
             predictions[i] = label
@@ -94,16 +96,32 @@ def predict(model: nn.Module, split: Split, pad_token_id: int, batch_size: int, 
 
 
 def evaluate(
-    model: nn.Module, split: Split, pad_token_id: int, batch_size: int, metric: str, device: torch.device
+    model: nn.Module,
+    split: Split,
+    pad_token_id: int,
+    batch_size: int,
+    metric: str,
+    device: torch.device,
+    precision: str = "auto",
 ) -> float:
     """Score ``model`` on ``split`` with the study metric."""
-    return score(metric, split.labels, predict(model, split, pad_token_id, batch_size, device))
+    return score(metric, split.labels, predict(model, split, pad_token_id, batch_size, device, precision))
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    # bf16 on GPUs that support it. CPU autocast stays off until its speed and metric are measured.
-    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+def uses_bf16(device: torch.device, precision: str) -> bool:
+    """Whether ``[train] precision`` means bf16 autocast on ``device``.
+
+    ``auto`` turns it on for GPUs that support it only: on CPUs its speed depends on bf16 matrix units
+    and its metric has not been checked for every method, so CPUs get it when the study asks.
+    """
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    # Trained parameters stay fp32 (master weights); autocast runs the matmuls in bf16.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
 def train(
@@ -142,7 +160,7 @@ def train(
                 group["lr"] = learning_rate_at(step, total_steps, learning_rate, warmup_steps)
             batch = _to(batch, device)
             labels = batch.pop("labels")
-            with _autocast(device):
+            with _autocast(device, settings.precision):
                 logits = model(**batch).logits
             loss = F.cross_entropy(logits.float(), labels)
             loss_value = loss.item()  # checked before the update: a NaN must not reach the weights
@@ -159,7 +177,9 @@ def train(
 
             if step in eval_steps:
                 started = time.perf_counter()
-                value = evaluate(model, eval_split, pad_token_id, settings.eval_batch_size, metric, device)
+                value = evaluate(
+                    model, eval_split, pad_token_id, settings.eval_batch_size, metric, device, settings.precision
+                )
                 eval_seconds += time.perf_counter() - started
                 if step < total_steps:  # the last value is the result: too late to prune
                     report(step, value)  # may raise optuna.TrialPruned

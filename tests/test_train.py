@@ -12,7 +12,7 @@ from autopeft.blocks import build_context
 from autopeft.config import TrainSection
 from autopeft.data import Split, batches
 from autopeft.testing import tiny_bert
-from autopeft.train import learning_rate_at, predict, score, train
+from autopeft.train import learning_rate_at, predict, score, train, uses_bf16
 from autopeft_plugins.lora import Lora
 
 
@@ -65,14 +65,16 @@ def test_predict_keeps_example_order() -> None:
     assert predict(model, split, 0, batch_size=3, device=torch.device("cpu")) == expected
 
 
-def _trained(evals_per_epoch: int, reports: list) -> tuple[float, torch.Tensor]:
+def _trained(evals_per_epoch: int, reports: list, precision: str = "auto") -> tuple[float, torch.Tensor]:
     torch.manual_seed(0)
     base = tiny_bert().requires_grad_(False)
     ctx = build_context(base)
     model = Lora().apply(
         copy.deepcopy(base), ctx, {"ranks": [4, 4, 4], "alpha": 2, "targets": "all", "variant": "lora", "dropout": 0.0}
     )
-    settings = TrainSection(epochs=3, batch_size=8, eval_batch_size=16, evals_per_epoch=evals_per_epoch)
+    settings = TrainSection(
+        epochs=3, batch_size=8, eval_batch_size=16, evals_per_epoch=evals_per_epoch, precision=precision
+    )
     result = train(
         model,
         _split(48),
@@ -98,3 +100,29 @@ def test_training_learns_is_seeded_and_reports_before_the_end() -> None:
     metric_again, weights_again = _trained(1, again)
     assert [step for step, _ in again] == [6, 12]
     assert metric_again == metric and torch.equal(weights, weights_again)  # evaluations do not disturb training
+
+
+def test_precision_decides_bf16_autocast() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not uses_bf16(cpu, "auto") and not uses_bf16(cpu, "fp32") and uses_bf16(cpu, "bf16")
+    assert not uses_bf16(cuda, "fp32")
+
+
+def test_bf16_on_cpu_trains_in_bf16_and_learns(monkeypatch) -> None:
+    # The matmuls run in bf16 (seen by a forward hook), the trained parameters stay fp32, and the
+    # model still learns the task; fp32 training is unchanged by the option's existence.
+    dtypes: list[torch.dtype] = []
+    real = torch.nn.Linear.forward
+
+    def recording(self, x):
+        out = real(self, x)
+        dtypes.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    metric, weights = _trained(1, [], precision="bf16")
+    assert torch.bfloat16 in dtypes and weights.dtype == torch.float32
+    assert metric >= 0.75
+    dtypes.clear()
+    _trained(1, [], precision="fp32")
+    assert set(dtypes) == {torch.float32}
