@@ -94,6 +94,8 @@ class TrainSection:
     # "auto": bf16 autocast on GPUs that support it, fp32 elsewhere; "bf16" asks for it on CPUs too
     # (fast on CPUs with bf16 matrix units); "fp32" never autocasts.
     precision: str = "auto"
+    # Batches of similar lengths (shuffled within windows of 50 batches): less padding, a different order.
+    length_buckets: bool = False
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,12 @@ def _validate(c: StudyConfig) -> None:
             f"must be a positive integer, got {v!r}",
             f"e.g. {key} = {getattr(TrainSection, key, 1)}",
         )
+    _check(
+        isinstance(tr.length_buckets, bool),
+        "train.length_buckets",
+        f"must be true or false, got {tr.length_buckets!r}",
+        "e.g. length_buckets = true",
+    )
     _check(
         tr.precision in PRECISIONS,
         "train.precision",

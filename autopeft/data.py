@@ -18,7 +18,7 @@ import torch
 from autopeft.config import DATA_SUFFIXES, StudyConfig
 from autopeft.errors import DataError, first_line
 
-__all__ = ["Split", "TaskData", "load_task_data", "batches"]
+__all__ = ["Split", "TaskData", "load_task_data", "batches", "bucketed_order"]
 
 
 @dataclass
@@ -144,6 +144,26 @@ def load_task_data(config: StudyConfig, tokenizer: Any) -> TaskData:
         features = [{k: encoded[k][i] for k in keys} for i in range(len(labels))]
         splits[key] = Split(features, [index[x] for x in labels])
     return TaskData(splits["train"], splits["validation"], splits.get("test"), names, tokenizer.pad_token_id)
+
+
+def bucketed_order(split: Split, batch_size: int, generator: random.Random, window: int = 50) -> list[int]:
+    """A random order in which each run of ``batch_size`` examples has similar lengths.
+
+    The examples are shuffled, sorted by length within windows of ``window`` batches, cut into
+    batches, and the batches shuffled: far less padding than a plain shuffle, still a new order every
+    epoch. Every window but the last holds whole batches, so the batch count is the plain one.
+    The one short batch, if any, comes last.
+    """
+    order = list(range(len(split)))
+    generator.shuffle(order)
+    span = batch_size * window
+    chunks: list[list[int]] = []
+    for start in range(0, len(order), span):
+        part = sorted(order[start : start + span], key=lambda i: len(split.features[i]["input_ids"]))
+        chunks += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
+    last = chunks.pop() if chunks and len(chunks[-1]) < batch_size else []
+    generator.shuffle(chunks)  # the short batch stays last: in the middle it would shift every later batch
+    return [i for chunk in [*chunks, last] for i in chunk]
 
 
 def batches(

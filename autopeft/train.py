@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch import nn
 
 from autopeft.config import TrainSection
-from autopeft.data import Split, batches
+from autopeft.data import Split, batches, bucketed_order
 
 __all__ = ["NonFiniteLoss", "TrainResult", "planned_steps", "learning_rate_at", "score", "predict", "evaluate", "train"]
 
@@ -154,7 +154,8 @@ def train(
     step, tokens, train_seconds, eval_seconds, value = 0, 0, 0.0, 0.0, float("nan")
     model.train()
     for _epoch in range(settings.epochs):
-        for batch in batches(train_split, settings.batch_size, pad_token_id, shuffle):
+        order = bucketed_order(train_split, settings.batch_size, shuffle) if settings.length_buckets else None
+        for batch in batches(train_split, settings.batch_size, pad_token_id, shuffle, order=order):
             started = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(step, total_steps, learning_rate, warmup_steps)

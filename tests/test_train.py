@@ -10,7 +10,7 @@ import torch
 
 from autopeft.blocks import build_context
 from autopeft.config import TrainSection
-from autopeft.data import Split, batches
+from autopeft.data import Split, batches, bucketed_order
 from autopeft.testing import tiny_bert
 from autopeft.train import learning_rate_at, predict, score, train, uses_bf16
 from autopeft_plugins.lora import Lora
@@ -126,3 +126,32 @@ def test_bf16_on_cpu_trains_in_bf16_and_learns(monkeypatch) -> None:
     dtypes.clear()
     _trained(1, [], precision="fp32")
     assert set(dtypes) == {torch.float32}
+
+
+def test_length_buckets_cut_padding_and_keep_every_example() -> None:
+    lengths = [random.Random(i).randint(1, 64) for i in range(1000)]
+    split = Split([{"input_ids": [1] * n} for n in lengths], [0] * 1000)
+
+    def padded(order: list[int]) -> int:
+        return sum(int(b["input_ids"].numel()) for b in batches(split, 32, 0, order=order))
+
+    order = bucketed_order(split, 32, random.Random(0))
+    assert sorted(order) == list(range(1000))
+    assert len(list(batches(split, 32, 0, order=order))) == 32  # as many steps as planned_steps counts
+    shuffled = list(range(1000))
+    random.Random(0).shuffle(shuffled)
+    assert padded(order) < 0.6 * padded(shuffled)
+    assert order != bucketed_order(split, 32, random.Random(1))  # still a random order
+
+
+def test_length_buckets_train_and_learn() -> None:
+    torch.manual_seed(0)
+    base = tiny_bert().requires_grad_(False)
+    model = Lora().apply(
+        copy.deepcopy(base),
+        build_context(base),
+        {"ranks": [4, 4, 4], "alpha": 2, "targets": "all", "variant": "lora", "dropout": 0.0},
+    )
+    settings = TrainSection(epochs=3, batch_size=8, eval_batch_size=16, length_buckets=True)
+    result = train(model, _split(48), _split(24, seed=1), 0, settings, 1e-2, "accuracy", torch.device("cpu"), seed=0)
+    assert result.steps == 18 and result.metric >= 0.75
