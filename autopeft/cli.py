@@ -46,8 +46,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from autopeft.results import finished_trials
     from autopeft.study import run_study
 
-    # Each worker samples with its own seed, or workers would try the same configurations.
-    worker_seed = zlib.crc32((args.label or f"{socket.gethostname()}:{os.getpid()}").encode())
+    # Each worker samples with its own seed (run_study derives it from a label), or workers would try
+    # the same configurations: an unlabelled worker is known by its host and process.
+    worker_seed = None if args.label else zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
     study = run_study(
         args.study,
         n_trials=args.n_trials,

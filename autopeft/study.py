@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -179,7 +180,7 @@ def run_study(
     quiet: bool = False,
     start_from: str | Path | None = None,
     label: str = "",
-    worker_seed: int = 0,
+    worker_seed: int | None = None,
 ) -> optuna.Study:
     """Run (or resume, or join) the search a study file describes, until ``n_trials`` trials have finished.
 
@@ -194,7 +195,9 @@ def run_study(
         start_from: another study file whose Pareto-front configurations, mapped onto this model's
             blocks, are tried first (once per study).
         label: prefix of this worker's progress lines (``w1``).
-        worker_seed: added to the sampler's seed; give each worker of a study a different one.
+        worker_seed: added to the sampler's seed, so that workers of one study draw different
+            configurations; by default derived from ``label`` (0 without one: a lone run stays
+            reproducible).
 
     Returns:
         The Optuna study; every trial's details are in its user attributes.
@@ -205,6 +208,8 @@ def run_study(
     config = study_file if isinstance(study_file, StudyConfig) else load_config(study_file)
     target = n_trials or config.study.n_trials
     progress = Progress(quiet=quiet, label=label)
+    if worker_seed is None:
+        worker_seed = zlib.crc32(label.encode()) if label else 0
     study, objective = prepare_study(config, target, storage, progress, start_from, worker_seed)
     if objective is not None:
         _optimize(study, objective, target, progress)

@@ -27,7 +27,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from autopeft.results import FINISHED
+from autopeft.results import FINISHED, retry_of
 from autopeft.storage import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ def main() -> None:
 
     trials = optuna.load_study(study_name=name, storage=open_storage(url, 2)).get_trials()
     finished = [t for t in trials if t.state in FINISHED]
-    retried = {t.system_attrs["retry_history"][-1]: t for t in trials if t.system_attrs.get("retry_history")}
+    retried = {retry_of(t): t for t in trials if retry_of(t) is not None}
     nan = [t for t in trials if str(t.user_attrs.get("pruned_reason", "")).startswith("loss was nan")]
     errors = [t for t in trials if t.user_attrs.get("error", "").startswith("RuntimeError: injected fault")]
     dangling = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from autopeft.objective import Objective, Surplus
 from autopeft.progress import Progress
-from autopeft.results import FINISHED
+from autopeft.results import FINISHED, retry_of
 from autopeft.storage import open_storage, retry_trial
 from autopeft.study import wait_for_slot
 from autopeft.workers import worker_env
@@ -93,7 +93,7 @@ def _assert_accounted_for(study: optuna.Study, n_trials: int) -> list[optuna.tri
     trials = study.get_trials()
     assert sum(t.state in FINISHED for t in trials) == n_trials
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    retried = {retry_of(t) for t in trials}
     for t in trials:
         if t.state == TrialState.FAIL:
             assert "error" in t.user_attrs or t.number in retried, t
