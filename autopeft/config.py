@@ -96,6 +96,9 @@ class TrainSection:
     precision: str = "auto"
     # Batches of similar lengths (shuffled within windows of 50 batches): less padding, a different order.
     length_buckets: bool = False
+    # Frozen-prefix caching: when no trainable parameter sits below block k, the hidden states entering
+    # block k are computed once per worker (frozen blocks in eval mode) and reused by every epoch and trial.
+    prefix_cache: bool = False
 
 
 @dataclass(frozen=True)

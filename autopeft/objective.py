@@ -7,6 +7,7 @@ pristine base model, because peft's ``get_peft_model`` changes a model in place.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import json
@@ -31,11 +32,12 @@ from autopeft.artifacts import artifact_store, keep_weights, on_front
 from autopeft.blocks import build_context, trainable_per_block
 from autopeft.budget import format_count, parse_budget
 from autopeft.config import StudyConfig
-from autopeft.data import load_task_data
+from autopeft.data import batches, load_task_data
 from autopeft.errors import AutopeftError, BudgetError, ConfigError, PluginError, first_line
 from autopeft.methods import PeftMethod, trainable_numel
 from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
 from autopeft.plugins import MethodInfo, registered_methods
+from autopeft.prefix_cache import PrefixCache
 from autopeft.progress import Progress
 from autopeft.pruning import SizeAwareMedianPruner
 from autopeft.results import FINISHED, best_trial
@@ -119,6 +121,7 @@ class Objective:
             config.model, self.model_source, offline, self.data.label_names, tokenizer.pad_token_id
         )
         self.ctx = build_context(self.base)
+        self.prefix = PrefixCache(self.base, self.ctx) if config.train.prefix_cache else None
         try:
             self.budget = parse_budget(config.budget.max_trainable, self.ctx.total_params)
         except ValueError as exc:
@@ -329,6 +332,8 @@ class Objective:
             "train_tokens": result.train_tokens,
             "tokens_per_second": result.train_tokens / max(result.train_seconds, 1e-9),
             "peak_memory_mb": result.peak_memory_mb,
+            "cached_blocks": result.cached_blocks,
+            "cache_seconds": result.cache_seconds,
         }.items():
             trial.set_user_attr(key, value)
         if test is not None:
@@ -403,36 +408,12 @@ class Objective:
             )
         setup_seconds = time.perf_counter() - started
         try:
-            result = train(
-                model,
-                self.data.train,
-                self.data.validation,
-                self.data.pad_token_id,
-                self.config.train,
-                learning_rate,
-                self.config.task.metric,
-                self.device,
-                seed,
-                report or (lambda step, value: None),
-                lambda step, total, loss: self.progress.step(label, step, total, loss),
-            )
-            result.setup_seconds = setup_seconds
-            score_test = test(result.metric) if callable(test) else test
-            test_value = None
-            if self.data.test is not None and score_test:
-                test_value = evaluate(
-                    model,
-                    self.data.test,
-                    self.data.pad_token_id,
-                    self.config.train.eval_batch_size,
-                    self.config.task.metric,
-                    self.device,
-                    self.config.train.precision,
-                )
-            self.progress.line(
-                f"[trial {label}] {self.config.task.metric} {result.metric:.4f} "
-                f"(train {result.train_seconds:.1f}s, eval {result.eval_seconds:.1f}s)"
-            )
+            started = time.perf_counter()
+            cached = self._cache_prefix(model)
+            cache_seconds = time.perf_counter() - started
+            with self.prefix.attached(model, cached) if self.prefix and cached else contextlib.nullcontext():
+                result, test_value = self._train_and_test(model, learning_rate, seed, report, label, test)
+            result.setup_seconds, result.cached_blocks, result.cache_seconds = setup_seconds, cached, cache_seconds
             result.peak_memory_mb = self._peak_memory_mb()
             if on_trained is not None:
                 on_trained(model, result)
@@ -442,6 +423,59 @@ class Objective:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def _cache_prefix(self, model: nn.Module) -> int:
+        """Blocks the prefix cache stands in for in this trial (0: none), their states computed now
+        for every example not cached yet."""
+        if self.prefix is None:
+            return 0
+        probe = next(batches(self.data.train, 2, self.data.pad_token_id))
+        probe.pop("labels")
+        k = self.prefix.usable_blocks(model, {n: t.to(self.device) for n, t in probe.items()})
+        if k:
+            splits = [s for s in (self.data.train, self.data.validation, self.data.test) if s is not None]
+            self.prefix.fill(model, k, splits, self.data.pad_token_id, self.config.train.eval_batch_size)
+        return k
+
+    def _train_and_test(
+        self,
+        model: nn.Module,
+        learning_rate: float,
+        seed: int,
+        report: Callable[[int, float], None] | None,
+        label: int | str,
+        test: Callable[[float], bool] | bool,
+    ) -> tuple[TrainResult, float | None]:
+        result = train(
+            model,
+            self.data.train,
+            self.data.validation,
+            self.data.pad_token_id,
+            self.config.train,
+            learning_rate,
+            self.config.task.metric,
+            self.device,
+            seed,
+            report or (lambda step, value: None),
+            lambda step, total, loss: self.progress.step(label, step, total, loss),
+        )
+        score_test = test(result.metric) if callable(test) else test
+        test_value = None
+        if self.data.test is not None and score_test:
+            test_value = evaluate(
+                model,
+                self.data.test,
+                self.data.pad_token_id,
+                self.config.train.eval_batch_size,
+                self.config.task.metric,
+                self.device,
+                self.config.train.precision,
+            )
+        self.progress.line(
+            f"[trial {label}] {self.config.task.metric} {result.metric:.4f} "
+            f"(train {result.train_seconds:.1f}s, eval {result.eval_seconds:.1f}s)"
+        )
+        return result, test_value
 
     def _is_new_best(self, trial: optuna.Trial, n: int) -> Callable[[float], bool]:
         """Whether a validation metric makes this trial the new best (as :func:`best_trial` ranks)."""

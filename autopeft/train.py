@@ -35,6 +35,8 @@ class TrainResult:
     steps: int
     setup_seconds: float = 0.0  # copying the base model and applying the method (set by the caller)
     peak_memory_mb: float = 0.0  # set by the caller, which knows the device
+    cached_blocks: int = 0  # leading blocks the prefix cache stood in for (set by the caller)
+    cache_seconds: float = 0.0  # computing the prefix states this trial did not find cached
 
 
 class NonFiniteLoss(Exception):
