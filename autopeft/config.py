@@ -74,6 +74,7 @@ class DataSection:
     max_length: int = 128
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
+    cache_tokens: bool = True  # tokenized splits kept in <name>.cache/ beside the study file, shared by workers
 
 
 @dataclass(frozen=True)

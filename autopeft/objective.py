@@ -32,7 +32,7 @@ from autopeft.artifacts import artifact_store, keep_weights, on_front
 from autopeft.blocks import build_context, trainable_per_block
 from autopeft.budget import format_count, parse_budget
 from autopeft.config import StudyConfig
-from autopeft.data import batches, load_task_data
+from autopeft.data import batches
 from autopeft.errors import AutopeftError, BudgetError, ConfigError, PluginError, first_line
 from autopeft.methods import PeftMethod, trainable_numel
 from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
@@ -41,6 +41,7 @@ from autopeft.prefix_cache import PrefixCache
 from autopeft.progress import Progress
 from autopeft.pruning import SizeAwareMedianPruner
 from autopeft.results import FINISHED, best_trial
+from autopeft.token_cache import load_cached_task_data
 from autopeft.train import NonFiniteLoss, TrainResult, evaluate, planned_steps, train
 from autopeft.warm_start import map_to_blocks
 
@@ -115,7 +116,7 @@ class Objective:
 
         self.model_source, offline = resolve_model_name(pm, config.model.name)
         tokenizer = load_tokenizer(config.model, self.model_source, offline)
-        self.data = load_task_data(config, tokenizer)
+        self.data, _ = load_cached_task_data(config, tokenizer)
         torch.manual_seed(config.study.seed)  # the new task head is drawn while loading: same seed, same head
         self.base = load_base_model(
             config.model, self.model_source, offline, self.data.label_names, tokenizer.pad_token_id

@@ -1,0 +1,121 @@
+"""Tokenized splits cached on disk, so a study tokenizes its data once, not once per worker.
+
+A cache file is named by a fingerprint of everything that decides the token ids: the tokenizer
+itself (its full serialized form for fast tokenizers), the ``[data]`` section, the study seed (it
+draws the subsamples), and each local data file's size and modification time. Any change gives a
+new name, so a stale file is never read; a hub dataset is named by its id and split, as ``datasets``
+caches it. Files are NumPy ``.npz`` archives read with ``allow_pickle=False``: loading one runs no
+code. Writes go to a temporary name first, then are renamed: workers that start together may all
+write the same file, and none reads a half-written one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autopeft.config import DATA_SUFFIXES, StudyConfig
+from autopeft.data import Split, TaskData, load_task_data
+
+__all__ = ["load_cached_task_data", "token_cache_path"]
+
+_FORMAT = 1  # bump when the file layout changes
+
+
+def _tokenizer_identity(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)  # set by each call, not part of the tokenizer: a first call changes them
+        state.pop("padding", None)
+        serialized = json.dumps(state, sort_keys=True)
+    else:
+        serialized = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return f"{type(tokenizer).__name__}|{tokenizer.pad_token_id}|{serialized}"
+
+
+def _source_identity(config: StudyConfig, value: str) -> str:
+    source = config.data_path(value)
+    if source.endswith(DATA_SUFFIXES) and Path(source).is_file():
+        stat = Path(source).stat()
+        return f"{source}|{stat.st_size}|{stat.st_mtime_ns}"
+    return source
+
+
+def token_cache_path(config: StudyConfig, tokenizer: Any) -> Path:
+    """Where this study's tokenized data is (or will be) cached: ``<name>.cache/`` beside the study file."""
+    d = config.data
+    sources = {
+        key: _source_identity(config, value) for key in ("train", "validation", "test") if (value := getattr(d, key))
+    }
+    identity = json.dumps(
+        [_FORMAT, dataclasses.asdict(d), sources, config.study.seed, _tokenizer_identity(tokenizer)],
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:24]
+    return config.path.parent / f"{config.study.name}.cache" / f"tokens-{digest}.npz"
+
+
+def _pack(data: TaskData) -> dict[str, np.ndarray]:
+    arrays = {"label_names": np.array(json.dumps(data.label_names)), "pad_token_id": np.array(data.pad_token_id)}
+    for name, split in (("train", data.train), ("validation", data.validation), ("test", data.test)):
+        if split is None:
+            continue
+        arrays[f"{name}/labels"] = np.array(split.labels, dtype=np.int64)
+        lengths = [len(f["input_ids"]) for f in split.features]
+        arrays[f"{name}/lengths"] = np.array(lengths, dtype=np.int64)
+        for key in split.features[0]:
+            arrays[f"{name}/{key}"] = np.array([t for f in split.features for t in f[key]], dtype=np.int64)
+    return arrays
+
+
+def _unpack(arrays: Any) -> TaskData:
+    splits: dict[str, Split] = {}
+    for name in ("train", "validation", "test"):
+        if f"{name}/labels" not in arrays:
+            continue
+        ends = np.cumsum(arrays[f"{name}/lengths"]).tolist()
+        starts = [0, *ends[:-1]]
+        keys = [k.split("/", 1)[1] for k in arrays.files if k.startswith(f"{name}/") and k.count("/") == 1]
+        columns = {k: arrays[f"{name}/{k}"].tolist() for k in keys if k not in ("labels", "lengths")}
+        features = [{k: v[s:e] for k, v in columns.items()} for s, e in zip(starts, ends)]
+        splits[name] = Split(features, arrays[f"{name}/labels"].tolist())
+    return TaskData(
+        splits["train"],
+        splits["validation"],
+        splits.get("test"),
+        json.loads(str(arrays["label_names"])),
+        int(arrays["pad_token_id"]),
+    )
+
+
+def load_cached_task_data(config: StudyConfig, tokenizer: Any) -> tuple[TaskData, bool]:
+    """(the study's tokenized data, whether it came from the cache); tokenized and cached on a miss.
+
+    ``[data] cache_tokens = false`` tokenizes every time and writes nothing.
+    """
+    if not config.data.cache_tokens:
+        return load_task_data(config, tokenizer), False
+    path = token_cache_path(config, tokenizer)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return _unpack(arrays), True
+    except (OSError, ValueError, KeyError):  # missing, or unreadable: tokenize again and rewrite
+        pass
+    data = load_task_data(config, tokenizer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
+            np.savez(handle, **_pack(data))
+        os.replace(handle.name, path)
+    except OSError:  # a read-only study folder costs the cache, never the study
+        pass
+    return data, False
