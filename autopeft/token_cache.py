@@ -114,7 +114,7 @@ def load_cached_task_data(config: StudyConfig, tokenizer: Any) -> tuple[TaskData
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
-            np.savez(handle, **_pack(data))
+            np.savez(handle, **_pack(data))  # type: ignore[arg-type]  # numpy stubs mistype **arrays
         os.replace(handle.name, path)
     except OSError:  # a read-only study folder costs the cache, never the study
         pass
