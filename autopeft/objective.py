@@ -335,6 +335,7 @@ class Objective:
             "peak_memory_mb": result.peak_memory_mb,
             "cached_blocks": result.cached_blocks,
             "cache_seconds": result.cache_seconds,
+            "test_seconds": result.test_seconds,
         }.items():
             trial.set_user_attr(key, value)
         if test is not None:
@@ -463,6 +464,7 @@ class Objective:
         score_test = test(result.metric) if callable(test) else test
         test_value = None
         if self.data.test is not None and score_test:
+            started = time.perf_counter()
             test_value = evaluate(
                 model,
                 self.data.test,
@@ -472,6 +474,7 @@ class Objective:
                 self.device,
                 self.config.train.precision,
             )
+            result.test_seconds = time.perf_counter() - started
         self.progress.line(
             f"[trial {label}] {self.config.task.metric} {result.metric:.4f} "
             f"(train {result.train_seconds:.1f}s, eval {result.eval_seconds:.1f}s)"

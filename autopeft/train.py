@@ -37,6 +37,7 @@ class TrainResult:
     peak_memory_mb: float = 0.0  # set by the caller, which knows the device
     cached_blocks: int = 0  # leading blocks the prefix cache stood in for (set by the caller)
     cache_seconds: float = 0.0  # computing the prefix states this trial did not find cached
+    test_seconds: float = 0.0  # scoring the test split (set by the caller, which decides whether to)
 
 
 class NonFiniteLoss(Exception):
