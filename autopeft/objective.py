@@ -41,8 +41,9 @@ from autopeft.prefix_cache import PrefixCache
 from autopeft.progress import Progress
 from autopeft.pruning import SizeAwareMedianPruner
 from autopeft.results import FINISHED, best_trial
+from autopeft.storage import set_user_attrs
 from autopeft.token_cache import load_cached_task_data
-from autopeft.train import NonFiniteLoss, TrainResult, evaluate, planned_steps, train
+from autopeft.train import NonFiniteLoss, TrainResult, autocast_for, evaluate, planned_steps, train
 from autopeft.warm_start import map_to_blocks
 
 __all__ = ["Objective", "Surplus", "WORST", "UNBOUNDED", "library_versions", "pick_device"]
@@ -294,19 +295,21 @@ class Objective:
         config = method.suggest(trial, self.ctx, self.options[name], self.budget)
         n = method.count_trainable(self.ctx, config)
         seed = self.config.study.seed + trial.number
-        for key, value in {
-            "method": name,
-            "config": json.dumps(config, sort_keys=True),
-            "trainable_params": n,
-            "trainable_share": n / self.ctx.total_params,
-            "budget": self.budget,
-            "seed": seed,
-            "learning_rate": learning_rate,
-            "versions": self.versions,
-            "device": str(self.device),
-            "worker": self.worker,
-        }.items():
-            trial.set_user_attr(key, value)
+        set_user_attrs(
+            trial,
+            {
+                "method": name,
+                "config": json.dumps(config, sort_keys=True),
+                "trainable_params": n,
+                "trainable_share": n / self.ctx.total_params,
+                "budget": self.budget,
+                "seed": seed,
+                "learning_rate": learning_rate,
+                "versions": self.versions,
+                "device": str(self.device),
+                "worker": self.worker,
+            },
+        )
         trial.set_constraint("trainable_params", float(n - self.budget))
         label = (
             f"[trial {trial.number}] {name} {method.describe(config)} lr={learning_rate:.2e} {format_count(n)} params"
@@ -326,20 +329,21 @@ class Objective:
             self._is_new_best(trial, n),
             self._keeper(trial, method, n),
         )
-        for key, value in {
-            "setup_seconds": result.setup_seconds,
-            "train_seconds": result.train_seconds,
-            "eval_seconds": result.eval_seconds,
-            "train_tokens": result.train_tokens,
-            "tokens_per_second": result.train_tokens / max(result.train_seconds, 1e-9),
-            "peak_memory_mb": result.peak_memory_mb,
-            "cached_blocks": result.cached_blocks,
-            "cache_seconds": result.cache_seconds,
-            "test_seconds": result.test_seconds,
-        }.items():
-            trial.set_user_attr(key, value)
-        if test is not None:
-            trial.set_user_attr("test_metric", test)
+        set_user_attrs(
+            trial,
+            {
+                "setup_seconds": result.setup_seconds,
+                "train_seconds": result.train_seconds,
+                "eval_seconds": result.eval_seconds,
+                "train_tokens": result.train_tokens,
+                "tokens_per_second": result.train_tokens / max(result.train_seconds, 1e-9),
+                "peak_memory_mb": result.peak_memory_mb,
+                "cached_blocks": result.cached_blocks,
+                "cache_seconds": result.cache_seconds,
+                "test_seconds": result.test_seconds,
+                **({"test_metric": test} if test is not None else {}),
+            },
+        )
         return self._values(result.metric, n)
 
     def _keeper(self, trial: optuna.Trial, method: PeftMethod, n: int) -> Callable[[nn.Module, TrainResult], None]:
@@ -414,8 +418,25 @@ class Objective:
             cached = self._cache_prefix(model)
             cache_seconds = time.perf_counter() - started
             with self.prefix.attached(model, cached) if self.prefix and cached else contextlib.nullcontext():
-                result, test_value = self._train_and_test(model, learning_rate, seed, report, label, test)
+                result = train(
+                    model,
+                    self.data.train,
+                    self.data.validation,
+                    self.data.pad_token_id,
+                    self.config.train,
+                    learning_rate,
+                    self.config.task.metric,
+                    self.device,
+                    seed,
+                    report or (lambda step, value: None),
+                    lambda step, total, loss: self.progress.step(label, step, total, loss),
+                )
             result.setup_seconds, result.cached_blocks, result.cache_seconds = setup_seconds, cached, cache_seconds
+            test_value = self._score_test(model, result, test)
+            self.progress.line(
+                f"[trial {label}] {self.config.task.metric} {result.metric:.4f} "
+                f"(train {result.train_seconds:.1f}s, eval {result.eval_seconds:.1f}s)"
+            )
             result.peak_memory_mb = self._peak_memory_mb()
             if on_trained is not None:
                 on_trained(model, result)
@@ -428,58 +449,35 @@ class Objective:
 
     def _cache_prefix(self, model: nn.Module) -> int:
         """Blocks the prefix cache stands in for in this trial (0: none), their states computed now
-        for every example not cached yet."""
+        for the train and validation examples not cached yet. The test split is scored at most once
+        a trial, where caching saves nothing, so it runs through the whole model."""
         if self.prefix is None:
             return 0
         probe = next(batches(self.data.train, 2, self.data.pad_token_id))
         probe.pop("labels")
         k = self.prefix.usable_blocks(model, {n: t.to(self.device) for n, t in probe.items()})
         if k:
-            splits = [s for s in (self.data.train, self.data.validation, self.data.test) if s is not None]
-            self.prefix.fill(model, k, splits, self.data.pad_token_id, self.config.train.eval_batch_size)
+            splits = [self.data.train, self.data.validation]
+            with autocast_for(self.device, self.config.train.precision):  # the precision the prefix would train in
+                self.prefix.fill(model, k, splits, self.data.pad_token_id, self.config.train.eval_batch_size)
         return k
 
-    def _train_and_test(
-        self,
-        model: nn.Module,
-        learning_rate: float,
-        seed: int,
-        report: Callable[[int, float], None] | None,
-        label: int | str,
-        test: Callable[[float], bool] | bool,
-    ) -> tuple[TrainResult, float | None]:
-        result = train(
+    def _score_test(self, model: nn.Module, result: TrainResult, test: Callable[[float], bool] | bool) -> float | None:
+        """The test metric when ``test`` says so (as a flag, or as a function of the validation metric)."""
+        if self.data.test is None or not (test(result.metric) if callable(test) else test):
+            return None
+        started = time.perf_counter()
+        value = evaluate(
             model,
-            self.data.train,
-            self.data.validation,
+            self.data.test,
             self.data.pad_token_id,
-            self.config.train,
-            learning_rate,
+            self.config.train.eval_batch_size,
             self.config.task.metric,
             self.device,
-            seed,
-            report or (lambda step, value: None),
-            lambda step, total, loss: self.progress.step(label, step, total, loss),
+            self.config.train.precision,
         )
-        score_test = test(result.metric) if callable(test) else test
-        test_value = None
-        if self.data.test is not None and score_test:
-            started = time.perf_counter()
-            test_value = evaluate(
-                model,
-                self.data.test,
-                self.data.pad_token_id,
-                self.config.train.eval_batch_size,
-                self.config.task.metric,
-                self.device,
-                self.config.train.precision,
-            )
-            result.test_seconds = time.perf_counter() - started
-        self.progress.line(
-            f"[trial {label}] {self.config.task.metric} {result.metric:.4f} "
-            f"(train {result.train_seconds:.1f}s, eval {result.eval_seconds:.1f}s)"
-        )
-        return result, test_value
+        result.test_seconds = time.perf_counter() - started
+        return value
 
     def _is_new_best(self, trial: optuna.Trial, n: int) -> Callable[[float], bool]:
         """Whether a validation metric makes this trial the new best (as :func:`best_trial` ranks)."""

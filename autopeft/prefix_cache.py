@@ -117,10 +117,9 @@ class PrefixCache:
             self._tuple_output = isinstance(output, tuple)
 
         blocks = block_modules(model, self.ctx)
-        handles = [
-            blocks[k].register_forward_pre_hook(grab, with_kwargs=True),
-            blocks[0].register_forward_hook(note_format),
-        ]
+        handles = [blocks[k].register_forward_pre_hook(grab, with_kwargs=True)]
+        if "forward" not in vars(blocks[0]):  # a block :meth:`attached` skips says nothing of the format
+            handles.append(blocks[0].register_forward_hook(note_format))
         was_training = model.training
         try:
             model.eval()
@@ -136,7 +135,8 @@ class PrefixCache:
         """Compute the block-k inputs of every example of ``splits`` not cached yet; return how many.
 
         ``model`` must pass :meth:`usable_blocks` for at least k: its prefix computes what the base
-        model's does, on the device it already sits on.
+        model's does, on the device it already sits on (under the caller's autocast, if any). Where
+        a shallower prefix is cached for a batch, only the blocks between the two run.
         """
         states = self._states.setdefault(k, {})
         self._states.move_to_end(k)
@@ -150,10 +150,12 @@ class PrefixCache:
                 keys = [_key(batch, row, n) for row, n in enumerate(lengths)]
                 if all(key in states for key in keys):
                     continue
-                hidden = self._capture(model, k, {n: t.to(device) for n, t in batch.items()}).cpu()
+                lower = max((j for j in self._states if j < k and all(x in self._states[j] for x in keys)), default=0)
+                with self.attached(model, lower) if lower else contextlib.nullcontext():
+                    hidden = self._capture(model, k, {n: t.to(device) for n, t in batch.items()}).cpu()
                 for row, (key, n) in enumerate(zip(keys, lengths)):
                     if key not in states:
-                        states[key] = hidden[row, :n].clone()
+                        states[key] = hidden[row, :n].to(torch.float32, copy=True)
                         added += 1
         self._evict()
         return added

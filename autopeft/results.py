@@ -58,21 +58,25 @@ def _metric(trial: FrozenTrial) -> float:
     return float(trial.values[0])
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The feasible trial with the best metric (fewer trainable parameters break ties), or None."""
-    trials = feasible_trials(study)
-    if not trials:
+def best_trial(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> FrozenTrial | None:
+    """The feasible trial with the best metric (fewer trainable parameters break ties), or None.
+
+    ``trials``: the study's trials when the caller has just read them (each read is a query).
+    """
+    feasible = [t for t in trials if is_feasible(t)] if trials is not None else feasible_trials(study)
+    if not feasible:
         return None
-    return max(trials, key=lambda t: (_metric(t), -t.user_attrs["trainable_params"], -t.number))
+    return max(feasible, key=lambda t: (_metric(t), -t.user_attrs["trainable_params"], -t.number))
 
 
-def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+def pareto_front(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
     """Feasible trials no other feasible trial beats on both metric and size, smallest first.
 
-    Of trials with the same metric and size, the first is kept.
+    Of trials with the same metric and size, the first is kept. ``trials``: as for :func:`best_trial`.
     """
+    feasible = [t for t in trials if is_feasible(t)] if trials is not None else feasible_trials(study)
     front: list[FrozenTrial] = []
-    for t in sorted(feasible_trials(study), key=lambda t: (t.user_attrs["trainable_params"], -_metric(t), t.number)):
+    for t in sorted(feasible, key=lambda t: (t.user_attrs["trainable_params"], -_metric(t), t.number)):
         if not front or _metric(t) > _metric(front[-1]):
             front.append(t)
     return front

@@ -220,6 +220,7 @@ def _optimize(study: optuna.Study, objective: Objective, target: int, progress: 
     config = objective.config
     poll = min(5.0, config.study.heartbeat_seconds / 2)
     failed_in_a_row: list[FrozenTrial] = []
+    written: dict[str, int] = {}  # study attributes as this worker last wrote them: a write is a commit
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         # A failed trial does not count towards n_trials; a fault that fails every trial stops the study.
@@ -227,14 +228,19 @@ def _optimize(study: optuna.Study, objective: Objective, target: int, progress: 
             failed_in_a_row.append(trial)
         elif trial.state != TrialState.FAIL:
             failed_in_a_row.clear()
-        trials = study.get_trials(deepcopy=False)
-        study.set_user_attr("pruned_trials", sum(1 for t in trials if "steps_saved" in t.user_attrs))
-        study.set_user_attr("pruning_steps_saved", sum(t.user_attrs.get("steps_saved", 0) for t in trials))
-        best = best_trial(study)
+        trials = study.get_trials(deepcopy=False)  # read once: every read is a query, and this runs per trial
+        for key, value in {
+            "pruned_trials": sum(1 for t in trials if "steps_saved" in t.user_attrs),
+            "pruning_steps_saved": sum(t.user_attrs.get("steps_saved", 0) for t in trials),
+        }.items():
+            if written.get(key) != value:
+                study.set_user_attr(key, value)
+                written[key] = value
+        best = best_trial(study, trials)
         shown = f"best {best.values[0]:.4f} (trial {best.number})" if best else "no feasible trial yet"
         if config.multi_objective:
-            shown += f"; Pareto front of {len(pareto_front(study))}"
-        progress.line(f"[{len(finished_trials(study))}/{target}] {shown}")
+            shown += f"; Pareto front of {len(pareto_front(study, trials))}"
+        progress.line(f"[{sum(1 for t in trials if t.state in FINISHED)}/{target}] {shown}")
         if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW or not wait_for_slot(study, target, progress, poll):
             study.stop()
 

@@ -21,7 +21,17 @@ from torch import nn
 from autopeft.config import TrainSection
 from autopeft.data import Split, batches, bucketed_order
 
-__all__ = ["NonFiniteLoss", "TrainResult", "planned_steps", "learning_rate_at", "score", "predict", "evaluate", "train"]
+__all__ = [
+    "NonFiniteLoss",
+    "TrainResult",
+    "planned_steps",
+    "learning_rate_at",
+    "score",
+    "predict",
+    "evaluate",
+    "train",
+    "autocast_for",
+]
 
 
 @dataclass
@@ -89,7 +99,7 @@ def predict(
     done = 0
     for batch in batches(split, batch_size, pad_token_id, order=order):
         batch.pop("labels")
-        with _autocast(device, precision):
+        with autocast_for(device, precision):
             logits = model(**_to(batch, device)).logits
         for i, label in zip(order[done : done + len(logits)], logits.argmax(-1).tolist()):
             predictions[i] = label
@@ -122,8 +132,10 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
     return precision == "bf16"
 
 
-def _autocast(device: torch.device, precision: str) -> torch.autocast:
-    # Trained parameters stay fp32 (master weights); autocast runs the matmuls in bf16.
+def autocast_for(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context ``[train] precision`` asks for on ``device`` (disabled for fp32).
+
+    Trained parameters stay fp32 (master weights); autocast runs the matmuls in bf16."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
@@ -164,7 +176,7 @@ def train(
                 group["lr"] = learning_rate_at(step, total_steps, learning_rate, warmup_steps)
             batch = _to(batch, device)
             labels = batch.pop("labels")
-            with _autocast(device, settings.precision):
+            with autocast_for(device, settings.precision):
                 logits = model(**batch).logits
             loss = F.cross_entropy(logits.float(), labels)
             loss_value = loss.item()  # checked before the update: a NaN must not reach the weights

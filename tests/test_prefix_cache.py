@@ -11,7 +11,7 @@ from conftest import write_study
 from autopeft import get_plugin_manager, load_config, run_study
 from autopeft.data import batches
 from autopeft.objective import Objective
-from autopeft.prefix_cache import PrefixCache
+from autopeft.prefix_cache import PrefixCache, block_modules
 
 LORA = {"alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.1}
 
@@ -100,6 +100,23 @@ def test_states_are_computed_once_and_the_oldest_prefix_is_dropped(objective) ->
     cache.max_bytes = 1
     assert cache.fill(model, 1, splits, pad, 32) > 0
     assert list(cache._states) == [1]  # over the limit: only the newest prefix stays
+
+
+def test_a_deeper_prefix_is_computed_from_a_cached_shallower_one(objective) -> None:
+    model = _applied(objective, "lora", {**LORA, "ranks": [0, 0, 8]})
+    split, pad = objective.data.validation, objective.data.pad_token_id
+    direct, stepwise = PrefixCache(objective.base, objective.ctx), PrefixCache(objective.base, objective.ctx)
+    direct.fill(model, 2, [split], pad, 32)
+    stepwise.fill(model, 1, [split], pad, 32)
+    calls = []
+    linear = next(m for m in block_modules(model, objective.ctx)[0].modules() if isinstance(m, torch.nn.Linear))
+    handle = linear.register_forward_hook(lambda *args: calls.append(1))
+    stepwise.fill(model, 2, [split], pad, 32)
+    handle.remove()
+    assert calls == []  # block 0 did not run: block 1's input came from the cache
+    assert direct._states[2].keys() == stepwise._states[2].keys()
+    for key, state in direct._states[2].items():
+        torch.testing.assert_close(stepwise._states[2][key], state, rtol=1e-4, atol=1e-5)
 
 
 def test_a_study_with_the_cache_records_cached_blocks(tmp_path, minilm_available) -> None:

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from autopeft.objective import Objective, Surplus
 from autopeft.progress import Progress
 from autopeft.results import FINISHED, retry_of
-from autopeft.storage import open_storage, retry_trial
+from autopeft.storage import open_storage, retry_trial, set_user_attrs
 from autopeft.study import wait_for_slot
 from autopeft.workers import worker_env
 
@@ -202,6 +202,29 @@ def test_sqlite_takes_parallel_writers_without_database_is_locked(tmp_path: Path
 
     with sqlite3.connect(tmp_path / "busy.db") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "memory"])
+def test_user_attributes_set_together_are_stored_and_seen(tmp_path: Path, request, backend) -> None:
+    if backend == "memory":
+        storage = optuna.storages.InMemoryStorage()  # no RDB: one call per attribute
+    else:
+        url = f"sqlite:///{tmp_path / 'attrs.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+        storage = open_storage(url, 30)
+    name = f"attrs-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(study_name=name, storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("kept", 1)
+    set_user_attrs(trial, {"a": 1, "b": [1, 2], "kept": 2})
+    assert trial.user_attrs == {"kept": 2, "a": 1, "b": [1, 2]}
+    study.tell(trial, 0.5)
+    stored = optuna.load_study(study_name=name, storage=storage).trials[0].user_attrs
+    assert stored == {"kept": 2, "a": 1, "b": [1, 2]}
+    with pytest.raises(RuntimeError):  # a finished trial stays finished, as with set_user_attr
+        set_user_attrs(trial, {"late": 1})
+    if backend == "sqlite":
+        with storage.engine.connect() as connection:  # commits need not wait for the disk under WAL
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
 
 
 # -- whole workers ------------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""The time autopeft's driver adds per trial, at trial 10, 100 and 1,000 of one study.
+
+    python benchmarks/bench_driver.py [--trials 1000] [--storage URL] [--profile]
+
+The quickstart study (its model, budget, TPE sampler and real search space: lora with per-block
+ranks, unfreeze, bitfit) with training replaced by an instant formula, so every second measured is
+the driver's: the gate before each trial, sampling, budget counting, the user attributes, the
+storage writes and reads, and the bookkeeping after each trial. A trial's time is from the end of
+one instant "training" to the end of the next. SQLite by default; ``--storage postgresql://...``
+for a server (the study is deleted first). ``--profile`` prints where the last 20 trials' time went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import math
+import os
+import pstats
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import optuna
+
+from autopeft import load_config, run_study
+from autopeft.objective import Objective
+from autopeft.progress import quiet_libraries
+from autopeft.storage import mask_url
+from autopeft.train import TrainResult
+
+STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
+ENDS: list[float] = []
+
+
+def _instant_fit(self, method, config, learning_rate, seed, report=None, label="", test=False, on_trained=None):  # type: ignore[no-untyped-def]
+    n = method.count_trainable(self.ctx, config)
+    value = 0.6 + 0.1 * math.log(n) / math.log(self.budget) + 0.05 * math.sin(learning_rate * 1e3)
+    ENDS.append(time.perf_counter())
+    return TrainResult(value, 0.0, 0.0, 0, self.total_steps), None
+
+
+def per_trial_ms(at: int) -> float:
+    """Median driver time of the trials around trial number ``at`` (1-based), in milliseconds."""
+    gaps = [b - a for a, b in zip(ENDS, ENDS[1:])]  # gaps[i]: trial i+2
+    window = gaps[max(0, at - 7) : at - 2] if at <= 10 else gaps[at - 12 : at - 1]
+    return 1000 * statistics.median(window)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--storage", default=None, help="default: SQLite in a temporary folder")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    quiet_libraries()
+    Objective.fit = _instant_fit  # type: ignore[method-assign]
+    config = load_config(STUDY)
+    with tempfile.TemporaryDirectory() as folder:
+        storage = args.storage or f"sqlite:///{folder}/driver.db"
+        try:
+            optuna.delete_study(study_name=config.study.name, storage=storage)
+        except KeyError:
+            pass
+        started = time.perf_counter()
+        run_study(config, n_trials=args.trials - 20 if args.profile else args.trials, storage=storage, quiet=True)
+        if args.profile:
+            profile = cProfile.Profile()
+            profile.runcall(run_study, config, n_trials=args.trials, storage=storage, quiet=True)
+        total = time.perf_counter() - started
+    print(f"{mask_url(storage).split(':')[0]}: {args.trials} trials in {total:.1f} s")
+    for at in (10, 100, 1000):
+        if at <= len(ENDS):
+            print(f"  per trial at trial {at}: {per_trial_ms(at):.0f} ms")
+    if args.profile:
+        stats = pstats.Stats(profile).sort_stats("cumulative")
+        stats.print_stats(30)
+        stats.print_callers("study.py:294|study.py:252")
+
+
+if __name__ == "__main__":
+    main()
