@@ -44,7 +44,10 @@ def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.B
 
     ``worker_seed`` is added to the study's seed: workers sharing a study with one seed would draw
     the same configurations at the same time (found with three workers: the same random start four
-    times over).
+    times over). Workers (a seed other than 0) also get TPE's constant liar, which counts other
+    workers' running trials as poor results so that they are not drawn again; a lone run has no
+    such trials, and without the liar TPE reads the study once a trial instead of once per
+    parameter group (``benchmarks/bench_driver.py``). Either way a lone run samples the same.
     """
     seed = (config.study.seed + worker_seed) % 2**32  # numpy's seed range
     if config.study.sampler == "random":
@@ -53,7 +56,11 @@ def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.B
     with warnings.catch_warnings():  # multivariate and group are marked experimental, and are what we need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, n_startup_trials=startup, constant_liar=True
+            seed=seed,
+            multivariate=True,
+            group=True,
+            n_startup_trials=startup,
+            constant_liar=worker_seed != 0,
         )
 
 

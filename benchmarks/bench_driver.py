@@ -107,7 +107,7 @@ def main() -> None:
     if args.profile:
         stats = pstats.Stats(profile).sort_stats("cumulative")
         stats.print_stats(30)
-        stats.print_callers("study.py:294|study.py:252")
+        stats.sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

@@ -102,10 +102,23 @@ def test_training_learns_is_seeded_and_reports_before_the_end() -> None:
     assert metric_again == metric and torch.equal(weights, weights_again)  # evaluations do not disturb training
 
 
-def test_precision_decides_bf16_autocast() -> None:
+def test_precision_decides_bf16_autocast(monkeypatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not uses_bf16(cpu, "auto") and not uses_bf16(cpu, "fp32") and uses_bf16(cpu, "bf16")
-    assert not uses_bf16(cuda, "fp32")
+    assert not uses_bf16(cpu, "fp32") and uses_bf16(cpu, "bf16") and not uses_bf16(cuda, "fp32")
+    for has in (True, False):  # auto: bf16 where the CPU multiplies bf16 in hardware
+        monkeypatch.setattr("autopeft.train.cpu_has_bf16", lambda has=has: has)
+        assert uses_bf16(cpu, "auto") is has
+
+
+def test_cpu_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path) -> None:
+    from autopeft import train
+
+    for text, expected in (("flags : fpu avx512f avx512_bf16 sse", True), ("flags : fpu avx2", False)):
+        (tmp_path / "cpuinfo").write_text(text)
+        monkeypatch.setattr(train, "Path", lambda _path: tmp_path / "cpuinfo")
+        train.cpu_has_bf16.cache_clear()
+        assert train.cpu_has_bf16() is expected
+    train.cpu_has_bf16.cache_clear()
 
 
 def test_bf16_on_cpu_trains_in_bf16_and_learns(monkeypatch) -> None:

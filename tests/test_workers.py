@@ -383,3 +383,14 @@ def test_workers_sample_with_their_own_seeds(study_file: Path) -> None:
 
     assert first_draw(0) == first_draw(0)  # one worker: reproducible
     assert first_draw(0) != first_draw(2**32 - 1)  # two workers: different draws (no seed overflow)
+
+
+def test_only_workers_count_running_trials_as_poor_results(study_file: Path) -> None:
+    # TPE's constant liar steers a worker away from what the others are running; a lone run has
+    # nothing running elsewhere, and the liar would cost a study read per parameter group.
+    from autopeft.config import load_config
+    from autopeft.study import make_sampler
+
+    config = load_config(study_file)
+    assert make_sampler(config, 0)._constant_liar is False
+    assert make_sampler(config, 12345)._constant_liar is True
