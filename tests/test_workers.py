@@ -287,7 +287,7 @@ def test_a_killed_worker_s_trial_is_failed_and_retried(tmp_path: Path, request, 
 
 def test_ctrl_c_marks_the_trial_and_the_same_command_resumes(tmp_path: Path, minilm_available) -> None:
     path, url, name = _study(tmp_path, 2)
-    run = _autopeft("run", path, step_seconds=2.0)
+    run = _autopeft("run", path, step_seconds=4.0)  # trials of 8 s or more: the signal lands in mid-trial
     [stopped] = _running_trials(url, name)
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=120)
