@@ -8,9 +8,9 @@ below k pass their input through and hands block k the cached states instead.
 
 Nothing here knows a model family: the blocks come from :func:`autopeft.blocks.discover_blocks`, and
 which prefix is frozen is *measured* on the trial's own model: the input of block k must not depend on
-any trainable parameter (autograd says so) and must equal the cached value (which catches methods that
-change the input, such as prompt tuning). Examples are keyed by their token ids, so the cache serves
-the train, validation and test splits, and duplicated texts share one entry.
+any trainable parameter (autograd says so) and must equal the base model's (which catches a method
+that changes the input without training anything below block k). Examples are keyed by their token
+ids, so one cache serves the train and validation splits, and duplicated texts share one entry.
 """
 
 from __future__ import annotations

@@ -116,6 +116,6 @@ def load_cached_task_data(config: StudyConfig, tokenizer: Any) -> tuple[TaskData
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
             np.savez(handle, **_pack(data))  # type: ignore[arg-type]  # numpy stubs mistype **arrays
         os.replace(handle.name, path)
-    except OSError:  # a read-only study folder costs the cache, never the study
+    except (OSError, TypeError):  # a read-only folder, labels JSON cannot hold: no cache, never a failed study
         pass
     return data, False
