@@ -58,12 +58,16 @@ def _metric(trial: FrozenTrial) -> float:
     return float(trial.values[0])
 
 
+def _feasible(study: optuna.Study, trials: list[FrozenTrial] | None) -> list[FrozenTrial]:
+    return [t for t in trials if is_feasible(t)] if trials is not None else feasible_trials(study)
+
+
 def best_trial(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> FrozenTrial | None:
     """The feasible trial with the best metric (fewer trainable parameters break ties), or None.
 
     ``trials``: the study's trials when the caller has just read them (each read is a query).
     """
-    feasible = [t for t in trials if is_feasible(t)] if trials is not None else feasible_trials(study)
+    feasible = _feasible(study, trials)
     if not feasible:
         return None
     return max(feasible, key=lambda t: (_metric(t), -t.user_attrs["trainable_params"], -t.number))
@@ -74,7 +78,7 @@ def pareto_front(study: optuna.Study, trials: list[FrozenTrial] | None = None) -
 
     Of trials with the same metric and size, the first is kept. ``trials``: as for :func:`best_trial`.
     """
-    feasible = [t for t in trials if is_feasible(t)] if trials is not None else feasible_trials(study)
+    feasible = _feasible(study, trials)
     front: list[FrozenTrial] = []
     for t in sorted(feasible, key=lambda t: (t.user_attrs["trainable_params"], -_metric(t), t.number)):
         if not front or _metric(t) > _metric(front[-1]):
