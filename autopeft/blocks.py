@@ -1,7 +1,9 @@
 """Generic discovery of a model's repeated transformer blocks and their linear sub-modules.
 
-Nothing here knows a model family by name. The blocks are the longest ``ModuleList`` whose children
-are all of one class and hold linear layers; inside a block, each linear layer is put in a *group*
+Nothing here knows a model family by name. A *stack* is a ``ModuleList`` whose children are all of
+one class, hold linear layers and hold an attention module, and that sits in no other stack (MoE
+experts sit inside a block); a seq2seq model has two, encoder then decoder, and its blocks are
+numbered through both. Inside a block, each linear layer is put in a *group*
 (``query``, ``key``, ``value``, ``qkv``, ``attn_output``, ``mlp``) from the conventional words in its
 path, so ``attention.self.query`` (BERT), ``self_attn.q_proj`` (Llama) and ``attn.c_attn`` (GPT-2)
 all land where a user expects.
@@ -65,7 +67,8 @@ class Block:
     """One repeated transformer block, described by shapes only (no tensors are kept).
 
     Attributes:
-        index: position in the stack, 0 = closest to the embeddings.
+        index: position among all blocks, 0 = closest to the embeddings (a seq2seq model's decoder
+            blocks follow its encoder blocks).
         path: the block's module path in the model, e.g. ``bert.encoder.layer.3``.
         linears: relative path of each linear sub-module -> (in_features, out_features).
         groups: group name -> relative paths of the linears in it.
@@ -79,6 +82,7 @@ class Block:
     groups: dict[str, list[str]]
     norms: list[str] = field(repr=False)
     params: dict[str, int] = field(repr=False)
+    stack: str = ""  # the ModuleList holding the block, e.g. ``encoder.block`` of T5
 
     def params_of(self, modules: list[str]) -> list[str]:
         """Relative names of the parameters owned by the given sub-modules."""
@@ -120,32 +124,42 @@ class ModelContext:
     skeleton: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
 
 
+def _stacks(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """The model's block stacks in module order (see the module docstring)."""
+    candidates: list[tuple[str, nn.ModuleList]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) == 1 and any(is_linear(m) for m in module[0].modules()):
+            candidates.append((name, module))
+    outer = [(n, m) for n, m in candidates if not any(n.startswith(f"{o}.") for o, _ in candidates)]
+    attention = [(n, m) for n, m in outer if any(_ATTENTION.search(sub) for sub, _ in m[0].named_modules())]
+    if attention:
+        return attention
+    # No attention anywhere (an MLP stack, say): the longest list of identical blocks.
+    longest = max((len(m) for _, m in outer), default=0)
+    return [next((n, m) for n, m in outer if len(m) == longest)] if outer else []
+
+
 def discover_blocks(model: nn.Module) -> list[Block]:
     """Find the repeated transformer blocks of any model from its module tree.
 
     Raises:
         ValueError: when the model has no ``ModuleList`` of identical blocks with linear layers.
     """
-    candidates: list[tuple[str, nn.ModuleList]] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        kinds = {type(child) for child in module}
-        if len(kinds) == 1 and any(is_linear(m) for m in module[0].modules()):
-            candidates.append((name, module))
-    if not candidates:
+    stacks = _stacks(model)
+    if not stacks:
         raise ValueError(f"no repeated blocks with linear layers found in {type(model).__name__}")
-    longest = max(len(m) for _, m in candidates)
-    path, stack = next((n, m) for n, m in candidates if len(m) == longest)
-    blocks = []
-    for index, block in enumerate(stack):
-        linears = {n: _linear_shape(m) for n, m in block.named_modules() if n and is_linear(m)}
-        groups: dict[str, list[str]] = {}
-        for rel in linears:
-            groups.setdefault(_group_of(rel), []).append(rel)
-        norms = [n for n, m in block.named_modules() if n and "Norm" in type(m).__name__]
-        params = {n: p.numel() for n, p in block.named_parameters()}
-        blocks.append(Block(index, f"{path}.{index}", linears, groups, norms, params))
+    blocks: list[Block] = []
+    for path, stack in stacks:
+        for position, block in enumerate(stack):
+            linears = {n: _linear_shape(m) for n, m in block.named_modules() if n and is_linear(m)}
+            groups: dict[str, list[str]] = {}
+            for rel in linears:
+                groups.setdefault(_group_of(rel), []).append(rel)
+            norms = [n for n, m in block.named_modules() if n and "Norm" in type(m).__name__]
+            params = {n: p.numel() for n, p in block.named_parameters()}
+            blocks.append(Block(len(blocks), f"{path}.{position}", linears, groups, norms, params, path))
     return blocks
 
 

@@ -79,6 +79,8 @@ class PrefixCache:
         model's for ``probe`` (one small batch without labels, on the model's device); 0 if none.
         The last block always runs, since the cache holds block inputs.
         """
+        if len({b.stack for b in self.ctx.blocks}) > 1:
+            return 0  # a decoder stack's input is not the encoder stack's output: no single prefix
         blocks = block_modules(model, self.ctx)
         depends: list[bool] = []
 
