@@ -27,6 +27,7 @@ _WHERE = {
     "PeftMethod": "autopeft.methods",
     "PluginError": "autopeft.errors",
     "StudyConfig": "autopeft.config",
+    "Task": "autopeft.tasks",
     "best_trial": "autopeft.results",
     "build_context": "autopeft.blocks",
     "confirm_front": "autopeft.confirm",
@@ -40,6 +41,7 @@ _WHERE = {
     "pareto_front": "autopeft.results",
     "parse_budget": "autopeft.budget",
     "registered_methods": "autopeft.plugins",
+    "registered_tasks": "autopeft.plugins",
     "run_study": "autopeft.study",
     "run_workers": "autopeft.workers",
     "suggest_sizes": "autopeft.budget",
@@ -61,6 +63,7 @@ __all__ = [
     "PeftMethod",
     "PluginError",
     "StudyConfig",
+    "Task",
     "best_trial",
     "build_context",
     "confirm_front",
@@ -74,6 +77,7 @@ __all__ = [
     "pareto_front",
     "parse_budget",
     "registered_methods",
+    "registered_tasks",
     "run_study",
     "run_workers",
     "suggest_sizes",
@@ -103,6 +107,7 @@ if TYPE_CHECKING:
     from autopeft.methods import PeftMethod, trainable_numel
     from autopeft.peft_backed import PeftBackedMethod
     from autopeft.plan import make_plan
-    from autopeft.plugins import get_plugin_manager, registered_methods
+    from autopeft.plugins import get_plugin_manager, registered_methods, registered_tasks
     from autopeft.results import best_trial, pareto_front
     from autopeft.study import open_study, run_study
+    from autopeft.tasks import Task

@@ -19,7 +19,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
 from autopeft.config import StudyConfig
-from autopeft.results import pareto_front
+from autopeft.results import metric_sign, pareto_front
 
 __all__ = ["artifact_store", "keep_weights", "fetch_weights", "on_front"]
 
@@ -33,8 +33,9 @@ def artifact_store(config: StudyConfig) -> FileSystemArtifactStore:
 def on_front(study: optuna.Study, metric: float, n: int) -> bool:
     """Whether a trial with ``metric`` and ``n`` trainable parameters joins the front of the
     feasible trials finished so far (a tie with a front point does not: the earlier one stays)."""
+    sign = metric_sign(study)
     return not any(
-        t.values is not None and t.values[0] >= metric and t.user_attrs["trainable_params"] <= n
+        t.values is not None and sign * t.values[0] >= sign * metric and t.user_attrs["trainable_params"] <= n
         for t in pareto_front(study)
     )
 

@@ -173,9 +173,13 @@ def head_module_names(model: nn.Module) -> list[str]:
     return [name for name, child in model.named_children() if name != prefix and any(True for _ in child.parameters())]
 
 
-def build_context(model: nn.Module) -> ModelContext:
-    """Describe ``model`` for method plugins, with a factory for weightless copies of it."""
-    head = head_module_names(model)
+def build_context(model: nn.Module, new_head: bool = True) -> ModelContext:
+    """Describe ``model`` for method plugins, with a factory for weightless copies of it.
+
+    ``new_head``: whether the task gave the model a new head that methods must train; a language
+    model's pretrained head (tied to its embeddings) is no head in this sense.
+    """
+    head = head_module_names(model) if new_head else []
     head_params = sum(p.numel() for h in head for p in model.get_submodule(h).parameters())
     total = sum(p.numel() for p in model.parameters())
     get_embeddings = getattr(model, "get_input_embeddings", None)

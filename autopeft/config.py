@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,12 @@ else:  # pragma: no cover
 
 from autopeft.errors import ConfigError
 
-__all__ = ["StudyConfig", "load_config", "METRICS", "SAMPLERS", "PRUNERS", "TASKS", "DATA_SUFFIXES", "KEEP_WEIGHTS"]
+__all__ = ["StudyConfig", "load_config", "SAMPLERS", "PRUNERS", "DATA_SUFFIXES", "KEEP_WEIGHTS"]
 
-METRICS = ("accuracy", "f1", "mcc")
 SAMPLERS = ("tpe", "random")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEVICES = ("auto", "cuda", "cpu")
 PRUNERS = ("median", "none")
-TASKS = ("sequence-classification",)
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 KEEP_WEIGHTS = ("front", "all", "none")
 
@@ -59,8 +58,10 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class TaskSection:
-    type: str = "sequence-classification"
-    metric: str = "accuracy"
+    type: str = "sequence-classification"  # a registered task: `autopeft plugins` lists them
+    metric: str = ""  # default: the task's first metric (accuracy; perplexity for causal-lm)
+    # Set from the task when the file is loaded, not by the file: whether the metric goes up or down.
+    direction: str = field(default="maximize", metadata={"derived": True})
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class DataSection:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     cache_tokens: bool = True  # tokenized splits kept in <name>.cache/ beside the study file, shared by workers
+    packing: bool = True  # causal-lm: texts concatenated and cut into max_length sequences (no padding)
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,16 @@ class TrainSection:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     evals_per_epoch: int = 1
-    # "auto": bf16 autocast on GPUs that support it, fp32 elsewhere; "bf16" asks for it on CPUs too
-    # (fast on CPUs with bf16 matrix units); "fp32" never autocasts.
+    # "auto": bf16 autocast on GPUs that support it and on CPUs with bf16 matrix units, fp32 elsewhere;
+    # "bf16" asks for it anywhere; "fp16" is fp16 autocast with loss scaling (GPUs without bf16);
+    # "fp32" never autocasts.
     precision: str = "auto"
+    # "auto": the GPU when there is one, else the CPU; "cuda" falls back to the CPU, saying so, when
+    # there is no GPU.
+    device: str = "auto"
+    # Recompute each block's activations in the backward pass instead of keeping them: less memory
+    # for bigger models and batches, about a third more compute.
+    gradient_checkpointing: bool = False
     # Batches of similar lengths (shuffled within windows of 50 batches): less padding, a different order.
     length_buckets: bool = False
     # Frozen-prefix caching: when no trainable parameter sits below block k, the hidden states entering
@@ -171,7 +180,7 @@ def _suggest(name: str, choices: list[str]) -> str:
 def _section(name: str, cls: type, table: Any) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(name, f"must be a table, got {type(table).__name__}", f"write it as [{name}]")
-    known = [f.name for f in fields(cls)]
+    known = [f.name for f in fields(cls) if not f.metadata.get("derived")]
     values = dict(table)
     if cls is SearchSection:  # [search.lora] etc. are method option tables
         known = ["methods", "warm_start"]
@@ -228,10 +237,10 @@ def _validate(c: StudyConfig) -> None:
     _check(s.pruner in PRUNERS, "study.pruner", f"unknown pruner {s.pruner!r}", f"use one of {list(PRUNERS)}")
     _check(_is_int(s.seed), "study.seed", f"must be an integer, got {s.seed!r}", "e.g. seed = 0")
     _check(
-        s.objectives is None or s.objectives in ([t.metric], [t.metric, "trainable_params"]),
+        s.objectives is None or isinstance(s.objectives, list) and all(isinstance(x, str) for x in s.objectives),
         "study.objectives",
-        f"must be the task metric, optionally followed by trainable_params; got {s.objectives!r}",
-        f'use objectives = ["{t.metric}", "trainable_params"] for a Pareto front, or remove it',
+        f"must be a list of objective names, got {s.objectives!r}",
+        'e.g. objectives = ["accuracy", "trainable_params"]',
     )
     _check(
         s.keep_weights in KEEP_WEIGHTS,
@@ -269,8 +278,8 @@ def _validate(c: StudyConfig) -> None:
         "must be a table",
         "e.g. overrides = { num_hidden_layers = 2 }",
     )
-    _check(t.type in TASKS, "task.type", f"unknown task {t.type!r}", f"use one of {list(TASKS)}")
-    _check(t.metric in METRICS, "task.metric", f"unknown metric {t.metric!r}", f"use one of {list(METRICS)}")
+    _check(isinstance(t.metric, str), "task.metric", f"must be a metric name, got {t.metric!r}", 'e.g. metric = "f1"')
+    _check(isinstance(t.type, str), "task.type", f"must be a task name, got {t.type!r}", 'e.g. type = "causal-lm"')
     for key in ("train", "validation", "test"):
         v = getattr(d, key)
         _check(
@@ -338,6 +347,15 @@ def _validate(c: StudyConfig) -> None:
         "train.length_buckets",
         f"must be true or false, got {tr.length_buckets!r}",
         "e.g. length_buckets = true",
+    )
+    for key in ("gradient_checkpointing", "prefix_cache"):
+        _check(isinstance(getattr(tr, key), bool), f"train.{key}", "must be true or false", f"e.g. {key} = false")
+    _check(isinstance(d.packing, bool), "data.packing", "must be true or false", "e.g. packing = true")
+    _check(
+        tr.device in DEVICES,
+        "train.device",
+        f"must be one of {list(DEVICES)}, got {tr.device!r}",
+        'e.g. device = "auto"',
     )
     _check(
         tr.precision in PRECISIONS,
@@ -421,4 +439,29 @@ def load_config(path: str | Path) -> StudyConfig:
     sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
     config = StudyConfig(path=path.resolve(), **sections)
     _validate(config)
-    return config
+    return _with_task(config)
+
+
+def _with_task(config: StudyConfig) -> StudyConfig:
+    """``config`` with the task's default metric and its direction filled in, both checked against
+    the registered tasks (built-in or from plugins)."""
+    from autopeft.plugins import get_plugin_manager, registered_tasks
+
+    tasks = registered_tasks(get_plugin_manager())
+    t, objectives = config.task, config.study.objectives
+    _check(t.type in tasks, "task.type", f"unknown task {t.type!r}", f"use one of {sorted(tasks)}")
+    task = tasks[t.type].task
+    metric = t.metric or task.default_metric
+    _check(
+        metric in task.metrics,
+        "task.metric",
+        f"unknown metric {metric!r} for task {t.type!r}",
+        f"use one of {list(task.metrics)}",
+    )
+    _check(
+        objectives is None or objectives in ([metric], [metric, "trainable_params"]),
+        "study.objectives",
+        f"must be the task metric, optionally followed by trainable_params; got {objectives!r}",
+        f'use objectives = ["{metric}", "trainable_params"] for a Pareto front, or remove it',
+    )
+    return replace(config, task=replace(t, metric=metric, direction=task.metrics[metric]))

@@ -1,4 +1,4 @@
-"""Loading the study's splits with HF ``datasets``, mapping labels, tokenizing once, and batching.
+"""Loading the study's splits with HF ``datasets``, handing them to the task to tokenize, and batching.
 
 Tokenization happens once per worker process; every trial reuses the token ids. Batches are padded
 dynamically to their longest example, since padding to ``max_length`` wastes most of the compute
@@ -11,22 +11,23 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from autopeft.config import DATA_SUFFIXES, StudyConfig
 from autopeft.errors import DataError, first_line
+from autopeft.tasks import IGNORE_INDEX, Task
 
 __all__ = ["Split", "TaskData", "load_task_data", "batches", "bucketed_order"]
 
 
 @dataclass
 class Split:
-    """One tokenized split: per-example token features and integer labels."""
+    """One tokenized split: per-example token features, and per example one label or one per token."""
 
     features: list[dict[str, list[int]]]
-    labels: list[int]
+    labels: list[int] | list[list[int]]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -34,7 +35,7 @@ class Split:
 
 @dataclass
 class TaskData:
-    """The tokenized splits and the label names, index = class id."""
+    """The tokenized splits and the label names, index = class id ([] for a task without classes)."""
 
     train: Split
     validation: Split
@@ -81,14 +82,9 @@ def _has_no_rows(path: Path) -> bool:
     return len(content) <= header or "".join(content).strip() == "[]"
 
 
-def _columns(config: StudyConfig) -> list[str]:
-    text = config.data.text
-    return [text] if isinstance(text, str) else list(text)
-
-
-def _rows(config: StudyConfig, key: str, limit: int | None, seed: int) -> tuple[list[list[str]], list[Any]]:
+def _rows(config: StudyConfig, key: str, needed: list[str], limit: int | None, seed: int) -> dict[str, list[Any]]:
+    """Column -> values of one split, rows with an empty needed value dropped, ``limit`` sampled."""
     table = _load_split(config, key)
-    needed = [*_columns(config), config.data.label]
     for column in needed:
         if column not in table.column_names:
             raise DataError(
@@ -96,53 +92,44 @@ def _rows(config: StudyConfig, key: str, limit: int | None, seed: int) -> tuple[
                 f"set data.text / data.label to existing columns"
             )
     columns = table.select_columns(needed)[:]  # one slice to Python lists: per-row indexing is ~100x slower
-    texts = [columns[c] for c in _columns(config)]
-    labels = columns[config.data.label]
-    keep = [
-        i
-        for i in range(len(labels))
-        if labels[i] is not None and all(isinstance(t[i], str) and t[i].strip() for t in texts)
-    ]
+    keep = [i for i in range(table.num_rows) if all(_usable(columns[c][i]) for c in needed)]
     if limit is not None and len(keep) > limit:
         keep = sorted(random.Random(seed).sample(keep, limit))
     if not keep:
         raise DataError(
             f"data.{key}: the split has no usable rows (empty texts or labels); point it at a non-empty file"
         )
-    return [[t[i] for t in texts] for i in keep], [labels[i] for i in keep]
+    return {c: [columns[c][i] for i in keep] for c in needed}
 
 
-def load_task_data(config: StudyConfig, tokenizer: Any) -> TaskData:
-    """Load, check, label-map and tokenize every split of the study.
+def _usable(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, list):
+        return bool(value)
+    return value is not None
+
+
+def load_task_data(config: StudyConfig, tokenizer: Any, task: Task) -> TaskData:
+    """Load every split of the study and let ``task`` label-map and tokenize it.
 
     Raises:
         DataError: a split cannot be loaded, lacks a column, is empty, or has a label that the
             train split (or ``data.labels``) does not have.
     """
     d, seed = config.data, config.study.seed
+    needed = task.columns(d)
     raw = {
-        "train": _rows(config, "train", d.max_train_examples, seed),
-        "validation": _rows(config, "validation", d.max_eval_examples, seed),
+        "train": _rows(config, "train", needed, d.max_train_examples, seed),
+        "validation": _rows(config, "validation", needed, d.max_eval_examples, seed),
     }
     if d.test is not None:
-        raw["test"] = _rows(config, "test", d.max_eval_examples, seed)
-    names = list(d.labels) if d.labels is not None else sorted(set(raw["train"][1]), key=str)
-    if len(names) < 2:
-        raise DataError(f"data.label: the train split has only the label {names!r}; a classifier needs at least two")
-    index = {name: i for i, name in enumerate(names)}
-    splits: dict[str, Split] = {}
-    for key, (texts, labels) in raw.items():
-        unknown = sorted({str(x) for x in labels if x not in index})
-        if unknown:
-            raise DataError(
-                f"data.{key}: label {unknown[0]!r} is not among the train labels {names}; "
-                "fix the data or list every label in data.labels"
-            )
-        columns = list(zip(*texts))
-        encoded = tokenizer(*columns, truncation=True, max_length=d.max_length)
-        keys = [k for k in encoded.keys() if k != "attention_mask"]
-        features = [{k: encoded[k][i] for k in keys} for i in range(len(labels))]
-        splits[key] = Split(features, [index[x] for x in labels])
+        raw["test"] = _rows(config, "test", needed, d.max_eval_examples, seed)
+    names = task.label_names(raw["train"], d)
+    splits = {key: task.encode(rows, tokenizer, d, names, key) for key, rows in raw.items()}
+    for key, split in splits.items():
+        if not len(split):
+            raise DataError(f"data.{key}: no example left after tokenizing; check data.text and data.max_length")
     return TaskData(splits["train"], splits["validation"], splits.get("test"), names, tokenizer.pad_token_id)
 
 
@@ -189,5 +176,8 @@ def batches(
             )
         lengths = torch.tensor([len(split.features[i]["input_ids"]) for i in chosen])
         batch["attention_mask"] = (torch.arange(longest)[None, :] < lengths[:, None]).long()
-        batch["labels"] = torch.tensor([split.labels[i] for i in chosen])
+        labels = [split.labels[i] for i in chosen]
+        if labels and isinstance(labels[0], list):  # one per token: padded positions are ignored
+            labels = [[*x, *[IGNORE_INDEX] * (longest - len(x))] for x in cast(list[list[int]], labels)]
+        batch["labels"] = torch.tensor(labels)
         yield batch

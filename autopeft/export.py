@@ -28,7 +28,7 @@ from autopeft.artifacts import artifact_store, fetch_weights
 from autopeft.blocks import build_context
 from autopeft.config import ModelSection, StudyConfig, load_config
 from autopeft.errors import AutopeftError, PluginError
-from autopeft.plugins import get_plugin_manager, registered_methods
+from autopeft.plugins import get_plugin_manager, registered_methods, registered_tasks
 from autopeft.progress import Progress
 from autopeft.results import best_trial, is_feasible, pareto_front
 
@@ -59,9 +59,11 @@ def _labels(config: StudyConfig, study: optuna.Study) -> list[Any]:
         return list(study.user_attrs["labels"])
     from autopeft.data import load_task_data
     from autopeft.models import load_tokenizer, resolve_model_name
+    from autopeft.objective import study_task
 
-    source, offline = resolve_model_name(get_plugin_manager(), config.model.name)
-    return load_task_data(config, load_tokenizer(config.model, source, offline)).label_names
+    pm = get_plugin_manager()
+    source, offline = resolve_model_name(pm, config.model.name)
+    return load_task_data(config, load_tokenizer(config.model, source, offline), study_task(config, pm)).label_names
 
 
 def _provenance(
@@ -79,6 +81,7 @@ def _provenance(
             "name": study.study_name,
             "file": str(config.path),
             "storage": mask_url(storage),
+            "task": config.task.type,
             "metric": config.task.metric,
             "objectives": config.objectives,
             "budget": a.get("budget"),
@@ -248,9 +251,16 @@ def load_model(
             f"{', '.join(sorted(methods))}"
         )
     method = methods[record["method"]].method
+    tasks = registered_tasks(pm)
+    task_name = record.get("study", {}).get("task", "sequence-classification")  # exports before tasks were plugins
+    if task_name not in tasks:
+        raise PluginError(
+            f"{directory} needs task {task_name!r}, which is not installed; installed: {', '.join(tasks)}"
+        )
+    task = tasks[task_name].task
     source, offline = resolve_model_name(pm, model_section.name)
     tokenizer = load_tokenizer(model_section, source, offline)
-    base = load_base_model(model_section, source, offline, record["labels"], tokenizer.pad_token_id)
-    model = method.apply(base, build_context(base), record["config"])
+    base = load_base_model(model_section, source, offline, task, record["labels"], tokenizer.pad_token_id)
+    model = method.apply(base, build_context(base, new_head=task.new_head), record["config"])
     method.load(model, directory)
     return model.to(device or "cpu").eval()

@@ -14,8 +14,9 @@ import pluggy
 
 if TYPE_CHECKING:
     from autopeft.methods import PeftMethod
+    from autopeft.tasks import Task
 
-__all__ = ["hookspec", "hookimpl", "register_methods", "resolve_model"]
+__all__ = ["hookspec", "hookimpl", "register_methods", "register_tasks", "resolve_model"]
 
 hookspec = pluggy.HookspecMarker("autopeft")
 hookimpl = pluggy.HookimplMarker("autopeft")
@@ -31,9 +32,22 @@ def register_methods(register: Callable[[PeftMethod], None]) -> None:
     """
 
 
+@hookspec
+def register_tasks(register: Callable[[Task], None]) -> None:
+    """Register tasks a study file may name in ``[task] type``.
+
+    Args:
+        register: call it once per task with a :class:`~autopeft.Task` instance. A name already
+            registered by another plugin is an error that names both plugins.
+    """
+
+
 @hookspec(firstresult=True)
 def resolve_model(name: str, offline: bool) -> str | None:
     """Map a model name from a study file to a local directory, e.g. an offline copy.
+
+    A plugin may build the directory on first use (``offline_models`` de-quantizes a GGUF file once
+    and caches the result), so later calls must be fast.
 
     Args:
         name: the ``[model] name`` of the study (a hub id or a path).

@@ -15,6 +15,7 @@ from torch import nn
 from autopeft.config import ModelSection
 from autopeft.errors import ModelError, first_line
 from autopeft.plugins import resolve_model
+from autopeft.tasks import Task
 
 __all__ = ["hub_offline", "resolve_model_name", "load_tokenizer", "load_base_model"]
 
@@ -71,32 +72,25 @@ def load_tokenizer(model: ModelSection, source: str, offline: bool) -> Any:
 
 
 def load_base_model(
-    model: ModelSection, source: str, offline: bool, labels: list[Any], pad_token_id: int | None
+    model: ModelSection, source: str, offline: bool, task: Task, labels: list[Any], pad_token_id: int | None
 ) -> nn.Module:
-    """The base classification model with every weight frozen; ``[model] overrides`` applied.
+    """The base model for ``task`` with every weight frozen; ``[model] overrides`` applied.
 
-    ``labels`` name the classes in order; they land in the model's ``id2label``, so exported
-    models predict names, not indices.
+    ``labels`` name the classes in order (none for a language model); they land in the model's
+    ``id2label``, so exported models predict names, not indices. A model without a padding token gets
+    the tokenizer's (its end-of-sequence token): decoder classifiers find each example's last token
+    by it.
 
     Weights load as float32 whatever the checkpoint stores (transformers would keep a bf16 checkpoint
-    in bf16): trained parameters need fp32 master copies; GPUs compute in bf16 under autocast.
+    in bf16): trained parameters need fp32 master copies; matmuls run in bf16 under autocast.
     """
     import torch
-    from transformers import AutoModelForSequenceClassification
 
-    names = {i: str(label) for i, label in enumerate(labels)}
     try:
-        base = AutoModelForSequenceClassification.from_pretrained(
-            source,
-            num_labels=len(labels),
-            id2label=names,
-            label2id={v: k for k, v in names.items()},
-            dtype=torch.float32,
-            **_common(model, offline),
-            **model.overrides,
-        )
+        base = task.load_model(source, labels, dtype=torch.float32, **_common(model, offline), **model.overrides)
     except (OSError, ValueError, TypeError) as exc:
         raise _loading_error(model, source, offline, exc) from None
-    if base.config.pad_token_id is None:
-        base.config.pad_token_id = pad_token_id
+    config: Any = base.config
+    if config.pad_token_id is None:
+        config.pad_token_id = pad_token_id
     return base.requires_grad_(False)

@@ -36,20 +36,19 @@ from autopeft.data import batches
 from autopeft.errors import AutopeftError, BudgetError, ConfigError, PluginError, first_line
 from autopeft.methods import PeftMethod, trainable_numel
 from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
-from autopeft.plugins import MethodInfo, registered_methods
+from autopeft.plugins import MethodInfo, registered_methods, registered_tasks
 from autopeft.prefix_cache import PrefixCache
 from autopeft.progress import Progress
 from autopeft.pruning import SizeAwareMedianPruner
 from autopeft.results import FINISHED, best_trial
 from autopeft.storage import set_user_attrs
+from autopeft.tasks import Task
 from autopeft.token_cache import load_cached_task_data
-from autopeft.train import NonFiniteLoss, TrainResult, autocast_for, evaluate, planned_steps, train
+from autopeft.train import NonFiniteLoss, TrainResult, autocast_for, planned_steps, train
 from autopeft.warm_start import map_to_blocks
 
-__all__ = ["Objective", "Surplus", "WORST", "UNBOUNDED", "library_versions", "pick_device"]
+__all__ = ["Objective", "Surplus", "UNBOUNDED", "library_versions", "pick_device", "study_task"]
 
-#: The value an infeasible trial reports: the worst the metric can be, so it never looks good.
-WORST = {"accuracy": 0.0, "f1": 0.0, "mcc": -1.0}
 #: A budget no configuration reaches: what a method samples when nothing constrains it.
 UNBOUNDED = 2**62
 
@@ -73,9 +72,24 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def pick_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(wanted: str = "auto", say: Callable[[str], None] = lambda line: None) -> torch.device:
+    """The device ``[train] device`` asks for: CUDA when present, else the CPU. Asking for ``cuda``
+    on a machine without one falls back to the CPU and says so through ``say``."""
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if wanted == "cuda":
+        say("autopeft: train.device = 'cuda' but no GPU is visible here; training on the CPU")
+    return torch.device("cpu")
+
+
+def study_task(config: StudyConfig, pm: pluggy.PluginManager) -> Task:
+    """The task the study names (``load_config`` checked that it is registered)."""
+    tasks = registered_tasks(pm)
+    if config.task.type not in tasks:
+        raise ConfigError("task.type", f"unknown task {config.task.type!r}", f"use one of {sorted(tasks)}")
+    return tasks[config.task.type].task
 
 
 def enabled_methods(config: StudyConfig, pm: pluggy.PluginManager) -> dict[str, MethodInfo]:
@@ -106,8 +120,10 @@ class Objective:
         device: torch.device | None = None,
         strict: bool = True,
     ) -> None:
-        self.config, self.device = config, device or pick_device()
+        self.config = config
         self.progress = progress or Progress(quiet=True)
+        self.device = device or pick_device(config.train.device, self.progress.line)
+        self.task = study_task(config, pm)
         infos = enabled_methods(config, pm)
         self.enabled = {name: info.method for name, info in infos.items()}
         self.plugins = {name: f"{info.plugin} from {info.distribution} {info.version}" for name, info in infos.items()}
@@ -117,12 +133,12 @@ class Objective:
 
         self.model_source, offline = resolve_model_name(pm, config.model.name)
         tokenizer = load_tokenizer(config.model, self.model_source, offline)
-        self.data, _ = load_cached_task_data(config, tokenizer)
+        self.data, _ = load_cached_task_data(config, tokenizer, self.task)
         torch.manual_seed(config.study.seed)  # the new task head is drawn while loading: same seed, same head
         self.base = load_base_model(
-            config.model, self.model_source, offline, self.data.label_names, tokenizer.pad_token_id
+            config.model, self.model_source, offline, self.task, self.data.label_names, tokenizer.pad_token_id
         )
-        self.ctx = build_context(self.base)
+        self.ctx = build_context(self.base, new_head=self.task.new_head)
         self.prefix = PrefixCache(self.base, self.ctx) if config.train.prefix_cache else None
         try:
             self.budget = parse_budget(config.budget.max_trainable, self.ctx.total_params)
@@ -317,7 +333,7 @@ class Objective:
         if n > self.budget:  # never trained: told to Optuna as infeasible through the constraint
             trial.set_user_attr("infeasible", True)
             self.progress.line(f"{label}: over budget ({format_count(self.budget)}), not trained")
-            return self._values(WORST[metric], n)
+            return self._values(self.task.worst(metric), n)
         self.progress.line(label)
         result, test = self.fit(
             method,
@@ -420,6 +436,7 @@ class Objective:
             with self.prefix.attached(model, cached) if self.prefix and cached else contextlib.nullcontext():
                 result = train(
                     model,
+                    self.task,
                     self.data.train,
                     self.data.validation,
                     self.data.pad_token_id,
@@ -467,12 +484,12 @@ class Objective:
         if self.data.test is None or not (test(result.metric) if callable(test) else test):
             return None
         started = time.perf_counter()
-        value = evaluate(
+        value = self.task.evaluate(
             model,
             self.data.test,
+            self.config.task.metric,
             self.data.pad_token_id,
             self.config.train.eval_batch_size,
-            self.config.task.metric,
             self.device,
             self.config.train.precision,
         )
@@ -486,7 +503,8 @@ class Objective:
             best = best_trial(trial.study)
             if best is None or best.values is None:
                 return True
-            return (value, -n) > (best.values[0], -best.user_attrs["trainable_params"])
+            sign = 1 if self.config.task.direction == "maximize" else -1
+            return (sign * value, -n) > (sign * best.values[0], -best.user_attrs["trainable_params"])
 
         return better
 

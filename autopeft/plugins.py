@@ -15,18 +15,22 @@ import importlib
 import importlib.metadata
 import os
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pluggy
 
 from autopeft import hookspecs
 from autopeft.errors import PluginError, first_line
 from autopeft.methods import PeftMethod
+from autopeft.tasks import Task
 
 __all__ = [
     "BUILTIN_PLUGINS",
     "MethodInfo",
     "get_plugin_manager",
     "registered_methods",
+    "registered_tasks",
+    "TaskInfo",
     "resolve_model",
 ]
 
@@ -38,6 +42,7 @@ BUILTIN_PLUGINS = (
     "autopeft_plugins.prompt",
     "autopeft_plugins.adapter",
     "autopeft_plugins.offline_models",
+    "autopeft_plugins.tasks",
 )
 
 
@@ -46,6 +51,16 @@ class MethodInfo:
     """A registered method and where it came from."""
 
     method: PeftMethod
+    plugin: str
+    distribution: str
+    version: str
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A registered task and where it came from."""
+
+    task: Task
     plugin: str
     distribution: str
     version: str
@@ -133,33 +148,50 @@ def _provenance(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str, str
     return name, "autopeft", __version__
 
 
+def _registered(pm: pluggy.PluginManager, hook: str, kind: type, what: str) -> dict[str, tuple[Any, str, str, str]]:
+    """name -> (object, plugin, distribution, version) of everything registered through ``hook``.
+
+    Each implementation is called on its own (not through ``pm.hook``) so that every registration
+    is attributed to its plugin, for `autopeft plugins` and for duplicate-name errors.
+    """
+    found: dict[str, tuple[Any, str, str, str]] = {}
+    for impl in getattr(pm.hook, hook).get_hookimpls():
+        plugin, dist, version = _provenance(pm, impl.plugin)
+
+        def register(obj: Any, _plugin: str = plugin, _dist: str = dist, _version: str = version) -> None:
+            if not isinstance(obj, kind):
+                raise PluginError(
+                    f"plugin {_plugin!r} registered {obj!r}, which is not a {kind.__name__}; "
+                    f"subclass autopeft.{kind.__name__} and register an instance"
+                )
+            name: str = cast(Any, obj).name
+            if name in found:
+                raise PluginError(
+                    f"{what} {name!r} is registered by both {found[name][1]!r} and "
+                    f"{_plugin!r}; uninstall one or block it with AUTOPEFT_BLOCK_PLUGINS"
+                )
+            found[name] = (obj, _plugin, _dist, _version)
+
+        impl.function(register=register)
+    return found
+
+
 def registered_methods(pm: pluggy.PluginManager) -> dict[str, MethodInfo]:
     """Every method registered through ``register_methods``, by name.
 
     Raises:
         PluginError: two plugins register the same name, or a plugin registers a non-method.
     """
-    found: dict[str, MethodInfo] = {}
-    # Each implementation is called on its own (not through pm.hook) so that every registration
-    # is attributed to its plugin, for `autopeft plugins` and for duplicate-name errors.
-    for impl in pm.hook.register_methods.get_hookimpls():
-        plugin, dist, version = _provenance(pm, impl.plugin)
+    return {name: MethodInfo(*info) for name, info in _registered(pm, "register_methods", PeftMethod, "method").items()}
 
-        def register(method: PeftMethod, _plugin: str = plugin, _dist: str = dist, _version: str = version) -> None:
-            if not isinstance(method, PeftMethod):
-                raise PluginError(
-                    f"plugin {_plugin!r} registered {method!r}, which is not a PeftMethod; "
-                    "subclass autopeft.PeftMethod and register an instance"
-                )
-            if method.name in found:
-                raise PluginError(
-                    f"method {method.name!r} is registered by both {found[method.name].plugin!r} and "
-                    f"{_plugin!r}; uninstall one or block it with AUTOPEFT_BLOCK_PLUGINS"
-                )
-            found[method.name] = MethodInfo(method, _plugin, _dist, _version)
 
-        impl.function(register=register)
-    return found
+def registered_tasks(pm: pluggy.PluginManager) -> dict[str, TaskInfo]:
+    """Every task registered through ``register_tasks``, by name.
+
+    Raises:
+        PluginError: two plugins register the same name, or a plugin registers a non-task.
+    """
+    return {name: TaskInfo(*info) for name, info in _registered(pm, "register_tasks", Task, "task").items()}
 
 
 def resolve_model(pm: pluggy.PluginManager, name: str, offline: bool) -> str | None:

@@ -17,7 +17,7 @@ import statistics
 
 import optuna
 
-from autopeft.results import feasible_trials
+from autopeft.results import feasible_trials, metric_sign
 
 __all__ = ["SizeAwareMedianPruner"]
 
@@ -35,4 +35,5 @@ class SizeAwareMedianPruner:
             if t.user_attrs["trainable_params"] <= trainable_params
             and str(step) in t.user_attrs.get("intermediate", {})
         ]
-        return len(peers) >= self.min_peers and value < statistics.median(peers)
+        sign = metric_sign(study)
+        return len(peers) >= self.min_peers and sign * value < sign * statistics.median(peers)

@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import AutopeftError, first_line
-from autopeft.results import best_trial, feasible_trials, outcome, pareto_front, reason
+from autopeft.results import best_trial, feasible_trials, metric_sign, outcome, pareto_front, reason
 
 __all__ = ["build_figures", "method_table", "outcome_table", "write_html", "write_pngs", "FIGURES"]
 
@@ -146,11 +146,12 @@ def _history(study: optuna.Study, metric: str) -> Any:
                 hoverinfo="text",
             )
         )
+    sign = metric_sign(study)
     best, running = [], float("-inf")
     for t in trials:
         assert t.values is not None
-        running = max(running, t.values[0])
-        best.append(running)
+        running = max(running, sign * t.values[0])
+        best.append(sign * running)
     fig.add_trace(
         go.Scatter(
             x=[t.number for t in trials], y=best, mode="lines", line={"shape": "hv", "color": "black"}, name="best"
@@ -281,10 +282,6 @@ def build_figures(study: optuna.Study) -> dict[str, Any]:
     return figures
 
 
-def _rank(t: FrozenTrial) -> tuple[float, int]:
-    return (t.values[0] if t.values else 0.0, -t.user_attrs["trainable_params"])
-
-
 def method_table(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per method, best method first: trials by outcome, its best feasible trial, and its
     median training time."""
@@ -295,7 +292,7 @@ def method_table(study: optuna.Study) -> list[dict[str, Any]]:
         mine = [t for t in trials if t.user_attrs["method"] == method]
         outcomes = Counter(outcome(t) for t in mine)
         feasible = [t for t in feasible_trials(study) if t.user_attrs["method"] == method]
-        best = max(feasible, key=_rank, default=None)
+        best = best_trial(study, feasible)
         seconds = [t.user_attrs["train_seconds"] for t in mine if "train_seconds" in t.user_attrs]
         rows.append(
             {
@@ -311,7 +308,8 @@ def method_table(study: optuna.Study) -> list[dict[str, Any]]:
                 "median train s": statistics.median(seconds) if seconds else None,
             }
         )
-    return sorted(rows, key=lambda r: (r[f"best {metric}"] is None, -(r[f"best {metric}"] or 0)))
+    sign = metric_sign(study)
+    return sorted(rows, key=lambda r: (r[f"best {metric}"] is None, -sign * (r[f"best {metric}"] or 0)))
 
 
 def outcome_table(study: optuna.Study) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ __all__ = [
     "is_feasible",
     "best_trial",
     "pareto_front",
+    "metric_sign",
     "outcome",
     "reason",
     "retry_of",
@@ -53,9 +54,15 @@ def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
 
 
-def _metric(trial: FrozenTrial) -> float:
+def metric_sign(study: optuna.Study) -> int:
+    """1 when the study's metric goes up (accuracy), -1 when it goes down (perplexity): multiply a
+    metric by it and larger is better, for every comparison here."""
+    return -1 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else 1
+
+
+def _goodness(trial: FrozenTrial, sign: int) -> float:
     assert trial.values is not None
-    return float(trial.values[0])
+    return sign * float(trial.values[0])
 
 
 def _feasible(study: optuna.Study, trials: list[FrozenTrial] | None) -> list[FrozenTrial]:
@@ -70,7 +77,8 @@ def best_trial(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> 
     feasible = _feasible(study, trials)
     if not feasible:
         return None
-    return max(feasible, key=lambda t: (_metric(t), -t.user_attrs["trainable_params"], -t.number))
+    sign = metric_sign(study)
+    return max(feasible, key=lambda t: (_goodness(t, sign), -t.user_attrs["trainable_params"], -t.number))
 
 
 def pareto_front(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
@@ -80,8 +88,9 @@ def pareto_front(study: optuna.Study, trials: list[FrozenTrial] | None = None) -
     """
     feasible = _feasible(study, trials)
     front: list[FrozenTrial] = []
-    for t in sorted(feasible, key=lambda t: (t.user_attrs["trainable_params"], -_metric(t), t.number)):
-        if not front or _metric(t) > _metric(front[-1]):
+    sign = metric_sign(study)
+    for t in sorted(feasible, key=lambda t: (t.user_attrs["trainable_params"], -_goodness(t, sign), t.number)):
+        if not front or _goodness(t, sign) > _goodness(front[-1], sign):
             front.append(t)
     return front
 

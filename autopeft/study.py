@@ -65,8 +65,10 @@ def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.B
 
 
 def directions(config: StudyConfig) -> list[Literal["minimize", "maximize"]]:
-    """Optuna directions of the study's objectives: the metric up, the trainable parameters down."""
-    return ["minimize" if o == "trainable_params" else "maximize" for o in config.objectives]
+    """Optuna directions of the study's objectives: the metric as its task says (accuracy up,
+    perplexity down), the trainable parameters down."""
+    metric: Literal["minimize", "maximize"] = "minimize" if config.task.direction == "minimize" else "maximize"
+    return ["minimize" if o == "trainable_params" else metric for o in config.objectives]
 
 
 def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:

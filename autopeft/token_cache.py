@@ -23,10 +23,11 @@ import numpy as np
 
 from autopeft.config import DATA_SUFFIXES, StudyConfig
 from autopeft.data import Split, TaskData, load_task_data
+from autopeft.tasks import Task
 
 __all__ = ["load_cached_task_data", "token_cache_path"]
 
-_FORMAT = 1  # bump when the file layout changes
+_FORMAT = 2  # bump when the file layout changes
 
 
 def _tokenizer_identity(tokenizer: Any) -> str:
@@ -56,7 +57,7 @@ def token_cache_path(config: StudyConfig, tokenizer: Any) -> Path:
         key: _source_identity(config, value) for key in ("train", "validation", "test") if (value := getattr(d, key))
     }
     identity = json.dumps(
-        [_FORMAT, dataclasses.asdict(d), sources, config.study.seed, _tokenizer_identity(tokenizer)],
+        [_FORMAT, config.task.type, dataclasses.asdict(d), sources, config.study.seed, _tokenizer_identity(tokenizer)],
         sort_keys=True,
         default=str,
     )
@@ -69,7 +70,11 @@ def _pack(data: TaskData) -> dict[str, np.ndarray]:
     for name, split in (("train", data.train), ("validation", data.validation), ("test", data.test)):
         if split is None:
             continue
-        arrays[f"{name}/labels"] = np.array(split.labels, dtype=np.int64)
+        if split.labels and isinstance(split.labels[0], list):  # one label per token: stored like token ids
+            arrays[f"{name}/labels"] = np.array([x for row in split.labels for x in row], dtype=np.int64)  # type: ignore[union-attr]
+            arrays[f"{name}/per_token"] = np.array(True)
+        else:
+            arrays[f"{name}/labels"] = np.array(split.labels, dtype=np.int64)
         lengths = [len(f["input_ids"]) for f in split.features]
         arrays[f"{name}/lengths"] = np.array(lengths, dtype=np.int64)
         for key in split.features[0]:
@@ -85,9 +90,12 @@ def _unpack(arrays: Any) -> TaskData:
         ends = np.cumsum(arrays[f"{name}/lengths"]).tolist()
         starts = [0, *ends[:-1]]
         keys = [k.split("/", 1)[1] for k in arrays.files if k.startswith(f"{name}/") and k.count("/") == 1]
-        columns = {k: arrays[f"{name}/{k}"].tolist() for k in keys if k not in ("labels", "lengths")}
+        columns = {k: arrays[f"{name}/{k}"].tolist() for k in keys if k not in ("labels", "lengths", "per_token")}
         features = [{k: v[s:e] for k, v in columns.items()} for s, e in zip(starts, ends)]
-        splits[name] = Split(features, arrays[f"{name}/labels"].tolist())
+        labels = arrays[f"{name}/labels"].tolist()
+        if f"{name}/per_token" in arrays:
+            labels = [labels[s:e] for s, e in zip(starts, ends)]
+        splits[name] = Split(features, labels)
     return TaskData(
         splits["train"],
         splits["validation"],
@@ -97,20 +105,20 @@ def _unpack(arrays: Any) -> TaskData:
     )
 
 
-def load_cached_task_data(config: StudyConfig, tokenizer: Any) -> tuple[TaskData, bool]:
+def load_cached_task_data(config: StudyConfig, tokenizer: Any, task: Task) -> tuple[TaskData, bool]:
     """(the study's tokenized data, whether it came from the cache); tokenized and cached on a miss.
 
     ``[data] cache_tokens = false`` tokenizes every time and writes nothing.
     """
     if not config.data.cache_tokens:
-        return load_task_data(config, tokenizer), False
+        return load_task_data(config, tokenizer, task), False
     path = token_cache_path(config, tokenizer)
     try:
         with np.load(path, allow_pickle=False) as arrays:
             return _unpack(arrays), True
     except (OSError, ValueError, KeyError):  # missing, or unreadable: tokenize again and rewrite
         pass
-    data = load_task_data(config, tokenizer)
+    data = load_task_data(config, tokenizer, task)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:

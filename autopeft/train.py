@@ -1,8 +1,9 @@
 """The training and evaluation loop: plain PyTorch, one function each, readable in one sitting.
 
-AdamW on the trainable parameters only, linear warmup then linear decay, gradient clipping,
-dynamic padding (see :mod:`autopeft.data`), evaluation under ``inference_mode``. ``report`` is called
-after every evaluation but the last, and may raise ``optuna.TrialPruned`` to stop a hopeless trial.
+AdamW on the trainable parameters only, linear warmup then linear decay, gradient clipping, the
+task's loss and metric (:mod:`autopeft.tasks`), dynamic padding (see :mod:`autopeft.data`),
+evaluation under ``inference_mode``. ``report`` is called after every evaluation but the last,
+and may raise ``optuna.TrialPruned`` to stop a hopeless trial.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch import nn
 
 from autopeft.config import TrainSection
 from autopeft.data import Split, batches, bucketed_order
+from autopeft.tasks import Task
 
 __all__ = [
     "NonFiniteLoss",
@@ -33,6 +35,7 @@ __all__ = [
     "evaluate",
     "train",
     "autocast_for",
+    "enable_gradient_checkpointing",
 ]
 
 
@@ -120,7 +123,9 @@ def evaluate(
     precision: str = "auto",
 ) -> float:
     """Score ``model`` on ``split`` with the study metric."""
-    return score(metric, split.labels, predict(model, split, pad_token_id, batch_size, device, precision))
+    return score(
+        metric, cast(list[int], split.labels), predict(model, split, pad_token_id, batch_size, device, precision)
+    )
 
 
 @functools.cache
@@ -149,12 +154,28 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
 def autocast_for(device: torch.device, precision: str) -> torch.autocast:
     """The autocast context ``[train] precision`` asks for on ``device`` (disabled for fp32).
 
-    Trained parameters stay fp32 (master weights); autocast runs the matmuls in bf16."""
+    Trained parameters stay fp32 (master weights); autocast runs the matmuls in bf16 (or fp16, on a
+    GPU only: CPUs have no fast fp16)."""
+    if precision == "fp16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass (``[train] gradient_checkpointing``).
+
+    Non-reentrant checkpointing: with every input weight frozen, the reentrant kind would see no
+    input that needs a gradient and silently train nothing below the checkpoint.
+    """
+    target: Any = getattr(model, "get_base_model", lambda: model)()  # peft wraps the transformers model
+    if not getattr(target, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(target).__name__} does not support gradient checkpointing; set it to false")
+    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def train(
     model: nn.Module,
+    task: Task,
     train_split: Split,
     eval_split: Split,
     pad_token_id: int,
@@ -166,9 +187,13 @@ def train(
     report: Callable[[int, float], None] = lambda step, value: None,
     progress: Callable[[int, int, float], None] = lambda step, total, loss: None,
 ) -> TrainResult:
-    """Train the parameters of ``model`` that require grad; return the final validation metric."""
+    """Train the parameters of ``model`` that require grad for ``task``; return the final validation metric."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=settings.weight_decay)
+    # fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not.
+    scaler = torch.amp.GradScaler(enabled=settings.precision == "fp16" and device.type == "cuda")
+    if settings.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     total_steps = planned_steps(train_split, settings)
     steps_per_epoch = total_steps // settings.epochs
     warmup_steps = max(1, int(settings.warmup_ratio * total_steps))
@@ -192,13 +217,15 @@ def train(
             labels = batch.pop("labels")
             with autocast_for(device, settings.precision):
                 logits = model(**batch).logits
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = task.loss(logits, labels)
             loss_value = loss.item()  # checked before the update: a NaN must not reach the weights
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(step, loss_value)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             tokens += int(batch["attention_mask"].sum())
             step += 1
@@ -207,8 +234,8 @@ def train(
 
             if step in eval_steps:
                 started = time.perf_counter()
-                value = evaluate(
-                    model, eval_split, pad_token_id, settings.eval_batch_size, metric, device, settings.precision
+                value = task.evaluate(
+                    model, eval_split, metric, pad_token_id, settings.eval_batch_size, device, settings.precision
                 )
                 eval_seconds += time.perf_counter() - started
                 if step < total_steps:  # the last value is the result: too late to prune

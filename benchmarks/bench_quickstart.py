@@ -25,6 +25,7 @@ from autopeft import get_plugin_manager, load_config, run_study
 from autopeft.data import batches, load_task_data
 from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
 from autopeft.progress import quiet_libraries
+from autopeft_plugins.tasks import SequenceClassification
 
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
 
@@ -35,8 +36,10 @@ def plain_loop_tokens_per_second(config) -> tuple[float, float]:  # type: ignore
 
     source, offline = resolve_model_name(get_plugin_manager(), config.model.name)
     tokenizer = load_tokenizer(config.model, source, offline)
-    data = load_task_data(config, tokenizer)
-    model = load_base_model(config.model, source, offline, data.label_names, tokenizer.pad_token_id)
+    data = load_task_data(config, tokenizer, SequenceClassification())
+    model = load_base_model(
+        config.model, source, offline, SequenceClassification(), data.label_names, tokenizer.pad_token_id
+    )
     torch.manual_seed(0)
     model = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"])

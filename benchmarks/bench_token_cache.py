@@ -23,6 +23,7 @@ from autopeft import get_plugin_manager, load_config
 from autopeft.models import load_tokenizer, resolve_model_name
 from autopeft.progress import quiet_libraries
 from autopeft.token_cache import load_cached_task_data, token_cache_path
+from autopeft_plugins.tasks import SequenceClassification
 
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
 
@@ -44,7 +45,7 @@ def main() -> None:
         timings = {}
         for label, settings in (("no cache", off), ("cache miss (tokenize + write)", config), ("cache hit", config)):
             started = time.perf_counter()
-            loaded, hit = load_cached_task_data(settings, tokenizer)
+            loaded, hit = load_cached_task_data(settings, tokenizer, SequenceClassification())
             timings[label] = time.perf_counter() - started
         size = token_cache_path(config, tokenizer).stat().st_size
     examples = len(loaded.train) + len(loaded.validation) + len(loaded.test or [])

@@ -22,6 +22,7 @@ import autopeft
 from autopeft.data import batches, load_task_data
 from autopeft.models import load_tokenizer, resolve_model_name
 from autopeft.progress import quiet_libraries
+from autopeft_plugins.tasks import SequenceClassification
 
 
 def logits_of(model: torch.nn.Module, split, pad_token_id: int) -> torch.Tensor:
@@ -44,7 +45,7 @@ def main() -> None:
     record = json.loads((folder / "provenance.json").read_text())
 
     source, offline = resolve_model_name(autopeft.get_plugin_manager(), config.model.name)
-    data = load_task_data(config, load_tokenizer(config.model, source, offline))
+    data = load_task_data(config, load_tokenizer(config.model, source, offline), SequenceClassification())
     labels = torch.tensor(data.validation.labels)
 
     ours = autopeft.load_model(folder)

@@ -80,7 +80,10 @@ def test_cli_bad_study_exits_2_with_one_line(tmp_path: Path, capsys) -> None:
     path = write_study(tmp_path, task={"metric": "auc"})
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["autopeft: error: task.metric: unknown metric 'auc'; use one of ['accuracy', 'f1', 'mcc']"]
+    assert err == [
+        "autopeft: error: task.metric: unknown metric 'auc' for task 'sequence-classification'; "
+        "use one of ['accuracy', 'f1', 'mcc']"
+    ]
 
 
 def test_cli_unknown_method_lists_installed(tmp_path: Path, capsys, minilm_available) -> None:

@@ -128,12 +128,13 @@ def test_text_pairs_are_tokenized_as_pairs(tmp_path: Path, minilm_available) -> 
     from autopeft import get_plugin_manager, load_config
     from autopeft.data import load_task_data
     from autopeft.models import load_tokenizer, resolve_model_name
+    from autopeft_plugins.tasks import SequenceClassification
 
     config = load_config(
         write_study(tmp_path, data={"text": ["text", "movie_name"], "max_train_examples": 8, "max_eval_examples": 8})
     )
     source, offline = resolve_model_name(get_plugin_manager(autoload=False), config.model.name)
-    data = load_task_data(config, load_tokenizer(config.model, source, offline))
+    data = load_task_data(config, load_tokenizer(config.model, source, offline), SequenceClassification())
     first = data.train.features[0]
     assert set(first["token_type_ids"]) == {0, 1}  # second segment present
     assert first["input_ids"].count(102) == 2  # [SEP] after each text

@@ -26,7 +26,7 @@ def test_every_hook_has_a_test_and_readme_heading() -> None:
     # As in datasette: a hook added without a test named after it or a documented heading fails here.
     tests = Path(__file__).read_text()
     readme = (ROOT / "README.md").read_text()
-    assert HOOKS == ["register_methods", "resolve_model"]
+    assert HOOKS == ["register_methods", "register_tasks", "resolve_model"]
     for hook in HOOKS:
         assert f"def test_hook_{hook}" in tests, hook
         assert re.search(rf"^#+ `?{hook}\(", readme, re.MULTILINE), f"README lacks a heading for {hook}"
@@ -37,6 +37,16 @@ def test_hook_register_methods() -> None:
     assert {"lora", "unfreeze", "bitfit"} <= set(methods)
     assert methods["lora"].distribution == "autopeft" and methods["lora"].plugin == "lora"
     assert all(isinstance(info.method, PeftMethod) for info in methods.values())
+
+
+def test_hook_register_tasks() -> None:
+    """The built-in tasks come through the hook; tests/test_tasks.py registers a third-party one."""
+    from autopeft import Task, registered_tasks
+
+    tasks = registered_tasks(get_plugin_manager(autoload=False))
+    assert set(tasks) == {"sequence-classification", "token-classification", "causal-lm"}
+    assert all(isinstance(info.task, Task) and info.plugin == "tasks" for info in tasks.values())
+    assert tasks["causal-lm"].distribution == "autopeft"
 
 
 def test_hook_resolve_model(monkeypatch) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from autopeft.config import ModelSection
 from autopeft.models import load_base_model, load_tokenizer
+from autopeft_plugins.tasks import SequenceClassification
 
 
 class _Loaded(Exception):
@@ -27,7 +28,7 @@ def test_trust_remote_code_is_what_the_study_file_says(monkeypatch, trusted: boo
     section = ModelSection(name="some/model", trust_remote_code=True) if trusted else ModelSection(name="some/model")
     for load in (
         lambda: load_tokenizer(section, "some/model", True),
-        lambda: load_base_model(section, "some/model", True, [0, 1], 0),
+        lambda: load_base_model(section, "some/model", True, SequenceClassification(), [0, 1], 0),
     ):
         with pytest.raises(_Loaded):
             load()

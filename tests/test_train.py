@@ -14,6 +14,7 @@ from autopeft.data import Split, batches, bucketed_order
 from autopeft.testing import tiny_bert
 from autopeft.train import learning_rate_at, predict, score, train, uses_bf16
 from autopeft_plugins.lora import Lora
+from autopeft_plugins.tasks import SequenceClassification
 
 
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
@@ -77,6 +78,7 @@ def _trained(evals_per_epoch: int, reports: list, precision: str = "auto") -> tu
     )
     result = train(
         model,
+        SequenceClassification(),
         _split(48),
         _split(24, seed=1),
         0,
@@ -166,5 +168,16 @@ def test_length_buckets_train_and_learn() -> None:
         {"ranks": [4, 4, 4], "alpha": 2, "targets": "all", "variant": "lora", "dropout": 0.0},
     )
     settings = TrainSection(epochs=3, batch_size=8, eval_batch_size=16, length_buckets=True)
-    result = train(model, _split(48), _split(24, seed=1), 0, settings, 1e-2, "accuracy", torch.device("cpu"), seed=0)
+    result = train(
+        model,
+        SequenceClassification(),
+        _split(48),
+        _split(24, seed=1),
+        0,
+        settings,
+        1e-2,
+        "accuracy",
+        torch.device("cpu"),
+        seed=0,
+    )
     assert result.steps == 18 and result.metric >= 0.75

@@ -1,0 +1,140 @@
+"""The base class every task plugin implements: what a study trains the model *for*.
+
+A task owns the part of a trial that depends on what is learned: which columns of the data it
+reads and how it turns them into token ids and labels, which ``transformers`` auto class loads the
+model, the loss, and the metrics with their directions. Methods, the search and the training loop
+know none of this; they see token ids, a loss and a number to maximize or minimize.
+
+Lifecycle, as the driver calls it::
+
+    columns  = task.columns(data_section)              # what each split must have
+    names    = task.label_names(train_rows, data_section)  # class names, [] when there are none
+    split    = task.encode(rows, tokenizer, data_section, names, "train")  # token ids + labels
+    model    = task.load_model(source, names, **from_pretrained_kwargs)
+    loss     = task.loss(logits, labels)               # in every training step
+    value    = task.evaluate(model, split, ...)        # the study metric on a split
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from autopeft.config import DataSection
+    from autopeft.data import Split
+
+__all__ = ["Task", "Direction", "IGNORE_INDEX", "eval_logits"]
+
+Direction = Literal["maximize", "minimize"]
+#: Label of a position the loss and the metric skip (padding, a word's later sub-tokens).
+IGNORE_INDEX = -100
+
+
+class Task(ABC):
+    """A learning task the study file names in ``[task] type``.
+
+    Subclasses set :attr:`name`, :attr:`metrics` and :attr:`auto_model` and implement the abstract
+    methods. Labels of a :class:`~autopeft.data.Split` are one int per example, or one int per token
+    (``IGNORE_INDEX`` where none applies); batches pad per-token labels with ``IGNORE_INDEX``.
+    """
+
+    #: The ``[task] type`` of study files.
+    name: ClassVar[str]
+    #: Metric name -> whether higher or lower is better; the first is the default ``[task] metric``.
+    metrics: ClassVar[dict[str, Direction]]
+    #: The ``transformers`` auto class that loads the model, e.g. ``"AutoModelForCausalLM"``.
+    auto_model: ClassVar[str]
+    #: Whether the model gets a new, randomly initialised head that every method must train. A
+    #: language model's head is pretrained (and tied to the embeddings): it stays frozen.
+    new_head: ClassVar[bool] = True
+
+    @property
+    def default_metric(self) -> str:
+        return next(iter(self.metrics))
+
+    def worst(self, metric: str) -> float:
+        """The value an over-budget trial reports, so it never looks good."""
+        return float("-inf") if self.metrics[metric] == "maximize" else float("inf")
+
+    @abstractmethod
+    def columns(self, data: DataSection) -> list[str]:
+        """The columns every split must have (from ``[data]``); rows missing one are dropped."""
+
+    def label_names(self, train_rows: dict[str, list[Any]], data: DataSection) -> list[Any]:
+        """Class names in id order (``data.labels`` or the train split's), or [] for a task without classes."""
+        return []
+
+    @abstractmethod
+    def encode(
+        self, rows: dict[str, list[Any]], tokenizer: Any, data: DataSection, label_names: list[Any], split: str
+    ) -> Split:
+        """Tokenize the rows (column -> values) of the split named ``split`` (``train``...) into a
+        :class:`~autopeft.data.Split`; errors name the split (``data.validation: ...``).
+
+        Raises:
+            DataError: a row cannot be encoded (a label not in ``label_names``...).
+        """
+
+    def load_model(self, source: str, label_names: list[Any], **kwargs: Any) -> nn.Module:
+        """The pretrained model for this task; ``kwargs`` go to ``from_pretrained``."""
+        import transformers
+
+        auto = getattr(transformers, self.auto_model)
+        return auto.from_pretrained(source, **self.model_kwargs(label_names), **kwargs)  # type: ignore[no-any-return]
+
+    def model_kwargs(self, label_names: list[Any]) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments: the classes of a classifier."""
+        if not label_names:
+            return {}
+        names = {i: str(label) for i, label in enumerate(label_names)}
+        return {"num_labels": len(names), "id2label": names, "label2id": {v: k for k, v in names.items()}}
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch (a scalar) from the model's logits and the batch's labels."""
+
+    @abstractmethod
+    def evaluate(
+        self,
+        model: nn.Module,
+        split: Split,
+        metric: str,
+        pad_token_id: int,
+        batch_size: int,
+        device: torch.device,
+        precision: str,
+    ) -> float:
+        """``metric`` of ``model`` on ``split``; :func:`eval_logits` does the forward passes."""
+
+
+def eval_logits(
+    model: nn.Module, split: Split, pad_token_id: int, batch_size: int, device: torch.device, precision: str
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(example indices, logits, labels) per batch, dropout off, under ``inference_mode``.
+
+    Batches hold examples of similar lengths, so little compute goes to padding; the indices say
+    which examples each batch holds.
+    """
+    from autopeft.data import batches
+    from autopeft.train import autocast_for
+
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(split)), key=lambda i: len(split.features[i]["input_ids"]))
+    done = 0
+    try:
+        with torch.inference_mode():
+            for batch in batches(split, batch_size, pad_token_id, order=order):
+                labels = batch.pop("labels")
+                with autocast_for(device, precision):
+                    logits = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).logits
+                indices = order[done : done + len(labels)]
+                done += len(labels)
+                yield indices, logits.float(), labels.to(device)
+    finally:
+        model.train(was_training)

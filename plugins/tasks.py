@@ -1,0 +1,220 @@
+"""The built-in tasks: sequence classification, token classification and causal language modelling.
+
+They register through the same ``register_tasks`` hook as a third-party task plugin.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autopeft import hookimpl
+from autopeft.config import DataSection
+from autopeft.data import Split
+from autopeft.errors import DataError
+from autopeft.tasks import IGNORE_INDEX, Task, eval_logits
+from autopeft.train import evaluate, score
+
+_CLASS_METRICS: dict[str, Any] = {"accuracy": "maximize", "f1": "maximize", "mcc": "maximize"}
+_LOWEST = {"accuracy": 0.0, "f1": 0.0, "mcc": -1.0}  # what an over-budget trial reports
+
+
+def _text_columns(data: DataSection) -> list[str]:
+    return [data.text] if isinstance(data.text, str) else list(data.text)
+
+
+def _class_names(values: list[Any], data: DataSection, what: str) -> list[Any]:
+    names = list(data.labels) if data.labels is not None else sorted(set(values), key=str)
+    if len(names) < 2:
+        raise DataError(f"data.label: the train split has only the {what} {names!r}; a classifier needs at least two")
+    return names
+
+
+def _index(names: list[Any]) -> dict[Any, int]:
+    return {name: i for i, name in enumerate(names)}
+
+
+def _unknown(values: list[Any], index: dict[Any, int], names: list[Any], split: str) -> None:
+    unknown = sorted({str(x) for x in values if x not in index})
+    if unknown:
+        raise DataError(
+            f"data.{split}: label {unknown[0]!r} is not among the train labels {names}; "
+            "fix the data or list every label in data.labels"
+        )
+
+
+class _Classification(Task):
+    metrics = _CLASS_METRICS
+
+    def worst(self, metric: str) -> float:
+        return _LOWEST[metric]
+
+
+class SequenceClassification(_Classification):
+    """One label per text (or text pair). Decoder models pool their last non-padding token, so
+    models without a padding token use their end-of-sequence token to pad (see ``load_tokenizer``)."""
+
+    name = "sequence-classification"
+    auto_model = "AutoModelForSequenceClassification"
+
+    def columns(self, data: DataSection) -> list[str]:
+        return [*_text_columns(data), data.label]
+
+    def label_names(self, train_rows: dict[str, list[Any]], data: DataSection) -> list[Any]:
+        return _class_names(train_rows[data.label], data, "label")
+
+    def encode(
+        self, rows: dict[str, list[Any]], tokenizer: Any, data: DataSection, label_names: list[Any], split: str
+    ) -> Split:
+        index = _index(label_names)
+        _unknown(rows[data.label], index, label_names, split)
+        encoded = tokenizer(*(rows[c] for c in _text_columns(data)), truncation=True, max_length=data.max_length)
+        keys = [k for k in encoded.keys() if k != "attention_mask"]
+        features = [{k: encoded[k][i] for k in keys} for i in range(len(rows[data.label]))]
+        return Split(features, [index[x] for x in rows[data.label]])
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels)
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        split: Split,
+        metric: str,
+        pad_token_id: int,
+        batch_size: int,
+        device: torch.device,
+        precision: str,
+    ) -> float:
+        return evaluate(model, split, pad_token_id, batch_size, metric, device, precision)
+
+
+class TokenClassification(_Classification):
+    """One label per word (NER, POS tagging): ``data.text`` names a column of word lists and
+    ``data.label`` a column of label lists. A word's first sub-token carries its label; the metric
+    counts words, not sub-tokens."""
+
+    name = "token-classification"
+    auto_model = "AutoModelForTokenClassification"
+
+    def columns(self, data: DataSection) -> list[str]:
+        if not isinstance(data.text, str):
+            raise DataError("data.text: token classification reads one column of word lists; name one column")
+        return [data.text, data.label]
+
+    def label_names(self, train_rows: dict[str, list[Any]], data: DataSection) -> list[Any]:
+        return _class_names([x for tags in train_rows[data.label] for x in tags], data, "tag")
+
+    def encode(
+        self, rows: dict[str, list[Any]], tokenizer: Any, data: DataSection, label_names: list[Any], split: str
+    ) -> Split:
+        words, tags = rows[_text_columns(data)[0]], rows[data.label]
+        index = _index(label_names)
+        _unknown([x for row in tags for x in row], index, label_names, split)
+        for i, (w, t) in enumerate(zip(words, tags)):
+            if len(w) != len(t):
+                raise DataError(
+                    f"data.{split}: example {i} has {len(w)} words but {len(t)} labels; give one label per word"
+                )
+        if not getattr(tokenizer, "is_fast", False):
+            raise DataError("model.name: token classification needs a fast tokenizer (word alignment); use one")
+        encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=data.max_length)
+        keys = [k for k in encoded.keys() if k != "attention_mask"]
+        features, labels = [], []
+        for i in range(len(words)):
+            previous, row = None, []
+            for word in encoded.word_ids(i):
+                row.append(IGNORE_INDEX if word is None or word == previous else index[tags[i][word]])
+                previous = word
+            features.append({k: encoded[k][i] for k in keys})
+            labels.append(row)
+        return Split(features, labels)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        split: Split,
+        metric: str,
+        pad_token_id: int,
+        batch_size: int,
+        device: torch.device,
+        precision: str,
+    ) -> float:
+        truth: list[int] = []
+        predicted: list[int] = []
+        for _, logits, labels in eval_logits(model, split, pad_token_id, batch_size, device, precision):
+            keep = labels != IGNORE_INDEX
+            truth += labels[keep].tolist()
+            predicted += logits.argmax(-1)[keep].tolist()
+        return score(metric, truth, predicted)
+
+
+class CausalLanguageModelling(Task):
+    """Next-token prediction on text; the metric is validation perplexity (or mean loss per token).
+
+    With ``data.packing`` (the default) the texts, each ended by the end-of-sequence token, are
+    concatenated and cut into sequences of ``data.max_length`` tokens: short texts waste no compute
+    on padding and nothing is truncated away. Without it each text is one sequence, truncated.
+    """
+
+    name = "causal-lm"
+    metrics = {"perplexity": "minimize", "loss": "minimize"}
+    auto_model = "AutoModelForCausalLM"
+    new_head = False
+
+    def columns(self, data: DataSection) -> list[str]:
+        return _text_columns(data)
+
+    def encode(
+        self, rows: dict[str, list[Any]], tokenizer: Any, data: DataSection, label_names: list[Any], split: str
+    ) -> Split:
+        texts = ["\n".join(parts) for parts in zip(*(rows[c] for c in _text_columns(data)))]
+        if not data.packing:
+            ids = tokenizer(texts, truncation=True, max_length=data.max_length)["input_ids"]
+            return Split([{"input_ids": x} for x in ids], [list(x) for x in ids])
+        end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        stream = [t for x in tokenizer(texts)["input_ids"] for t in [*x, *end]]
+        size = data.max_length
+        chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
+        if len(chunks) > 1 and len(chunks[-1]) < size:
+            chunks.pop()  # a short remainder would be the only padded sequence
+        return Split([{"input_ids": c} for c in chunks], [list(c) for c in chunks])
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        split: Split,
+        metric: str,
+        pad_token_id: int,
+        batch_size: int,
+        device: torch.device,
+        precision: str,
+    ) -> float:
+        total, count = 0.0, 0
+        for _, logits, labels in eval_logits(model, split, pad_token_id, batch_size, device, precision):
+            targets = labels[:, 1:]
+            total += float(
+                F.cross_entropy(
+                    logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                )
+            )
+            count += int((targets != IGNORE_INDEX).sum())
+        mean = total / max(count, 1)
+        return math.exp(min(mean, 50.0)) if metric == "perplexity" else mean
+
+
+@hookimpl
+def register_tasks(register: Any) -> None:
+    register(SequenceClassification())
+    register(TokenClassification())
+    register(CausalLanguageModelling())

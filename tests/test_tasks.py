@@ -1,0 +1,262 @@
+"""Tasks as plugins: the built-in tasks' data, losses and metrics, decoder classifiers, and whole
+studies of causal language modelling and token classification."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import transformers
+from conftest import DATA, write_study
+
+from autopeft import Task, get_plugin_manager, hookimpl, load_config, run_study
+from autopeft.config import DataSection
+from autopeft.data import Split, batches
+from autopeft.errors import ConfigError, PluginError
+from autopeft.plugins import registered_tasks
+from autopeft.results import best_trial
+from autopeft.tasks import IGNORE_INDEX
+from autopeft_plugins.tasks import CausalLanguageModelling, TokenClassification
+
+
+def _data(**kwargs) -> DataSection:
+    return DataSection(train="t.parquet", validation="v.parquet", **kwargs)
+
+
+def test_builtin_tasks_are_plugins_with_their_metrics() -> None:
+    tasks = registered_tasks(get_plugin_manager(autoload=False))
+    assert {"sequence-classification", "token-classification", "causal-lm"} <= set(tasks)
+    assert tasks["causal-lm"].plugin == "tasks"
+    lm = tasks["causal-lm"].task
+    assert lm.default_metric == "perplexity" and lm.metrics["loss"] == "minimize" and not lm.new_head
+    assert tasks["sequence-classification"].task.worst("accuracy") == 0.0
+    assert lm.worst("perplexity") == math.inf
+
+
+class _Regression(Task):
+    """A third-party task: mean squared error of one number per text."""
+
+    name = "regression"
+    metrics = {"mse": "minimize"}
+    auto_model = "AutoModelForSequenceClassification"
+
+    def columns(self, data):
+        return [data.text, data.label]
+
+    def encode(self, rows, tokenizer, data, label_names, split):
+        raise NotImplementedError
+
+    def loss(self, logits, labels):
+        return torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+
+    def evaluate(self, model, split, metric, pad_token_id, batch_size, device, precision):
+        return 0.0
+
+
+class _RegressionPlugin:
+    @hookimpl
+    def register_tasks(self, register):
+        register(_Regression())
+
+
+def test_a_third_party_task_registers_like_a_method(tmp_path: Path, monkeypatch) -> None:
+    pm = get_plugin_manager(autoload=False)
+    pm.register(_RegressionPlugin(), name="regression-plugin")
+    tasks = registered_tasks(pm)
+    assert tasks["regression"].plugin == "regression-plugin"
+    # load_config checks the type and fills the metric and its direction from the task
+    monkeypatch.setattr("autopeft.plugins.get_plugin_manager", lambda autoload=None: pm)
+    config = load_config(write_study(tmp_path, task={"type": "regression", "metric": ""}))
+    assert (config.task.metric, config.task.direction) == ("mse", "minimize")
+
+    class Twice:
+        @hookimpl
+        def register_tasks(self, register):
+            register(_Regression())
+
+    pm.register(Twice(), name="twice")
+    with pytest.raises(PluginError, match="task 'regression' is registered by both"):
+        registered_tasks(pm)
+
+
+def test_unknown_task_or_metric_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"task.type: unknown task 'translation'; use one of \['causal-lm'"):
+        load_config(write_study(tmp_path, task={"type": "translation"}))
+    with pytest.raises(ConfigError, match="unknown metric 'accuracy' for task 'causal-lm'.*perplexity"):
+        load_config(write_study(tmp_path, task={"type": "causal-lm", "metric": "accuracy"}))
+    config = load_config(write_study(tmp_path, task={"type": "causal-lm", "metric": ""}))
+    assert (config.task.metric, config.task.direction, config.data.packing) == ("perplexity", "minimize", True)
+
+
+class _Words:
+    """A whitespace tokenizer with the fast-tokenizer API the tasks use (ids = word lengths + 10)."""
+
+    eos_token_id = 2
+    is_fast = True
+
+    def __call__(self, texts, truncation=False, max_length=None, is_split_into_words=False):
+        rows = texts if is_split_into_words else [t.split() for t in texts]
+        ids = [[1] + [10 + len(w) for w in words] for words in rows]  # 1: a start token
+        if truncation:
+            ids = [x[:max_length] for x in ids]
+        encoding = transformers.BatchEncoding({"input_ids": ids})
+        encoding.word_ids = lambda i: [None] + list(range(len(ids[i]) - 1))
+        return encoding
+
+
+def test_causal_lm_packs_texts_into_full_sequences() -> None:
+    rows = {"text": ["a bb ccc", "dddd", "e ff ggg hhhh iiiii"]}
+    split = CausalLanguageModelling().encode(rows, _Words(), _data(max_length=4), [], "train")
+    stream = [1, 11, 12, 13, 2, 1, 14, 2, 1, 11, 12, 13, 14, 15, 2]
+    assert [f["input_ids"] for f in split.features] == [stream[0:4], stream[4:8], stream[8:12]]  # remainder dropped
+    assert split.labels == [f["input_ids"] for f in split.features]
+    unpacked = CausalLanguageModelling().encode(rows, _Words(), _data(max_length=4, packing=False), [], "train")
+    assert [f["input_ids"] for f in unpacked.features] == [[1, 11, 12, 13], [1, 14], [1, 11, 12, 13]]
+    padded = next(batches(unpacked, 3, 0))
+    assert padded["labels"][1].tolist() == [1, 14, IGNORE_INDEX, IGNORE_INDEX]  # padding is not a target
+
+
+def _tiny_llama_lm(vocab: int = 64) -> transformers.LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_causal_lm_loss_and_perplexity_match_transformers() -> None:
+    model, task = _tiny_llama_lm(), CausalLanguageModelling()
+    rng = random.Random(0)
+    ids = [[rng.randrange(3, 64) for _ in range(rng.randrange(4, 12))] for _ in range(6)]
+    split = Split([{"input_ids": x} for x in ids], [list(x) for x in ids])
+    batch = next(batches(split, 6, 0))
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = model(**batch).logits
+        theirs = model(**batch, labels=labels).loss  # transformers shifts and ignores -100 itself
+    assert torch.allclose(task.loss(logits, labels), theirs, atol=1e-5)
+    perplexity = task.evaluate(model, split, "perplexity", 0, 4, torch.device("cpu"), "fp32")
+    loss = task.evaluate(model, split, "loss", 0, 4, torch.device("cpu"), "fp32")
+    assert math.isclose(perplexity, math.exp(loss), rel_tol=1e-9)
+    assert math.isclose(loss, float(theirs), rel_tol=1e-4)  # every sequence's tokens, whatever the batching
+
+
+def test_token_classification_labels_first_subtokens_and_scores_words(minilm_available) -> None:
+    from transformers import AutoTokenizer
+
+    from autopeft_plugins.offline_models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model(name="sentence-transformers/all-MiniLM-L6-v2", offline=True)
+    )
+    task = TokenClassification()
+    rows = {"words": [["Unbelievably", "good", "film"]], "tags": [["ADV", "ADJ", "NOUN"]]}
+    data = _data(text="words", label="tags", max_length=32)
+    names = task.label_names(rows, data)
+    assert names == ["ADJ", "ADV", "NOUN"]
+    split = task.encode(rows, tokenizer, data, names, "train")
+    pieces = tokenizer.convert_ids_to_tokens(split.features[0]["input_ids"])
+    labels = split.labels[0]
+    assert pieces[0] == "[CLS]" and labels[0] == IGNORE_INDEX and labels[-1] == IGNORE_INDEX
+    first = [i for i, p in enumerate(pieces) if p not in ("[CLS]", "[SEP]") and not p.startswith("##")]
+    assert [labels[i] for i in first] == [1, 0, 2]  # one label per word, on its first piece
+    assert sum(x != IGNORE_INDEX for x in labels) == 3  # later pieces ("##...") are ignored
+    with pytest.raises(Exception, match="data.validation: example 0 has 3 words but 2 labels"):
+        task.encode({"words": rows["words"], "tags": [["ADV", "ADJ"]]}, tokenizer, data, names, "validation")
+
+
+def test_decoder_classifier_pools_the_last_real_token() -> None:
+    """A decoder without a pad token pads with its end-of-sequence token: each example's logits are
+    the same alone and padded in a batch, so the last real token is the one pooled."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=2,
+        pad_token_id=2,  # = eos, as load_base_model sets it
+    )
+    model = transformers.LlamaForSequenceClassification(config).eval()
+    split = Split([{"input_ids": [5, 6, 7, 8, 9]}, {"input_ids": [10, 11]}], [0, 1])
+    batch = next(batches(split, 2, pad_token_id=2))
+    batch.pop("labels")
+    with torch.no_grad():
+        together = model(**batch).logits
+        alone = model(input_ids=torch.tensor([[10, 11]])).logits
+    assert torch.allclose(together[1], alone[0], atol=1e-5)
+
+
+def _lm_model_dir(tmp_path: Path) -> Path:
+    """A tiny Llama language model with MiniLM's tokenizer (no eos token: [SEP] ends each text)."""
+    from autopeft_plugins.offline_models import resolve_model
+
+    minilm = Path(resolve_model(name="sentence-transformers/all-MiniLM-L6-v2", offline=True))
+    folder = tmp_path / "tiny-lm"
+    _tiny_llama_lm(vocab=30522).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (minilm / name).exists():
+            shutil.copy(minilm / name, folder / name)
+    return folder
+
+
+def test_causal_lm_study_end_to_end(tmp_path: Path, minilm_available) -> None:
+    model = _lm_model_dir(tmp_path)
+    path = write_study(
+        tmp_path,
+        study={"n_trials": 3},
+        model={"name": str(model), "overrides": {}},
+        task={"type": "causal-lm", "metric": ""},
+        data={"max_length": 32, "max_train_examples": 80, "max_eval_examples": 30},
+        budget={"max_trainable": "1%"},
+        train={"batch_size": 8, "learning_rate": [1e-3, 3e-2]},
+        search={"methods": ["lora", "ia3", "unfreeze"]},
+    )
+    study = run_study(path, quiet=True)
+    assert study.directions == [optuna.study.StudyDirection.MINIMIZE]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3 and all(1.0 < t.value < 30522 for t in done)
+    assert best_trial(study).value == min(t.value for t in done)  # lower perplexity is better
+    # the pretrained LM head is no task head: it stays frozen, and the budget does not pay for it
+    assert all(t.user_attrs["trainable_params"] < 0.01 * study.user_attrs["total_params"] for t in done)
+
+
+def test_token_classification_study_end_to_end(tmp_path: Path, minilm_available) -> None:
+    import pandas as pd
+
+    def tagged(split: str, n: int) -> None:
+        texts = pd.read_parquet(DATA / f"rotten_tomatoes_{split}.parquet")["text"].head(n)
+        with open(tmp_path / f"{split}.jsonl", "w") as out:
+            for text in texts:
+                words = text.split()[:20]
+                tags = ["PUNCT" if not w[0].isalnum() else "CAP" if w[0].isupper() else "LOW" for w in words]
+                out.write(json.dumps({"words": words, "tags": tags}) + "\n")
+
+    tagged("train", 120)
+    tagged("validation", 40)
+    path = write_study(
+        tmp_path,
+        study={"n_trials": 2},
+        task={"type": "token-classification", "metric": "f1"},
+        data={"train": "train.jsonl", "validation": "validation.jsonl", "text": "words", "label": "tags"},
+        train={"learning_rate": [5e-3, 3e-2], "epochs": 2},
+        search={"methods": ["lora"]},
+    )
+    study = run_study(path, quiet=True)
+    assert study.user_attrs["labels"] == ["CAP", "LOW", "PUNCT"]
+    values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(values) == 2 and max(values) > 0.4  # macro F1 over words; a constant tagger scores under 0.3
