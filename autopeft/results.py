@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from typing import Any
 
 import optuna
@@ -148,8 +149,9 @@ def retry_of(trial: FrozenTrial) -> int | None:
 
 def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
     """Rows as ``json``, ``csv`` or an aligned text ``table``."""
-    if fmt == "json":
-        return json.dumps(rows, indent=2)
+    if fmt == "json":  # strict JSON: an over-budget trial's infinite perplexity becomes null
+        finite = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
+        return json.dumps(finite, indent=2, allow_nan=False)
     if not rows:
         return ""
     if fmt == "csv":

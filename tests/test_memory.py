@@ -95,7 +95,7 @@ def test_gradient_checkpointing_trains_the_same_weights(factory) -> None:
             torch.device("cpu"),
             seed=0,
         )
-        assert model.get_base_model().is_gradient_checkpointing is checkpointing
+        assert model.get_base_model().is_activation_checkpointing is checkpointing
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad]))
     assert not torch.equal(weights[0], torch.zeros_like(weights[0]))
     assert torch.allclose(weights[0], weights[1], atol=1e-6)

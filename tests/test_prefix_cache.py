@@ -135,3 +135,43 @@ def test_a_study_with_the_cache_records_cached_blocks(tmp_path, minilm_available
         first = next(i for i, n in enumerate(blocks) if n)
         assert t.user_attrs["cached_blocks"] == min(first, 2)
         assert 0 <= t.value <= 1
+
+
+def test_a_decoder_language_models_prefix_is_cached_exactly() -> None:
+    """Nothing assumes an encoder: Llama blocks take rotary position embeddings and a causal mask as
+    keyword arguments, which pass through while the cached hidden states are injected."""
+    import random
+
+    import transformers
+
+    from autopeft.blocks import build_context
+    from autopeft.data import Split
+    from autopeft_plugins.lora import Lora
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0,
+    )  # fmt: skip
+    base = transformers.LlamaForCausalLM(config).requires_grad_(False)
+    ctx = build_context(base, new_head=False)
+    rng = random.Random(0)
+    ids = [[rng.randrange(1, 64) for _ in range(rng.randrange(4, 10))] for _ in range(6)]
+    split = Split([{"input_ids": x} for x in ids], [list(x) for x in ids])
+    model = Lora().apply(copy.deepcopy(base), ctx, {**LORA, "ranks": [0, 0, 8], "dropout": 0.0})
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    probe = next(batches(split, 6, 0))
+    probe.pop("labels")
+    cache = PrefixCache(base, ctx)
+    k = cache.usable_blocks(model, probe)
+    assert k == 2
+    cache.fill(model, k, [split], 0, 4)
+    model.eval()
+    full = model(**probe).logits
+    with cache.attached(model, k):
+        cached = model(**probe).logits
+    mask = probe["attention_mask"].bool()
+    torch.testing.assert_close(cached[mask], full[mask], rtol=1e-4, atol=1e-5)

@@ -260,3 +260,12 @@ def test_token_classification_study_end_to_end(tmp_path: Path, minilm_available)
     assert study.user_attrs["labels"] == ["CAP", "LOW", "PUNCT"]
     values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(values) == 2 and max(values) > 0.4  # macro F1 over words; a constant tagger scores under 0.3
+
+
+def test_json_rows_stay_strict_json_with_an_infinite_value() -> None:
+    from autopeft.results import format_rows
+
+    text = format_rows([{"number": 0, "perplexity": math.inf, "test": 12.5}], "json")
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == [
+        {"number": 0, "perplexity": None, "test": 12.5}
+    ]

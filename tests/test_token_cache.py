@@ -61,3 +61,15 @@ def test_a_damaged_file_is_rewritten_and_the_switch_turns_it_off(tmp_path, token
     off = load_config(write_study(tmp_path / "off", data={"cache_tokens": False}))
     assert load_cached_task_data(off, tokenizer, TASK) == (data, False)
     assert not token_cache_path(off, tokenizer).parent.exists()
+
+
+def test_per_token_labels_round_trip(tmp_path, tokenizer) -> None:
+    """A language model's labels (one per token) come back from the cache as they went in."""
+    from autopeft_plugins.tasks import CausalLanguageModelling
+
+    config = load_config(write_study(tmp_path, task={"type": "causal-lm", "metric": ""}))
+    fresh, hit = load_cached_task_data(config, tokenizer, CausalLanguageModelling())
+    cached, hit_again = load_cached_task_data(config, tokenizer, CausalLanguageModelling())
+    assert (hit, hit_again) == (False, True)
+    assert cached == fresh and isinstance(cached.train.labels[0], list)
+    assert token_cache_path(config, tokenizer) != token_cache_path(load_config(write_study(tmp_path)), tokenizer)
