@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autopeft.errors import AutopeftError
 from autopeft.progress import quiet_libraries
@@ -235,24 +235,31 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from autopeft.plugins import get_plugin_manager, registered_methods
+    from autopeft.plugins import get_plugin_manager, registered_methods, registered_tasks
 
-    methods = registered_methods(get_plugin_manager())
+    pm = get_plugin_manager()
+    found: list[tuple[str, str, Any, object]] = [
+        ("method", n, i, i.method) for n, i in sorted(registered_methods(pm).items())
+    ]
+    found += [("task", n, i, i.task) for n, i in sorted(registered_tasks(pm).items())]
     rows = [
         {
-            "method": n,
-            "plugin": i.plugin,
-            "distribution": i.distribution,
-            "version": i.version,
-            "description": (type(i.method).__doc__ or "").strip().splitlines()[0] if type(i.method).__doc__ else "",
+            "kind": kind,
+            "name": name,
+            "plugin": info.plugin,
+            "distribution": info.distribution,
+            "version": info.version,
+            "description": ((type(obj).__doc__ or "").strip().splitlines() or [""])[0],
         }
-        for n, i in sorted(methods.items())
+        for kind, name, info, obj in found
     ]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    for r in rows:
-        print(f"{r['method']:<12} {r['distribution']} {r['version']:<8} {r['description']}")
+    for kind in ("method", "task"):
+        print(f"{kind}s:")
+        for r in (r for r in rows if r["kind"] == kind):
+            print(f"{r['name']:<24} {r['distribution']} {r['version']:<8} {r['description']}")
     return 0
 
 

@@ -103,11 +103,12 @@ def _rows(config: StudyConfig, key: str, needed: list[str], limit: int | None, s
 
 
 def _usable(value: Any) -> bool:
+    """Whether a cell holds something: a non-blank string, a non-empty list, a number that is not NaN."""
     if isinstance(value, str):
         return bool(value.strip())
     if isinstance(value, list):
         return bool(value)
-    return value is not None
+    return value is not None and value == value  # NaN != NaN: a missing number in a CSV
 
 
 def load_task_data(config: StudyConfig, tokenizer: Any, task: Task) -> TaskData:
@@ -126,11 +127,24 @@ def load_task_data(config: StudyConfig, tokenizer: Any, task: Task) -> TaskData:
     if d.test is not None:
         raw["test"] = _rows(config, "test", needed, d.max_eval_examples, seed)
     names = task.label_names(raw["train"], d)
-    splits = {key: task.encode(rows, tokenizer, d, names, key) for key, rows in raw.items()}
+    splits = {key: _encode(task, rows, tokenizer, config, names, key) for key, rows in raw.items()}
     for key, split in splits.items():
         if not len(split):
             raise DataError(f"data.{key}: no example left after tokenizing; check data.text and data.max_length")
     return TaskData(splits["train"], splits["validation"], splits.get("test"), names, tokenizer.pad_token_id)
+
+
+def _encode(
+    task: Task, rows: dict[str, list[Any]], tokenizer: Any, config: StudyConfig, names: list[Any], key: str
+) -> Split:
+    """``task.encode``, with the errors a tokenizer raises on cells of the wrong type made one line."""
+    try:
+        return task.encode(rows, tokenizer, config.data, names, key)
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"data.{key}: cannot tokenize the {', '.join(rows)} columns for task {task.name!r} "
+            f"({type(exc).__name__}: {first_line(exc)}); check data.text and data.label"
+        ) from None
 
 
 def bucketed_order(split: Split, batch_size: int, generator: random.Random, window: int = 50) -> list[int]:

@@ -55,8 +55,10 @@ class _Classification(Task):
 
 
 class SequenceClassification(_Classification):
-    """One label per text (or text pair). Decoder models pool their last non-padding token, so
-    models without a padding token use their end-of-sequence token to pad (see ``load_tokenizer``)."""
+    """One label per text or text pair, scored by accuracy, F1 or MCC.
+
+    Decoder models pool their last non-padding token, so models without a padding token use their
+    end-of-sequence token to pad (see ``load_tokenizer``)."""
 
     name = "sequence-classification"
     auto_model = "AutoModelForSequenceClassification"
@@ -94,9 +96,10 @@ class SequenceClassification(_Classification):
 
 
 class TokenClassification(_Classification):
-    """One label per word (NER, POS tagging): ``data.text`` names a column of word lists and
-    ``data.label`` a column of label lists. A word's first sub-token carries its label; the metric
-    counts words, not sub-tokens."""
+    """One label per word (named entities, parts of speech), scored over words.
+
+    ``data.text`` names a column of word lists and ``data.label`` a column of label lists. A word's
+    first sub-token carries its label; the metric counts words, not sub-tokens."""
 
     name = "token-classification"
     auto_model = "AutoModelForTokenClassification"
@@ -157,7 +160,7 @@ class TokenClassification(_Classification):
 
 
 class CausalLanguageModelling(Task):
-    """Next-token prediction on text; the metric is validation perplexity (or mean loss per token).
+    """Next-token prediction on text, scored by validation perplexity or mean loss per token.
 
     With ``data.packing`` (the default) the texts, each ended by the end-of-sequence token, are
     concatenated and cut into sequences of ``data.max_length`` tokens: short texts waste no compute

@@ -126,6 +126,8 @@ def test_third_party_plugin_is_listed(lntuning_site: Path) -> None:
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("lntuning"))
     assert "autopeft-lntuning 0.3.0" in line
     assert "lora" in result.stdout and "autopeft 0.1.0" in result.stdout
+    tasks = result.stdout.split("tasks:\n")[1].splitlines()
+    assert [t.split()[0] for t in tasks] == ["causal-lm", "sequence-classification", "token-classification"]
 
 
 def test_autoload_off_and_block_hide_the_third_party_plugin(lntuning_site: Path) -> None:

@@ -269,3 +269,15 @@ def test_json_rows_stay_strict_json_with_an_infinite_value() -> None:
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == [
         {"number": 0, "perplexity": None, "test": 12.5}
     ]
+
+
+def test_cells_a_tokenizer_cannot_read_are_a_one_line_error(tmp_path: Path, minilm_available, capsys) -> None:
+    from autopeft.cli import main
+
+    for split in ("train", "validation"):
+        rows = [{"text": 1000 + i, "label": i % 2} for i in range(8)]  # numbers, not texts
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = write_study(tmp_path, data={"train": "train.jsonl", "validation": "validation.jsonl"})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.train: cannot tokenize the text, label columns" in err[0], err
