@@ -122,18 +122,16 @@ def test_causal_lm_packs_texts_into_full_sequences() -> None:
     assert padded["labels"][1].tolist() == [1, 14, IGNORE_INDEX, IGNORE_INDEX]  # padding is not a target
 
 
+def _llama_config(**changes) -> transformers.LlamaConfig:
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    return transformers.LlamaConfig(
+        **{"vocab_size": 64, "num_key_value_heads": 2, "pad_token_id": 0, **sizes, **changes}
+    )
+
+
 def _tiny_llama_lm(vocab: int = 64) -> transformers.LlamaForCausalLM:
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return transformers.LlamaForCausalLM(_llama_config(vocab_size=vocab)).eval()
 
 
 def test_causal_lm_loss_and_perplexity_match_transformers() -> None:
@@ -181,16 +179,7 @@ def test_decoder_classifier_pools_the_last_real_token() -> None:
     """A decoder without a pad token pads with its end-of-sequence token: each example's logits are
     the same alone and padded in a batch, so the last real token is the one pooled."""
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=2,
-        pad_token_id=2,  # = eos, as load_base_model sets it
-    )
+    config = _llama_config(num_labels=2, pad_token_id=2)  # pad = eos, as load_base_model sets it
     model = transformers.LlamaForSequenceClassification(config).eval()
     split = Split([{"input_ids": [5, 6, 7, 8, 9]}, {"input_ids": [10, 11]}], [0, 1])
     batch = next(batches(split, 2, pad_token_id=2))
