@@ -47,6 +47,12 @@ def _unknown(values: list[Any], index: dict[Any, int], names: list[Any], split: 
         )
 
 
+def _per_token(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The logits of the input's own tokens: prompt tuning prepends virtual tokens, whose positions
+    come first in the logits and have no label."""
+    return logits[:, logits.shape[1] - labels.shape[1] :]
+
+
 class _Classification(Task):
     metrics = _CLASS_METRICS
 
@@ -138,6 +144,7 @@ class TokenClassification(_Classification):
         return Split(features, labels)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = _per_token(logits, labels)
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
     def evaluate(
@@ -155,7 +162,7 @@ class TokenClassification(_Classification):
         for _, logits, labels in eval_logits(model, split, pad_token_id, batch_size, device, precision):
             keep = labels != IGNORE_INDEX
             truth += labels[keep].tolist()
-            predicted += logits.argmax(-1)[keep].tolist()
+            predicted += _per_token(logits, labels).argmax(-1)[keep].tolist()
         return score(metric, truth, predicted)
 
 
@@ -191,6 +198,7 @@ class CausalLanguageModelling(Task):
         return Split([{"input_ids": c} for c in chunks], [list(c) for c in chunks])
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = _per_token(logits, labels)
         return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
 
     def evaluate(
@@ -205,7 +213,7 @@ class CausalLanguageModelling(Task):
     ) -> float:
         total, count = 0.0, 0
         for _, logits, labels in eval_logits(model, split, pad_token_id, batch_size, device, precision):
-            targets = labels[:, 1:]
+            logits, targets = _per_token(logits, labels), labels[:, 1:]
             total += float(
                 F.cross_entropy(
                     logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"

@@ -270,3 +270,25 @@ def test_cells_a_tokenizer_cannot_read_are_a_one_line_error(tmp_path: Path, mini
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.train: cannot tokenize the text, label columns" in err[0], err
+
+
+def test_prompt_tuning_serves_per_token_tasks() -> None:
+    """Prompt tuning prepends virtual tokens: the per-token tasks score the input's own positions,
+    and the loss reaches the soft prompt."""
+    from autopeft.blocks import build_context
+    from autopeft_plugins.prompt import PromptTuning
+
+    base = _tiny_llama_lm().requires_grad_(False)
+    task = CausalLanguageModelling()
+    model = PromptTuning().apply(base, build_context(base, new_head=False), {"tokens": 4})
+    rng = random.Random(0)
+    ids = [[rng.randrange(3, 64) for _ in range(rng.randrange(4, 12))] for _ in range(4)]
+    split = Split([{"input_ids": x} for x in ids], [list(x) for x in ids])
+    batch = next(batches(split, 4, 0))
+    labels = batch.pop("labels")
+    logits = model(**batch).logits
+    assert logits.shape[1] == labels.shape[1] + 4
+    task.loss(logits, labels).backward()
+    prompt = [p for p in model.parameters() if p.requires_grad]
+    assert prompt and all(p.grad is not None and p.grad.abs().sum() > 0 for p in prompt)
+    assert 1.0 < task.evaluate(model, split, "perplexity", 0, 4, torch.device("cpu"), "fp32") < 64 * 4
