@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ else:  # pragma: no cover
 
 from autopeft.errors import ConfigError
 
-__all__ = ["StudyConfig", "load_config", "SAMPLERS", "PRUNERS", "DATA_SUFFIXES", "KEEP_WEIGHTS"]
+__all__ = ["StudyConfig", "load_config", "with_task", "SAMPLERS", "PRUNERS", "DATA_SUFFIXES", "KEEP_WEIGHTS"]
 
 SAMPLERS = ("tpe", "random")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -60,8 +61,8 @@ class ModelSection:
 class TaskSection:
     type: str = "sequence-classification"  # a registered task: `autopeft plugins` lists them
     metric: str = ""  # default: the task's first metric (accuracy; perplexity for causal-lm)
-    # Set from the task when the file is loaded, not by the file: whether the metric goes up or down.
-    direction: str = field(default="maximize", metadata={"derived": True})
+    # Set from the task by with_task, not by the file: "maximize" or "minimize" ("" until then).
+    direction: str = field(default="", metadata={"derived": True})
 
 
 @dataclass(frozen=True)
@@ -439,18 +440,19 @@ def load_config(path: str | Path) -> StudyConfig:
     sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
     config = StudyConfig(path=path.resolve(), **sections)
     _validate(config)
-    return _with_task(config)
+    return config
 
 
-def _with_task(config: StudyConfig) -> StudyConfig:
+def with_task(config: StudyConfig, tasks: Mapping[str, Any]) -> StudyConfig:
     """``config`` with the task's default metric and its direction filled in, both checked against
-    the registered tasks (built-in or from plugins)."""
-    from autopeft.plugins import get_plugin_manager, registered_tasks
+    ``tasks`` (name -> :class:`~autopeft.Task`, as the plugins registered them).
 
-    tasks = registered_tasks(get_plugin_manager())
+    Not part of :func:`load_config`: loading the plugins imports torch and peft, which commands
+    that only read a study (``trials``, ``pareto``, ``report``) do not need.
+    """
     t, objectives = config.task, config.study.objectives
     _check(t.type in tasks, "task.type", f"unknown task {t.type!r}", f"use one of {sorted(tasks)}")
-    task = tasks[t.type].task
+    task = tasks[t.type]
     metric = t.metric or task.default_metric
     _check(
         metric in task.metrics,

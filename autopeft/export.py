@@ -28,7 +28,7 @@ from autopeft.artifacts import artifact_store, fetch_weights
 from autopeft.blocks import build_context
 from autopeft.config import ModelSection, StudyConfig, load_config
 from autopeft.errors import AutopeftError, PluginError
-from autopeft.plugins import get_plugin_manager, registered_methods, registered_tasks
+from autopeft.plugins import get_plugin_manager, registered_methods, registered_tasks, resolve_task
 from autopeft.progress import Progress
 from autopeft.results import best_trial, is_feasible, pareto_front
 
@@ -59,11 +59,12 @@ def _labels(config: StudyConfig, study: optuna.Study) -> list[Any]:
         return list(study.user_attrs["labels"])
     from autopeft.data import load_task_data
     from autopeft.models import load_tokenizer, resolve_model_name
-    from autopeft.objective import study_task
 
     pm = get_plugin_manager()
     source, offline = resolve_model_name(pm, config.model.name)
-    return load_task_data(config, load_tokenizer(config.model, source, offline), study_task(config, pm)).label_names
+    return load_task_data(
+        config, load_tokenizer(config.model, source, offline), resolve_task(config, pm)[1]
+    ).label_names
 
 
 def _provenance(
@@ -178,7 +179,7 @@ def export(
     ``pareto.json`` listing them), or the trial numbered ``which``. Returns the provenance records."""
     from autopeft.study import open_study
 
-    config = load_config(study_file)
+    config, _ = resolve_task(load_config(study_file), get_plugin_manager())  # the metric names the records
     study = open_study(config, storage, create=False)
     out = Path(out)
     if which == "pareto":

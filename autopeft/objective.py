@@ -36,18 +36,17 @@ from autopeft.data import batches
 from autopeft.errors import AutopeftError, BudgetError, ConfigError, PluginError, first_line
 from autopeft.methods import PeftMethod, trainable_numel
 from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
-from autopeft.plugins import MethodInfo, registered_methods, registered_tasks
+from autopeft.plugins import MethodInfo, registered_methods, resolve_task
 from autopeft.prefix_cache import PrefixCache
 from autopeft.progress import Progress
 from autopeft.pruning import SizeAwareMedianPruner
 from autopeft.results import FINISHED, best_trial
 from autopeft.storage import set_user_attrs
-from autopeft.tasks import Task
 from autopeft.token_cache import load_cached_task_data
 from autopeft.train import NonFiniteLoss, TrainResult, autocast_for, planned_steps, train
 from autopeft.warm_start import map_to_blocks
 
-__all__ = ["Objective", "Surplus", "UNBOUNDED", "library_versions", "pick_device", "study_task"]
+__all__ = ["Objective", "Surplus", "UNBOUNDED", "library_versions", "pick_device"]
 
 #: A budget no configuration reaches: what a method samples when nothing constrains it.
 UNBOUNDED = 2**62
@@ -84,14 +83,6 @@ def pick_device(wanted: str = "auto", say: Callable[[str], None] = lambda line: 
     return torch.device("cpu")
 
 
-def study_task(config: StudyConfig, pm: pluggy.PluginManager) -> Task:
-    """The task the study names (``load_config`` checked that it is registered)."""
-    tasks = registered_tasks(pm)
-    if config.task.type not in tasks:
-        raise ConfigError("task.type", f"unknown task {config.task.type!r}", f"use one of {sorted(tasks)}")
-    return tasks[config.task.type].task
-
-
 def enabled_methods(config: StudyConfig, pm: pluggy.PluginManager) -> dict[str, MethodInfo]:
     """The study's methods, in its order. Raises PluginError naming the installed ones."""
     installed = registered_methods(pm)
@@ -120,10 +111,10 @@ class Objective:
         device: torch.device | None = None,
         strict: bool = True,
     ) -> None:
+        config, self.task = resolve_task(config, pm)  # the task's metric and direction filled in
         self.config = config
         self.progress = progress or Progress(quiet=True)
         self.device = device or pick_device(config.train.device, self.progress.line)
-        self.task = study_task(config, pm)
         infos = enabled_methods(config, pm)
         self.enabled = {name: info.method for name, info in infos.items()}
         self.plugins = {name: f"{info.plugin} from {info.distribution} {info.version}" for name, info in infos.items()}

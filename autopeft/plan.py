@@ -93,7 +93,7 @@ def make_plan(config: StudyConfig, pm: pluggy.PluginManager, samples: int = 1000
             for b in ctx.blocks
         ],
         "methods": methods,
-        "objectives": config.objectives,
+        "objectives": objective.config.objectives,
         "samples": samples,
     }
 

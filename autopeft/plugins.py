@@ -20,6 +20,7 @@ from typing import Any, cast
 import pluggy
 
 from autopeft import hookspecs
+from autopeft.config import StudyConfig, with_task
 from autopeft.errors import PluginError, first_line
 from autopeft.methods import PeftMethod
 from autopeft.tasks import Task
@@ -30,6 +31,7 @@ __all__ = [
     "get_plugin_manager",
     "registered_methods",
     "registered_tasks",
+    "resolve_task",
     "TaskInfo",
     "resolve_model",
 ]
@@ -192,6 +194,17 @@ def registered_tasks(pm: pluggy.PluginManager) -> dict[str, TaskInfo]:
         PluginError: two plugins register the same name, or a plugin registers a non-task.
     """
     return {name: TaskInfo(*info) for name, info in _registered(pm, "register_tasks", Task, "task").items()}
+
+
+def resolve_task(config: StudyConfig, pm: pluggy.PluginManager) -> tuple[StudyConfig, Task]:
+    """(``config`` with its task's metric and direction filled in, the task).
+
+    Raises:
+        ConfigError: ``[task] type`` is not a registered task, or ``metric`` not one of its metrics.
+    """
+    tasks = {name: info.task for name, info in registered_tasks(pm).items()}
+    config = with_task(config, tasks)
+    return config, tasks[config.task.type]
 
 
 def resolve_model(pm: pluggy.PluginManager, name: str, offline: bool) -> str | None:

@@ -88,6 +88,10 @@ def open_study(
         AutopeftError: the database cannot be reached, or (``create=False``) the study is not there.
     """
     url = storage or config.storage
+    if create and not config.task.direction:  # a new study's direction comes from the task plugin
+        from autopeft.plugins import get_plugin_manager, resolve_task
+
+        config, _ = resolve_task(config, get_plugin_manager())
     try:
         rdb = open_storage(url, config.study.heartbeat_seconds)
         if not create:
@@ -122,11 +126,17 @@ def open_study(
         ) from None
     if create and study.metric_names is None:
         name_objectives(study, config)
-    wanted = [StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for d in directions(config)]
-    if study.directions != wanted:
+    # Reading a study needs no task plugin: its directions are stored; the file decides their number.
+    same = (
+        study.directions
+        == [StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for d in directions(config)]
+        if config.task.direction
+        else len(study.directions) == len(config.objectives)
+    )
+    if not same:
         raise AutopeftError(
             f"study.objectives: study {config.study.name!r} in {mask_url(url)} was created with "
-            f"{len(study.directions)} objective(s), the study file asks for {len(wanted)}; "
+            f"{len(study.directions)} objective(s), the study file asks for {len(config.objectives)}; "
             "give the study a new name or restore its objectives"
         )
     return study
@@ -154,9 +164,10 @@ def prepare_study(
     already has ``target`` finished trials.
     """
     from autopeft.objective import Objective
-    from autopeft.plugins import get_plugin_manager
+    from autopeft.plugins import get_plugin_manager, resolve_task
 
     pm = get_plugin_manager()
+    config, _ = resolve_task(config, pm)  # the metric's direction decides the study's
     study = open_study(config, storage, worker_seed=worker_seed)
     done = len(finished_trials(study))
     if done >= target:

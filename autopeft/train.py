@@ -23,7 +23,7 @@ from torch import nn
 
 from autopeft.config import TrainSection
 from autopeft.data import Split, batches, bucketed_order
-from autopeft.tasks import Task
+from autopeft.tasks import Task, eval_logits
 
 __all__ = [
     "NonFiniteLoss",
@@ -91,25 +91,14 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-@torch.inference_mode()
 def predict(
     model: nn.Module, split: Split, pad_token_id: int, batch_size: int, device: torch.device, precision: str = "auto"
 ) -> list[int]:
     """Predicted class of every example of ``split``, in the split's order; dropout off."""
-    was_training = model.training
-    model.eval()
-    # Batches of similar lengths waste no compute on padding; predictions are put back in order.
-    order = sorted(range(len(split)), key=lambda i: len(split.features[i]["input_ids"]))
     predictions = [0] * len(split)
-    done = 0
-    for batch in batches(split, batch_size, pad_token_id, order=order):
-        batch.pop("labels")
-        with autocast_for(device, precision):
-            logits = model(**_to(batch, device)).logits
-        for i, label in zip(order[done : done + len(logits)], logits.argmax(-1).tolist()):
+    for indices, logits, _ in eval_logits(model, split, pad_token_id, batch_size, device, precision):
+        for i, label in zip(indices, logits.argmax(-1).tolist()):
             predictions[i] = label
-        done += len(logits)
-    model.train(was_training)
     return predictions
 
 

@@ -19,7 +19,7 @@ from autopeft import Task, get_plugin_manager, hookimpl, load_config, run_study
 from autopeft.config import DataSection
 from autopeft.data import Split, batches
 from autopeft.errors import ConfigError, PluginError
-from autopeft.plugins import registered_tasks
+from autopeft.plugins import registered_tasks, resolve_task
 from autopeft.results import best_trial
 from autopeft.tasks import IGNORE_INDEX
 from autopeft_plugins.tasks import CausalLanguageModelling, TokenClassification
@@ -70,9 +70,8 @@ def test_a_third_party_task_registers_like_a_method(tmp_path: Path, monkeypatch)
     pm.register(_RegressionPlugin(), name="regression-plugin")
     tasks = registered_tasks(pm)
     assert tasks["regression"].plugin == "regression-plugin"
-    # load_config checks the type and fills the metric and its direction from the task
-    monkeypatch.setattr("autopeft.plugins.get_plugin_manager", lambda autoload=None: pm)
-    config = load_config(write_study(tmp_path, task={"type": "regression", "metric": ""}))
+    # resolve_task checks the type and fills the metric and its direction from the task
+    config, _ = resolve_task(load_config(write_study(tmp_path, task={"type": "regression", "metric": ""})), pm)
     assert (config.task.metric, config.task.direction) == ("mse", "minimize")
 
     class Twice:
@@ -85,12 +84,16 @@ def test_a_third_party_task_registers_like_a_method(tmp_path: Path, monkeypatch)
         registered_tasks(pm)
 
 
+def _resolved(path: Path):
+    return resolve_task(load_config(path), get_plugin_manager(autoload=False))[0]
+
+
 def test_unknown_task_or_metric_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"task.type: unknown task 'translation'; use one of \['causal-lm'"):
-        load_config(write_study(tmp_path, task={"type": "translation"}))
+        _resolved(write_study(tmp_path, task={"type": "translation"}))
     with pytest.raises(ConfigError, match="unknown metric 'accuracy' for task 'causal-lm'.*perplexity"):
-        load_config(write_study(tmp_path, task={"type": "causal-lm", "metric": "accuracy"}))
-    config = load_config(write_study(tmp_path, task={"type": "causal-lm", "metric": ""}))
+        _resolved(write_study(tmp_path, task={"type": "causal-lm", "metric": "accuracy"}))
+    config = _resolved(write_study(tmp_path, task={"type": "causal-lm", "metric": ""}))
     assert (config.task.metric, config.task.direction, config.data.packing) == ("perplexity", "minimize", True)
 
 
