@@ -9,6 +9,7 @@ optuna-dashboard lists and serves them.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,30 +20,50 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
 from autopeft.config import StudyConfig
+from autopeft.errors import AutopeftError
 from autopeft.results import metric_sign, pareto_front
 
-__all__ = ["artifact_store", "keep_weights", "fetch_weights", "on_front"]
+__all__ = ["artifact_store", "keep_weights", "fetch_weights", "on_front", "plain_name"]
+
+# A file name with no folder part: what a method's save writes, and all an export may create.
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}")
 
 
-def artifact_store(config: StudyConfig) -> FileSystemArtifactStore:
-    """The study's artifact store (created on first use)."""
-    config.artifacts_dir.mkdir(parents=True, exist_ok=True)
+def plain_name(name: object) -> bool:
+    """Whether ``name`` is a plain file name: no folder, no ``..``, no absolute path, no control
+    character. Names read from a study database or an earlier export must be, before they are
+    joined onto a folder: whoever can write to a shared study could otherwise write anywhere."""
+    return isinstance(name, str) and _PLAIN.fullmatch(name) is not None and ".." not in name
+
+
+def artifact_store(config: StudyConfig, create: bool = True) -> FileSystemArtifactStore | None:
+    """The study's artifact store, created on first use; without ``create``, None when it is not there
+    (commands that only read a study create nothing)."""
+    if create:
+        config.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    elif not config.artifacts_dir.is_dir():
+        return None
     return FileSystemArtifactStore(config.artifacts_dir)
 
 
-def on_front(study: optuna.Study, metric: float, n: int) -> bool:
+def on_front(study: optuna.Study, metric: float, n: int, budget: int | None = None) -> bool:
     """Whether a trial with ``metric`` and ``n`` trainable parameters joins the front of the
     feasible trials finished so far (a tie with a front point does not: the earlier one stays)."""
     sign = metric_sign(study)
     return not any(
         t.values is not None and sign * t.values[0] >= sign * metric and t.user_attrs["trainable_params"] <= n
-        for t in pareto_front(study)
+        for t in pareto_front(study, budget=budget)
     )
 
 
-def keep_weights(store: FileSystemArtifactStore, trial: optuna.Trial, save: Callable[[Path], None]) -> list[str]:
-    """Upload every file ``save(directory)`` writes as an artifact of ``trial``; their artifact ids."""
-    with tempfile.TemporaryDirectory(prefix="autopeft-weights-") as tmp:
+def keep_weights(config: StudyConfig, trial: optuna.Trial, save: Callable[[Path], None]) -> list[str]:
+    """Upload every file ``save(directory)`` writes as an artifact of ``trial``; their artifact ids.
+
+    ``save`` writes into a temporary folder inside the artifact folder, never the system's.
+    """
+    store = artifact_store(config)
+    assert store is not None
+    with tempfile.TemporaryDirectory(prefix=".autopeft-weights-", dir=config.artifacts_dir) as tmp:
         save(Path(tmp))
         return [
             upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=trial)
@@ -51,11 +72,26 @@ def keep_weights(store: FileSystemArtifactStore, trial: optuna.Trial, save: Call
         ]
 
 
-def fetch_weights(store: FileSystemArtifactStore, study: optuna.Study, trial: FrozenTrial, directory: Path) -> bool:
-    """Download ``trial``'s kept weights into ``directory``; False when it has none or a file is gone."""
+def fetch_weights(
+    store: FileSystemArtifactStore | None, study: optuna.Study, trial: FrozenTrial, directory: Path
+) -> bool:
+    """Download ``trial``'s kept weights into ``directory``; False when it has none or a file is gone.
+
+    Raises:
+        AutopeftError: the study database names a file or artifact that is not a plain name (a
+            tampered or foreign database); nothing is written.
+    """
     metas = get_all_artifact_meta(trial, storage=study._storage)
-    if not metas:
+    if not metas or store is None:
         return False
+    for meta in metas:
+        for what, name in (("file name", meta.filename), ("artifact id", meta.artifact_id)):
+            if not plain_name(name):
+                raise AutopeftError(
+                    f"export: the study database gives trial {trial.number}'s weights the {what} {name!r}, which "
+                    "is not a plain file name; refusing to write outside the export folder (check who writes "
+                    "to this study's database)"
+                )
     directory.mkdir(parents=True, exist_ok=True)
     try:
         for meta in metas:

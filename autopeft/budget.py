@@ -31,6 +31,8 @@ def parse_budget(value: int | float | str, total_params: int) -> int:
     if isinstance(value, (int, float)):
         count = int(value)
     elif (share := _SHARE.match(value)) is not None:
+        if float(share.group(1)) > 100:
+            raise ValueError(f"a share of the model is at most 100%, got {value!r}")
         count = int(float(share.group(1)) / 100 * total_params)
     elif (number := _COUNT.match(value)) is not None:
         count = int(float(number.group(1)) * _SCALE[number.group(2).lower()])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from autopeft.errors import AutopeftError
 from autopeft.progress import quiet_libraries
+from autopeft.results import Standard
+from autopeft.storage import STORAGE_ENV, mask_url
 
 if TYPE_CHECKING:
     import optuna
@@ -30,7 +33,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     study = run_workers(args.study, args.workers, **common) if args.workers > 1 else run_study(args.study, **common)
     best = best_trial(study)
     if best is not None:
-        _print_best(best, study.user_attrs.get("metric", "value"))
+        _print_best(best, study.user_attrs.get("metric", "value"), Standard.of(study))
     if len(study.directions) > 1:
         print(f"Pareto front: {len(pareto_front(study))} trials; see `autopeft pareto {args.study}`")
     if best is not None:
@@ -62,39 +65,55 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_best(best: FrozenTrial, metric: str) -> None:
+def _print_best(best: FrozenTrial, metric: str, standard: Standard) -> None:
     attrs = best.user_attrs
     assert best.values is not None
     print(
         f"best trial {best.number}: {metric} {best.values[0]:.4f}"
         + (f" (test {attrs['test_metric']:.4f})" if "test_metric" in attrs else "")
+        + (f"; {standard.describe_baseline()} without learning" if standard.baseline is not None else "")
     )
     print(
         f"  method {attrs.get('method')}  trainable {attrs.get('trainable_params')} "
         f"({100 * attrs.get('trainable_share', 0):.3f}%)  learning rate {attrs.get('learning_rate', 0):.2e}"
     )
     print(f"  config {attrs.get('config')}")
+    if standard.at_baseline(best):
+        print(f"  warning: no better than the {standard.baseline_name} baseline: it learned nothing from the inputs")
 
 
-def _open(args: argparse.Namespace) -> tuple[StudyConfig, str, optuna.Study]:
-    """(study file, storage URL, study) of a command's ``study`` and ``--storage`` arguments."""
+def _open(args: argparse.Namespace, read_only: bool = True) -> tuple[StudyConfig, str, optuna.Study]:
+    """(study file, storage URL, study) of a command's ``study`` and ``--storage`` arguments; an SQLite
+    study is opened read-only unless ``read_only`` is False."""
     from autopeft.config import load_config
     from autopeft.study import open_study
 
     config = load_config(args.study)
     url = args.storage or config.storage
-    return config, url, open_study(config, url, create=False)
+    return config, url, open_study(config, url, create=False, read_only=read_only)
 
 
-def _load(args: argparse.Namespace) -> optuna.Study:
-    return _open(args)[2]
+def _load(args: argparse.Namespace) -> tuple[str, optuna.Study, Standard]:
+    """(storage URL, study, the standard its trials are judged by: the study file's budget as it is now)."""
+    from autopeft.study import file_budget
+
+    config, url, study = _open(args)
+    budget = file_budget(config, study)
+    recorded = study.user_attrs.get("budget")
+    if budget is not None and recorded is not None and budget != recorded:
+        print(
+            f"autopeft: note: the study file's budget ({budget:,}) is not the one the study last ran with "
+            f"({recorded:,}); trials are judged against the file's",
+            file=sys.stderr,
+        )
+    return url, study, Standard.of(study, budget)
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
     from autopeft.study import best_trial
 
-    study = _load(args)
-    best = best_trial(study)
+    _, study, standard = _load(args)
+    best = best_trial(study, budget=standard.budget)
     if best is None:
         raise AutopeftError(f"study {study.study_name!r} has no feasible complete trial yet; run `autopeft run` first")
     if args.format == "json":
@@ -105,17 +124,17 @@ def _cmd_best(args: argparse.Namespace) -> int:
             )
         )
     else:
-        _print_best(best, study.user_attrs.get("metric", "value"))
+        _print_best(best, study.user_attrs.get("metric", "value"), standard)
     return 0
 
 
 def _cmd_trials(args: argparse.Namespace) -> int:
     from autopeft.results import format_rows, trial_row
 
-    study = _load(args)
+    _, study, standard = _load(args)
     metric = study.user_attrs.get("metric", "value")
     trials = study.get_trials(deepcopy=False)
-    print(format_rows([trial_row(t, metric) for t in trials], args.format))
+    print(format_rows([trial_row(t, metric, standard) for t in trials], args.format))
     if args.format == "table" and trials:
         from collections import Counter
 
@@ -126,6 +145,9 @@ def _cmd_trials(args: argparse.Namespace) -> int:
         why = Counter(reason(t) for t in trials if outcome(t) in ("fail", "pruned"))
         for text, n in why.most_common():
             print(f"  {n} × {text}")
+        if standard.baseline is not None:
+            learned_nothing = sum(standard.at_baseline(t) for t in trials)
+            print(f"baseline: {standard.describe_baseline()}; {learned_nothing} trials no better")
     return 0
 
 
@@ -134,11 +156,11 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     from autopeft.results import format_rows, trial_row
     from autopeft.study import pareto_front
 
-    study = _load(args)
+    _, study, standard = _load(args)
     metric = study.user_attrs.get("metric", "value")
     rows = []
-    for t in pareto_front(study):
-        row = trial_row(t, metric)
+    for t in pareto_front(study, budget=standard.budget):
+        row = trial_row(t, metric, standard)
         del row["state"], row["train_seconds"]
         confirmed = study.user_attrs.get(f"{CONFIRM_PREFIX}{t.number}")
         if confirmed or args.format != "table":
@@ -149,6 +171,8 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     if not rows:
         raise AutopeftError(f"study {study.study_name!r} has no feasible complete trial yet; run `autopeft run` first")
     print(format_rows(rows, args.format))
+    if args.format == "table" and standard.baseline is not None:
+        print(f"baseline: {standard.describe_baseline()}")
     return 0
 
 
@@ -159,6 +183,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     plan = make_plan(load_config(args.study), get_plugin_manager(), samples=args.samples)
     print(json.dumps(plan, indent=2) if args.format == "json" else format_plan(plan))
+    if not any(m["enabled"] for m in plan["methods"]):
+        raise AutopeftError(plan["no_fit"])
     return 0
 
 
@@ -199,30 +225,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from autopeft.report import write_html, write_pngs
-    from autopeft.storage import mask_url
 
-    _, url, study = _open(args)
+    url, study, standard = _load(args)
     if args.output:
-        print(f"report: {write_html(study, Path(args.output), mask_url(url))}")
+        print(f"report: {write_html(study, Path(args.output), mask_url(url), standard)}")
     if args.png:
-        for path in write_pngs(study, Path(args.png)):
+        for path in write_pngs(study, Path(args.png), standard):
             print(f"plot: {path}")
     return 0
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from autopeft.artifacts import artifact_store
-    from autopeft.storage import mask_url, open_storage
+    from autopeft.storage import open_storage
     from autopeft.study import name_objectives
 
     try:
         import optuna_dashboard
     except ImportError:
         raise AutopeftError("dashboard: optuna-dashboard is not installed; pip install 'autopeft[dashboard]'") from None
-    config, url, study = _open(args)
+    config, url, study = _open(args, read_only=False)
     if study.metric_names is None:  # studies made before autopeft named its objectives
         name_objectives(study, config)
-    store = artifact_store(config) if config.artifacts_dir.is_dir() else None
+    store = artifact_store(config, create=False)
     print(
         f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/ for {mask_url(url)}; trial attributes "
         "(method, config, trainable_params...) are under each trial; Ctrl-C stops it",
@@ -263,6 +288,17 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+_STUDY_HELP = "path of the study file (TOML)"
+_STORAGE_HELP = (
+    "storage URL instead of [study] storage, e.g. postgresql://user@host/db; default: $AUTOPEFT_STORAGE if set, "
+    "which keeps a password off the command line (visible to every user through ps)"
+)
+
+
+def _storage_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", default=os.environ.get(STORAGE_ENV) or None, help=_STORAGE_HELP)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autopeft", description="Search PEFT configurations under a parameter budget."
@@ -270,9 +306,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run or resume the search a study file describes")
-    run.add_argument("study", help="path of the study file (TOML)")
+    run.add_argument("study", help=_STUDY_HELP)
     run.add_argument("--n-trials", type=int, help="finish this many trials instead of [study] n_trials")
-    run.add_argument("--storage", help="storage URL instead of [study] storage")
+    _storage_option(run)
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument(
         "--from",
@@ -286,8 +322,8 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     worker = sub.add_parser("worker", help="join a study as one more worker (any machine that reaches its storage)")
-    worker.add_argument("study", help="path of the study file (TOML)")
-    worker.add_argument("--storage", help="storage URL instead of [study] storage, e.g. postgresql://user@host/db")
+    worker.add_argument("study", help=_STUDY_HELP)
+    _storage_option(worker)
     worker.add_argument("--n-trials", type=int, help="finish this many trials instead of [study] n_trials")
     worker.add_argument("--quiet", action="store_true", help="no progress output")
     worker.add_argument("--label", default="", help="prefix of this worker's progress lines")
@@ -299,48 +335,48 @@ def _parser() -> argparse.ArgumentParser:
         ("pareto", _cmd_pareto, "the Pareto front of metric against trainable parameters", ("table", "json", "csv")),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("study")
-        p.add_argument("--storage", help="storage URL instead of [study] storage")
+        p.add_argument("study", help=_STUDY_HELP)
+        _storage_option(p)
         p.add_argument("--format", choices=formats, default="table")
         p.set_defaults(func=func)
 
     plan = sub.add_parser("plan", help="show blocks, method sizes and how much of the space fits, without training")
-    plan.add_argument("study")
+    plan.add_argument("study", help=_STUDY_HELP)
     plan.add_argument("--samples", type=int, default=1000, help="random samples per method for the shares")
     plan.add_argument("--format", choices=("table", "json"), default="table")
     plan.set_defaults(func=_cmd_plan)
 
     confirm = sub.add_parser("confirm", help="re-train the Pareto configurations with new seeds")
-    confirm.add_argument("study")
+    confirm.add_argument("study", help=_STUDY_HELP)
     confirm.add_argument("--seeds", type=int, default=3, help="new seeds per configuration")
-    confirm.add_argument("--storage", help="storage URL instead of [study] storage")
+    _storage_option(confirm)
     confirm.add_argument("--quiet", action="store_true", help="no progress output")
     confirm.set_defaults(func=_cmd_confirm)
 
     export = sub.add_parser(
         "export", help="write trained adapters (peft format where peft implements the method) with provenance"
     )
-    export.add_argument("study")
+    export.add_argument("study", help=_STUDY_HELP)
     which = export.add_mutually_exclusive_group(required=True)
     which.add_argument("--best", metavar="OUT", help="export the best trial into folder OUT")
     which.add_argument("--pareto", metavar="OUT", help="export every Pareto trial into OUT/trial-<n>")
     which.add_argument("--trial", nargs=2, metavar=("N", "OUT"), help="export trial N into folder OUT")
-    export.add_argument("--storage", help="storage URL instead of [study] storage")
+    _storage_option(export)
     export.add_argument("--quiet", action="store_true", help="no progress output")
     export.set_defaults(func=_cmd_export)
 
     report = sub.add_parser("report", help="write an HTML report with plots (and the plots as PNG images)")
-    report.add_argument("study")
+    report.add_argument("study", help=_STUDY_HELP)
     report.add_argument("-o", "--output", metavar="HTML", help="report file to write, e.g. report.html")
     report.add_argument("--png", metavar="DIR", help="also write each plot as DIR/<name>.png (needs Chromium)")
-    report.add_argument("--storage", help="storage URL instead of [study] storage")
+    _storage_option(report)
     report.set_defaults(func=_cmd_report)
 
     dashboard = sub.add_parser("dashboard", help="serve optuna-dashboard on the study's storage")
-    dashboard.add_argument("study")
+    dashboard.add_argument("study", help=_STUDY_HELP)
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     dashboard.add_argument("--port", type=int, default=8080)
-    dashboard.add_argument("--storage", help="storage URL instead of [study] storage")
+    _storage_option(dashboard)
     dashboard.set_defaults(func=_cmd_dashboard)
 
     plugins = sub.add_parser("plugins", help="list installed methods and the distribution providing each")
@@ -367,13 +403,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except AutopeftError as exc:
-        from autopeft.storage import mask_url
-
         print(f"autopeft: error: {mask_url(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"autopeft: {exc or 'interrupted'}; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`autopeft trials ... | head`): nothing is wrong, and nothing more can be
+        # written. Python would flush stdout at exit and print a second error; point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell tool reports
 
 
 if __name__ == "__main__":

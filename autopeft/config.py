@@ -8,6 +8,8 @@ checks every key and value and raises :class:`~autopeft.errors.ConfigError` nami
 from __future__ import annotations
 
 import difflib
+import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -19,6 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from autopeft.budget import parse_budget
 from autopeft.errors import ConfigError
 
 __all__ = ["StudyConfig", "load_config", "with_task", "SAMPLERS", "PRUNERS", "DATA_SUFFIXES", "KEEP_WEIGHTS"]
@@ -29,6 +32,12 @@ DEVICES = ("auto", "cuda", "cpu")
 PRUNERS = ("median", "none")
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 KEEP_WEIGHTS = ("front", "all", "none")
+#: A study name becomes file names beside the study file (<name>.db, <name>.cache/, <name>.artifacts/):
+#: letters, digits, "_", "." and "-", starting with a letter, digit or "_"; never a path.
+_STUDY_NAME = re.compile(r"\w[\w.-]{0,127}")
+#: The longest heartbeat interval: longer ones overflow the timers behind it, and a dead worker's
+#: trial would wait days to be retried.
+MAX_HEARTBEAT_SECONDS = 86_400
 
 
 @dataclass(frozen=True)
@@ -211,19 +220,26 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (``inf`` and ``nan`` are TOML floats too, and never a sensible setting)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_path(v: Any) -> bool:
+    """A non-empty string that can name a file: no NUL or other control character."""
+    return isinstance(v, str) and v.strip() != "" and not any(ord(ch) < 32 for ch in v)
 
 
 def _validate(c: StudyConfig) -> None:
     s, m, t, d, tr = c.study, c.model, c.task, c.data, c.train
     _check(
-        isinstance(s.name, str) and s.name.strip() != "",
+        isinstance(s.name, str) and _STUDY_NAME.fullmatch(s.name) is not None,
         "study.name",
-        "must be a non-empty string",
+        f"must be a plain name of letters, digits, '_', '.' and '-' (it names files beside the study file), "
+        f"got {s.name!r}",
         'e.g. name = "my-study"',
     )
     _check(
-        s.storage is None or isinstance(s.storage, str) and "://" in s.storage,
+        s.storage is None or _is_path(s.storage) and "://" in s.storage,
         "study.storage",
         f"is not a database URL: {s.storage!r}",
         'use e.g. "sqlite:///study.db" or "postgresql://user@host/db"',
@@ -250,22 +266,28 @@ def _validate(c: StudyConfig) -> None:
         'e.g. keep_weights = "front"',
     )
     _check(
-        _is_int(s.heartbeat_seconds) and s.heartbeat_seconds > 0,
+        _is_int(s.heartbeat_seconds) and 0 < s.heartbeat_seconds <= MAX_HEARTBEAT_SECONDS,
         "study.heartbeat_seconds",
-        f"must be a positive integer, got {s.heartbeat_seconds!r}",
+        f"must be a whole number of seconds from 1 to {MAX_HEARTBEAT_SECONDS}, got {s.heartbeat_seconds!r}",
         "e.g. heartbeat_seconds = 30",
     )
     _check(
-        s.artifacts is None or isinstance(s.artifacts, str) and s.artifacts.strip() != "",
+        s.artifacts is None or _is_path(s.artifacts),
         "study.artifacts",
         "must be a directory path",
         'e.g. artifacts = "/shared/my-study.artifacts"',
     )
     _check(
-        isinstance(m.name, str) and m.name != "",
+        _is_path(m.name),
         "model.name",
         "must be a hub id or a path",
         'e.g. name = "sentence-transformers/all-MiniLM-L6-v2"',
+    )
+    _check(
+        m.revision is None or _is_path(m.revision),
+        "model.revision",
+        f"must be a branch, tag or commit of the model's repository, got {m.revision!r}",
+        'e.g. revision = "main", or remove it',
     )
     _check(
         isinstance(m.trust_remote_code, bool),
@@ -284,7 +306,7 @@ def _validate(c: StudyConfig) -> None:
     for key in ("train", "validation", "test"):
         v = getattr(d, key)
         _check(
-            v is None and key == "test" or isinstance(v, str) and v != "",
+            v is None and key == "test" or _is_path(v),
             f"data.{key}",
             "must be a file path or a hub dataset name",
             f'e.g. {key} = "data/{key}.parquet"',
@@ -329,12 +351,17 @@ def _validate(c: StudyConfig) -> None:
             f"must be a positive integer, got {v!r}",
             f"remove it or set e.g. {key} = 1000",
         )
+    budget = c.budget.max_trainable
     _check(
-        isinstance(c.budget.max_trainable, str) or _is_int(c.budget.max_trainable) and int(c.budget.max_trainable) > 0,
+        isinstance(budget, str) or _is_int(budget) and int(budget) > 0,
         "budget.max_trainable",
-        f"must be a count or a percentage, got {c.budget.max_trainable!r}",
+        f"must be a count or a percentage, got {budget!r}",
         'e.g. max_trainable = "0.5%" or "150k"',
     )
+    try:
+        parse_budget(budget, 10**15)  # the form and the share's range; the count needs the model
+    except ValueError as exc:
+        raise ConfigError("budget.max_trainable", str(exc), 'use e.g. "0.5%" or "150k"') from None
     for key in ("epochs", "batch_size", "eval_batch_size", "evals_per_epoch"):
         v = getattr(tr, key)
         _check(
@@ -429,8 +456,14 @@ def load_config(path: str | Path) -> StudyConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(str(path), "study file not found", "check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), "is a folder, not a study file", "give the path of a .toml file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), f"not valid TOML ({exc})", "fix the syntax at the position shown") from None
+    except RecursionError:
+        raise ConfigError(str(path), "nests tables or arrays too deeply to read", "flatten it") from None
+    except (OSError, ValueError) as exc:  # a NUL in the path, a device, no permission
+        raise ConfigError(repr(str(path)), f"cannot read the study file ({exc})", "check the path") from None
     for key in raw:
         if key not in _SECTIONS:
             raise ConfigError(key, "unknown section", _suggest(key, list(_SECTIONS)))

@@ -13,9 +13,14 @@ library versions; the export says so and records both metrics.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
 import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +29,10 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from autopeft.artifacts import artifact_store, fetch_weights
+from autopeft.artifacts import artifact_store, fetch_weights, plain_name
 from autopeft.blocks import build_context
 from autopeft.config import ModelSection, StudyConfig, load_config
-from autopeft.errors import AutopeftError, PluginError
+from autopeft.errors import AutopeftError, PluginError, first_line
 from autopeft.plugins import get_plugin_manager, registered_methods, registered_tasks, resolve_task
 from autopeft.progress import Progress
 from autopeft.results import best_trial, is_feasible, pareto_front
@@ -38,13 +43,88 @@ PROVENANCE_FILE = "provenance.json"
 _FORMAT = "autopeft-export/1"
 
 
-def _prepare(out: Path) -> None:
-    """Make ``out`` an empty folder; a previous export there is replaced, anything else refused."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / PROVENANCE_FILE).is_file() and not (out / "pareto.json").is_file():
-            raise AutopeftError(f"export: {out} exists and is not an autopeft export; choose a new or empty folder")
-        shutil.rmtree(out)
+MODEL_CARD = "README.md"
+_PARETO_INDEX = "pareto.json"
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it cannot be read or parsed (tampered, truncated, nested
+    past the parser's depth): an earlier export's records are only a hint of what it wrote."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _written_before(out: Path) -> set[str]:
+    """Names in ``out`` that an earlier autopeft export there says it wrote (plain names only).
+
+    Only these are ever removed or replaced: a user's own files beside an export stay.
+    """
+    names: set[str] = set()
+    record = _read_json(out / PROVENANCE_FILE)
+    if record is not None:
+        weights = record.get("weights") if isinstance(record, dict) else None
+        files = weights.get("files") if isinstance(weights, dict) else None
+        names |= {PROVENANCE_FILE, *(f for f in files or [] if plain_name(f))}
+    index = _read_json(out / _PARETO_INDEX)
+    if index is not None:
+        rows = index if isinstance(index, list) else []
+        names |= {_PARETO_INDEX, *(r["folder"] for r in rows if isinstance(r, dict) and plain_name(r.get("folder")))}
+    return names
+
+
+def _check_folder(out: Path) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder no autopeft export wrote."""
+    if out.exists() and not out.is_dir():
+        raise AutopeftError(f"export: {out} is a file, not a folder; choose a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not _written_before(out):
+        raise AutopeftError(f"export: {out} exists and is not an autopeft export; choose a new or empty folder")
+
+
+def _remove_earlier(out: Path, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Remove what an earlier export wrote into ``out`` (its recorded files, and its recorded trial
+    folders once emptied the same way), except the names in ``keep``. Nothing else is touched: no
+    link is followed, no folder is removed with what it holds."""
+    for name in _written_before(out) - keep:
+        path = out / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            _remove_earlier(path)
+            with contextlib.suppress(OSError):  # the user's own files are still in it: it stays
+                path.rmdir()
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move a finished export from ``staging`` into ``out``, replacing the earlier export there.
+
+    Raises:
+        AutopeftError: a file of the new export would replace one the earlier export did not write.
+    """
+    earlier = _written_before(out)
+    for path in sorted(staging.iterdir()):
+        target = out / path.name
+        if (target.exists() or target.is_symlink()) and path.name not in earlier:
+            raise AutopeftError(
+                f"export: {target} exists and is not from an earlier export; move it or choose another folder"
+            )
+    _remove_earlier(out)
+    for path in staging.iterdir():
+        os.replace(path, out / path.name)
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary folder inside ``out`` (never elsewhere) that the export is written to first, so
+    that a failed export leaves the earlier one and the user's files as they were."""
+    _check_folder(out)
     out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".autopeft-export-", dir=out))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # our own temporary folder, inside out
 
 
 def _check_exportable(trial: FrozenTrial) -> None:
@@ -111,6 +191,7 @@ def _provenance(
             "overrides": config.model.overrides,
         },
         "labels": _labels(config, study),
+        "data": {k: getattr(config.data, k) for k in ("train", "validation", "test", "text", "label")},
         "weights": weights,
         "versions": {"trained_with": a.get("versions"), "exported_with": library_versions()},
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -125,21 +206,97 @@ def export_trial(
     progress: Progress | None = None,
     storage: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``trial``'s weights and provenance to ``out``; returns the provenance record.
+    """Write ``trial``'s weights, provenance and model card to ``out``; returns the provenance record.
 
     ``storage`` is the URL the study was opened with (default: the study file's), recorded masked.
+    An earlier export in ``out`` is replaced; files it did not write are left alone.
     """
     progress = progress or Progress(quiet=True)
     _check_exportable(trial)
-    _prepare(out)
-    if fetch_weights(artifact_store(config), study, trial, out):
-        weights: dict[str, Any] = {"source": "artifact"}
-    else:
-        weights = _retrain(config, trial, out, progress)
-    weights["files"] = sorted(p.name for p in out.iterdir())
-    record = _provenance(config, study, trial, weights, storage or config.storage)
-    (out / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    with _staging(out) as staging:
+        if fetch_weights(artifact_store(config, create=False), study, trial, staging):
+            weights: dict[str, Any] = {"source": "artifact"}
+        else:
+            weights = _retrain(config, trial, staging, progress)
+        _portable_adapter_config(staging, config)
+        weights["files"] = sorted({*(p.name for p in staging.iterdir()), MODEL_CARD})
+        record = _provenance(config, study, trial, weights, storage or config.storage)
+        (staging / MODEL_CARD).write_text(model_card(record), encoding="utf-8")
+        (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        _publish(staging, out)
     return record
+
+
+def _portable_adapter_config(folder: Path, config: StudyConfig) -> None:
+    """Make a peft ``adapter_config.json`` name the base model as the study does (the hub id, not this
+    machine's path of an offline copy) and the task type, so it loads anywhere."""
+    path = folder / "adapter_config.json"
+    if not path.is_file():
+        return
+    adapter = json.loads(path.read_text(encoding="utf-8"))
+    adapter["base_model_name_or_path"] = config.model.name
+    adapter["revision"] = config.model.revision
+    task = resolve_task(config, get_plugin_manager())[1]
+    if adapter.get("task_type") is None and task.peft_task_type is not None:
+        adapter["task_type"] = task.peft_task_type
+    path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def model_card(record: dict[str, Any]) -> str:
+    """The export's ``README.md``: what was trained, how well, under which budget, and how to load it."""
+    study, trial, model = record["study"], record["trial"], record["model"]
+    metric = study["metric"]
+    peft_format = "adapter_config.json" in record["weights"]["files"]
+    head = ["---", f"base_model: {json.dumps(model['name'])}", "tags:", "- autopeft", f"- {record['method']}"]
+    if peft_format:
+        head.insert(1, "library_name: peft")
+    share = trial.get("trainable_share")
+    rows = [
+        ("method", f"`{record['method']}`"),
+        ("configuration", f"`{json.dumps(record['config'], sort_keys=True)}`"),
+        (f"validation {metric}", f"{trial['validation_metric']:.4f}"),
+        (f"test {metric}", "-" if trial.get("test_metric") is None else f"{trial['test_metric']:.4f}"),
+        ("trainable parameters", f"{trial['trainable_params']:,}" + (f" ({100 * share:.3f}%)" if share else "")),
+        ("budget", "-" if study.get("budget") is None else f"{study['budget']:,} parameters"),
+        ("learning rate", "-" if trial.get("learning_rate") is None else f"{trial['learning_rate']:.3g}"),
+        ("seed", str(trial.get("seed"))),
+        ("task", f"`{study['task']}`"),
+        ("data", ", ".join(f"{k} `{v}`" for k, v in record.get("data", {}).items() if v)),
+        ("classes", ", ".join(map(str, record["labels"])) or "-"),
+        ("weights", "kept from the search" if record["weights"]["source"] == "artifact" else "retrained with its seed"),
+    ]
+    overrides = f", {', '.join(f'{k}={v!r}' for k, v in model['overrides'].items())}" if model["overrides"] else ""
+    if peft_format:
+        load = (
+            "```python\nfrom peft import PeftModel\nfrom transformers import "
+            f"{_AUTO_CLASS.get(study['task'], 'AutoModel')}\n\n"
+            f"base = {_AUTO_CLASS.get(study['task'], 'AutoModel')}.from_pretrained({model['name']!r}"
+            + (f", num_labels={len(record['labels'])}" if record["labels"] else "")
+            + f"{overrides})\nmodel = PeftModel.from_pretrained(base, 'path/to/this/folder')\n```\n\n"
+            "or, with autopeft installed:\n\n"
+        )
+    else:
+        load = f"Method `{record['method']}` is native to autopeft (or a plugin); load it with autopeft:\n\n"
+    load += "```python\nimport autopeft\n\nmodel = autopeft.load_model('path/to/this/folder')\n```\n"
+    return (
+        "\n".join([*head, "---", ""])
+        + f"\n# {record['method']} on {model['name']}, found by autopeft\n\n"
+        + f"Trial {trial['number']} of autopeft study `{study['name']}`, which searched PEFT configurations of "
+        + f"`{model['name']}` under a budget of trainable parameters"
+        + (" (two objectives: the metric and the size)." if len(study.get("objectives") or []) > 1 else ".")
+        + "\n\n| | |\n| --- | --- |\n"
+        + "".join(f"| {k} | {v} |\n" for k, v in rows)
+        + "\n## Loading\n\n"
+        + load
+        + f"\n`{PROVENANCE_FILE}` has the full record: study, trial, configuration and library versions.\n"
+    )
+
+
+_AUTO_CLASS = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "causal-lm": "AutoModelForCausalLM",
+}
 
 
 def _retrain(config: StudyConfig, trial: FrozenTrial, out: Path, progress: Progress) -> dict[str, Any]:
@@ -177,17 +334,24 @@ def export(
 ) -> list[dict[str, Any]]:
     """Export the ``"best"`` trial, every ``"pareto"`` trial (one ``trial-<n>`` folder each, and
     ``pareto.json`` listing them), or the trial numbered ``which``. Returns the provenance records."""
-    from autopeft.study import open_study
+    from autopeft.study import file_budget, open_study
 
     config, _ = resolve_task(load_config(study_file), get_plugin_manager())  # the metric names the records
-    study = open_study(config, storage, create=False)
+    study = open_study(config, storage, create=False, read_only=True)
+    budget = file_budget(config, study)  # judged by the study file's budget now
     out = Path(out)
     if which == "pareto":
-        front = pareto_front(study)
+        front = pareto_front(study, budget=budget)
         if not front:
             raise AutopeftError(f"study {study.study_name!r} has no feasible complete trial yet; run it first")
-        _prepare(out)
+        _check_folder(out)
+        out.mkdir(parents=True, exist_ok=True)
         records = [export_trial(config, study, t, out / f"trial-{t.number}", progress, storage) for t in front]
+        folders = {f"trial-{t.number}" for t in front}
+        for stale in _written_before(out) - folders - {_PARETO_INDEX}:  # an earlier front's other points
+            _remove_earlier(out / stale)
+            with contextlib.suppress(OSError):
+                (out / stale).rmdir()
         index = [
             {
                 "trial": r["trial"]["number"],
@@ -198,10 +362,10 @@ def export(
             }
             for r in records
         ]
-        (out / "pareto.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        (out / _PARETO_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         return records
     if which == "best":
-        trial = best_trial(study)
+        trial = best_trial(study, budget=budget)
         if trial is None:
             raise AutopeftError(f"study {study.study_name!r} has no feasible complete trial yet; run it first")
     else:
@@ -212,33 +376,87 @@ def export(
     return [export_trial(config, study, trial, out, progress, storage)]
 
 
+#: Weight files that unpickle (run code) when loaded: an export never holds one, and load_model refuses them.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def _read_provenance(directory: Path) -> tuple[dict[str, Any], ModelSection]:
+    """The export's provenance record and model section, checked for what rebuilding needs.
+
+    Raises:
+        AutopeftError: the file is missing, unreadable, or a field has the wrong type.
+    """
+    fix = "export a trial with `autopeft export`"
+    record = _read_json(directory / PROVENANCE_FILE)
+    if not isinstance(record, dict):
+        raise AutopeftError(f"{directory} has no readable {PROVENANCE_FILE}; {fix}")
+    expected = {"method": str, "config": dict, "labels": list, "model": dict}
+    for key, kind in expected.items():
+        if not isinstance(record.get(key), kind):
+            raise AutopeftError(f"{directory}/{PROVENANCE_FILE}: {key!r} is missing or not a {kind.__name__}; {fix}")
+    model = record["model"]
+    try:
+        section = ModelSection(**model)
+    except TypeError:
+        raise AutopeftError(
+            f"{directory}/{PROVENANCE_FILE}: 'model' has unknown fields {sorted(model)}; {fix}"
+        ) from None
+    if not (
+        isinstance(section.name, str)
+        and section.name
+        and isinstance(section.revision, (str, type(None)))
+        and isinstance(section.trust_remote_code, bool)
+        and isinstance(section.overrides, dict)
+    ):
+        raise AutopeftError(f"{directory}/{PROVENANCE_FILE}: 'model' has a field of the wrong type; {fix}")
+    return record, section
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence transformers' load report ("MISSING classifier...") and deprecation warnings while
+    the base model is rebuilt: the export's own weights replace the head right after, so the report
+    would tell a user something false."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
 def load_model(
     directory: str | Path, device: str | torch.device | None = None, trust_remote_code: bool = False
 ) -> nn.Module:
     """The trained model of an export folder, in eval mode: base model + method + trained weights.
 
     Works for every method, peft-backed or native (whose plugin must be installed). The base model
-    is resolved as ``autopeft run`` resolves it (hub, local path or an offline package).
+    is resolved as ``autopeft run`` resolves it (hub, local path or an offline package). Weights are
+    read from safetensors files only.
 
     Args:
         trust_remote_code: must be True to load an export whose study ran the model's own code;
             an export folder from elsewhere never turns it on by itself.
 
     Raises:
-        AutopeftError: the folder is not an export, its method is not installed, or it needs
-            ``trust_remote_code``.
+        AutopeftError: the folder is not an export, holds pickle files, its method is not
+            installed, it needs ``trust_remote_code``, or its weights do not fit what it records.
     """
     from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
 
     directory = Path(directory)
-    try:
-        record = json.loads((directory / PROVENANCE_FILE).read_text(encoding="utf-8"))
-        model_section = ModelSection(**record["model"])
-        record["method"], record["config"], record["labels"]  # noqa: B018 - what rebuilding needs
-    except (OSError, ValueError, TypeError, KeyError):
+    record, model_section = _read_provenance(directory)
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
         raise AutopeftError(
-            f"{directory} has no readable {PROVENANCE_FILE}; export a trial with `autopeft export`"
-        ) from None
+            f"{directory} holds {pickles[0]}, a pickle file that could run code when loaded; autopeft loads "
+            "safetensors only: re-export the trial with `autopeft export`"
+        )
     if model_section.trust_remote_code and not trust_remote_code:
         raise AutopeftError(
             f"{directory} was trained with trust_remote_code = true; pass trust_remote_code=True if you trust "
@@ -253,15 +471,26 @@ def load_model(
         )
     method = methods[record["method"]].method
     tasks = registered_tasks(pm)
-    task_name = record.get("study", {}).get("task", "sequence-classification")  # exports before tasks were plugins
+    study = record.get("study")
+    task_name = study.get("task") if isinstance(study, dict) else None
+    task_name = task_name or "sequence-classification"  # exports before tasks were plugins
     if task_name not in tasks:
         raise PluginError(
             f"{directory} needs task {task_name!r}, which is not installed; installed: {', '.join(tasks)}"
         )
     task = tasks[task_name].task
     source, offline = resolve_model_name(pm, model_section.name)
-    tokenizer = load_tokenizer(model_section, source, offline)
-    base = load_base_model(model_section, source, offline, task, record["labels"], tokenizer.pad_token_id)
-    model = method.apply(base, build_context(base, new_head=task.new_head), record["config"])
-    method.load(model, directory)
+    with _quiet_loading():
+        tokenizer = load_tokenizer(model_section, source, offline)
+        base = load_base_model(model_section, source, offline, task, record["labels"], tokenizer.pad_token_id)
+    try:
+        model = method.apply(base, build_context(base, new_head=task.new_head), record["config"])
+        method.load(model, directory)
+    except AutopeftError:
+        raise
+    except Exception as exc:  # a configuration or weights that do not fit this model: blocks, shapes, a cut file
+        raise AutopeftError(
+            f"{directory}: its {record['method']} weights do not fit the configuration and model it records "
+            f"({type(exc).__name__}: {first_line(exc)}); re-export the trial with `autopeft export`"
+        ) from None
     return model.to(device or "cpu").eval()

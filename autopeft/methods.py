@@ -20,7 +20,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import optuna
 import torch
@@ -28,9 +28,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autopeft.blocks import Block, ModelContext
-from autopeft.errors import ConfigError, PluginError
+from autopeft.errors import AutopeftError, ConfigError, PluginError, first_line
 
-__all__ = ["PeftMethod", "trainable_numel", "WEIGHTS_FILE"]
+__all__ = ["PeftMethod", "trainable_numel", "checked_count", "plugin_call", "WEIGHTS_FILE"]
 
 WEIGHTS_FILE = "trained.safetensors"
 
@@ -44,6 +44,42 @@ def trainable_numel(model: nn.Module) -> int:
             seen.add(id(p))
             total += p.numel()
     return total
+
+
+_T = TypeVar("_T")
+
+
+def plugin_call(method: PeftMethod, hook: str, call: Callable[[], _T]) -> _T:
+    """``call()``, a call into ``method``'s plugin code outside a trial (counting the smallest
+    configuration, planning); an exception there is a broken plugin, said in one line.
+
+    Raises:
+        PluginError: naming the method, the hook and the error.
+    """
+    try:
+        return call()
+    except AutopeftError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"method {method.name!r} failed in {hook} ({type(exc).__name__}: {first_line(exc)}); fix the plugin, "
+            "or remove the method from search.methods"
+        ) from None
+
+
+def checked_count(method: PeftMethod, ctx: ModelContext, config: dict[str, Any]) -> int:
+    """``method.count_trainable(ctx, config)``, refused unless it is a count: the budget promise rests on it.
+
+    Raises:
+        PluginError: it raised, or returned something other than an int >= 0.
+    """
+    n = plugin_call(method, "count_trainable", lambda: method.count_trainable(ctx, config))
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise PluginError(
+            f"method {method.name!r}: count_trainable returned {n!r}, not a number of parameters; it must "
+            "return an int >= 0"
+        )
+    return n
 
 
 def _same_kind(value: Any, reference: Any) -> bool:
@@ -183,5 +219,11 @@ class PeftMethod(ABC):
         return model
 
     def describe(self, config: dict[str, Any]) -> str:
-        """A one-line summary of ``config`` for progress output."""
+        """A one-line summary of ``config`` for progress output, in words where the method says."""
         return json.dumps(config, separators=(",", ":"))
+
+    @staticmethod
+    def block_list(on: list[int]) -> str:
+        """``[1, 0, 1]`` -> ``'blocks 0,2'``: the chosen blocks of a per-block on/off list, for :meth:`describe`."""
+        chosen = [str(i) for i, x in enumerate(on) if x]
+        return f"block{'s' if len(chosen) != 1 else ''} {','.join(chosen)}" if chosen else "no block"

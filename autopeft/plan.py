@@ -55,7 +55,7 @@ def make_plan(config: StudyConfig, pm: pluggy.PluginManager, samples: int = 1000
     """The plan of a study as a JSON-able dict (see the module docstring)."""
     from autopeft.objective import UNBOUNDED, Objective
 
-    objective = Objective(config, pm, strict=False)
+    objective = Objective(config, pm, strict=False, write_cache=False)
     ctx = objective.ctx
     methods = []
     for name, method in objective.enabled.items():
@@ -77,8 +77,22 @@ def make_plan(config: StudyConfig, pm: pluggy.PluginManager, samples: int = 1000
                 "enabled": name in objective.methods,
             }
         )
+    cheapest = min(objective.smallest, key=objective.smallest.__getitem__)
     return {
         "model": config.model.name,
+        "task": {
+            "type": objective.config.task.type,
+            "metric": objective.config.task.metric,
+            "metric_meaning": _METRIC_MEANING.get(objective.config.task.metric, ""),
+            "classes": objective.data.label_names,
+            "baseline": objective.baseline,
+        },
+        "no_fit": None
+        if objective.methods
+        else (
+            f"budget.max_trainable: {objective.budget} parameters fit no configuration; the smallest is {cheapest} "
+            f"with {objective.smallest[cheapest]}: raise the budget to at least that or enable a smaller method"
+        ),
         "total_params": ctx.total_params,
         "budget": objective.budget,
         "budget_share": objective.budget / ctx.total_params,
@@ -98,14 +112,29 @@ def make_plan(config: StudyConfig, pm: pluggy.PluginManager, samples: int = 1000
     }
 
 
+_METRIC_MEANING = {
+    "f1": "F1 of the second class (in label order) with two classes, macro-averaged over classes with more",
+    "macro_f1": "F1 averaged over classes, each class counting the same",
+    "mcc": "Matthews correlation coefficient, 0 for a constant predictor",
+}
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     """The plan as text for a terminal."""
     from autopeft.budget import format_count
 
+    task = plan["task"]
+    classes = task["classes"]
+    metric = task["metric"] + (f" ({task['metric_meaning']})" if task["metric_meaning"] else "")
+    baseline = task["baseline"]
     lines = [
         f"model {plan['model']}: {format_count(plan['total_params'])} parameters; budget "
         f"{format_count(plan['budget'])} ({100 * plan['budget_share']:.3g}%); "
         f"objectives {', '.join(plan['objectives'])}",
+        f"task {task['type']}"
+        + (f": {len(classes)} classes ({', '.join(map(str, classes))})" if classes else "")
+        + f"; metric {metric}"
+        + (f"; {baseline['name']} baseline {baseline['value']:.4f}" if baseline else ""),
         f"head: {', '.join(plan['head']['modules'])} ({format_count(plan['head']['params'])})",
         f"{len(plan['blocks'])} blocks:",
     ]

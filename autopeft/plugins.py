@@ -174,7 +174,15 @@ def _registered(pm: pluggy.PluginManager, hook: str, kind: type, what: str) -> d
                 )
             found[name] = (obj, _plugin, _dist, _version)
 
-        impl.function(register=register)
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:  # foreign code: an abstract class instantiated, a typo, a failed import
+            raise PluginError(
+                f"plugin {plugin!r} from {dist} failed in {hook} ({type(exc).__name__}: {first_line(exc)}); "
+                f"fix or upgrade it, or block it with AUTOPEFT_BLOCK_PLUGINS={plugin}"
+            ) from None
     return found
 
 

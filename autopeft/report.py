@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import AutopeftError, first_line
-from autopeft.results import best_trial, feasible_trials, metric_sign, outcome, pareto_front, reason
+from autopeft.results import Standard, best_trial, feasible_trials, metric_sign, outcome, pareto_front, reason
 
 __all__ = ["build_figures", "method_table", "outcome_table", "write_html", "write_pngs", "FIGURES"]
 
@@ -55,31 +55,53 @@ def _empty(fig: Any, text: str) -> Any:
     return fig
 
 
-def _pareto(study: optuna.Study, metric: str) -> Any:
+def _same_point(trials: list[FrozenTrial]) -> list[list[FrozenTrial]]:
+    """Trials grouped by (size, metric): one marker each, so that no trial hides behind another."""
+    groups: dict[tuple[int, float], list[FrozenTrial]] = {}
+    for t in trials:
+        assert t.values is not None
+        groups.setdefault((t.user_attrs["trainable_params"], round(float(t.values[0]), 6)), []).append(t)
+    return list(groups.values())
+
+
+def _baseline_line(fig: Any, standard: Standard) -> None:
+    if standard.baseline is not None:
+        fig.add_hline(
+            y=standard.baseline,
+            line_dash="dot",
+            line_color="#d62728",
+            annotation_text=f"{standard.baseline_name} baseline {standard.baseline:.4f}",
+            annotation_position="bottom right",
+        )
+
+
+def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
     import plotly.graph_objects as go
 
     from autopeft.confirm import CONFIRM_PREFIX
 
     fig = go.Figure()
-    trials = feasible_trials(study)
+    trials = feasible_trials(study, standard.budget)
     if not trials:
         return _empty(fig, "no feasible complete trial yet")
     colors = _colors(study)
     for method, color in colors.items():
-        mine = [t for t in trials if t.user_attrs["method"] == method]
-        if mine:
+        groups = _same_point([t for t in trials if t.user_attrs["method"] == method])
+        if groups:
             fig.add_trace(
                 go.Scatter(
-                    x=[t.user_attrs["trainable_params"] for t in mine],
-                    y=[t.values[0] for t in mine if t.values],
-                    mode="markers",
+                    x=[g[0].user_attrs["trainable_params"] for g in groups],
+                    y=[g[0].values[0] for g in groups if g[0].values],
+                    mode="markers+text",
                     name=method,
-                    marker={"color": color, "size": 9, "opacity": 0.55},
-                    hovertext=[_hover(t, metric) for t in mine],
+                    marker={"color": color, "size": [9 + 3 * (len(g) - 1) for g in groups], "opacity": 0.55},
+                    text=[f"×{len(g)}" if len(g) > 1 else "" for g in groups],
+                    textposition="middle right",
+                    hovertext=["<br>―<br>".join(_hover(t, metric) for t in g) for g in groups],
                     hoverinfo="text",
                 )
             )
-    front = pareto_front(study)
+    front = pareto_front(study, budget=standard.budget)
     confirmed = [study.user_attrs.get(f"{CONFIRM_PREFIX}{t.number}") for t in front]
     fig.add_trace(
         go.Scatter(
@@ -104,19 +126,25 @@ def _pareto(study: optuna.Study, metric: str) -> Any:
                 name="confirmed mean ± std",
             )
         )
-    budget = study.user_attrs.get("budget")
-    if budget:
-        fig.add_vline(x=budget, line_dash="dash", line_color="gray", annotation_text="budget")
+    if standard.budget:
+        fig.add_vline(
+            x=standard.budget,
+            line_dash="dash",
+            line_color="gray",
+            annotation_text=f"budget {standard.budget:,}",
+            annotation_position="top left",
+        )
+    _baseline_line(fig, standard)
     fig.update_xaxes(type="log", title="trainable parameters")
     fig.update_yaxes(title=metric)
     return fig
 
 
-def _history(study: optuna.Study, metric: str) -> Any:
+def _history(study: optuna.Study, metric: str, standard: Standard) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    trials = sorted(feasible_trials(study), key=lambda t: t.number)
+    trials = sorted(feasible_trials(study, standard.budget), key=lambda t: t.number)
     if not trials:
         return _empty(fig, "no feasible complete trial yet")
     for method, color in _colors(study).items():
@@ -157,6 +185,7 @@ def _history(study: optuna.Study, metric: str) -> Any:
             x=[t.number for t in trials], y=best, mode="lines", line={"shape": "hv", "color": "black"}, name="best"
         )
     )
+    _baseline_line(fig, standard)
     fig.update_xaxes(title="trial")
     fig.update_yaxes(title=metric)
     return fig
@@ -170,7 +199,7 @@ def _last_value(trial: FrozenTrial) -> float | None:
     return values[max(values)] if values else None
 
 
-def _importances(study: optuna.Study) -> dict[str, dict[str, float]]:
+def _importances(study: optuna.Study, standard: Standard) -> dict[str, dict[str, float]]:
     """fANOVA importance of each method's parameters over that method's feasible trials.
 
     Per method, because the parameters are conditional on the method: over all trials only
@@ -180,7 +209,7 @@ def _importances(study: optuna.Study) -> dict[str, dict[str, float]]:
 
     result = {}
     by_method: dict[str, list[FrozenTrial]] = {}
-    for t in feasible_trials(study):
+    for t in feasible_trials(study, standard.budget):
         by_method.setdefault(t.user_attrs["method"], []).append(t)
     for method, trials in sorted(by_method.items()):
         names = sorted({n for t in trials for n in t.params if n != "method"})
@@ -197,11 +226,11 @@ def _importances(study: optuna.Study) -> dict[str, dict[str, float]]:
     return result
 
 
-def _importance(study: optuna.Study) -> Any:
+def _importance(study: optuna.Study, standard: Standard) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    found = _importances(study)
+    found = _importances(study, standard)
     if not found:
         return _empty(go.Figure(), "needs at least 4 feasible trials of a method with 2 or more parameters")
     colors = _colors(study)
@@ -232,10 +261,10 @@ def _per_block_values(config: dict[str, Any], n_blocks: int) -> tuple[str, list[
     return None
 
 
-def _blocks(study: optuna.Study, metric: str) -> Any:
+def _blocks(study: optuna.Study, metric: str, standard: Standard) -> Any:
     import plotly.graph_objects as go
 
-    rows = [t for t in pareto_front(study) if t.user_attrs.get("block_params")]
+    rows = [t for t in pareto_front(study, budget=standard.budget) if t.user_attrs.get("block_params")]
     if not rows:
         return _empty(go.Figure(), "no front trial records its trainable parameters per block yet")
     n_blocks = len(rows[0].user_attrs["block_params"])
@@ -265,14 +294,16 @@ def _blocks(study: optuna.Study, metric: str) -> Any:
     return fig
 
 
-def build_figures(study: optuna.Study) -> dict[str, Any]:
-    """The report's Plotly figures by name (see :data:`FIGURES`)."""
+def build_figures(study: optuna.Study, standard: Standard | None = None) -> dict[str, Any]:
+    """The report's Plotly figures by name (see :data:`FIGURES`); trials judged by ``standard``
+    (default: the study's recorded budget and baseline)."""
     metric = study.user_attrs.get("metric", "value")
+    standard = standard or Standard.of(study)
     builders: dict[str, Callable[[], Any]] = {
-        "pareto": lambda: _pareto(study, metric),
-        "history": lambda: _history(study, metric),
-        "importance": lambda: _importance(study),
-        "blocks": lambda: _blocks(study, metric),
+        "pareto": lambda: _pareto(study, metric, standard),
+        "history": lambda: _history(study, metric, standard),
+        "importance": lambda: _importance(study, standard),
+        "blocks": lambda: _blocks(study, metric, standard),
     }
     figures = {}
     for name, build in builders.items():
@@ -282,17 +313,18 @@ def build_figures(study: optuna.Study) -> dict[str, Any]:
     return figures
 
 
-def method_table(study: optuna.Study) -> list[dict[str, Any]]:
+def method_table(study: optuna.Study, standard: Standard | None = None) -> list[dict[str, Any]]:
     """One row per method, best method first: trials by outcome, its best feasible trial, and its
     median training time."""
     metric = study.user_attrs.get("metric", "value")
+    standard = standard or Standard.of(study)
     rows = []
     trials = [t for t in study.get_trials(deepcopy=False) if "method" in t.user_attrs]
     for method in sorted({t.user_attrs["method"] for t in trials}):
         mine = [t for t in trials if t.user_attrs["method"] == method]
         outcomes = Counter(outcome(t) for t in mine)
-        feasible = [t for t in feasible_trials(study) if t.user_attrs["method"] == method]
-        best = best_trial(study, feasible)
+        feasible = [t for t in feasible_trials(study, standard.budget) if t.user_attrs["method"] == method]
+        best = best_trial(study, feasible, standard.budget)
         seconds = [t.user_attrs["train_seconds"] for t in mine if "train_seconds" in t.user_attrs]
         rows.append(
             {
@@ -312,13 +344,17 @@ def method_table(study: optuna.Study) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r[f"best {metric}"] is None, -sign * (r[f"best {metric}"] or 0)))
 
 
-def outcome_table(study: optuna.Study) -> list[dict[str, Any]]:
-    """Every trial that did not complete within the budget, and why."""
-    return [
-        {"trial": t.number, "outcome": outcome(t), "method": t.user_attrs.get("method", ""), "reason": reason(t)}
-        for t in study.get_trials(deepcopy=False)
-        if outcome(t) != "complete"
-    ]
+def outcome_table(study: optuna.Study, standard: Standard | None = None) -> list[dict[str, Any]]:
+    """Every trial that did not complete within the budget, or learned nothing, and why."""
+    standard = standard or Standard.of(study)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        why = reason(t, standard)
+        if why is not None:
+            rows.append(
+                {"trial": t.number, "outcome": outcome(t), "method": t.user_attrs.get("method", ""), "reason": why}
+            )
+    return rows
 
 
 def _table(rows: list[dict[str, Any]], empty: str) -> str:
@@ -349,13 +385,16 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; } .empty { color: 
 """
 
 
-def write_html(study: optuna.Study, path: Path, storage: str = "") -> Path:
-    """Write the report for ``study`` to ``path``: one file, plotly.js inlined, viewable offline."""
+def write_html(study: optuna.Study, path: Path, storage: str = "", standard: Standard | None = None) -> Path:
+    """Write the report for ``study`` to ``path``: one file, plotly.js inlined, viewable offline.
+
+    ``storage`` is shown as given: pass it through :func:`~autopeft.storage.mask_url`."""
     from plotly.offline import get_plotlyjs
 
-    figures = build_figures(study)
+    standard = standard or Standard.of(study)
+    figures = build_figures(study, standard)
     metric = study.user_attrs.get("metric", "value")
-    best = best_trial(study)
+    best = best_trial(study, budget=standard.budget)
     states = Counter(outcome(t) for t in study.get_trials(deepcopy=False))
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     best_line = (
@@ -370,19 +409,26 @@ def write_html(study: optuna.Study, path: Path, storage: str = "") -> Path:
         + "</div>"
         for name, fig in figures.items()
     )
-    budget = study.user_attrs.get("budget")
+    budget = standard.budget
+    trials = study.get_trials(deepcopy=False)
+    baseline_line = (
+        f"<br>baseline: {html.escape(standard.describe_baseline())} (a model that learned nothing from the inputs); "
+        f"{sum(standard.at_baseline(t) for t in trials)} trials no better"
+        if standard.baseline is not None
+        else ""
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>autopeft report: {html.escape(study.study_name)}</title>
 <style>{_CSS}</style><script>{get_plotlyjs()}</script></head>
 <body>
 <h1>autopeft study {html.escape(study.study_name)}</h1>
 <p class="meta">{html.escape(storage)} · metric {html.escape(metric)} · budget {f"{budget:,}" if budget else "?"}
-trainable parameters · {len(study.trials)} trials ({html.escape(summary)})<br>{html.escape(best_line)}</p>
+trainable parameters · {len(trials)} trials ({html.escape(summary)})<br>{html.escape(best_line)}{baseline_line}</p>
 {plots}
 <h2>Methods</h2>
-{_table(method_table(study), "no trials yet")}
-<h2>Pruned, infeasible and failed trials</h2>
-{_table(outcome_table(study), "every trial completed within the budget")}
+{_table(method_table(study, standard), "no trials yet")}
+<h2>Pruned, infeasible and failed trials, and trials no better than the baseline</h2>
+{_table(outcome_table(study, standard), "every trial completed within the budget")}
 </body></html>
 """
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -390,11 +436,13 @@ trainable parameters · {len(study.trials)} trials ({html.escape(summary)})<br>{
     return path
 
 
-def write_pngs(study: optuna.Study, directory: Path, width: int = 1000, height: int = 460) -> list[Path]:
+def write_pngs(
+    study: optuna.Study, directory: Path, standard: Standard | None = None, width: int = 1000, height: int = 460
+) -> list[Path]:
     """Write the report's figures as ``<name>.png`` images (kaleido, with a local Chrome or Chromium)."""
     import plotly.io as pio
 
-    figures = build_figures(study)
+    figures = build_figures(study, standard)
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.png" for name in figures]
     try:

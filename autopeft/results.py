@@ -3,6 +3,10 @@
 Every trial records its metric as its first objective value and its exact size in the
 ``trainable_params`` user attribute, so single- and multi-objective studies are read the same way:
 the front of metric against trainable parameters exists for both.
+
+Trials are judged against the study's budget *now* (a :class:`Standard`), not the one they ran
+under: a study resumed with a lower budget never presents a trial over it as its best. The
+standard also holds the baseline (the majority class, say) that marks trials which learned nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -19,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 __all__ = [
     "FINISHED",
     "PENDING",
+    "Standard",
     "finished_trials",
     "feasible_trials",
     "is_feasible",
@@ -41,18 +47,67 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED)
 
 
-def is_feasible(trial: FrozenTrial) -> bool:
-    """Whether a trial completed and was trained within the budget."""
+def is_feasible(trial: FrozenTrial, budget: int | None = None) -> bool:
+    """Whether a trial completed, was trained within the budget of its time, and fits ``budget``."""
     return (
         trial.state == TrialState.COMPLETE
         and all(v <= 0 for v in trial.constraints.values())
         and "trainable_params" in trial.user_attrs
+        and (budget is None or trial.user_attrs["trainable_params"] <= budget)
     )
 
 
-def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Complete trials that were trained within the budget."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t)]
+def study_budget(study: optuna.Study) -> int | None:
+    """The budget the study last ran with (``autopeft run`` records it), or None before its first run."""
+    budget = study.user_attrs.get("budget")
+    return budget if isinstance(budget, int) else None
+
+
+def feasible_trials(study: optuna.Study, budget: int | None = None) -> list[FrozenTrial]:
+    """Complete trials trained within the budget, and within ``budget`` (default: the study's now)."""
+    budget = study_budget(study) if budget is None else budget
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t, budget)]
+
+
+@dataclass(frozen=True)
+class Standard:
+    """What a study's trials are judged against now: its budget and its no-learning baseline."""
+
+    budget: int | None = None
+    baseline: float | None = None
+    baseline_name: str = ""
+    sign: int = 1  # see metric_sign
+
+    @classmethod
+    def of(cls, study: optuna.Study, budget: int | None = None) -> Standard:
+        """The study's standard; ``budget`` (e.g. the study file's) instead of the recorded one."""
+        attrs = study.user_attrs
+        found = attrs.get("baseline")
+        baseline: dict[str, Any] = found if isinstance(found, dict) else {}
+        value = baseline.get("value")
+        return cls(
+            budget=study_budget(study) if budget is None else budget,
+            baseline=float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None,
+            baseline_name=str(baseline.get("name", "")),
+            sign=metric_sign(study),
+        )
+
+    def over_budget(self, trial: FrozenTrial) -> bool:
+        """A trial trained within an earlier, larger budget that the current one no longer allows."""
+        return is_feasible(trial) and not is_feasible(trial, self.budget)
+
+    def at_baseline(self, trial: FrozenTrial) -> bool:
+        """A trained trial whose metric is no better than the baseline's: it learned nothing."""
+        return (
+            self.baseline is not None
+            and is_feasible(trial)
+            and trial.values is not None
+            and self.sign * (trial.values[0] - self.baseline) <= 1e-9
+        )
+
+    def describe_baseline(self) -> str:
+        """``'majority class 0.5819'``, or ``''`` when the study has no baseline."""
+        return f"{self.baseline_name} {self.baseline:.4f}" if self.baseline is not None else ""
 
 
 def metric_sign(study: optuna.Study) -> int:
@@ -66,28 +121,35 @@ def _goodness(trial: FrozenTrial, sign: int) -> float:
     return sign * float(trial.values[0])
 
 
-def _feasible(study: optuna.Study, trials: list[FrozenTrial] | None) -> list[FrozenTrial]:
-    return [t for t in trials if is_feasible(t)] if trials is not None else feasible_trials(study)
+def _feasible(study: optuna.Study, trials: list[FrozenTrial] | None, budget: int | None) -> list[FrozenTrial]:
+    budget = study_budget(study) if budget is None else budget
+    return [t for t in trials if is_feasible(t, budget)] if trials is not None else feasible_trials(study, budget)
 
 
-def best_trial(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> FrozenTrial | None:
+def best_trial(
+    study: optuna.Study, trials: list[FrozenTrial] | None = None, budget: int | None = None
+) -> FrozenTrial | None:
     """The feasible trial with the best metric (fewer trainable parameters break ties), or None.
 
     ``trials``: the study's trials when the caller has just read them (each read is a query).
+    ``budget``: judge against this budget instead of the one the study last ran with.
     """
-    feasible = _feasible(study, trials)
+    feasible = _feasible(study, trials, budget)
     if not feasible:
         return None
     sign = metric_sign(study)
     return max(feasible, key=lambda t: (_goodness(t, sign), -t.user_attrs["trainable_params"], -t.number))
 
 
-def pareto_front(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
+def pareto_front(
+    study: optuna.Study, trials: list[FrozenTrial] | None = None, budget: int | None = None
+) -> list[FrozenTrial]:
     """Feasible trials no other feasible trial beats on both metric and size, smallest first.
 
-    Of trials with the same metric and size, the first is kept. ``trials``: as for :func:`best_trial`.
+    Of trials with the same metric and size, the first is kept. ``trials``, ``budget``: as for
+    :func:`best_trial`.
     """
-    feasible = _feasible(study, trials)
+    feasible = _feasible(study, trials, budget)
     front: list[FrozenTrial] = []
     sign = metric_sign(study)
     for t in sorted(feasible, key=lambda t: (t.user_attrs["trainable_params"], -_goodness(t, sign), t.number)):
@@ -101,10 +163,15 @@ def outcome(trial: FrozenTrial) -> str:
     return "infeasible" if trial.user_attrs.get("infeasible") else trial.state.name.lower()
 
 
-def reason(trial: FrozenTrial) -> str | None:
-    """Why a trial did not complete within the budget, in words; None when it did."""
+def reason(trial: FrozenTrial, standard: Standard | None = None) -> str | None:
+    """Why a trial did not complete within the budget, or is no better than the baseline, in words;
+    None when it is a result."""
     a, state = trial.user_attrs, outcome(trial)
     if state == "complete":
+        if standard is not None and standard.over_budget(trial):
+            return f"{a['trainable_params']:,} trainable parameters > the current budget {standard.budget:,}"
+        if standard is not None and standard.at_baseline(trial):
+            return f"no better than the {standard.baseline_name} baseline ({standard.baseline:.4f})"
         return None
     if state == "pruned":
         if "pruned_reason" in a:
@@ -122,8 +189,10 @@ def reason(trial: FrozenTrial) -> str | None:
     return "still running or waiting"
 
 
-def trial_row(trial: FrozenTrial, metric: str) -> dict[str, Any]:
-    """One trial as a flat record for tables, JSON and CSV."""
+def trial_row(trial: FrozenTrial, metric: str, standard: Standard | None = None) -> dict[str, Any]:
+    """One trial as a flat record for tables, JSON and CSV; ``reason`` judged by ``standard``.
+
+    ``trainable_share`` is a fraction (0.0049); tables show it as a percentage (0.490%)."""
     a = trial.user_attrs
     return {
         "number": trial.number,
@@ -136,7 +205,7 @@ def trial_row(trial: FrozenTrial, metric: str) -> dict[str, Any]:
         "learning_rate": a.get("learning_rate"),
         "train_seconds": a.get("train_seconds"),
         "config": a.get("config"),
-        "reason": reason(trial),
+        "reason": reason(trial, standard),
         "retry_of": retry_of(trial),
     }
 
@@ -160,12 +229,16 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue().rstrip("\n")
-    cells = [[_cell(v) for v in r.values()] for r in rows]
+    cells = [[_percent(v) if k.endswith("_share") else _cell(v) for k, v in r.items()] for r in rows]
     header = [k.replace("_", " ") for k in rows[0]]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines)
+
+
+def _percent(share: Any) -> str:
+    return f"{100 * share:.3f}%" if isinstance(share, (int, float)) else _cell(share)
 
 
 def _cell(value: Any) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import warnings
 import zlib
@@ -12,11 +14,13 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from autopeft.budget import parse_budget
 from autopeft.config import StudyConfig, load_config
-from autopeft.errors import AutopeftError, Interrupted, first_line
+from autopeft.errors import AutopeftError, ConfigError, Interrupted, first_line
+from autopeft.optuna_adapter import storage_url
 from autopeft.progress import Progress
 from autopeft.results import FINISHED, PENDING, best_trial, finished_trials, pareto_front
-from autopeft.storage import mask_url, open_storage, retry_trial
+from autopeft.storage import mask_url, open_storage, retry_trial, storage_failure
 
 if TYPE_CHECKING:
     from autopeft.objective import Objective
@@ -31,7 +35,13 @@ __all__ = [
     "mask_url",
     "make_sampler",
     "directions",
+    "file_budget",
+    "StudyNotFound",
 ]
+
+
+class StudyNotFound(AutopeftError):
+    """The study is not in its storage (yet)."""
 
 
 #: Consecutive failed trials after which a study stops: a fault that fails every trial is not retried forever.
@@ -48,14 +58,20 @@ def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.B
     workers' running trials as poor results so that they are not drawn again; a lone run has no
     such trials, and without the liar TPE reads the study once a trial instead of once per
     parameter group (``benchmarks/bench_driver.py``). Either way a lone run samples the same.
+
+    The draws for trial ``n`` are seeded with the seed plus ``n``: two ``autopeft run`` processes
+    on one study (which share the seed) get different trial numbers, so they do not train the same
+    configurations in lockstep, and a lone run stays reproducible.
     """
+    from autopeft.optuna_adapter import TrialSeededRandomSampler, TrialSeededTPESampler
+
     seed = (config.study.seed + worker_seed) % 2**32  # numpy's seed range
     if config.study.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return TrialSeededRandomSampler(seed=seed)
     startup = min(10, max(3, config.study.n_trials // 3))
     with warnings.catch_warnings():  # multivariate and group are marked experimental, and are what we need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
+        return TrialSeededTPESampler(
             seed=seed,
             multivariate=True,
             group=True,
@@ -80,9 +96,16 @@ def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def open_study(
-    config: StudyConfig, storage: str | None = None, create: bool = True, worker_seed: int = 0
+    config: StudyConfig,
+    storage: str | None = None,
+    create: bool = True,
+    worker_seed: int = 0,
+    read_only: bool = False,
 ) -> optuna.Study:
     """Create the study on its storage, or load it to resume; ``worker_seed``: see :func:`make_sampler`.
+
+    ``read_only`` (with ``create=False``): the caller only reads, so an SQLite study is opened
+    read-only and a missing one is not created.
 
     Raises:
         AutopeftError: the database cannot be reached, or (``create=False``) the study is not there.
@@ -93,7 +116,7 @@ def open_study(
 
         config, _ = resolve_task(config, get_plugin_manager())
     try:
-        rdb = open_storage(url, config.study.heartbeat_seconds)
+        rdb = open_storage(url, config.study.heartbeat_seconds, read_only=read_only and not create)
         if not create:
             study = optuna.load_study(
                 study_name=config.study.name,
@@ -110,8 +133,10 @@ def open_study(
                 pruner=_pruner(config),
                 load_if_exists=True,
             )
+    except AutopeftError:
+        raise
     except KeyError:
-        raise AutopeftError(
+        raise StudyNotFound(
             f"study {config.study.name!r} not found in {mask_url(url)}; run `autopeft run` first"
         ) from None
     except ImportError:
@@ -149,6 +174,85 @@ def name_objectives(study: optuna.Study, config: StudyConfig) -> None:
         study.set_metric_names(config.objectives)
 
 
+def file_budget(config: StudyConfig, study: optuna.Study) -> int | None:
+    """The study file's budget in parameters, from the model size the study recorded; None before
+    the study's first run. Lets commands that only read a study judge it by the file's budget now."""
+    total = study.user_attrs.get("total_params")
+    if not isinstance(total, int):
+        return None
+    try:
+        return parse_budget(config.budget.max_trainable, total)
+    except ValueError as exc:
+        raise ConfigError("budget.max_trainable", str(exc), 'use e.g. "0.5%" or "150k"') from None
+
+
+def _existing(config: StudyConfig, storage: str | None, worker_seed: int) -> optuna.Study | None:
+    """The study if its storage already holds it, else None, creating nothing: a study file that
+    fails validation must not leave an empty database behind."""
+    url = storage or config.storage
+    if url.startswith("sqlite:///") and "?" not in url and not Path(url.removeprefix("sqlite:///")).exists():
+        return None
+    try:
+        return open_study(config, storage, create=False, worker_seed=worker_seed)
+    except StudyNotFound:
+        return None
+
+
+def check_artifacts(config: StudyConfig) -> None:
+    """Fail now, not after trials were trained, when the artifact store cannot be written.
+
+    Raises:
+        ConfigError: naming the folder and the reason.
+    """
+    if config.study.keep_weights == "none":
+        return
+    folder = config.artifacts_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".autopeft-write-check-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            "study.artifacts",
+            f"cannot write to {folder} ({exc.strerror or type(exc).__name__})",
+            'point it at a writable folder, or set keep_weights = "none"',
+        ) from None
+
+
+def _method_choices(study: optuna.Study, objective: Objective, progress: Progress) -> list[str]:
+    """The choices of the study's ``method`` parameter: the ones its trials recorded, else the
+    methods that fit the budget now.
+
+    Optuna cannot change a parameter's choices within a study, so a study resumed under a lower
+    budget keeps sampling a method that no longer fits (such a trial is infeasible, in milliseconds)
+    instead of failing every trial.
+
+    Raises:
+        ConfigError: a recorded method is no longer enabled by the study file.
+    """
+    recorded = next(
+        (t.distributions["method"] for t in study.get_trials(deepcopy=False) if "method" in t.distributions), None
+    )
+    if recorded is None:
+        return list(objective.methods)
+    choices = [str(c) for c in recorded.choices]  # type: ignore[attr-defined]
+    gone = [c for c in choices if c not in objective.enabled]
+    if gone:
+        raise ConfigError(
+            "search.methods",
+            f"study {study.study_name!r} searches {choices}, and the file no longer enables {gone[0]!r}",
+            f"add {gone[0]!r} back, or give the study a new name (Optuna cannot change a study's choices)",
+        )
+    for name in objective.enabled:
+        if name not in choices:
+            progress.line(
+                f"autopeft: method {name!r} is not searched: study {study.study_name!r} was created without it "
+                "(Optuna cannot add a choice to a study); give the study a new name to search it"
+            )
+    return choices
+
+
 def prepare_study(
     config: StudyConfig,
     target: int,
@@ -159,25 +263,34 @@ def prepare_study(
 ) -> tuple[optuna.Study, Objective | None]:
     """Open or create the study, record its budget and classes, and queue the known-good configurations.
 
-    Every worker calls this; the queueing skips configurations already queued, so workers that
-    start together do not try the defaults twice. Returns the objective, or None when the study
-    already has ``target`` finished trials.
+    Everything the study file names (model, data, methods, budget, artifact folder) is checked
+    before the study is created. Every worker calls this; the queueing skips configurations
+    already queued, so workers that start together do not try the defaults twice. Returns the
+    objective, or None when the study already has ``target`` finished trials.
     """
     from autopeft.objective import Objective
     from autopeft.plugins import get_plugin_manager, resolve_task
 
     pm = get_plugin_manager()
     config, _ = resolve_task(config, pm)  # the metric's direction decides the study's
-    study = open_study(config, storage, worker_seed=worker_seed)
-    done = len(finished_trials(study))
-    if done >= target:
+    existing = _existing(config, storage, worker_seed)
+    done = len(finished_trials(existing)) if existing is not None else 0
+    if existing is not None and done >= target:
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
-        return study, None
+        return existing, None
     objective = Objective(config, pm, progress)
-    study.set_user_attr("budget", objective.budget)
-    study.set_user_attr("total_params", objective.ctx.total_params)
-    study.set_user_attr("metric", config.task.metric)
-    study.set_user_attr("labels", objective.data.label_names)
+    check_artifacts(config)
+    study = existing or open_study(config, storage, worker_seed=worker_seed)
+    objective.method_choices = _method_choices(study, objective, progress)
+    for key, value in {
+        "budget": objective.budget,
+        "total_params": objective.ctx.total_params,
+        "metric": config.task.metric,
+        "labels": objective.data.label_names,
+        "baseline": objective.baseline,
+    }.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
     # A new study (or one whose only trials failed, e.g. interrupted) starts from the known-good
     # configurations: another study's front first when asked for, then each method's default.
     new = not study.get_trials(deepcopy=False, states=(*FINISHED, *PENDING))
@@ -186,9 +299,13 @@ def prepare_study(
     if config.search.warm_start and new:
         for params in objective.warm_start_params():
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+    baseline = (
+        f"; {objective.baseline['name']} baseline {objective.baseline['value']:.4f}" if objective.baseline else ""
+    )
     progress.line(
         f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
         f"budget {objective.budget} parameters; methods {', '.join(objective.methods)}; device {objective.device}"
+        + baseline
     )
     return study, objective
 
@@ -256,12 +373,16 @@ def _optimize(study: optuna.Study, objective: Objective, target: int, progress: 
             if written.get(key) != value:
                 study.set_user_attr(key, value)
                 written[key] = value
-        best = best_trial(study, trials)
+        best = best_trial(study, trials, objective.budget)
         shown = f"best {best.values[0]:.4f} (trial {best.number})" if best else "no feasible trial yet"
         if config.multi_objective:
-            shown += f"; Pareto front of {len(pareto_front(study, trials))}"
+            shown += f"; Pareto front of {len(pareto_front(study, trials, objective.budget))}"
         progress.line(f"[{sum(1 for t in trials if t.state in FINISHED)}/{target}] {shown}")
-        if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW or not wait_for_slot(study, target, progress, poll):
+        if (
+            objective.fatal is not None
+            or len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW
+            or not wait_for_slot(study, target, progress, poll)
+        ):
             study.stop()
 
     if not wait_for_slot(study, target, progress, poll):
@@ -275,15 +396,23 @@ def _optimize(study: optuna.Study, objective: Objective, target: int, progress: 
             break
         except KeyboardInterrupt:
             raise Interrupted(_interrupted(study, objective.current)) from None
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        except AutopeftError:
+            raise
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
             # Optuna cannot record a trial that another worker already marked failed: its heartbeats
             # came too late (an overloaded machine, a long database lock). Its retry is queued; go on.
             number = objective.current
-            if number is None or not study.get_trials(deepcopy=False)[number].state.is_finished():
+            if storage_failure(exc) is not None or number is None or not _finished(study, number):
+                _raise_storage_failure(exc, study, objective.current, config)
                 raise
             progress.line(f"[trial {number}] was marked failed by another worker (late heartbeats); retried there")
             if not wait_for_slot(study, target, progress, poll):
                 break
+        except Exception as exc:
+            _raise_storage_failure(exc, study, objective.current, config)
+            raise
+    if objective.fatal is not None:
+        raise objective.fatal
     if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW:
         last = failed_in_a_row[-1].user_attrs
         raise AutopeftError(
@@ -291,6 +420,66 @@ def _optimize(study: optuna.Study, objective: Objective, target: int, progress: 
             f"{last.get('error', 'no reason recorded')}; fix it and run again "
             f"(details: `autopeft trials {config.path}`)"
         )
+
+
+def _finished(study: optuna.Study, number: int) -> bool:
+    return bool(study.get_trials(deepcopy=False)[number].state.is_finished())
+
+
+def _raise_storage_failure(exc: BaseException, study: optuna.Study, number: int | None, config: StudyConfig) -> None:
+    """Turn a storage error that stopped the study (an outage that lasted, a full disk, a read-only
+    database) into one line, after trying once more to record the running trial as failed."""
+    cause = storage_failure(exc)
+    if cause is None:
+        return
+    if isinstance(cause, AutopeftError):
+        message = str(cause)
+    else:
+        message = (
+            f"study.storage: cannot write to {mask_url(storage_url(study))} ({mask_url(first_line(cause))}); "
+            "free space or fix the database, then run the same command again"
+        )
+    recorded = ""
+    if number is not None:
+        try:
+            if not _finished(study, number):
+                study.tell(number, state=TrialState.FAIL)
+            retry_trial(study, study.get_trials(deepcopy=False)[number])
+            recorded = f"; trial {number} was marked failed and queued again"
+        except Exception:  # the database is still out of reach: the next worker's heartbeat check retries it
+            recorded = f"; trial {number} is retried by the next run"
+    raise AutopeftError(message + recorded) from None
+
+
+def _fail_dead_local_trials(study: optuna.Study) -> None:
+    """Fail and queue again the running trials of processes on this machine that no longer exist.
+
+    A process that died without a word (a full disk, ``kill -9``) leaves its trial running until its
+    heartbeat ages, 2 × ``heartbeat_seconds``; on one machine the process table says at once that
+    it is gone. Only for SQLite studies: their workers all run on this machine (WAL needs a local
+    disk), so a host name cannot be shared with another machine.
+    """
+    if not storage_url(study).startswith("sqlite"):
+        return
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        # set_trial_state_values says whether this process made the change: only one retry is queued
+        # when several processes notice the same dead trial.
+        if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            retry_trial(study, study._storage.get_trial(trial._trial_id))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, and belongs to someone else
+        return True
+    return True
 
 
 def wait_for_slot(study: optuna.Study, target: int, progress: Progress, poll: float) -> bool:
@@ -304,6 +493,7 @@ def wait_for_slot(study: optuna.Study, target: int, progress: Progress, poll: fl
         with warnings.catch_warnings():  # fail_stale_trials is marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
+        _fail_dead_local_trials(study)
         states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))]
         finished = sum(1 for s in states if s in FINISHED)
         if finished >= target:

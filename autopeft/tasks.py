@@ -13,6 +13,7 @@ Lifecycle, as the driver calls it::
     model    = task.load_model(source, names, **from_pretrained_kwargs)
     loss     = task.loss(logits, labels)               # in every training step
     value    = task.evaluate(model, split, ...)        # the study metric on a split
+    baseline = task.baseline(train, validation, metric)  # what a model that learned nothing scores
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class Task(ABC):
     #: Whether the model gets a new, randomly initialised head that every method must train. A
     #: language model's head is pretrained (and tied to the embeddings): it stays frozen.
     new_head: ClassVar[bool] = True
+    #: peft's ``TaskType`` name for this task (``"SEQ_CLS"``), written into exported adapter configs so
+    #: that ``PeftModel.from_pretrained`` picks the matching model class; None where peft has none.
+    peft_task_type: ClassVar[str | None] = None
 
     @property
     def default_metric(self) -> str:
@@ -60,6 +64,15 @@ class Task(ABC):
     def worst(self, metric: str) -> float:
         """The value an over-budget trial reports, so it never looks good."""
         return float("-inf") if self.metrics[metric] == "maximize" else float("inf")
+
+    def baseline(self, train: Split, validation: Split, metric: str) -> tuple[str, float] | None:
+        """(what it is, its ``metric`` on ``validation``) of a predictor that learned nothing from the
+        inputs (the train split's majority class, a unigram model), or None where there is none.
+
+        A trial that scores no better learned nothing: the summaries, ``trials``, ``pareto`` and the
+        report mark it, so that a constant predictor is never read as a result.
+        """
+        return None
 
     @abstractmethod
     def columns(self, data: DataSection) -> list[str]:

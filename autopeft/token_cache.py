@@ -105,20 +105,25 @@ def _unpack(arrays: Any) -> TaskData:
     )
 
 
-def load_cached_task_data(config: StudyConfig, tokenizer: Any, task: Task) -> tuple[TaskData, bool]:
+def load_cached_task_data(config: StudyConfig, tokenizer: Any, task: Task, write: bool = True) -> tuple[TaskData, bool]:
     """(the study's tokenized data, whether it came from the cache); tokenized and cached on a miss.
 
-    ``[data] cache_tokens = false`` tokenizes every time and writes nothing.
+    ``[data] cache_tokens = false`` tokenizes every time and writes nothing; so does ``write=False``
+    (``autopeft plan``) on a miss. A cache file that cannot be read (truncated, corrupted, not an
+    archive) is a miss: the data is tokenized again and the file rewritten.
     """
     if not config.data.cache_tokens:
         return load_task_data(config, tokenizer, task), False
     path = token_cache_path(config, tokenizer)
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            return _unpack(arrays), True
-    except (OSError, ValueError, KeyError):  # missing, or unreadable: tokenize again and rewrite
-        pass
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return _unpack(arrays), True
+        except Exception:  # BadZipFile, EOFError, a missing array...: whatever it holds, it is not our cache
+            pass
     data = load_task_data(config, tokenizer, task)
+    if not write:
+        return data, False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:

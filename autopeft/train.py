@@ -76,11 +76,12 @@ def learning_rate_at(step: int, total_steps: int, peak: float, warmup_steps: int
 
 
 def score(metric: str, labels: list[int], predictions: list[int]) -> float:
-    """The study metric from scikit-learn (binary F1 for two classes, macro F1 otherwise)."""
+    """The study metric from scikit-learn. ``f1`` is the F1 of class 1 (the second in label order) when
+    labels and predictions hold at most two classes, macro F1 otherwise; ``macro_f1`` is always macro."""
     if metric == "accuracy":
         return float(accuracy_score(labels, predictions))
-    if metric == "f1":
-        binary = len(set(labels) | set(predictions)) <= 2
+    if metric in ("f1", "macro_f1"):
+        binary = metric == "f1" and len(set(labels) | set(predictions)) <= 2
         return float(f1_score(labels, predictions, average="binary" if binary else "macro", zero_division=0))
     if metric == "mcc":
         return float(matthews_corrcoef(labels, predictions))

@@ -19,6 +19,7 @@ import optuna
 from autopeft.config import load_config
 from autopeft.errors import AutopeftError, Interrupted
 from autopeft.progress import Progress
+from autopeft.storage import STORAGE_ENV
 from autopeft.study import prepare_study
 
 __all__ = ["run_workers", "worker_env"]
@@ -82,13 +83,15 @@ def run_workers(
         )
     progress.line(f"starting {workers} workers, {shares}")
     command = [sys.executable, "-m", "autopeft", "worker", str(config.path), "--n-trials", str(target)]
-    command += ["--storage", storage] if storage else []
     command += ["--quiet"] if quiet else []
+    # The URL (and any password in it) goes through the environment, which only this user can read; a
+    # command line is visible to every local user through ps.
+    shared = {STORAGE_ENV: storage} if storage else {}
     # Each in its own session: Ctrl-C reaches only this process, which passes the stop on to each.
     procs = [
         subprocess.Popen(
             [*command, "--label", f"w{i + 1}"],
-            env={**os.environ, **worker_env(i, workers, cores, gpus)},
+            env={**os.environ, **shared, **worker_env(i, workers, cores, gpus)},
             start_new_session=True,
         )
         for i in range(workers)

@@ -46,6 +46,9 @@ class BitFit(PeftMethod):
     def apply(self, model: nn.Module, ctx: ModelContext, config: dict[str, Any]) -> nn.Module:
         return self.unfreeze_block_params(model, ctx, [i for i, on in enumerate(config["blocks"]) if on], bias_params)
 
+    def describe(self, config: dict[str, Any]) -> str:
+        return f"biases of {self.block_list(config['blocks'])}"
+
 
 @hookimpl
 def register_methods(register):  # type: ignore[no-untyped-def]

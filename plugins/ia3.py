@@ -58,6 +58,10 @@ class IA3(PeftBackedMethod):
             **{f"ia3.block[{i}]": 1 for i in range(len(ctx.blocks))},
         }
 
+    def describe(self, config: dict[str, Any]) -> str:
+        where = "keys, values and MLP output" if config["feedforward"] else "keys and values"
+        return f"{where} of {self.block_list(config['blocks'])}"
+
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
         return {"blocks": [0] * (len(ctx.blocks) - 1) + [1], "feedforward": min(options["feedforward"])}
 

@@ -38,6 +38,9 @@ class PromptTuning(PeftBackedMethod):
         fitting = [t for t in options["tokens"] if t <= wanted and self._cost(ctx, t) <= budget]
         return {"tokens": max(fitting, default=min(options["tokens"]))}
 
+    def describe(self, config: dict[str, Any]) -> str:
+        return f"{config['tokens']} virtual tokens"
+
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
         return {"tokens": min(options["tokens"])}
 

@@ -6,7 +6,8 @@ They register through the same ``register_tasks`` hook as a third-party task plu
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections import Counter
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,10 @@ from autopeft.errors import DataError
 from autopeft.tasks import IGNORE_INDEX, Task, eval_logits
 from autopeft.train import evaluate, score
 
-_CLASS_METRICS: dict[str, Any] = {"accuracy": "maximize", "f1": "maximize", "mcc": "maximize"}
-_LOWEST = {"accuracy": 0.0, "f1": 0.0, "mcc": -1.0}  # what an over-budget trial reports
+# f1: the F1 of the second class (in label order) when there are two, macro-averaged when there are more;
+# macro_f1: always macro-averaged.
+_CLASS_METRICS: dict[str, Any] = {"accuracy": "maximize", "f1": "maximize", "macro_f1": "maximize", "mcc": "maximize"}
+_LOWEST = {"accuracy": 0.0, "f1": 0.0, "macro_f1": 0.0, "mcc": -1.0}  # what an over-budget trial reports
 
 
 def _text_columns(data: DataSection) -> list[str]:
@@ -53,11 +56,25 @@ def _per_token(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits[:, logits.shape[1] - labels.shape[1] :]
 
 
+def _flat_labels(split: Split) -> list[int]:
+    """Every scored label of a split: one per example, or each word's label of per-token splits."""
+    labels = split.labels
+    if labels and isinstance(labels[0], list):
+        return [x for row in cast(list[list[int]], labels) for x in row if x != IGNORE_INDEX]
+    return cast(list[int], labels)
+
+
 class _Classification(Task):
     metrics = _CLASS_METRICS
 
     def worst(self, metric: str) -> float:
         return _LOWEST[metric]
+
+    def baseline(self, train: Split, validation: Split, metric: str) -> tuple[str, float] | None:
+        """Always predicting the train split's most common class."""
+        majority = Counter(_flat_labels(train)).most_common(1)[0][0]
+        truth = _flat_labels(validation)
+        return "majority class", score(metric, truth, [majority] * len(truth))
 
 
 class SequenceClassification(_Classification):
@@ -68,6 +85,7 @@ class SequenceClassification(_Classification):
 
     name = "sequence-classification"
     auto_model = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
 
     def columns(self, data: DataSection) -> list[str]:
         return [*_text_columns(data), data.label]
@@ -109,6 +127,7 @@ class TokenClassification(_Classification):
 
     name = "token-classification"
     auto_model = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
 
     def columns(self, data: DataSection) -> list[str]:
         if not isinstance(data.text, str):
@@ -178,6 +197,7 @@ class CausalLanguageModelling(Task):
     metrics = {"perplexity": "minimize", "loss": "minimize"}
     auto_model = "AutoModelForCausalLM"
     new_head = False
+    peft_task_type = "CAUSAL_LM"
 
     def columns(self, data: DataSection) -> list[str]:
         return _text_columns(data)
@@ -220,8 +240,21 @@ class CausalLanguageModelling(Task):
                 )
             )
             count += int((targets != IGNORE_INDEX).sum())
-        mean = total / max(count, 1)
-        return math.exp(min(mean, 50.0)) if metric == "perplexity" else mean
+        return _from_loss(total / max(count, 1), metric)
+
+    def baseline(self, train: Split, validation: Split, metric: str) -> tuple[str, float] | None:
+        """A unigram model of the train tokens (add-one smoothed), which ignores every context."""
+        counts = Counter(t for row in cast(list[list[int]], train.labels) for t in row[1:] if t != IGNORE_INDEX)
+        total, vocabulary = sum(counts.values()), len(counts) + 1  # + 1: every unseen token together
+        targets = [t for row in cast(list[list[int]], validation.labels) for t in row[1:] if t != IGNORE_INDEX]
+        if not targets:
+            return None
+        loss = -sum(math.log((counts.get(t, 0) + 1) / (total + vocabulary)) for t in targets) / len(targets)
+        return "unigram model", _from_loss(loss, metric)
+
+
+def _from_loss(mean_loss: float, metric: str) -> float:
+    return math.exp(min(mean_loss, 50.0)) if metric == "perplexity" else mean_loss
 
 
 @hookimpl

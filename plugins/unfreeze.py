@@ -44,15 +44,20 @@ class Unfreeze(PeftMethod):
     def suggest(
         self, trial: optuna.trial.BaseTrial, ctx: ModelContext, options: dict[str, Any], budget: int
     ) -> dict[str, Any]:
-        # Parts that cannot fit even in one block are never offered (the choice list is fixed per
-        # study, since the budget and model are).
-        fitting = [p for p in options["parts"] if self._costs(ctx, p)[-1] + ctx.head_params <= budget]
-        part = trial.suggest_categorical("unfreeze.part", fitting or options["parts"])
+        # The choices stay the same whatever the budget (Optuna cannot change them within a study, and a
+        # study may be resumed under another budget); a part that cannot fit even in the top block is
+        # replaced by the first that does, which the trial's config records.
+        part = trial.suggest_categorical("unfreeze.part", options["parts"])
+        if not self._fits(ctx, part, budget):
+            part = next((p for p in options["parts"] if self._fits(ctx, p, budget)), part)
         costs = self._costs(ctx, part)
         on = suggest_sizes(
             trial, "unfreeze.block", [1], lambda i, x: x * costs[i], len(ctx.blocks), ctx.head_params, budget
         )
         return {"part": part, "blocks": on}
+
+    def _fits(self, ctx: ModelContext, part: str, budget: int) -> bool:
+        return self._costs(ctx, part)[-1] + ctx.head_params <= budget
 
     def smallest(self, ctx: ModelContext, options: dict[str, Any]) -> dict[str, Any]:
         part = min(options["parts"], key=lambda p: self._costs(ctx, p)[-1])
@@ -70,11 +75,7 @@ class Unfreeze(PeftMethod):
         return self.unfreeze_block_params(model, ctx, chosen, lambda b: part_params(b, config["part"]))
 
     def describe(self, config: dict[str, Any]) -> str:
-        return f"{config['part']} of blocks {_block_list(config['blocks'])}"
-
-
-def _block_list(on: list[int]) -> str:
-    return ",".join(str(i) for i, x in enumerate(on) if x) or "none"
+        return f"{config['part']} of {self.block_list(config['blocks'])}"
 
 
 @hookimpl

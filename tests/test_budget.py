@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import optuna
 import pytest
 from conftest import write_study
 
@@ -40,8 +39,7 @@ def test_budget_nothing_fits_fails_before_any_trial(tmp_path, minilm_available) 
         BudgetError, match=r"budget.max_trainable: 500 parameters fit no configuration; the smallest is \w+ with"
     ):
         run_study(path, quiet=True)
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
-    assert study.trials == []
+    assert not (tmp_path / "tiny.db").exists()  # a study file that fails validation leaves no empty study
 
 
 def test_over_budget_configurations_are_never_trained(tmp_path, minilm_available) -> None:

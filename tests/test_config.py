@@ -83,7 +83,7 @@ def test_cli_bad_study_exits_2_with_one_line(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "autopeft: error: task.metric: unknown metric 'auc' for task 'sequence-classification'; "
-        "use one of ['accuracy', 'f1', 'mcc']"
+        "use one of ['accuracy', 'f1', 'macro_f1', 'mcc']"
     ]
 
 

@@ -14,7 +14,7 @@ from conftest import capturing_logits, tokenized, write_study
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
-from autopeft import AutopeftError, load_config, load_model, run_study
+from autopeft import AutopeftError, get_plugin_manager, load_config, load_model, run_study
 from autopeft.artifacts import on_front
 from autopeft.cli import main
 from autopeft.export import PROVENANCE_FILE
@@ -28,14 +28,20 @@ def _trial_of(study: optuna.Study, method: str) -> optuna.trial.FrozenTrial:
 
 
 def _plain_peft(folder: Path) -> torch.nn.Module:
-    """What a user without autopeft does: base model from the hub name's files, then peft."""
+    """What a user without autopeft does: base model from the hub name the adapter records, then peft.
+    (Offline, the hub name is looked up in the offline package, where the hub would serve it.)"""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
+    from autopeft.models import resolve_model_name
+
     record = json.loads((folder / PROVENANCE_FILE).read_text())
     adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"  # portable: no local path
+    assert adapter["task_type"] == "SEQ_CLS"
+    source, _ = resolve_model_name(get_plugin_manager(autoload=False), adapter["base_model_name_or_path"])
     base = AutoModelForSequenceClassification.from_pretrained(
-        adapter["base_model_name_or_path"], num_labels=len(record["labels"]), **record["model"]["overrides"]
+        source, num_labels=len(record["labels"]), **record["model"]["overrides"]
     )
     return PeftModel.from_pretrained(base, str(folder)).eval()
 
@@ -79,7 +85,7 @@ def test_native_export_loads_with_load_model(trained_study, tmp_path) -> None:
     trial = _trial_of(study, "adapter")
     out = tmp_path / "native"
     assert main(["export", str(path), "--trial", str(trial.number), str(out), "--quiet"]) == 0
-    assert {p.name for p in out.iterdir()} == {"trained.safetensors", PROVENANCE_FILE}
+    assert {p.name for p in out.iterdir()} == {"trained.safetensors", PROVENANCE_FILE, "README.md"}
     model = load_model(out)
     assert not model.training
     torch.testing.assert_close(_logits(model), logits[trial.number], atol=ATOL, rtol=0)

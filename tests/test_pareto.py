@@ -58,7 +58,8 @@ def test_pareto_command_table_json_csv(front_study, capsys) -> None:
     assert [int(r["number"]) for r in table] == numbers and float(table[0]["trainable_params"]) > 0
     assert main(["pareto", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:3] == ["number", "accuracy", "test"] and len(out) == len(numbers) + 1
+    assert out[0].split()[:3] == ["number", "accuracy", "test"] and len(out) == len(numbers) + 2
+    assert out[-1].startswith("baseline: majority class 0.")
 
 
 def test_confirm_records_mean_and_spread_and_resumes(front_study, capsys) -> None:
