@@ -132,13 +132,14 @@ class Objective:
         self.base = load_base_model(
             config.model, self.model_source, offline, self.task, self.data.label_names, tokenizer.pad_token_id
         )
-        self.ctx = build_context(self.base, new_head=self.task.new_head)
-        if not self.ctx.blocks:
+        try:
+            self.ctx = build_context(self.base, new_head=self.task.new_head)
+        except ValueError as exc:  # no repeated blocks: nothing any method could adapt
             raise ModelError(
                 f"model.name: found no transformer blocks in {config.model.name!r}"
                 + (f" with overrides {config.model.overrides}" if config.model.overrides else "")
-                + "; check model.overrides (e.g. num_hidden_layers >= 1)"
-            )
+                + f" ({first_line(exc)}); check model.overrides (e.g. num_hidden_layers >= 1)"
+            ) from None
         self.prefix = PrefixCache(self.base, self.ctx) if config.train.prefix_cache else None
         try:
             self.budget = parse_budget(config.budget.max_trainable, self.ctx.total_params)

@@ -464,7 +464,8 @@ def _fail_dead_local_trials(study: optuna.Study) -> None:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        # This process's own trials count too: between its trials (where this runs) none of them is running.
+        if worker_host != host or not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
             continue
         # set_trial_state_values says whether this process made the change: only one retry is queued
         # when several processes notice the same dead trial.

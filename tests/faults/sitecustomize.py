@@ -5,8 +5,14 @@ reaches every autopeft process they start (local workers included). Off unless i
   interrupt a worker in mid-trial.
 - ``AUTOPEFT_TEST_NAN_RATE`` / ``AUTOPEFT_TEST_ERROR_RATE``: each training step's loss is NaN, or
   raises ``RuntimeError("injected fault")``, with this probability.
+- ``AUTOPEFT_TEST_ENOSPC_UNDER``: opening a file for writing below this folder fails with ENOSPC
+  ("No space left on device"), as on a full disk: the tests run as root, where a read-only or
+  undersized folder cannot be made from permission bits.
 """
 
+import builtins
+import errno
+import io
 import os
 import random
 import time
@@ -14,6 +20,7 @@ import time
 _seconds = float(os.environ.get("AUTOPEFT_TEST_STEP_SECONDS", "0"))
 _nan_rate = float(os.environ.get("AUTOPEFT_TEST_NAN_RATE", "0"))
 _error_rate = float(os.environ.get("AUTOPEFT_TEST_ERROR_RATE", "0"))
+_full = os.environ.get("AUTOPEFT_TEST_ENOSPC_UNDER", "")
 
 if _seconds or _nan_rate or _error_rate:
     import torch.nn.functional as F
@@ -30,3 +37,30 @@ if _seconds or _nan_rate or _error_rate:
         return loss * float("nan") if roll < _error_rate + _nan_rate else loss
 
     F.cross_entropy = _faulty_cross_entropy
+
+if _full:
+    _full_root = os.path.realpath(_full)
+    _real_open, _real_os_open = builtins.open, os.open
+
+    def _on_full_disk(path) -> bool:
+        try:
+            where = os.path.realpath(os.fspath(path))
+        except TypeError:  # a file descriptor
+            return False
+        return where == _full_root or where.startswith(_full_root + os.sep)
+
+    def _no_space(path):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+
+    def _open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and _on_full_disk(file):
+            raise _no_space(file)
+        return _real_open(file, mode, *args, **kwargs)
+
+    def _os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and _on_full_disk(path):
+            raise _no_space(path)
+        return _real_os_open(path, flags, *args, **kwargs)
+
+    builtins.open = io.open = _open
+    os.open = _os_open

@@ -1,0 +1,203 @@
+"""Hostile and mistaken input, each a one-line error with exit code 2 (never a traceback), nothing
+written outside the study's folder, and no study database left behind by a file that fails validation."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from conftest import write_study
+from optuna.trial import TrialState
+
+from autopeft import PeftMethod, hookimpl
+from autopeft.cli import main
+from autopeft.errors import PluginError
+from autopeft.plugins import get_plugin_manager, registered_methods
+from autopeft_plugins.bitfit import BitFit
+
+
+def _fails_in_one_line(capsys, args: list[str], expected: str) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "name", ["/", "../escape", "/tmp/absolute", "a/b", ".hidden", "a\nb", "a\u0000b", "", "x" * 200]
+)
+def test_a_study_name_is_never_a_path(tmp_path, capsys, name) -> None:
+    path = write_study(tmp_path, study={"name": name})
+    outside = {p for p in tmp_path.parent.iterdir()}
+    _fails_in_one_line(capsys, ["run", str(path)], "study.name: must be a plain name")
+    assert not Path("/.db").exists() and not Path("/tmp/absolute.db").exists()
+    assert {p for p in tmp_path.parent.iterdir()} == outside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml", "train.parquet", "validation.parquet"]
+
+
+def test_the_study_path_being_a_folder_is_one_line(tmp_path, capsys) -> None:
+    _fails_in_one_line(capsys, ["run", str(tmp_path)], "is a folder, not a study file")
+    _fails_in_one_line(capsys, ["trials", "bad\0path.toml"], "cannot read the study file")
+
+
+def test_deeply_nested_toml_is_one_line(tmp_path, capsys) -> None:
+    path = tmp_path / "study.toml"
+    path.write_text("x = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    _fails_in_one_line(capsys, ["plan", str(path)], "nests tables or arrays too deeply")
+
+
+@pytest.mark.parametrize(
+    "sections,field",
+    [
+        ({"study": {"heartbeat_seconds": 10**15}}, "study.heartbeat_seconds"),
+        ({"budget": {"max_trainable": "150%"}}, "budget.max_trainable: a share of the model is at most 100%"),
+        ({"train": {"learning_rate": float("inf")}}, "train.learning_rate"),
+        ({"train": {"learning_rate": [1e-4, float("inf")]}}, "train.learning_rate"),
+        ({"train": {"weight_decay": float("inf")}}, "train.weight_decay"),
+        ({"train": {"max_grad_norm": float("nan")}}, "train.max_grad_norm"),
+        ({"model": {"revision": 3}}, "model.revision"),
+        ({"data": {"train": "tr\u0000ain.parquet"}}, "data.train"),
+    ],
+)
+def test_values_that_must_be_refused_are(tmp_path, capsys, sections, field) -> None:
+    path = write_study(tmp_path, **sections)
+    _fails_in_one_line(capsys, ["run", str(path)], field)
+    assert not (tmp_path / "tiny.db").exists()
+
+
+def test_overrides_that_leave_no_blocks_are_one_line(tmp_path, capsys, minilm_available) -> None:
+    path = write_study(tmp_path, model={"overrides": {"num_hidden_layers": 0}})
+    _fails_in_one_line(capsys, ["run", str(path)], "found no transformer blocks")
+    assert not (tmp_path / "tiny.db").exists()
+
+
+@pytest.mark.parametrize(
+    "spoil,expected",
+    [
+        ({"data": {"text": "review"}}, "data.train: column 'review' not found"),
+        ({"search": {"methods": ["lorra"]}}, "unknown method 'lorra'"),
+        ({"model": {"name": "no-such-org/no-such-model"}}, "model.name: cannot load 'no-such-org/no-such-model' ("),
+    ],
+)
+def test_a_study_file_that_fails_validation_leaves_no_study_behind(tmp_path, capsys, spoil, expected) -> None:
+    path = write_study(tmp_path, **spoil)
+    line = _fails_in_one_line(capsys, ["run", str(path)], expected)
+    assert " from 'no-such-org" not in line  # "cannot load X", not "cannot load X from X"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml", "train.parquet", "validation.parquet"]
+
+
+# -- broken plugins ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hook,broken,expected",
+    [
+        ("count_trainable", lambda self, ctx, config: "12", "method 'bitfit': count_trainable returned '12', not a"),
+        ("count_trainable", lambda self, ctx, config: 1.5, "method 'bitfit': count_trainable returned 1.5"),
+        ("count_trainable", lambda self, ctx, config: 1 / 0, "'bitfit' failed in count_trainable (ZeroDivisionError"),
+        ("smallest", lambda self, ctx, options: {}["blocks"], "method 'bitfit' failed in smallest (KeyError"),
+    ],
+)
+def test_a_plugin_that_counts_wrong_is_one_line(tmp_path, capsys, monkeypatch, hook, broken, expected) -> None:
+    monkeypatch.setattr(BitFit, hook, broken)
+    path = write_study(tmp_path, search={"methods": ["bitfit"]})
+    _fails_in_one_line(capsys, ["run", str(path)], expected)
+    assert not (tmp_path / "tiny.db").exists()
+
+
+class _Incomplete(PeftMethod):  # no suggest, smallest, largest or apply
+    name = "incomplete"
+
+
+def _plugin_module(monkeypatch) -> None:
+    module = types.ModuleType("autopeft_incomplete")
+
+    @hookimpl
+    def register_methods(register):
+        register(_Incomplete())  # TypeError: an abstract class
+
+    module.register_methods = register_methods  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "autopeft_incomplete", module)
+    import autopeft.plugins as plugins
+
+    monkeypatch.setattr(plugins, "BUILTIN_PLUGINS", (*plugins.BUILTIN_PLUGINS, "autopeft_incomplete"))
+
+
+def test_a_plugin_class_missing_hooks_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    _plugin_module(monkeypatch)
+    with pytest.raises(PluginError, match="plugin 'autopeft_incomplete' from autopeft failed in register_methods"):
+        registered_methods(get_plugin_manager(autoload=False))
+    _fails_in_one_line(capsys, ["plugins"], "Can't instantiate abstract class _Incomplete")
+    _fails_in_one_line(capsys, ["run", str(write_study(tmp_path))], "failed in register_methods")
+
+
+# -- resuming ---------------------------------------------------------------------------------------
+
+
+def test_a_study_resumed_under_a_lower_budget_runs_and_never_presents_a_trial_over_it(
+    tmp_path, capsys, minilm_available
+) -> None:
+    common = {
+        "data": {"max_train_examples": 16, "max_eval_examples": 16},
+        "search": {"methods": ["lora", "unfreeze", "bitfit"]},
+    }
+    path = write_study(tmp_path, study={"name": "budget", "n_trials": 4, "sampler": "random", "seed": 1}, **common)
+    assert main(["run", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    # 3,000 parameters: only layer-norm tuning of a block or two (with the head) still fits
+    write_study(
+        tmp_path,
+        study={"name": "budget", "n_trials": 8, "sampler": "random", "seed": 1},
+        budget={"max_trainable": 3000},
+        **common,
+    )
+    assert main(["run", str(path), "--quiet"]) == 0
+    study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tmp_path / 'budget.db'}")
+    new = [t for t in study.trials if t.number >= 4]
+    assert len([t for t in new if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 4
+    assert not [t for t in new if t.state == TrialState.FAIL]  # no "dynamic value space" failures
+    assert study.user_attrs["budget"] == 3000
+    capsys.readouterr()
+
+    assert main(["best", str(path), "--format", "json"]) == 0
+    import json
+
+    best = json.loads(capsys.readouterr().out)
+    assert best["user_attrs"]["trainable_params"] <= 3000
+    assert main(["trials", str(path), "--format", "csv"]) == 0
+    rows = capsys.readouterr().out
+    assert "> the current budget 3,000" in rows  # the earlier, bigger trials are marked
+    out = tmp_path / "best"
+    assert main(["export", str(path), "--best", str(out), "--quiet"]) == 0
+    assert json.loads((out / "provenance.json").read_text())["trial"]["trainable_params"] <= 3000
+    capsys.readouterr()
+
+
+def test_a_changed_method_list_is_one_line_before_any_trial(tmp_path, capsys, minilm_available) -> None:
+    common = {"data": {"max_train_examples": 16, "max_eval_examples": 16}}
+    path = write_study(
+        tmp_path, study={"name": "m", "n_trials": 1}, search={"methods": ["bitfit", "unfreeze"]}, **common
+    )
+    assert main(["run", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    write_study(tmp_path, study={"name": "m", "n_trials": 2}, search={"methods": ["bitfit"]}, **common)
+    _fails_in_one_line(capsys, ["run", str(path), "--quiet"], "no longer enables 'unfreeze'")
+
+
+def test_a_corrupted_token_cache_is_rebuilt(tmp_path, minilm_available) -> None:
+    path = write_study(
+        tmp_path,
+        study={"name": "cached", "n_trials": 1},
+        search={"methods": ["bitfit"]},
+        data={"max_train_examples": 16, "max_eval_examples": 16, "cache_tokens": True},
+    )
+    assert main(["run", str(path), "--quiet"]) == 0
+    [cache] = (tmp_path / "cached.cache").glob("tokens-*.npz")
+    cache.write_bytes(cache.read_bytes()[:64] + b"\x00garbage")  # a torn write, a bad sector
+    assert main(["run", str(path), "--quiet", "--n-trials", "2"]) == 0
+    with np.load(cache, allow_pickle=False) as arrays:  # rewritten, readable again
+        assert "train/labels" in arrays.files
