@@ -88,6 +88,11 @@ class DataSection:
     cache_tokens: bool = True  # tokenized splits kept in <name>.cache/ beside the study file, shared by workers
     packing: bool = True  # causal-lm: texts concatenated and cut into max_length sequences (no padding)
 
+    @property
+    def text_columns(self) -> list[str]:
+        """The text column, or the two of a pair: what every task reads."""
+        return [self.text] if isinstance(self.text, str) else list(self.text)
+
 
 @dataclass(frozen=True)
 class BudgetSection:

@@ -1,4 +1,4 @@
-"""Loading the study's splits with HF ``datasets``, handing them to the task to tokenize, and batching.
+"""Loading the study's splits (:mod:`autopeft.data_files`), handing them to the task to tokenize, and batching.
 
 Tokenization happens once per worker process; every trial reuses the token ids. Batches are padded
 dynamically to their longest example, since padding to ``max_length`` wastes most of the compute
@@ -10,12 +10,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import torch
 
-from autopeft.config import DATA_SUFFIXES, StudyConfig
+from autopeft.config import StudyConfig
+from autopeft.data_files import load_split, missing_columns
 from autopeft.errors import DataError, first_line
 from autopeft.tasks import IGNORE_INDEX, Task
 
@@ -44,54 +44,11 @@ class TaskData:
     pad_token_id: int
 
 
-_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}  # datasets' loaders
-
-
-def _load_split(config: StudyConfig, key: str) -> Any:
-    import datasets
-
-    value = getattr(config.data, key)
-    source = config.data_path(value)
-    try:
-        if source.endswith(DATA_SUFFIXES):
-            builder = _BUILDERS[Path(source).suffix]
-            return datasets.load_dataset(builder, data_files=source, split="train")
-        name, _, split = source.partition(":")
-        return datasets.load_dataset(name, split=split or key)
-    except Exception as exc:  # datasets raises many types for unreadable or unreachable sources
-        if source.endswith(DATA_SUFFIXES) and Path(source).is_file() and _has_no_rows(Path(source)):
-            raise DataError(f"data.{key}: {value!r} has no rows; point it at a file with examples") from None
-        raise DataError(
-            f"data.{key}: cannot load {value!r} ({type(exc).__name__}: {first_line(exc)}); "
-            "check the path, or the hub name and your connection"
-        ) from None
-
-
-def _has_no_rows(path: Path) -> bool:
-    """Whether a local data file holds no examples: datasets reports that as an obscure load error
-    (``StopIteration``, "corresponds to no data", an Arrow batch-size error)."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return bool(pq.read_metadata(path).num_rows == 0)
-        except Exception:
-            return False
-    content = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    header = 1 if path.suffix == ".csv" else 0
-    return len(content) <= header or "".join(content).strip() == "[]"
-
-
 def _rows(config: StudyConfig, key: str, needed: list[str], limit: int | None, seed: int) -> dict[str, list[Any]]:
     """Column -> values of one split, rows with an empty needed value dropped, ``limit`` sampled."""
-    table = _load_split(config, key)
-    for column in needed:
-        if column not in table.column_names:
-            raise DataError(
-                f"data.{key}: column {column!r} not found (columns: {', '.join(table.column_names)}); "
-                f"set data.text / data.label to existing columns"
-            )
-    columns = table.select_columns(needed)[:]  # one slice to Python lists: per-row indexing is ~100x slower
+    table = load_split(config, key)
+    missing_columns(table, needed, key)
+    columns = table.select(needed).to_pydict()  # whole columns to Python lists: per-row access is ~100x slower
     keep = [i for i in range(table.num_rows) if all(_usable(columns[c][i]) for c in needed)]
     if limit is not None and len(keep) > limit:
         keep = sorted(random.Random(seed).sample(keep, limit))

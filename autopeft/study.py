@@ -268,16 +268,21 @@ def prepare_study(
     already queued, so workers that start together do not try the defaults twice. Returns the
     objective, or None when the study already has ``target`` finished trials.
     """
-    from autopeft.objective import Objective
+    from autopeft.data_files import check_columns
+
+    check_columns(config, config.data.text_columns)  # every task reads the text: checked before any import
     from autopeft.plugins import get_plugin_manager, resolve_task
 
     pm = get_plugin_manager()
-    config, _ = resolve_task(config, pm)  # the metric's direction decides the study's
+    config, task = resolve_task(config, pm)  # the metric's direction decides the study's
+    check_columns(config, task.columns(config.data))  # the task's own columns, before the model loads
     existing = _existing(config, storage, worker_seed)
     done = len(finished_trials(existing)) if existing is not None else 0
     if existing is not None and done >= target:
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
         return existing, None
+    from autopeft.objective import Objective
+
     objective = Objective(config, pm, progress)
     check_artifacts(config)
     study = existing or open_study(config, storage, worker_seed=worker_seed)

@@ -26,10 +26,6 @@ _CLASS_METRICS: dict[str, Any] = {"accuracy": "maximize", "f1": "maximize", "mac
 _LOWEST = {"accuracy": 0.0, "f1": 0.0, "macro_f1": 0.0, "mcc": -1.0}  # what an over-budget trial reports
 
 
-def _text_columns(data: DataSection) -> list[str]:
-    return [data.text] if isinstance(data.text, str) else list(data.text)
-
-
 def _class_names(values: list[Any], data: DataSection, what: str) -> list[Any]:
     names = list(data.labels) if data.labels is not None else sorted(set(values), key=str)
     if len(names) < 2:
@@ -88,7 +84,7 @@ class SequenceClassification(_Classification):
     peft_task_type = "SEQ_CLS"
 
     def columns(self, data: DataSection) -> list[str]:
-        return [*_text_columns(data), data.label]
+        return [*data.text_columns, data.label]
 
     def label_names(self, train_rows: dict[str, list[Any]], data: DataSection) -> list[Any]:
         return _class_names(train_rows[data.label], data, "label")
@@ -98,7 +94,7 @@ class SequenceClassification(_Classification):
     ) -> Split:
         index = _index(label_names)
         _unknown(rows[data.label], index, label_names, split)
-        encoded = tokenizer(*(rows[c] for c in _text_columns(data)), truncation=True, max_length=data.max_length)
+        encoded = tokenizer(*(rows[c] for c in data.text_columns), truncation=True, max_length=data.max_length)
         keys = [k for k in encoded.keys() if k != "attention_mask"]
         features = [{k: encoded[k][i] for k in keys} for i in range(len(rows[data.label]))]
         return Split(features, [index[x] for x in rows[data.label]])
@@ -140,7 +136,7 @@ class TokenClassification(_Classification):
     def encode(
         self, rows: dict[str, list[Any]], tokenizer: Any, data: DataSection, label_names: list[Any], split: str
     ) -> Split:
-        words, tags = rows[_text_columns(data)[0]], rows[data.label]
+        words, tags = rows[data.text_columns[0]], rows[data.label]
         index = _index(label_names)
         _unknown([x for row in tags for x in row], index, label_names, split)
         for i, (w, t) in enumerate(zip(words, tags)):
@@ -200,12 +196,12 @@ class CausalLanguageModelling(Task):
     peft_task_type = "CAUSAL_LM"
 
     def columns(self, data: DataSection) -> list[str]:
-        return _text_columns(data)
+        return data.text_columns
 
     def encode(
         self, rows: dict[str, list[Any]], tokenizer: Any, data: DataSection, label_names: list[Any], split: str
     ) -> Split:
-        texts = ["\n".join(parts) for parts in zip(*(rows[c] for c in _text_columns(data)))]
+        texts = ["\n".join(parts) for parts in zip(*(rows[c] for c in data.text_columns))]
         if not data.packing:
             ids = tokenizer(texts, truncation=True, max_length=data.max_length)["input_ids"]
             return Split([{"input_ids": x} for x in ids], [list(x) for x in ids])

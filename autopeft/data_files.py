@@ -1,0 +1,97 @@
+"""Reading a study's data files into tables: local files with pyarrow, hub datasets with HF ``datasets``.
+
+Local files (CSV, JSON, JSON Lines, Parquet) are read straight into memory: nothing is written
+anywhere (HF ``datasets`` would build an Arrow cache in the user's home for every file), and a
+study's columns can be checked in milliseconds, before torch, the plugins and the model load. This
+module imports none of them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from autopeft.config import DATA_SUFFIXES, StudyConfig
+from autopeft.errors import DataError, first_line
+
+__all__ = ["load_split", "check_columns", "missing_columns"]
+
+
+def _read_local(path: Path) -> Any:
+    """A local data file as a pyarrow Table. A ``.json`` file holds an array of records or one record
+    per line (JSON Lines), as HF ``datasets`` accepts."""
+    import pyarrow as pa
+
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
+    if path.suffix == ".csv":
+        import pyarrow.csv as pa_csv
+
+        return pa_csv.read_csv(path)
+    with path.open("rb") as handle:
+        head = handle.read(4096).lstrip()
+    if head.startswith(b"["):
+        records = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise ValueError("a .json file must hold an array of records (objects) or one record per line")
+        return pa.Table.from_pylist(records)
+    import pyarrow.json as pa_json
+
+    return pa_json.read_json(path)
+
+
+def load_split(config: StudyConfig, key: str) -> Any:
+    """One split as a table with ``column_names``, ``num_rows`` and ``select``."""
+    value = getattr(config.data, key)
+    source = config.data_path(value)
+    local = source.endswith(DATA_SUFFIXES)
+    try:
+        if local:
+            table = _read_local(Path(source))
+        else:
+            import datasets
+
+            name, _, split = source.partition(":")
+            table = datasets.load_dataset(name, split=split or key).with_format("arrow")[:]
+    except Exception as exc:  # pyarrow and datasets raise many types for unreadable or unreachable sources
+        if local and Path(source).is_file() and _has_no_rows(Path(source)):
+            raise DataError(f"data.{key}: {value!r} has no rows; point it at a file with examples") from None
+        raise DataError(
+            f"data.{key}: cannot load {value!r} ({type(exc).__name__}: {first_line(exc)}); "
+            "check the path, or the hub name and your connection"
+        ) from None
+    if table.num_rows == 0:
+        raise DataError(f"data.{key}: {value!r} has no rows; point it at a file with examples")
+    return table
+
+
+def _has_no_rows(path: Path) -> bool:
+    """Whether a local data file holds no examples (a header alone, ``[]``, nothing), which readers
+    report as an obscure parse error."""
+    content = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    header = 1 if path.suffix == ".csv" else 0
+    return len(content) <= header or "".join(content).strip() == "[]"
+
+
+def check_columns(config: StudyConfig, needed: list[str]) -> None:
+    """Fail now, before the model loads, when a local split lacks one of the ``needed`` columns.
+
+    Raises:
+        DataError: as :func:`autopeft.data.load_task_data` would, seconds later.
+    """
+    for key in ("train", "validation", "test"):
+        value = getattr(config.data, key)
+        if value is not None and config.data_path(value).endswith(DATA_SUFFIXES):
+            missing_columns(load_split(config, key), needed, key)
+
+
+def missing_columns(table: Any, needed: list[str], key: str) -> None:
+    for column in needed:
+        if column not in table.column_names:
+            raise DataError(
+                f"data.{key}: column {column!r} not found (columns: {', '.join(table.column_names)}); "
+                f"set data.text / data.label to existing columns"
+            )
