@@ -346,12 +346,12 @@ def export(
             raise AutopeftError(f"study {study.study_name!r} has no feasible complete trial yet; run it first")
         _check_folder(out)
         out.mkdir(parents=True, exist_ok=True)
-        records = [export_trial(config, study, t, out / f"trial-{t.number}", progress, storage) for t in front]
         folders = {f"trial-{t.number}" for t in front}
-        for stale in _written_before(out) - folders - {_PARETO_INDEX}:  # an earlier front's other points
-            _remove_earlier(out / stale)
-            with contextlib.suppress(OSError):
-                (out / stale).rmdir()
+        linked = sorted(f for f in folders if (out / f).is_symlink())
+        if linked:  # it would lead the export, and the clean-up of an earlier one, out of this folder
+            raise AutopeftError(f"export: {out / linked[0]} is a link; remove it or choose another folder")
+        records = [export_trial(config, study, t, out / f"trial-{t.number}", progress, storage) for t in front]
+        _remove_earlier(out, keep=folders | {_PARETO_INDEX})  # an earlier front's other points
         index = [
             {
                 "trial": r["trial"]["number"],

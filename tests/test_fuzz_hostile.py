@@ -1,0 +1,404 @@
+"""Property-based fuzzing of what a user or an attacker hands autopeft: study files, data files and
+export folders. For every input: success, or one line on stderr with exit code 2 (a one-line
+``AutopeftError`` in the API); never a traceback, never a write outside the study's and the output's
+folders, never a password in any output.
+
+Each target runs ``AUTOPEFT_FUZZ_EXAMPLES`` examples (default 300), derandomized so that CI is
+repeatable; set the variable higher to search longer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import _toml, write_study
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from autopeft import AutopeftError, load_model
+from autopeft.cli import main
+from autopeft.config import load_config
+from autopeft.errors import DataError
+from autopeft.export import PROVENANCE_FILE
+
+EXAMPLES = int(os.environ.get("AUTOPEFT_FUZZ_EXAMPLES", "300"))
+SECRET = "s3cret-pw"
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+_hostile_text = st.sampled_from(
+    [
+        "/",
+        "..",
+        "../../etc/passwd",
+        "/tmp/evil",
+        "a/b",
+        "C:\\evil",
+        "~root",
+        "\u0000",
+        "a\nb",
+        "\t",
+        "",
+        " ",
+        "x" * 300,
+        "ünïcödé",
+        "名前",
+        "$(touch /tmp/pwned)",
+        "'; DROP TABLE trials; --",
+        "%2e%2e%2f",
+        ".hidden",
+    ]
+)
+_storage = st.sampled_from(
+    [
+        f"postgresql://autopeft:{SECRET}@127.0.0.1:1/db",
+        f"postgresql://:{SECRET}@127.0.0.1:1/db",
+        f"postgresql://autopeft@127.0.0.1:1/db?password={SECRET}",
+        f"mysql://u:{SECRET}@127.0.0.1:1/db",
+        "sqlite:///nowhere/x.db",
+        "sqlite://",
+        "not a url",
+        "redis://localhost:1",
+        "sqlite:///:memory:",
+    ]
+)
+_scalar = st.one_of(
+    st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.booleans(), _hostile_text, st.text(max_size=20)
+)
+_value = st.recursive(
+    _scalar,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), inner, max_size=3)
+    ),
+    max_leaves=5,
+)
+_FIELDS = {
+    "study": [
+        "name",
+        "storage",
+        "n_trials",
+        "sampler",
+        "pruner",
+        "seed",
+        "objectives",
+        "keep_weights",
+        "artifacts",
+        "heartbeat_seconds",
+    ],
+    "model": ["name", "revision", "trust_remote_code", "overrides"],
+    "task": ["type", "metric"],
+    "data": ["train", "validation", "test", "text", "label", "labels", "max_length", "max_train_examples"],
+    "budget": ["max_trainable"],
+    "train": ["epochs", "batch_size", "learning_rate", "warmup_ratio", "weight_decay", "precision", "device"],
+    "search": ["methods", "warm_start"],
+}
+_mutation = st.one_of(
+    st.tuples(
+        st.sampled_from(sorted(_FIELDS)), st.sampled_from(sorted({k for v in _FIELDS.values() for k in v})), _value
+    ),
+    st.tuples(st.just("study"), st.just("storage"), _storage),
+    st.tuples(st.just("study"), st.sampled_from(["name", "artifacts"]), _hostile_text),
+    st.tuples(st.just("data"), st.sampled_from(["train", "validation", "test"]), _hostile_text),
+    st.tuples(st.just("model"), st.just("name"), _hostile_text),
+)
+
+
+def _snapshot(*folders: Path) -> set[str]:
+    """Every path in ``folders`` (recursively for the first) and the top level of / and /tmp."""
+    found = {str(p) for p in folders[0].rglob("*")}
+    for top in (Path("/"), Path(tempfile.gettempdir()), *folders[1:]):
+        found |= {str(p) for p in top.iterdir()}
+    return found
+
+
+def _assert_clean_exit(code: int, out: str, err: str) -> None:
+    assert code in (0, 2), (code, err)
+    assert "Traceback" not in out + err and SECRET not in out + err, err
+    if code == 2:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("autopeft: error: "), err
+
+
+# -- study files ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study_base(trained_study, tmp_path_factory) -> Path:
+    """A finished study (its database and data files) that each example's study file names, so
+    that valid files reach the study itself; the read commands (training would be too slow) are
+    what each example runs."""
+    import shutil
+    import sqlite3
+
+    path, _, _ = trained_study
+    folder = tmp_path_factory.mktemp("fuzz-study")
+    for name in ("train.parquet", "validation.parquet"):
+        shutil.copy(path.parent / name, folder / name)
+    with sqlite3.connect(path.parent / "trained.db") as source, sqlite3.connect(folder / "trained.db") as copy:
+        source.backup(copy)  # the study as committed, WAL included, in one file
+    return folder
+
+
+@FUZZ
+@given(mutations=st.lists(_mutation, min_size=0, max_size=4), command=st.sampled_from(["trials", "best", "pareto"]))
+def test_study_files(study_base: Path, capsys, mutations, command) -> None:
+    import shutil
+
+    folder = Path(tempfile.mkdtemp(dir=study_base))
+    for name in ("trained.db", "train.parquet", "validation.parquet"):
+        shutil.copy(study_base / name, folder / name)
+    tables: dict = {
+        "study": {"name": "trained", "n_trials": 3, "objectives": ["accuracy", "trainable_params"]},
+        "model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "overrides": {"num_hidden_layers": 2}},
+        "data": {"train": "train.parquet", "validation": "validation.parquet"},
+        "budget": {"max_trainable": "0.5%"},
+        "search": {"methods": ["lora"]},
+    }
+    for section, key, value in mutations:
+        tables.setdefault(section, {})[key] = value
+    path = folder / "study.toml"
+    try:
+        path.write_text(_toml(tables), encoding="utf-8")
+    except (UnicodeEncodeError, ValueError):
+        return  # not a file anyone could write
+    before = _snapshot(folder, study_base.parent)
+    capsys.readouterr()
+    code = main([command, str(path)])
+    out, err = capsys.readouterr()
+    event(f"exit {code}: {err.split(':')[2].strip() if code else 'ok'}")
+    _assert_clean_exit(code, out, err)
+    # Read commands write nothing, anywhere; SQLite itself may open a WAL database's -wal and -shm files.
+    new = _snapshot(folder, study_base.parent) - before
+    assert all(p.startswith(str(folder / "trained.db-")) for p in new), new
+
+
+# -- data files -------------------------------------------------------------------------------------
+
+_cell = st.one_of(
+    st.none(),
+    st.text(max_size=30),
+    st.integers(-5, 5),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    _hostile_text,
+)
+_column = st.sampled_from(["text", "label", "Text", "labels", "", "label ", "extra"])
+_table = st.dictionaries(_column, st.lists(_cell, min_size=0, max_size=6), min_size=0, max_size=4)
+
+
+@pytest.fixture(scope="module")
+def data_world(tmp_path_factory):
+    """The task, tokenizer and a study file whose splits each example replaces."""
+    from conftest import _plugin_manager
+
+    from autopeft.models import load_tokenizer, resolve_model_name
+    from autopeft.plugins import resolve_task
+
+    folder = tmp_path_factory.mktemp("fuzz-data")
+    path = write_study(folder, data={"max_length": 16})
+    config, task = resolve_task(load_config(path), _plugin_manager())
+    source, offline = resolve_model_name(_plugin_manager(), config.model.name)
+    return folder, config, task, load_tokenizer(config.model, source, offline)
+
+
+def _write_table(columns: dict, path: Path) -> bool:
+    """Write ``columns`` (padded to one length) in ``path``'s format; False where pandas cannot."""
+    rows = max((len(v) for v in columns.values()), default=0)
+    frame = pd.DataFrame({k: (v + [None] * rows)[:rows] for k, v in columns.items()})
+    try:
+        if path.suffix == ".csv":
+            frame.to_csv(path, index=False)
+        elif path.suffix == ".parquet":
+            frame.to_parquet(path)
+        elif path.suffix == ".jsonl":
+            frame.to_json(path, orient="records", lines=True)
+        else:
+            frame.to_json(path, orient="records")
+    except (ValueError, TypeError, OverflowError, UnicodeEncodeError, ImportError, Exception):  # noqa: B014
+        return False
+    return True
+
+
+@FUZZ
+@given(
+    train=_table,
+    validation=_table,
+    suffix=st.sampled_from([".csv", ".parquet", ".jsonl", ".json"]),
+    raw=st.one_of(st.none(), st.binary(max_size=64)),
+)
+def test_data_files(data_world, train, validation, suffix, raw) -> None:
+    from dataclasses import replace
+
+    from autopeft.data import load_task_data
+    from autopeft.data_files import check_columns
+
+    folder, config, task, tokenizer = data_world
+    example = Path(tempfile.mkdtemp(dir=folder))
+    files = {}
+    for split, columns in (("train", train), ("validation", validation)):
+        path = example / f"{split}{suffix}"
+        if split == "train" and raw is not None:
+            path.write_bytes(raw)  # not a table at all: a truncated or foreign file
+        elif not _write_table(columns, path):
+            return
+        files[split] = str(path)
+    config = replace(config, data=replace(config.data, train=files["train"], validation=files["validation"]))
+    before = _snapshot(example, folder)
+    try:
+        check_columns(config, task.columns(config.data))
+        data = load_task_data(config, tokenizer, task)
+    except DataError as exc:
+        event("one-line DataError")
+        assert "\n" not in str(exc) and str(exc).startswith("data."), str(exc)
+    else:
+        event("loaded")
+        assert len(data.train) > 0 and len(data.validation) > 0 and len(data.label_names) >= 2
+    assert _snapshot(example, folder) == before
+
+
+# -- export folders ---------------------------------------------------------------------------------
+
+_names = st.one_of(
+    st.sampled_from(
+        [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "README.md",
+            PROVENANCE_FILE,
+            "pareto.json",
+            "trained.safetensors",
+            "notes.txt",
+            "trial-0",
+            "trial-1",
+            "../outside.txt",
+            "/tmp/abs.txt",
+            "sub/x",
+            "..",
+        ]
+    ),
+    _hostile_text,
+)
+
+
+@pytest.fixture(scope="module")
+def export_world(trained_study, tmp_path_factory):
+    path, study, _ = trained_study
+    folder = tmp_path_factory.mktemp("fuzz-export")
+    outside = folder / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("must survive")
+    reference = folder / "reference"
+    assert main(["export", str(path), "--best", str(reference), "--quiet"]) == 0
+    return path, folder, outside, reference
+
+
+@FUZZ
+@given(
+    recorded=st.lists(_names, max_size=5),
+    folders=st.lists(_names, max_size=3),
+    present=st.lists(_names, max_size=5),
+    link=st.one_of(st.none(), st.sampled_from(["linked", "trial-0", "trial-1", "trial-2", "trial-3"])),
+    which=st.sampled_from(["--best", "--pareto"]),
+)
+def test_export_into_existing_folders(export_world, capsys, recorded, folders, present, link, which) -> None:
+    """Whatever an earlier export's records say, an export never removes or writes a file outside
+    its folder, and never removes a file no export of it wrote."""
+    path, folder, outside, _ = export_world
+    out = Path(tempfile.mkdtemp(dir=folder))
+    mine = {}
+    for name in present:
+        target = out / name
+        if not name or "\x00" in name or not str(target.resolve()).startswith(str(out.resolve()) + os.sep):
+            continue
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                target.write_text(f"user file {name}")
+                mine[target] = target.read_bytes()
+        except OSError:
+            continue
+    if link is not None and not (out / link).exists():  # a link out of the folder, claimed by the records
+        (out / link).symlink_to(outside)
+        recorded, folders = [*recorded, link], [*folders, link]
+    (out / PROVENANCE_FILE).write_text(json.dumps({"weights": {"files": recorded}}))
+    (out / "pareto.json").write_text(json.dumps([{"folder": f} for f in folders]))
+    before_outside = _snapshot(outside, folder)
+    capsys.readouterr()
+    code = main(["export", str(path), which, str(out), "--quiet"])
+    output, err = capsys.readouterr()
+    event(f"exit {code}")
+    _assert_clean_exit(code, output, err)
+    assert (outside / "precious.txt").read_text() == "must survive"
+    assert {p for p in _snapshot(outside, folder) if not p.startswith(str(out))} == {
+        p for p in before_outside if not p.startswith(str(out))
+    }
+    ours = set(recorded) | {f for f in folders} | {PROVENANCE_FILE, "pareto.json"}
+    for target, content in mine.items():
+        if target.relative_to(out).parts[0] not in ours:  # not claimed by the records: the user's, kept
+            assert target.read_bytes() == content, target
+
+
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=False), st.text(max_size=10)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6,
+)
+
+
+@FUZZ
+@given(
+    edits=st.lists(
+        st.tuples(st.sampled_from(["method", "config", "labels", "model", "study", "weights", "extra"]), _json_values),
+        max_size=3,
+    ),
+    config_edit=st.one_of(
+        st.none(), st.tuples(st.sampled_from(["sizes", "placement", "sublayers", "x"]), _json_values)
+    ),
+    weights=st.sampled_from(["keep", "truncate", "garbage", "pickle", "remove"]),
+    nest=st.booleans(),
+)
+def test_load_model_on_malformed_exports(export_world, edits, config_edit, weights, nest) -> None:
+    import shutil
+
+    _, folder, _, reference = export_world
+    out = Path(tempfile.mkdtemp(dir=folder))
+    shutil.copytree(reference, out, dirs_exist_ok=True)
+    record = json.loads((out / PROVENANCE_FILE).read_text())
+    for key, value in edits:
+        record[key] = value
+    if config_edit is not None and isinstance(record.get("config"), dict):
+        record["config"][config_edit[0]] = config_edit[1]
+    text = json.dumps(record)
+    if nest:
+        text = "[" * 5000 + text + "]" * 5000
+    (out / PROVENANCE_FILE).write_text(text)
+    weight_files = [p for p in out.iterdir() if p.suffix == ".safetensors"]
+    for p in weight_files:
+        if weights == "truncate":
+            p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3])
+        elif weights == "garbage":
+            p.write_bytes(os.urandom(256))
+        elif weights == "remove":
+            p.unlink()
+    if weights == "pickle":
+        (out / "adapter_model.bin").write_bytes(b"\x80\x04K\x01.")
+    before = _snapshot(out, folder)
+    try:
+        model = load_model(out)
+    except AutopeftError as exc:
+        event("one-line AutopeftError")
+        assert "\n" not in str(exc), str(exc)
+    else:
+        event("loaded")
+        assert not model.training
+    assert _snapshot(out, folder) == before
