@@ -413,6 +413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # written. Python would flush stdout at exit and print a second error; point it at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell tool reports
+    except OSError as exc:  # the machine, not the input: a full disk, a folder that cannot be written
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"autopeft: error: {mask_url(exc.strerror or str(exc))}{where}; free space or choose another place, "
+            "then run the same command again",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -48,7 +48,10 @@ def _rows(config: StudyConfig, key: str, needed: list[str], limit: int | None, s
     """Column -> values of one split, rows with an empty needed value dropped, ``limit`` sampled."""
     table = load_split(config, key)
     missing_columns(table, needed, key)
-    columns = table.select(needed).to_pydict()  # whole columns to Python lists: per-row access is ~100x slower
+    try:
+        columns = table.select(needed).to_pydict()  # whole columns to Python lists: per-row access is ~100x slower
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:  # cells pyarrow read but Python cannot hold
+        raise DataError(f"data.{key}: cannot read the {', '.join(needed)} columns ({first_line(exc)})") from None
     keep = [i for i in range(table.num_rows) if all(_usable(columns[c][i]) for c in needed)]
     if limit is not None and len(keep) > limit:
         keep = sorted(random.Random(seed).sample(keep, limit))

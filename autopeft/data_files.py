@@ -56,6 +56,7 @@ def load_split(config: StudyConfig, key: str) -> Any:
 
             name, _, split = source.partition(":")
             table = datasets.load_dataset(name, split=split or key).with_format("arrow")[:]
+        table.column_names  # noqa: B018 - decoded here, so that a header that is not UTF-8 fails here
     except Exception as exc:  # pyarrow and datasets raise many types for unreadable or unreachable sources
         if local and Path(source).is_file() and _has_no_rows(Path(source)):
             raise DataError(f"data.{key}: {value!r} has no rows; point it at a file with examples") from None

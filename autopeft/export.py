@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +82,11 @@ def _check_folder(out: Path) -> None:
         raise AutopeftError(f"export: {out} exists and is not an autopeft export; choose a new or empty folder")
 
 
-def _remove_earlier(out: Path, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+def _remove_earlier(out: Path, keep: Collection[str] = ()) -> None:
     """Remove what an earlier export wrote into ``out`` (its recorded files, and its recorded trial
     folders once emptied the same way), except the names in ``keep``. Nothing else is touched: no
     link is followed, no folder is removed with what it holds."""
-    for name in _written_before(out) - keep:
+    for name in _written_before(out) - set(keep):
         path = out / name
         if path.is_symlink() or path.is_file():
             path.unlink()
@@ -111,7 +111,12 @@ def _publish(staging: Path, out: Path) -> None:
             )
     _remove_earlier(out)
     for path in staging.iterdir():
-        os.replace(path, out / path.name)
+        try:
+            os.replace(path, out / path.name)
+        except OSError as exc:  # e.g. a folder of the user's where the records said a file of ours was
+            raise AutopeftError(
+                f"export: cannot write {out / path.name} ({exc.strerror}); move what is there or choose another folder"
+            ) from None
 
 
 @contextlib.contextmanager

@@ -307,16 +307,19 @@ def export_world(trained_study, tmp_path_factory):
     recorded=st.lists(_names, max_size=5),
     folders=st.lists(_names, max_size=3),
     present=st.lists(_names, max_size=5),
+    present_dirs=st.lists(_names, max_size=2),
     link=st.one_of(st.none(), st.sampled_from(["linked", "trial-0", "trial-1", "trial-2", "trial-3"])),
     which=st.sampled_from(["--best", "--pareto"]),
 )
-def test_export_into_existing_folders(export_world, capsys, recorded, folders, present, link, which) -> None:
+def test_export_into_existing_folders(
+    export_world, capsys, recorded, folders, present, present_dirs, link, which
+) -> None:
     """Whatever an earlier export's records say, an export never removes or writes a file outside
     its folder, and never removes a file no export of it wrote."""
     path, folder, outside, _ = export_world
     out = Path(tempfile.mkdtemp(dir=folder))
     mine = {}
-    for name in present:
+    for name in [*present, *(f"{d}/kept.txt" for d in present_dirs)]:  # the user's files, some in folders
         target = out / name
         if not name or "\x00" in name or not str(target.resolve()).startswith(str(out.resolve()) + os.sep):
             continue
