@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -113,12 +114,22 @@ _mutation = st.one_of(
 )
 
 
+# What tempfile names look like: other processes on the machine (pip, a browser) create them in /tmp
+# while the tests run. autopeft itself stages exports and kept weights inside their own folders.
+_OTHERS_TEMP = re.compile(r"^/tmp/(tmp[a-z0-9_]{8}|pymp-\w+)$")
+
+
 def _snapshot(*folders: Path) -> set[str]:
     """Every path in ``folders`` (recursively for the first) and the top level of / and /tmp."""
     found = {str(p) for p in folders[0].rglob("*")}
     for top in (Path("/"), Path(tempfile.gettempdir()), *folders[1:]):
         found |= {str(p) for p in top.iterdir()}
-    return found
+    return {p for p in found if not _OTHERS_TEMP.match(p)}
+
+
+def _new(before: set[str], after: set[str]) -> set[str]:
+    """What appeared (or went) between two snapshots, for short assertion messages."""
+    return after ^ before
 
 
 def _assert_clean_exit(code: int, out: str, err: str) -> None:
@@ -178,8 +189,8 @@ def test_study_files(study_base: Path, capsys, mutations, command) -> None:
     event(f"exit {code}: {err.split(':')[2].strip() if code else 'ok'}")
     _assert_clean_exit(code, out, err)
     # Read commands write nothing, anywhere; SQLite itself may open a WAL database's -wal and -shm files.
-    new = _snapshot(folder, study_base.parent) - before
-    assert all(p.startswith(str(folder / "trained.db-")) for p in new), new
+    changed = _new(before, _snapshot(folder, study_base.parent))
+    assert all(p.startswith(str(folder / "trained.db-")) for p in changed), changed
 
 
 # -- data files -------------------------------------------------------------------------------------
@@ -263,7 +274,7 @@ def test_data_files(data_world, train, validation, suffix, raw) -> None:
     else:
         event("loaded")
         assert len(data.train) > 0 and len(data.validation) > 0 and len(data.label_names) >= 2
-    assert _snapshot(example, folder) == before
+    assert not _new(before, _snapshot(example, folder))
 
 
 # -- export folders ---------------------------------------------------------------------------------
@@ -342,9 +353,7 @@ def test_export_into_existing_folders(
     event(f"exit {code}")
     _assert_clean_exit(code, output, err)
     assert (outside / "precious.txt").read_text() == "must survive"
-    assert {p for p in _snapshot(outside, folder) if not p.startswith(str(out))} == {
-        p for p in before_outside if not p.startswith(str(out))
-    }
+    assert not {p for p in _new(before_outside, _snapshot(outside, folder)) if not p.startswith(str(out))}
     ours = set(recorded) | {f for f in folders} | {PROVENANCE_FILE, "pareto.json"}
     for target, content in mine.items():
         if target.relative_to(out).parts[0] not in ours:  # not claimed by the records: the user's, kept
@@ -404,4 +413,4 @@ def test_load_model_on_malformed_exports(export_world, edits, config_edit, weigh
     else:
         event("loaded")
         assert not model.training
-    assert _snapshot(out, folder) == before
+    assert not _new(before, _snapshot(out, folder))
