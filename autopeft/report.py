@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import statistics
 from collections import Counter
 from collections.abc import Callable
@@ -127,12 +128,18 @@ def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
             )
         )
     if standard.budget:
-        fig.add_vline(
-            x=standard.budget,
-            line_dash="dash",
-            line_color="gray",
-            annotation_text=f"budget {standard.budget:,}",
-            annotation_position="top left",
+        fig.add_vline(x=standard.budget, line_dash="dash", line_color="gray")
+        # add_vline's own label lands off the plot on a log axis (plotly places it at the linear x):
+        # an annotation on a log axis takes log10 of the value.
+        fig.add_annotation(
+            x=math.log10(standard.budget),
+            xref="x",
+            y=1,
+            yref="paper",
+            text=f"budget {standard.budget:,}",
+            showarrow=False,
+            xanchor="right",
+            yanchor="bottom",
         )
     _baseline_line(fig, standard)
     fig.update_xaxes(type="log", title="trainable parameters")

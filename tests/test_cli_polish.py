@@ -63,9 +63,11 @@ def test_trials_pareto_best_and_report_show_the_baseline(ran, tmp_path, capsys) 
     assert f"majority class {value:.4f} without learning" in capsys.readouterr().out.splitlines()[0]
     page = write_html(study, tmp_path / "r.html").read_text()
     assert f"baseline: majority class {value:.4f}" in page and f"{nothing_learned} trials no better" in page
-    shapes = [a.text for a in build_figures(study)["pareto"].layout.annotations]
-    assert f"majority class baseline {value:.4f}" in shapes  # a dotted line on the plot, labelled
-    assert any(text.startswith("budget ") for text in shapes)  # and the budget line has its label
+    notes = {a.text: a for a in build_figures(study)["pareto"].layout.annotations}
+    assert f"majority class baseline {value:.4f}" in notes  # a dotted line on the plot, labelled
+    budget = study.user_attrs["budget"]
+    label = notes[f"budget {budget:,}"]  # and the budget line has its label, where the log axis puts the line
+    assert label.x == pytest.approx(__import__("math").log10(budget)) and label.xref == "x"
 
 
 def test_run_prints_the_baseline_first(tmp_path, capsys, minilm_available) -> None:
