@@ -344,8 +344,12 @@ def test_export_into_existing_folders(
     if link is not None and not (out / link).exists():  # a link out of the folder, claimed by the records
         (out / link).symlink_to(outside)
         recorded, folders = [*recorded, link], [*folders, link]
-    (out / PROVENANCE_FILE).write_text(json.dumps({"weights": {"files": recorded}}))
-    (out / "pareto.json").write_text(json.dumps([{"folder": f} for f in folders]))
+    for record, content in (
+        (PROVENANCE_FILE, {"weights": {"files": recorded}}),
+        ("pareto.json", [{"folder": f} for f in folders]),
+    ):
+        if not (out / record).is_dir():  # the user's folder of that name, as `present_dirs` may make
+            (out / record).write_text(json.dumps(content))
     before_outside = _snapshot(outside, folder)
     capsys.readouterr()
     code = main(["export", str(path), which, str(out), "--quiet"])
