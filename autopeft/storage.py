@@ -65,6 +65,8 @@ STORAGE_ENV = "AUTOPEFT_STORAGE"
 OUTAGE_SECONDS = 120.0
 #: User attributes a retry inherits: how the trial came to be queued. Its results and errors it earns itself.
 _INHERITED = ("warm_start", "started_from")
+#: System attributes a retry does not inherit: its own constraint and kept weights it records itself.
+_EARNED = ("constraints", "artifacts:")
 
 
 # user:password@ in a URL's authority; the password may itself hold "@" (unescaped), so it runs to the
@@ -101,7 +103,11 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
             params=trial.params,
             distributions=trial.distributions,
             user_attrs={k: v for k, v in trial.user_attrs.items() if k in _INHERITED},
-            system_attrs={**trial.system_attrs, "failed_trial": history[0], "retry_history": history},
+            system_attrs={
+                **{k: v for k, v in trial.system_attrs.items() if not k.startswith(_EARNED)},
+                "failed_trial": history[0],
+                "retry_history": history,
+            },
         )
     )
 

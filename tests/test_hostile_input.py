@@ -201,3 +201,15 @@ def test_a_corrupted_token_cache_is_rebuilt(tmp_path, minilm_available) -> None:
     assert main(["run", str(path), "--quiet", "--n-trials", "2"]) == 0
     with np.load(cache, allow_pickle=False) as arrays:  # rewritten, readable again
         assert "train/labels" in arrays.files
+
+
+def test_a_changed_choice_list_stops_at_the_first_trial_with_one_line(tmp_path, capsys, minilm_available) -> None:
+    common = {"data": {"max_train_examples": 16, "max_eval_examples": 16}}
+    lora = {"methods": ["lora"], "warm_start": False}
+    path = write_study(tmp_path, study={"name": "c", "n_trials": 1}, search={**lora, "lora": {"r": [4, 8]}}, **common)
+    assert main(["run", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    write_study(tmp_path, study={"name": "c", "n_trials": 3}, search={**lora, "lora": {"r": [2, 4]}}, **common)
+    _fails_in_one_line(capsys, ["run", str(path), "--quiet"], "the study file changed the choices of a parameter")
+    study = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path / 'c.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]  # not five failures in a row
