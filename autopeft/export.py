@@ -419,13 +419,14 @@ def _read_provenance(directory: Path) -> tuple[dict[str, Any], ModelSection]:
 
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
-    """Silence transformers' load report ("MISSING classifier...") and deprecation warnings while
-    the base model is rebuilt: the export's own weights replace the head right after, so the report
-    would tell a user something false."""
+    """Silence transformers' load report ("MISSING classifier...") and the libraries' deprecation
+    warnings while the model is rebuilt: the export's own weights replace the head right after, so the
+    report would tell a user something false, and the warnings are about calls autopeft makes."""
     import transformers
 
-    level = transformers.logging.get_verbosity()
+    level, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -433,6 +434,8 @@ def _quiet_loading() -> Iterator[None]:
             yield
     finally:
         transformers.logging.set_verbosity(level)
+        if bars:
+            transformers.logging.enable_progress_bar()
 
 
 def load_model(
@@ -485,12 +488,12 @@ def load_model(
         )
     task = tasks[task_name].task
     source, offline = resolve_model_name(pm, model_section.name)
-    with _quiet_loading():
-        tokenizer = load_tokenizer(model_section, source, offline)
-        base = load_base_model(model_section, source, offline, task, record["labels"], tokenizer.pad_token_id)
     try:
-        model = method.apply(base, build_context(base, new_head=task.new_head), record["config"])
-        method.load(model, directory)
+        with _quiet_loading():
+            tokenizer = load_tokenizer(model_section, source, offline)
+            base = load_base_model(model_section, source, offline, task, record["labels"], tokenizer.pad_token_id)
+            model = method.apply(base, build_context(base, new_head=task.new_head), record["config"])
+            method.load(model, directory)
     except AutopeftError:
         raise
     except Exception as exc:  # a configuration or weights that do not fit this model: blocks, shapes, a cut file

@@ -4,6 +4,7 @@ says, are portable (hub id, task type, a model card), and malformed export folde
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -127,14 +128,20 @@ def test_export_is_portable_with_a_model_card(trained_study, tmp_path, capsys) -
     capsys.readouterr()
 
 
-def test_load_model_prints_nothing(trained_study, tmp_path, capfd) -> None:
+def test_load_model_prints_nothing(trained_study, tmp_path) -> None:
+    """In a fresh interpreter, as a user's script calls it (the CLI silences libraries for itself)."""
+    import subprocess
+    import sys
+
     path, study, _ = trained_study
     out = tmp_path / "lora"
     assert main(["export", str(path), "--trial", str(_trial(study, "lora")), str(out), "--quiet"]) == 0
-    capfd.readouterr()
-    load_model(out)
-    captured = capfd.readouterr()
-    assert captured.out == "" and captured.err == ""  # no "MISSING classifier" report, no FutureWarning
+    script = f"import autopeft; autopeft.load_model({str(out)!r})"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""  # no "MISSING classifier" report, no FutureWarning
 
 
 def _exported(trained_study, tmp_path: Path, method: str) -> Path:
