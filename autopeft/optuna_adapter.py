@@ -1,7 +1,9 @@
-"""What autopeft needs from Optuna beyond its public API, in one place.
+"""What autopeft needs from Optuna's samplers and studies beyond Optuna's public API.
 
-Optuna is pinned below 6; ``tests/test_optuna_adapter.py`` fails loudly when an upgrade moves what
-this module reaches into, instead of letting the behaviour change quietly.
+The storage side (:mod:`autopeft.storage`: the outage wrapper around ``RDBStorage``'s methods and the
+one-transaction ``set_user_attrs``) relies on Optuna internals too. Optuna is pinned below 6, and
+``tests/test_optuna_adapter.py`` fails by name when an upgrade moves any of it, instead of letting the
+behaviour change quietly.
 """
 
 from __future__ import annotations
