@@ -98,15 +98,7 @@ def _load(args: argparse.Namespace) -> tuple[str, optuna.Study, Standard]:
     from autopeft.study import file_budget
 
     config, url, study = _open(args)
-    budget = file_budget(config, study)
-    recorded = study.user_attrs.get("budget")
-    if budget is not None and recorded is not None and budget != recorded:
-        print(
-            f"autopeft: note: the study file's budget ({budget:,}) is not the one the study last ran with "
-            f"({recorded:,}); trials are judged against the file's",
-            file=sys.stderr,
-        )
-    return url, study, Standard.of(study, budget)
+    return url, study, Standard.of(study, file_budget(config, study))
 
 
 def _cmd_best(args: argparse.Namespace) -> int:

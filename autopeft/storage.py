@@ -177,14 +177,15 @@ def _is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) says the connection to the server was lost or refused,
     as opposed to a statement the database rejected. Optuna wraps most of these in
     ``StorageInternalError``."""
-    while exc is not None:
+    for _ in range(20):  # a chain of causes, never a cycle
         if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return True
         if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
             return True
         if isinstance(exc, sqlalchemy.exc.DisconnectionError):
             return True
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        if (exc := exc.__cause__ or exc.__context__) is None:  # type: ignore[assignment]
+            return False
     return False
 
 
