@@ -32,9 +32,12 @@ def _fails_in_one_line(capsys, args: list[str], expected: str) -> str:
 )
 def test_a_study_name_is_never_a_path(tmp_path, capsys, name) -> None:
     path = write_study(tmp_path, study={"name": name})
+    # Where the old code wrote for these names: <name>.db, .cache/ and .artifacts/ joined onto the folder.
+    targets = [Path(f"{stem}{suffix}") for stem in ("/", "/tmp/absolute") for suffix in (".db", ".cache", ".artifacts")]
+    existing = {t: t.stat().st_mtime_ns for t in targets if t.exists()}  # a machine the old code ran on
     outside = {p for p in tmp_path.parent.iterdir()}
     _fails_in_one_line(capsys, ["run", str(path)], "study.name: must be a plain name")
-    assert not Path("/.db").exists() and not Path("/tmp/absolute.db").exists()
+    assert {t: t.stat().st_mtime_ns for t in targets if t.exists()} == existing  # nothing written there
     assert {p for p in tmp_path.parent.iterdir()} == outside
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml", "train.parquet", "validation.parquet"]
 
