@@ -8,6 +8,7 @@ module imports none of them.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,19 @@ __all__ = ["load_split", "check_columns", "missing_columns"]
 
 
 def _read_local(path: Path) -> Any:
-    """A local data file as a pyarrow Table. A ``.json`` file holds an array of records or one record
-    per line (JSON Lines), as HF ``datasets`` accepts."""
+    """A local data file as a pyarrow Table, read once per process while the file is unchanged: the
+    column checks before the model loads and the loading itself share it."""
+    stat = path.stat()
+    return _read_file(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_file(path_name: str, size: int, mtime_ns: int) -> Any:
+    """A ``.json`` file holds an array of records or one record per line (JSON Lines), as HF
+    ``datasets`` accepts. ``size`` and ``mtime_ns`` only key the cache."""
     import pyarrow as pa
 
+    path = Path(path_name)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

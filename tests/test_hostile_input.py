@@ -20,7 +20,7 @@ from autopeft.plugins import get_plugin_manager, registered_methods
 from autopeft_plugins.bitfit import BitFit
 
 
-def _fails_in_one_line(capsys, args: list[str], expected: str) -> str:
+def _assert_fails_in_one_line(capsys, args: list[str], expected: str) -> str:
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
@@ -36,21 +36,21 @@ def test_a_study_name_is_never_a_path(tmp_path, capsys, name) -> None:
     targets = [Path(f"{stem}{suffix}") for stem in ("/", "/tmp/absolute") for suffix in (".db", ".cache", ".artifacts")]
     existing = {t: t.stat().st_mtime_ns for t in targets if t.exists()}  # a machine the old code ran on
     outside = {p for p in tmp_path.parent.iterdir()}
-    _fails_in_one_line(capsys, ["run", str(path)], "study.name: must be a plain name")
+    _assert_fails_in_one_line(capsys, ["run", str(path)], "study.name: must be a plain name")
     assert {t: t.stat().st_mtime_ns for t in targets if t.exists()} == existing  # nothing written there
     assert {p for p in tmp_path.parent.iterdir()} == outside
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml", "train.parquet", "validation.parquet"]
 
 
 def test_the_study_path_being_a_folder_is_one_line(tmp_path, capsys) -> None:
-    _fails_in_one_line(capsys, ["run", str(tmp_path)], "is a folder, not a study file")
-    _fails_in_one_line(capsys, ["trials", "bad\0path.toml"], "cannot read the study file")
+    _assert_fails_in_one_line(capsys, ["run", str(tmp_path)], "is a folder, not a study file")
+    _assert_fails_in_one_line(capsys, ["trials", "bad\0path.toml"], "cannot read the study file")
 
 
 def test_deeply_nested_toml_is_one_line(tmp_path, capsys) -> None:
     path = tmp_path / "study.toml"
     path.write_text("x = " + "[" * 50_000 + "]" * 50_000 + "\n")
-    _fails_in_one_line(capsys, ["plan", str(path)], "nests tables or arrays too deeply")
+    _assert_fails_in_one_line(capsys, ["plan", str(path)], "nests tables or arrays too deeply")
 
 
 @pytest.mark.parametrize(
@@ -68,13 +68,13 @@ def test_deeply_nested_toml_is_one_line(tmp_path, capsys) -> None:
 )
 def test_values_that_must_be_refused_are(tmp_path, capsys, sections, field) -> None:
     path = write_study(tmp_path, **sections)
-    _fails_in_one_line(capsys, ["run", str(path)], field)
+    _assert_fails_in_one_line(capsys, ["run", str(path)], field)
     assert not (tmp_path / "tiny.db").exists()
 
 
 def test_overrides_that_leave_no_blocks_are_one_line(tmp_path, capsys, minilm_available) -> None:
     path = write_study(tmp_path, model={"overrides": {"num_hidden_layers": 0}})
-    _fails_in_one_line(capsys, ["run", str(path)], "found no transformer blocks")
+    _assert_fails_in_one_line(capsys, ["run", str(path)], "found no transformer blocks")
     assert not (tmp_path / "tiny.db").exists()
 
 
@@ -88,7 +88,7 @@ def test_overrides_that_leave_no_blocks_are_one_line(tmp_path, capsys, minilm_av
 )
 def test_a_study_file_that_fails_validation_leaves_no_study_behind(tmp_path, capsys, spoil, expected) -> None:
     path = write_study(tmp_path, **spoil)
-    line = _fails_in_one_line(capsys, ["run", str(path)], expected)
+    line = _assert_fails_in_one_line(capsys, ["run", str(path)], expected)
     assert " from 'no-such-org" not in line  # "cannot load X", not "cannot load X from X"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml", "train.parquet", "validation.parquet"]
 
@@ -108,7 +108,7 @@ def test_a_study_file_that_fails_validation_leaves_no_study_behind(tmp_path, cap
 def test_a_plugin_that_counts_wrong_is_one_line(tmp_path, capsys, monkeypatch, hook, broken, expected) -> None:
     monkeypatch.setattr(BitFit, hook, broken)
     path = write_study(tmp_path, search={"methods": ["bitfit"]})
-    _fails_in_one_line(capsys, ["run", str(path)], expected)
+    _assert_fails_in_one_line(capsys, ["run", str(path)], expected)
     assert not (tmp_path / "tiny.db").exists()
 
 
@@ -134,8 +134,8 @@ def test_a_plugin_class_missing_hooks_is_one_line(tmp_path, capsys, monkeypatch)
     _plugin_module(monkeypatch)
     with pytest.raises(PluginError, match="plugin 'autopeft_incomplete' from autopeft failed in register_methods"):
         registered_methods(get_plugin_manager(autoload=False))
-    _fails_in_one_line(capsys, ["plugins"], "Can't instantiate abstract class _Incomplete")
-    _fails_in_one_line(capsys, ["run", str(write_study(tmp_path))], "failed in register_methods")
+    _assert_fails_in_one_line(capsys, ["plugins"], "Can't instantiate abstract class _Incomplete")
+    _assert_fails_in_one_line(capsys, ["run", str(write_study(tmp_path))], "failed in register_methods")
 
 
 # -- resuming ---------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_a_changed_method_list_is_one_line_before_any_trial(tmp_path, capsys, mi
     assert main(["run", str(path), "--quiet"]) == 0
     capsys.readouterr()
     write_study(tmp_path, study={"name": "m", "n_trials": 2}, search={"methods": ["bitfit"]}, **common)
-    _fails_in_one_line(capsys, ["run", str(path), "--quiet"], "no longer enables 'unfreeze'")
+    _assert_fails_in_one_line(capsys, ["run", str(path), "--quiet"], "no longer enables 'unfreeze'")
 
 
 def test_a_corrupted_token_cache_is_rebuilt(tmp_path, minilm_available) -> None:
@@ -213,6 +213,8 @@ def test_a_changed_choice_list_stops_at_the_first_trial_with_one_line(tmp_path, 
     assert main(["run", str(path), "--quiet"]) == 0
     capsys.readouterr()
     write_study(tmp_path, study={"name": "c", "n_trials": 3}, search={**lora, "lora": {"r": [2, 4]}}, **common)
-    _fails_in_one_line(capsys, ["run", str(path), "--quiet"], "the study file changed the choices of a parameter")
+    _assert_fails_in_one_line(
+        capsys, ["run", str(path), "--quiet"], "the study file changed the choices of a parameter"
+    )
     study = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path / 'c.db'}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]  # not five failures in a row
