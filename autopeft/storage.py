@@ -46,6 +46,7 @@ __all__ = [
     "retry_trial",
     "set_user_attrs",
     "storage_failure",
+    "sqlite_path",
     "StorageUnavailable",
     "MAX_RETRIES",
     "OUTAGE_SECONDS",
@@ -149,7 +150,7 @@ def _driver_url(url: str) -> str:
     return url
 
 
-def _sqlite_path(url: str) -> str | None:
+def sqlite_path(url: str) -> str | None:
     """The file of a plain ``sqlite:///path`` URL; None for memory, URI-style or parameterised URLs."""
     path = url.removeprefix("sqlite:///")
     if path == url or not path or path == ":memory:" or "?" in path or path.startswith("file:"):
@@ -159,7 +160,7 @@ def _sqlite_path(url: str) -> str | None:
 
 def _sqlite_wal(url: str) -> None:
     """Switch an SQLite file to WAL (a property of the file, kept across connections)."""
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is None:
         return
     try:
@@ -294,7 +295,7 @@ def open_storage(
     """
     engine_kwargs: dict[str, Any] = {}
     sqlite = url.startswith("sqlite:")
-    path = _sqlite_path(url) if sqlite else None
+    path = sqlite_path(url) if sqlite else None
     if sqlite:
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_SECONDS}
         if read_only and path is not None:

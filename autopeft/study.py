@@ -20,7 +20,7 @@ from autopeft.errors import AutopeftError, ConfigError, Interrupted, first_line
 from autopeft.optuna_adapter import storage_url
 from autopeft.progress import Progress
 from autopeft.results import FINISHED, PENDING, best_trial, finished_trials, pareto_front
-from autopeft.storage import mask_url, open_storage, retry_trial, storage_failure
+from autopeft.storage import mask_url, open_storage, retry_trial, sqlite_path, storage_failure
 
 if TYPE_CHECKING:
     from autopeft.objective import Objective
@@ -189,8 +189,8 @@ def file_budget(config: StudyConfig, study: optuna.Study) -> int | None:
 def _existing(config: StudyConfig, storage: str | None, worker_seed: int) -> optuna.Study | None:
     """The study if its storage already holds it, else None, creating nothing: a study file that
     fails validation must not leave an empty database behind."""
-    url = storage or config.storage
-    if url.startswith("sqlite:///") and "?" not in url and not Path(url.removeprefix("sqlite:///")).exists():
+    path = sqlite_path(storage or config.storage)
+    if path is not None and not Path(path).exists():
         return None
     try:
         return open_study(config, storage, create=False, worker_seed=worker_seed)
