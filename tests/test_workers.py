@@ -236,7 +236,7 @@ def test_run_with_local_workers_finishes_exactly_n_trials(tmp_path: Path, minilm
         [sys.executable, "-m", "autopeft", "run", str(path), "--workers", "2"],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=_env(step_seconds=1.0),  # trials of 2 s or more: one worker cannot finish all 4 before the other starts
         timeout=600,
     )
     assert run.returncode == 0, run.stderr
