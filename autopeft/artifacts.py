@@ -21,9 +21,10 @@ from optuna.trial import FrozenTrial
 
 from autopeft.config import StudyConfig
 from autopeft.errors import AutopeftError
+from autopeft.optuna_adapter import storage_of
 from autopeft.results import metric_sign, pareto_front
 
-__all__ = ["artifact_store", "keep_weights", "fetch_weights", "on_front", "plain_name"]
+__all__ = ["artifact_store", "keep_weights", "keep_if_wanted", "fetch_weights", "on_front", "plain_name"]
 
 # A file name with no folder part: what a method's save writes, and all an export may create.
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}")
@@ -72,6 +73,27 @@ def keep_weights(config: StudyConfig, trial: optuna.Trial, save: Callable[[Path]
         ]
 
 
+def keep_if_wanted(
+    config: StudyConfig, trial: optuna.Trial, metric: float, n: int, budget: int, save: Callable[[Path], None]
+) -> str | None:
+    """Keep ``trial``'s weights when ``[study] keep_weights`` says so (``front``: when its ``metric``
+    and size ``n`` join the front under ``budget``); why they could not be kept, or None.
+
+    A full or lost disk does not fail the trial: its result stands, its weights can be retrained, and
+    ``weights_not_kept`` says why.
+    """
+    policy = config.study.keep_weights
+    if not (policy == "all" or policy == "front" and on_front(trial.study, metric, n, budget)):
+        return None
+    try:
+        keep_weights(config, trial, save)
+    except OSError as exc:
+        why = f"{exc.strerror or type(exc).__name__} ({exc.filename or config.artifacts_dir})"
+        trial.set_user_attr("weights_not_kept", why)
+        return why
+    return None
+
+
 def fetch_weights(
     store: FileSystemArtifactStore | None, study: optuna.Study, trial: FrozenTrial, directory: Path
 ) -> bool:
@@ -81,7 +103,7 @@ def fetch_weights(
         AutopeftError: the study database names a file or artifact that is not a plain name (a
             tampered or foreign database); nothing is written.
     """
-    metas = get_all_artifact_meta(trial, storage=study._storage)
+    metas = get_all_artifact_meta(trial, storage=storage_of(study))
     if not metas or store is None:
         return False
     for meta in metas:

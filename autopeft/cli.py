@@ -169,11 +169,10 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from autopeft.config import load_config
     from autopeft.plan import format_plan, make_plan
-    from autopeft.plugins import get_plugin_manager
+    from autopeft.study import resolve
 
-    plan = make_plan(load_config(args.study), get_plugin_manager(), samples=args.samples)
+    plan = make_plan(resolve(args.study), samples=args.samples)
     print(json.dumps(plan, indent=2) if args.format == "json" else format_plan(plan))
     if not any(m["enabled"] for m in plan["methods"]):
         raise AutopeftError(plan["no_fit"])

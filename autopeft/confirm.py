@@ -14,9 +14,7 @@ from typing import Any
 
 import optuna
 
-from autopeft.config import load_config
 from autopeft.errors import AutopeftError
-from autopeft.plugins import get_plugin_manager
 from autopeft.progress import Progress
 from autopeft.results import pareto_front
 
@@ -43,34 +41,40 @@ def confirm_front(
         The study and one record per front trial: ``trial``, ``seeds``, ``values`` and their
         ``mean``/``std`` (and ``test_values``/``test_mean``/``test_std`` when there is a test split).
     """
-    from autopeft.objective import Objective
-    from autopeft.study import open_study
+    from autopeft.study import open_study, resolve
+    from autopeft.workbench import Workbench
 
     if seeds < 1:
         raise AutopeftError("--seeds must be a positive integer")
-    config = load_config(study_file)
-    study = open_study(config, storage, create=False)
+    resolved = resolve(study_file)
+    config = resolved.config
+    study = open_study(config, storage, create=False, directions=resolved.directions)
     front = pareto_front(study)
     if not front:
         raise AutopeftError(f"study {config.study.name!r} has no feasible complete trial to confirm; run it first")
     progress = Progress(quiet=quiet)
-    objective = Objective(config, get_plugin_manager(), progress, strict=False)
+    bench = Workbench(resolved, progress)
     records = []
     for position, trial in enumerate(front, 1):
         key = f"{CONFIRM_PREFIX}{trial.number}"
         record: dict[str, Any] = dict(study.user_attrs.get(key) or {"trial": trial.number, "seeds": [], "values": []})
-        method, method_config = objective.method_of(trial, to="confirm this front")
+        method, method_config = bench.method_of(trial, to="confirm this front")
         for seed in confirm_seeds(config.study.seed, trial.number, seeds):
             if seed in record["seeds"]:
                 continue
             progress.line(f"confirm {position}/{len(front)}: trial {trial.number}, seed {seed}")
-            result, test = objective.fit(
-                method, method_config, trial.user_attrs["learning_rate"], seed, label=f"{trial.number}", test=True
+            result = bench.fit(
+                method,
+                method_config,
+                learning_rate=trial.user_attrs["learning_rate"],
+                seed=seed,
+                label=trial.number,
+                test=True,
             )
             record["seeds"].append(seed)
             record["values"].append(result.metric)
-            if test is not None:
-                record.setdefault("test_values", []).append(test)
+            if result.test_metric is not None:
+                record.setdefault("test_values", []).append(result.test_metric)
             record.update(_summary(record["values"]))
             if record.get("test_values"):
                 test_summary = _summary(record["test_values"])

@@ -1,8 +1,8 @@
-"""Loading the study's splits (:mod:`autopeft.data_files`), handing them to the task to tokenize, and batching.
+"""Tokenized splits and their batches.
 
-Tokenization happens once per worker process; every trial reuses the token ids. Batches are padded
-dynamically to their longest example, since padding to ``max_length`` wastes most of the compute
-on short texts like review snippets.
+Batches are padded dynamically to their longest example, since padding to ``max_length`` wastes
+most of the compute on short texts like review snippets. Loading and tokenizing the splits is
+:mod:`autopeft.token_cache`'s job.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from typing import Any, cast
 
 import torch
 
-from autopeft.config import StudyConfig
-from autopeft.data_files import load_split, missing_columns
-from autopeft.errors import DataError, first_line
-from autopeft.tasks import IGNORE_INDEX, Task
+__all__ = ["Split", "TaskData", "IGNORE_INDEX", "batches", "bucketed_order"]
 
-__all__ = ["Split", "TaskData", "load_task_data", "batches", "bucketed_order"]
+#: Label of a position the loss and the metric skip (padding, a word's later sub-tokens).
+IGNORE_INDEX = -100
 
 
 @dataclass
@@ -42,69 +40,6 @@ class TaskData:
     test: Split | None
     label_names: list[Any]
     pad_token_id: int
-
-
-def _rows(config: StudyConfig, key: str, needed: list[str], limit: int | None, seed: int) -> dict[str, list[Any]]:
-    """Column -> values of one split, rows with an empty needed value dropped, ``limit`` sampled."""
-    table = load_split(config, key)
-    missing_columns(table, needed, key)
-    try:
-        columns = table.select(needed).to_pydict()  # whole columns to Python lists: per-row access is ~100x slower
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:  # cells pyarrow read but Python cannot hold
-        raise DataError(f"data.{key}: cannot read the {', '.join(needed)} columns ({first_line(exc)})") from None
-    keep = [i for i in range(table.num_rows) if all(_usable(columns[c][i]) for c in needed)]
-    if limit is not None and len(keep) > limit:
-        keep = sorted(random.Random(seed).sample(keep, limit))
-    if not keep:
-        raise DataError(
-            f"data.{key}: the split has no usable rows (empty texts or labels); point it at a non-empty file"
-        )
-    return {c: [columns[c][i] for i in keep] for c in needed}
-
-
-def _usable(value: Any) -> bool:
-    """Whether a cell holds something: a non-blank string, a non-empty list, a number that is not NaN."""
-    if isinstance(value, str):
-        return bool(value.strip())
-    if isinstance(value, list):
-        return bool(value)
-    return value is not None and value == value  # NaN != NaN: a missing number in a CSV
-
-
-def load_task_data(config: StudyConfig, tokenizer: Any, task: Task) -> TaskData:
-    """Load every split of the study and let ``task`` label-map and tokenize it.
-
-    Raises:
-        DataError: a split cannot be loaded, lacks a column, is empty, or has a label that the
-            train split (or ``data.labels``) does not have.
-    """
-    d, seed = config.data, config.study.seed
-    needed = task.columns(d)
-    raw = {
-        "train": _rows(config, "train", needed, d.max_train_examples, seed),
-        "validation": _rows(config, "validation", needed, d.max_eval_examples, seed),
-    }
-    if d.test is not None:
-        raw["test"] = _rows(config, "test", needed, d.max_eval_examples, seed)
-    names = task.label_names(raw["train"], d)
-    splits = {key: _encode(task, rows, tokenizer, config, names, key) for key, rows in raw.items()}
-    for key, split in splits.items():
-        if not len(split):
-            raise DataError(f"data.{key}: no example left after tokenizing; check data.text and data.max_length")
-    return TaskData(splits["train"], splits["validation"], splits.get("test"), names, tokenizer.pad_token_id)
-
-
-def _encode(
-    task: Task, rows: dict[str, list[Any]], tokenizer: Any, config: StudyConfig, names: list[Any], key: str
-) -> Split:
-    """``task.encode``, with the errors a tokenizer raises on cells of the wrong type made one line."""
-    try:
-        return task.encode(rows, tokenizer, config.data, names, key)
-    except (TypeError, ValueError) as exc:
-        raise DataError(
-            f"data.{key}: cannot tokenize the {', '.join(rows)} columns for task {task.name!r} "
-            f"({type(exc).__name__}: {first_line(exc)}); check data.text and data.label"
-        ) from None
 
 
 def bucketed_order(split: Split, batch_size: int, generator: random.Random, window: int = 50) -> list[int]:

@@ -20,9 +20,9 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -31,11 +31,14 @@ from torch import nn
 
 from autopeft.artifacts import artifact_store, fetch_weights, plain_name
 from autopeft.blocks import build_context
-from autopeft.config import ModelSection, StudyConfig, load_config
+from autopeft.config import ModelSection
 from autopeft.errors import AutopeftError, PluginError, first_line
-from autopeft.plugins import get_plugin_manager, registered_methods, registered_tasks, resolve_task
+from autopeft.plugins import ResolvedStudy, get_plugin_manager, registered_methods, registered_tasks
 from autopeft.progress import Progress
 from autopeft.results import best_trial, is_feasible, pareto_front
+
+if TYPE_CHECKING:
+    from autopeft.workbench import Workbench
 
 __all__ = ["export", "export_trial", "load_model", "PROVENANCE_FILE"]
 
@@ -138,27 +141,26 @@ def _check_exportable(trial: FrozenTrial) -> None:
         raise AutopeftError(f"export: trial {trial.number} is {why}; export a complete trial (see `autopeft trials`)")
 
 
-def _labels(config: StudyConfig, study: optuna.Study) -> list[Any]:
+def _labels(resolved: ResolvedStudy, study: optuna.Study) -> list[Any]:
     """The class names in order: recorded by ``autopeft run``, else read from the data again."""
     if "labels" in study.user_attrs:
         return list(study.user_attrs["labels"])
-    from autopeft.data import load_task_data
     from autopeft.models import load_tokenizer, resolve_model_name
+    from autopeft.token_cache import load_task_data
 
-    pm = get_plugin_manager()
-    source, offline = resolve_model_name(pm, config.model.name)
-    return load_task_data(
-        config, load_tokenizer(config.model, source, offline), resolve_task(config, pm)[1]
-    ).label_names
+    config = resolved.config
+    source, offline = resolve_model_name(resolved.pm, config.model.name)
+    return load_task_data(config, load_tokenizer(config.model, source, offline), resolved.task).label_names
 
 
 def _provenance(
-    config: StudyConfig, study: optuna.Study, trial: FrozenTrial, weights: dict[str, Any], storage: str
+    resolved: ResolvedStudy, study: optuna.Study, trial: FrozenTrial, weights: dict[str, Any], storage: str
 ) -> dict[str, Any]:
     from autopeft.confirm import CONFIRM_PREFIX
-    from autopeft.objective import library_versions
     from autopeft.storage import mask_url
+    from autopeft.workbench import library_versions
 
+    config = resolved.config
     a = trial.user_attrs
     assert trial.values is not None
     return {
@@ -195,7 +197,7 @@ def _provenance(
             "trust_remote_code": config.model.trust_remote_code,
             "overrides": config.model.overrides,
         },
-        "labels": _labels(config, study),
+        "labels": _labels(resolved, study),
         "data": {k: getattr(config.data, k) for k in ("train", "validation", "test", "text", "label")},
         "weights": weights,
         "versions": {"trained_with": a.get("versions"), "exported_with": library_versions()},
@@ -204,44 +206,49 @@ def _provenance(
 
 
 def export_trial(
-    config: StudyConfig,
+    resolved: ResolvedStudy,
     study: optuna.Study,
     trial: FrozenTrial,
     out: Path,
     progress: Progress | None = None,
     storage: str | None = None,
+    workbench: Callable[[], Workbench] | None = None,
 ) -> dict[str, Any]:
     """Write ``trial``'s weights, provenance and model card to ``out``; returns the provenance record.
 
     ``storage`` is the URL the study was opened with (default: the study file's), recorded masked.
-    An earlier export in ``out`` is replaced; files it did not write are left alone.
+    An earlier export in ``out`` is replaced; files it did not write are left alone. ``workbench``
+    gives the workbench to retrain on when the trial's weights were not kept (one is loaded by
+    default; exporting a whole front shares one).
     """
+    config = resolved.config
     progress = progress or Progress(quiet=True)
     _check_exportable(trial)
     with _staging(out) as staging:
         if fetch_weights(artifact_store(config, create=False), study, trial, staging):
             weights: dict[str, Any] = {"source": "artifact"}
         else:
-            weights = _retrain(config, trial, staging, progress)
-        _portable_adapter_config(staging, config)
+            bench = workbench() if workbench is not None else _workbench(resolved, progress)()
+            weights = _retrain(bench, trial, staging, progress)
+        _portable_adapter_config(staging, resolved)
         weights["files"] = sorted({*(p.name for p in staging.iterdir()), MODEL_CARD})
-        record = _provenance(config, study, trial, weights, storage or config.storage)
+        record = _provenance(resolved, study, trial, weights, storage or config.storage)
         (staging / MODEL_CARD).write_text(model_card(record), encoding="utf-8")
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
         _publish(staging, out)
     return record
 
 
-def _portable_adapter_config(folder: Path, config: StudyConfig) -> None:
+def _portable_adapter_config(folder: Path, resolved: ResolvedStudy) -> None:
     """Make a peft ``adapter_config.json`` name the base model as the study does (the hub id, not this
     machine's path of an offline copy) and the task type, so it loads anywhere."""
     path = folder / "adapter_config.json"
     if not path.is_file():
         return
     adapter = json.loads(path.read_text(encoding="utf-8"))
-    adapter["base_model_name_or_path"] = config.model.name
-    adapter["revision"] = config.model.revision
-    task = resolve_task(config, get_plugin_manager())[1]
+    adapter["base_model_name_or_path"] = resolved.config.model.name
+    adapter["revision"] = resolved.config.model.revision
+    task = resolved.task
     if adapter.get("task_type") is None and task.peft_task_type is not None:
         adapter["task_type"] = task.peft_task_type
     path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -304,27 +311,38 @@ _AUTO_CLASS = {
 }
 
 
-def _retrain(config: StudyConfig, trial: FrozenTrial, out: Path, progress: Progress) -> dict[str, Any]:
-    """Train the trial again with its own seed and save the result into ``out``."""
-    from autopeft.objective import Objective
+def _workbench(resolved: ResolvedStudy, progress: Progress) -> Callable[[], Workbench]:
+    """A workbench loaded on first use and then kept: exporting a front retrains on one."""
+    loaded: list[Workbench] = []
 
+    def get() -> Workbench:
+        if not loaded:
+            from autopeft.workbench import Workbench
+
+            loaded.append(Workbench(resolved, progress))
+        return loaded[0]
+
+    return get
+
+
+def _retrain(bench: Workbench, trial: FrozenTrial, out: Path, progress: Progress) -> dict[str, Any]:
+    """Train the trial again with its own seed and save the result into ``out``."""
     a = trial.user_attrs
     assert trial.values is not None
     progress.line(f"export: trial {trial.number}'s weights were not kept; retraining it with its seed {a['seed']}")
-    objective = Objective(config, get_plugin_manager(), progress, strict=False)
-    method, method_config = objective.method_of(trial, to="retrain it")
-    result, _ = objective.fit(
+    method, method_config = bench.method_of(trial, to="retrain it")
+    result = bench.fit(
         method,
         method_config,
-        a["learning_rate"],
-        a["seed"],
+        learning_rate=a["learning_rate"],
+        seed=a["seed"],
         label=trial.number,
         on_trained=lambda model, _: method.save(model, out),
     )
     recorded = trial.values[0]
     same = abs(result.metric - recorded) < 1e-9
     progress.line(
-        f"export: retrained trial {trial.number}: {config.task.metric} {result.metric:.4f} "
+        f"export: retrained trial {trial.number}: {bench.config.task.metric} {result.metric:.4f} "
         f"(recorded {recorded:.4f}{'' if same else '; differs: another machine or library version?'})"
     )
     return {"source": "retrained", "retrained_metric": result.metric, "reproduced": same}
@@ -339,10 +357,11 @@ def export(
 ) -> list[dict[str, Any]]:
     """Export the ``"best"`` trial, every ``"pareto"`` trial (one ``trial-<n>`` folder each, and
     ``pareto.json`` listing them), or the trial numbered ``which``. Returns the provenance records."""
-    from autopeft.study import file_budget, open_study
+    from autopeft.study import file_budget, open_study, resolve
 
-    config, _ = resolve_task(load_config(study_file), get_plugin_manager())  # the metric names the records
-    study = open_study(config, storage, create=False, read_only=True)
+    resolved = resolve(study_file)  # the task's metric names the records
+    config = resolved.config
+    study = open_study(config, storage, create=False, read_only=True, directions=resolved.directions)
     budget = file_budget(config, study)  # judged by the study file's budget now
     out = Path(out)
     if which == "pareto":
@@ -355,7 +374,8 @@ def export(
         linked = sorted(f for f in folders if (out / f).is_symlink())
         if linked:  # it would lead the export, and the clean-up of an earlier one, out of this folder
             raise AutopeftError(f"export: {out / linked[0]} is a link; remove it or choose another folder")
-        records = [export_trial(config, study, t, out / f"trial-{t.number}", progress, storage) for t in front]
+        bench = _workbench(resolved, progress or Progress(quiet=True))
+        records = [export_trial(resolved, study, t, out / f"trial-{t.number}", progress, storage, bench) for t in front]
         _remove_earlier(out, keep=folders | {_PARETO_INDEX})  # an earlier front's other points
         index = [
             {
@@ -378,7 +398,7 @@ def export(
         if not isinstance(which, int) or not 0 <= which < len(trials):
             raise AutopeftError(f"export: study {study.study_name!r} has no trial {which}; see `autopeft trials`")
         trial = trials[which]
-    return [export_trial(config, study, trial, out, progress, storage)]
+    return [export_trial(resolved, study, trial, out, progress, storage)]
 
 
 #: Weight files that unpickle (run code) when loaded: an export never holds one, and load_model refuses them.

@@ -6,7 +6,8 @@ Lifecycle of one trial, as the driver calls it::
     config  = method.suggest(trial, ctx, options, budget)  # JSON-able, params named "<name>.*"
     n       = method.count_trainable(ctx, config) # exact, before any weight is touched
     model   = method.apply(model, ctx, config)    # on a pristine copy with every weight frozen
-    ...train...
+    opt     = method.optimizer(model, config, lr, weight_decay)  # optional: None means AdamW
+    ...train..., calling method.on_step(model, step, total) after every update (optional)
     method.save(model, directory); method.load(fresh_applied_model, directory)
 
 ``count_trainable`` must equal the number of parameters with ``requires_grad`` after ``apply``,
@@ -167,6 +168,27 @@ class PeftMethod(ABC):
 
         Keys are the names :meth:`suggest` samples (``"lora.r"``...). The driver enqueues it before
         the first trial of a new study, so the search starts from what a user would type by hand.
+        """
+        return None
+
+    def optimizer(
+        self, model: nn.Module, config: dict[str, Any], learning_rate: float, weight_decay: float
+    ) -> torch.optim.Optimizer | None:
+        """The optimizer that trains ``model`` (what :meth:`apply` returned), or None for AdamW.
+
+        For methods that are an optimizer as much as an architecture: LoRA+ (a higher learning rate
+        for LoRA's B matrices), LoRA-FA (A frozen, B's update projected); peft builds both. Every
+        parameter group warms up to and decays from the learning rate it is created with, so
+        group-wise rates keep their ratios through the schedule. Optimize only parameters that
+        require grad: the trainable count is the budget.
+        """
+        return None
+
+    def on_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Called after every optimizer update (``step`` counts from 1), before gradients are cleared.
+
+        For methods that change during training, e.g. AdaLoRA's ``update_and_allocate``. Leave it
+        alone otherwise: the training loop skips it when a method does not override it.
         """
         return None
 

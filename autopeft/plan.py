@@ -11,11 +11,15 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from autopeft.config import StudyConfig
+
+if TYPE_CHECKING:
+    from autopeft.plugins import ResolvedStudy
+    from autopeft.workbench import Workbench
 
 __all__ = ["make_plan", "format_plan"]
 
@@ -37,65 +41,66 @@ class _RandomTrial:
         return math.exp(self._rng.uniform(math.log(low), math.log(high))) if log else self._rng.uniform(low, high)
 
 
-def _fit_shares(objective: Any, name: str, samples: int) -> tuple[float, float]:
+def _fit_shares(bench: Workbench, name: str, samples: int) -> tuple[float, float]:
     """(share of unshaped samples that fit, share of shaped samples that fit) for one method."""
-    from autopeft.objective import UNBOUNDED
+    from autopeft.workbench import UNBOUNDED
 
-    method, options, ctx = objective.enabled[name], objective.options[name], objective.ctx
+    method, options, ctx = bench.enabled[name], bench.options[name], bench.ctx
     fits = [0, 0]
-    for shaped, budget in enumerate((UNBOUNDED, objective.budget)):
+    for shaped, budget in enumerate((UNBOUNDED, bench.budget)):
         trial: Any = _RandomTrial(random.Random(shaped))
         for _ in range(samples):
             config = method.suggest(trial, ctx, options, budget)
-            fits[shaped] += method.count_trainable(ctx, config) <= objective.budget
+            fits[shaped] += method.count_trainable(ctx, config) <= bench.budget
     return fits[0] / samples, fits[1] / samples
 
 
-def make_plan(config: StudyConfig, pm: pluggy.PluginManager, samples: int = 1000) -> dict[str, Any]:
-    """The plan of a study as a JSON-able dict (see the module docstring)."""
-    from autopeft.objective import UNBOUNDED, Objective
+def make_plan(
+    study: StudyConfig | ResolvedStudy, pm: pluggy.PluginManager | None = None, samples: int = 1000
+) -> dict[str, Any]:
+    """The plan of a study as a JSON-able dict (see the module docstring); ``pm``: the plugins to
+    resolve a loaded study file against (the installed ones by default)."""
+    from autopeft.plugins import resolve_study
+    from autopeft.search_space import SearchSpace
+    from autopeft.workbench import UNBOUNDED, Workbench
 
-    objective = Objective(config, pm, strict=False, write_cache=False)
-    ctx = objective.ctx
+    resolved = resolve_study(study, pm) if isinstance(study, StudyConfig) else study
+    bench = Workbench(resolved, write_cache=False)
+    space = SearchSpace(bench)
+    ctx = bench.ctx
     methods = []
-    for name, method in objective.enabled.items():
-        options = objective.options[name]
+    for name, method in bench.enabled.items():
+        options = bench.options[name]
         warm = method.warm_start(ctx, options)
         default = None
         if warm is not None:
-            default = method.count_trainable(ctx, objective.config_of({"method": name, **warm}, UNBOUNDED)[1])
-        unshaped, shaped = _fit_shares(objective, name, samples)
+            default = method.count_trainable(ctx, space.config_of({"method": name, **warm}, UNBOUNDED)[1])
+        unshaped, shaped = _fit_shares(bench, name, samples)
         methods.append(
             {
                 "method": name,
                 "smallest": method.count_trainable(ctx, method.smallest(ctx, options)),
                 "largest": method.count_trainable(ctx, method.largest(ctx, options)),
                 "default": default,
-                "default_fits": default is not None and default <= objective.budget,
+                "default_fits": default is not None and default <= bench.budget,
                 "share_fitting_unshaped": unshaped,
                 "share_fitting_sampled": shaped,
-                "enabled": name in objective.methods,
+                "enabled": name in bench.methods,
             }
         )
-    cheapest = min(objective.smallest, key=objective.smallest.__getitem__)
     return {
-        "model": config.model.name,
+        "model": bench.config.model.name,
         "task": {
-            "type": objective.config.task.type,
-            "metric": objective.config.task.metric,
-            "metric_meaning": _METRIC_MEANING.get(objective.config.task.metric, ""),
-            "classes": objective.data.label_names,
-            "baseline": objective.baseline,
+            "type": bench.config.task.type,
+            "metric": bench.config.task.metric,
+            "metric_meaning": _METRIC_MEANING.get(bench.config.task.metric, ""),
+            "classes": bench.data.label_names,
+            "baseline": bench.baseline,
         },
-        "no_fit": None
-        if objective.methods
-        else (
-            f"budget.max_trainable: {objective.budget} parameters fit no configuration; the smallest is {cheapest} "
-            f"with {objective.smallest[cheapest]}: raise the budget to at least that or enable a smaller method"
-        ),
+        "no_fit": bench.no_fit(),
         "total_params": ctx.total_params,
-        "budget": objective.budget,
-        "budget_share": objective.budget / ctx.total_params,
+        "budget": bench.budget,
+        "budget_share": bench.budget / ctx.total_params,
         "head": {"modules": ctx.head, "params": ctx.head_params},
         "blocks": [
             {
@@ -107,7 +112,7 @@ def make_plan(config: StudyConfig, pm: pluggy.PluginManager, samples: int = 1000
             for b in ctx.blocks
         ],
         "methods": methods,
-        "objectives": objective.config.objectives,
+        "objectives": bench.config.objectives,
         "samples": samples,
     }
 

@@ -31,7 +31,8 @@ __all__ = [
     "get_plugin_manager",
     "registered_methods",
     "registered_tasks",
-    "resolve_task",
+    "ResolvedStudy",
+    "resolve_study",
     "TaskInfo",
     "resolve_model",
 ]
@@ -204,15 +205,39 @@ def registered_tasks(pm: pluggy.PluginManager) -> dict[str, TaskInfo]:
     return {name: TaskInfo(*info) for name, info in _registered(pm, "register_tasks", Task, "task").items()}
 
 
-def resolve_task(config: StudyConfig, pm: pluggy.PluginManager) -> tuple[StudyConfig, Task]:
-    """(``config`` with its task's metric and direction filled in, the task).
+@dataclass(frozen=True)
+class ResolvedStudy:
+    """A study file with what its plugins decide: resolved once, where a command starts, and passed down.
+
+    The task plugin decides the default metric and the direction of the study; the plugin manager
+    decides which methods exist. Resolving them in one place means every later step sees the same
+    answers, and loads the plugins once.
+    """
+
+    #: The study file, its task's metric and direction filled in.
+    config: StudyConfig
+    task: Task
+    pm: pluggy.PluginManager
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna directions of the study's objectives: the metric as its task says (accuracy up,
+        perplexity down), the trainable parameters down."""
+        metric = self.config.task.direction
+        return ["minimize" if o == "trainable_params" else metric for o in self.config.objectives]
+
+
+def resolve_study(config: StudyConfig, pm: pluggy.PluginManager | None = None) -> ResolvedStudy:
+    """Resolve ``config``'s task and metric against the installed plugins (``pm``: the default manager).
 
     Raises:
         ConfigError: ``[task] type`` is not a registered task, or ``metric`` not one of its metrics.
+        PluginError: a plugin fails to load or register.
     """
+    pm = pm or get_plugin_manager()
     tasks = {name: info.task for name, info in registered_tasks(pm).items()}
     config = with_task(config, tasks)
-    return config, tasks[config.task.type]
+    return ResolvedStudy(config, tasks[config.task.type], pm)
 
 
 def resolve_model(pm: pluggy.PluginManager, name: str, offline: bool) -> str | None:

@@ -29,6 +29,7 @@ __all__ = [
     "feasible_trials",
     "is_feasible",
     "best_trial",
+    "beats_best",
     "pareto_front",
     "metric_sign",
     "outcome",
@@ -139,6 +140,16 @@ def best_trial(
         return None
     sign = metric_sign(study)
     return max(feasible, key=lambda t: (_goodness(t, sign), -t.user_attrs["trainable_params"], -t.number))
+
+
+def beats_best(study: optuna.Study, metric: float, n: int) -> bool:
+    """Whether a trial with ``metric`` and ``n`` trainable parameters would be the new best, as
+    :func:`best_trial` ranks (a tie on the metric goes to the smaller)."""
+    best = best_trial(study)
+    if best is None or best.values is None:
+        return True
+    sign = metric_sign(study)
+    return (sign * metric, -n) > (sign * best.values[0], -best.user_attrs["trainable_params"])
 
 
 def pareto_front(

@@ -39,12 +39,12 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import AutopeftError, first_line
+from autopeft.optuna_adapter import RDB_PRIVATE_CALLED
 
 __all__ = [
     "open_storage",
     "mask_url",
     "retry_trial",
-    "set_user_attrs",
     "storage_failure",
     "sqlite_path",
     "StorageUnavailable",
@@ -111,35 +111,6 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
             },
         )
     )
-
-
-def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Set several user attributes of a running trial in one transaction.
-
-    ``Trial.set_user_attr`` opens a session and commits for each attribute, and a trial records
-    about twenty: batching them is a third of the driver's time per trial on SQLite
-    (``benchmarks/bench_driver.py``). This reuses the RDB storage's own per-attribute statement
-    (private to Optuna, which is pinned below 6), falling back to one call per attribute elsewhere.
-    """
-    backend = getattr(trial.storage, "_backend", trial.storage)
-    write = getattr(backend, "_set_trial_attr_without_commit", None)
-    if not isinstance(backend, RDBStorage) or write is None:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    def write_all() -> None:
-        with _create_scoped_session(backend.scoped_session, True) as session:
-            for key, value in attrs.items():
-                write(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
-
-    if isinstance(backend, _OutageTolerantStorage):
-        backend._call("set_user_attrs", write_all)
-    else:
-        write_all()
-    trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.user_attrs reads, as set_user_attr keeps it
 
 
 def _driver_url(url: str) -> str:
@@ -223,7 +194,7 @@ class _OutageTolerantStorage(RDBStorage):
     say: Callable[[str], None] = staticmethod(lambda line: print(line, file=sys.stderr, flush=True))
     _outage_since: float | None = None
 
-    def _call(self, name: str, call: Callable[[], _T]) -> _T:
+    def call_retrying(self, name: str, call: Callable[[], _T]) -> _T:
         delay = 0.5
         while True:
             try:
@@ -255,7 +226,7 @@ class _OutageTolerantStorage(RDBStorage):
 
 def _retried(name: str) -> Callable[..., Any]:
     def method(self: _OutageTolerantStorage, *args: Any, **kwargs: Any) -> Any:
-        return self._call(name, lambda: getattr(RDBStorage, name)(self, *args, **kwargs))
+        return self.call_retrying(name, lambda: getattr(RDBStorage, name)(self, *args, **kwargs))
 
     method.__name__ = name
     return method
@@ -265,9 +236,8 @@ def _retried(name: str) -> Callable[..., Any]:
 # methods its _CachedStorage calls on the RDB storage directly (optuna_adapter's test checks that
 # they still exist). Not the schema-version helpers, which run once at start-up and should fail at once.
 _NOT_RETRIED = {"upgrade", "get_current_version", "get_head_version", "get_all_versions", "remove_session"}
-_PRIVATE_CALLED = ("_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param")
 for _name, _value in vars(RDBStorage).items():
-    if callable(_value) and (not _name.startswith("_") and _name not in _NOT_RETRIED or _name in _PRIVATE_CALLED):
+    if callable(_value) and (not _name.startswith("_") and _name not in _NOT_RETRIED or _name in RDB_PRIVATE_CALLED):
         setattr(_OutageTolerantStorage, _name, _retried(_name))
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
-import time
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.study import StudyDirection
@@ -16,14 +15,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.budget import parse_budget
 from autopeft.config import StudyConfig, load_config
+from autopeft.coordination import wait_for_slot
 from autopeft.errors import AutopeftError, ConfigError, Interrupted, first_line
-from autopeft.optuna_adapter import storage_url
+from autopeft.optuna_adapter import remember_storage, storage_url
 from autopeft.progress import Progress
 from autopeft.results import FINISHED, PENDING, best_trial, finished_trials, pareto_front
 from autopeft.storage import mask_url, open_storage, retry_trial, sqlite_path, storage_failure
 
 if TYPE_CHECKING:
     from autopeft.objective import Objective
+    from autopeft.plugins import ResolvedStudy
+    from autopeft.search_space import SearchSpace
+    from autopeft.workbench import Workbench
 
 __all__ = [
     "run_study",
@@ -34,8 +37,8 @@ __all__ = [
     "pareto_front",
     "mask_url",
     "make_sampler",
-    "directions",
     "file_budget",
+    "front_params",
     "StudyNotFound",
 ]
 
@@ -80,13 +83,6 @@ def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.B
         )
 
 
-def directions(config: StudyConfig) -> list[Literal["minimize", "maximize"]]:
-    """Optuna directions of the study's objectives: the metric as its task says (accuracy up,
-    perplexity down), the trainable parameters down."""
-    metric: Literal["minimize", "maximize"] = "minimize" if config.task.direction == "minimize" else "maximize"
-    return ["minimize" if o == "trainable_params" else metric for o in config.objectives]
-
-
 def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     # Optuna's pruners cannot judge multi-objective trials; the objective applies
     # autopeft.pruning.SizeAwareMedianPruner itself there.
@@ -101,20 +97,23 @@ def open_study(
     create: bool = True,
     worker_seed: int = 0,
     read_only: bool = False,
+    directions: Sequence[str] | None = None,
 ) -> optuna.Study:
     """Create the study on its storage, or load it to resume; ``worker_seed``: see :func:`make_sampler`.
 
-    ``read_only`` (with ``create=False``): the caller only reads, so an SQLite study is opened
-    read-only and a missing one is not created.
+    Args:
+        directions: the objectives' directions (:attr:`ResolvedStudy.directions`), which the task
+            plugin decides: required to create a study; when given, a stored study must match them.
+            Without them a stored study is read with its own (reading needs no plugin).
+        read_only: (with ``create=False``) the caller only reads, so an SQLite study is opened
+            read-only and a missing one is not created.
 
     Raises:
         AutopeftError: the database cannot be reached, or (``create=False``) the study is not there.
     """
     url = storage or config.storage
-    if create and not config.task.direction:  # a new study's direction comes from the task plugin
-        from autopeft.plugins import get_plugin_manager, resolve_task
-
-        config, _ = resolve_task(config, get_plugin_manager())
+    if create and directions is None:
+        raise ValueError("open_study: creating a study needs its directions (ResolvedStudy.directions)")
     try:
         rdb = open_storage(url, config.study.heartbeat_seconds, read_only=read_only and not create)
         if not create:
@@ -128,7 +127,7 @@ def open_study(
             study = optuna.create_study(
                 study_name=config.study.name,
                 storage=rdb,
-                directions=directions(config),
+                directions=list(directions or ()),
                 sampler=make_sampler(config, worker_seed),
                 pruner=_pruner(config),
                 load_if_exists=True,
@@ -149,13 +148,14 @@ def open_study(
         raise AutopeftError(
             f"study.storage: cannot open {mask_url(url)} ({message}); check the URL, server and credentials"
         ) from None
+    remember_storage(study, rdb)
     if create and study.metric_names is None:
         name_objectives(study, config)
     # Reading a study needs no task plugin: its directions are stored; the file decides their number.
     same = (
         study.directions
-        == [StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for d in directions(config)]
-        if config.task.direction
+        == [StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for d in directions]
+        if directions is not None
         else len(study.directions) == len(config.objectives)
     )
     if not same:
@@ -186,14 +186,15 @@ def file_budget(config: StudyConfig, study: optuna.Study) -> int | None:
         raise ConfigError("budget.max_trainable", str(exc), 'use e.g. "0.5%" or "150k"') from None
 
 
-def _existing(config: StudyConfig, storage: str | None, worker_seed: int) -> optuna.Study | None:
+def _existing(resolved: ResolvedStudy, storage: str | None, worker_seed: int) -> optuna.Study | None:
     """The study if its storage already holds it, else None, creating nothing: a study file that
     fails validation must not leave an empty database behind."""
+    config = resolved.config
     path = sqlite_path(storage or config.storage)
     if path is not None and not Path(path).exists():
         return None
     try:
-        return open_study(config, storage, create=False, worker_seed=worker_seed)
+        return open_study(config, storage, create=False, worker_seed=worker_seed, directions=resolved.directions)
     except StudyNotFound:
         return None
 
@@ -220,7 +221,7 @@ def check_artifacts(config: StudyConfig) -> None:
         ) from None
 
 
-def _method_choices(study: optuna.Study, objective: Objective, progress: Progress) -> list[str]:
+def _method_choices(study: optuna.Study, bench: Workbench, progress: Progress) -> list[str]:
     """The choices of the study's ``method`` parameter: the ones its trials recorded, else the
     methods that fit the budget now.
 
@@ -235,16 +236,16 @@ def _method_choices(study: optuna.Study, objective: Objective, progress: Progres
         (t.distributions["method"] for t in study.get_trials(deepcopy=False) if "method" in t.distributions), None
     )
     if recorded is None:
-        return list(objective.methods)
+        return list(bench.methods)
     choices = [str(c) for c in recorded.choices]  # type: ignore[attr-defined]
-    gone = [c for c in choices if c not in objective.enabled]
+    gone = [c for c in choices if c not in bench.enabled]
     if gone:
         raise ConfigError(
             "search.methods",
             f"study {study.study_name!r} searches {choices}, and the file no longer enables {gone[0]!r}",
             f"add {gone[0]!r} back, or give the study a new name (Optuna cannot change a study's choices)",
         )
-    for name in objective.enabled:
+    for name in bench.enabled:
         if name not in choices:
             progress.line(
                 f"autopeft: method {name!r} is not searched: study {study.study_name!r} was created without it "
@@ -254,7 +255,7 @@ def _method_choices(study: optuna.Study, objective: Objective, progress: Progres
 
 
 def prepare_study(
-    config: StudyConfig,
+    resolved: ResolvedStudy,
     target: int,
     storage: str | None,
     progress: Progress,
@@ -270,53 +271,50 @@ def prepare_study(
     """
     from autopeft.data_files import check_columns
 
-    check_columns(config, config.data.text_columns)  # every task reads the text: checked before any import
-    from autopeft.plugins import get_plugin_manager, resolve_task
-
-    pm = get_plugin_manager()
-    config, task = resolve_task(config, pm)  # the metric's direction decides the study's
-    check_columns(config, task.columns(config.data))  # the task's own columns, before the model loads
-    existing = _existing(config, storage, worker_seed)
+    config = resolved.config
+    check_columns(config, resolved.task.columns(config.data))  # the task's columns, before the model loads
+    existing = _existing(resolved, storage, worker_seed)
     done = len(finished_trials(existing)) if existing is not None else 0
     if existing is not None and done >= target:
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
         return existing, None
     from autopeft.objective import Objective
+    from autopeft.search_space import SearchSpace
+    from autopeft.workbench import Workbench
 
-    objective = Objective(config, pm, progress)
+    bench = Workbench(resolved, progress)
+    bench.require_a_fit()
     check_artifacts(config)
-    study = existing or open_study(config, storage, worker_seed=worker_seed)
-    objective.method_choices = _method_choices(study, objective, progress)
-    for key, value in {
-        "budget": objective.budget,
-        "total_params": objective.ctx.total_params,
+    study = existing or open_study(config, storage, worker_seed=worker_seed, directions=resolved.directions)
+    space = SearchSpace(bench, _method_choices(study, bench, progress))
+    recorded: dict[str, Any] = {
+        "budget": bench.budget,
+        "total_params": bench.ctx.total_params,
         "metric": config.task.metric,
-        "labels": objective.data.label_names,
-        "baseline": objective.baseline,
-    }.items():
+        "labels": bench.data.label_names,
+        "baseline": bench.baseline,
+    }
+    for key, value in recorded.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
     # A new study (or one whose only trials failed, e.g. interrupted) starts from the known-good
     # configurations: another study's front first when asked for, then each method's default.
     new = not study.get_trials(deepcopy=False, states=(*FINISHED, *PENDING))
     if start_from is not None:
-        _enqueue_front(study, objective, start_from, progress)
+        _enqueue_front(study, space, start_from, progress)
     if config.search.warm_start and new:
-        for params in objective.warm_start_params():
+        for params in space.warm_start_params(progress.line):
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
-    baseline = (
-        f"; {objective.baseline['name']} baseline {objective.baseline['value']:.4f}" if objective.baseline else ""
-    )
+    baseline = f"; {bench.baseline['name']} baseline {bench.baseline['value']:.4f}" if bench.baseline else ""
     progress.line(
         f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
-        f"budget {objective.budget} parameters; methods {', '.join(objective.methods)}; device {objective.device}"
-        + baseline
+        f"budget {bench.budget} parameters; methods {', '.join(bench.methods)}; device {bench.device}" + baseline
     )
-    return study, objective
+    return study, Objective(space, progress, target)
 
 
 def run_study(
-    study_file: str | Path | StudyConfig,
+    study_file: str | Path | StudyConfig | ResolvedStudy,
     n_trials: int | None = None,
     storage: str | None = None,
     quiet: bool = False,
@@ -330,7 +328,7 @@ def run_study(
     they finish exactly ``n_trials`` trials.
 
     Args:
-        study_file: path of the TOML study file, or an already loaded config.
+        study_file: path of the TOML study file, or an already loaded (or resolved) config.
         n_trials: override ``[study] n_trials``.
         storage: override ``[study] storage``.
         quiet: no progress output.
@@ -347,19 +345,36 @@ def run_study(
     Raises:
         Interrupted: Ctrl-C or SIGTERM; the trial it stopped is marked failed and queued again.
     """
-    config = study_file if isinstance(study_file, StudyConfig) else load_config(study_file)
-    target = n_trials or config.study.n_trials
+    resolved = resolve(study_file, check_data=True)
+    target = n_trials or resolved.config.study.n_trials
     progress = Progress(quiet=quiet, label=label)
     if worker_seed is None:
         worker_seed = zlib.crc32(label.encode()) if label else 0
-    study, objective = prepare_study(config, target, storage, progress, start_from, worker_seed)
+    study, objective = prepare_study(resolved, target, storage, progress, start_from, worker_seed)
     if objective is not None:
         _optimize(study, objective, target, progress)
     return study
 
 
+def resolve(study: str | Path | StudyConfig | ResolvedStudy, check_data: bool = False) -> ResolvedStudy:
+    """A command's study file, loaded and resolved against the plugins: once, where the command starts.
+
+    ``check_data``: check the data files' text columns first (commands that train): every task reads
+    them, and a typo there should not wait for the plugins (torch, peft) to import.
+    """
+    from autopeft.data_files import check_columns
+    from autopeft.plugins import ResolvedStudy, resolve_study
+
+    if isinstance(study, ResolvedStudy):
+        return study
+    config = study if isinstance(study, StudyConfig) else load_config(study)
+    if check_data:
+        check_columns(config, config.data.text_columns)
+    return resolve_study(config)
+
+
 def _optimize(study: optuna.Study, objective: Objective, target: int, progress: Progress) -> None:
-    config = objective.config
+    config, budget = objective.config, objective.bench.budget
     poll = min(5.0, config.study.heartbeat_seconds / 2)
     failed_in_a_row: list[FrozenTrial] = []
     written: dict[str, int] = {}  # study attributes as this worker last wrote them: a write is a commit
@@ -378,10 +393,10 @@ def _optimize(study: optuna.Study, objective: Objective, target: int, progress: 
             if written.get(key) != value:
                 study.set_user_attr(key, value)
                 written[key] = value
-        best = best_trial(study, trials, objective.budget)
+        best = best_trial(study, trials, budget)
         shown = f"best {best.values[0]:.4f} (trial {best.number})" if best else "no feasible trial yet"
         if config.multi_objective:
-            shown += f"; Pareto front of {len(pareto_front(study, trials, objective.budget))}"
+            shown += f"; Pareto front of {len(pareto_front(study, trials, budget))}"
         progress.line(f"[{sum(1 for t in trials if t.state in FINISHED)}/{target}] {shown}")
         if (
             objective.fatal is not None
@@ -392,7 +407,6 @@ def _optimize(study: optuna.Study, objective: Objective, target: int, progress: 
 
     if not wait_for_slot(study, target, progress, poll):
         return
-    objective.target = target
     while True:
         try:
             # No n_trials: failed trials are retried, and other workers finish trials too; after_trial
@@ -456,62 +470,6 @@ def _raise_storage_failure(exc: BaseException, study: optuna.Study, number: int 
     raise AutopeftError(message + recorded) from None
 
 
-def _fail_dead_local_trials(study: optuna.Study) -> None:
-    """Fail and queue again the running trials of processes on this machine that no longer exist.
-
-    A process that died without a word (a full disk, ``kill -9``) leaves its trial running until its
-    heartbeat ages, 2 × ``heartbeat_seconds``; on one machine the process table says at once that
-    it is gone. Only for SQLite studies: their workers all run on this machine (WAL needs a local
-    disk), so a host name cannot be shared with another machine.
-    """
-    if not storage_url(study).startswith("sqlite"):
-        return
-    host = socket.gethostname()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        # This process's own trials count too: between its trials (where this runs) none of them is running.
-        if worker_host != host or not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
-            continue
-        # set_trial_state_values says whether this process made the change: only one retry is queued
-        # when several processes notice the same dead trial.
-        if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-            retry_trial(study, study._storage.get_trial(trial._trial_id))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists, and belongs to someone else
-        return True
-    return True
-
-
-def wait_for_slot(study: optuna.Study, target: int, progress: Progress, poll: float) -> bool:
-    """Whether this worker may start another trial: False once ``target`` trials have finished.
-
-    While the trials other workers are running would complete the study, wait: one of them may
-    still fail (or its worker die, which the heartbeat notices here) and need running again.
-    """
-    waiting = False
-    while True:
-        with warnings.catch_warnings():  # fail_stale_trials is marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
-        _fail_dead_local_trials(study)
-        states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))]
-        finished = sum(1 for s in states if s in FINISHED)
-        if finished >= target:
-            return False
-        if len(states) < target:
-            return True
-        if not waiting:
-            progress.line(f"waiting: the {len(states) - finished} running trials would finish the study")
-            waiting = True
-        time.sleep(poll)
-
-
 def _interrupted(study: optuna.Study, number: int | None) -> str:
     """Mark the trial Ctrl-C stopped as failed (Optuna usually has) and queue it again; say so."""
     if number is None:
@@ -526,14 +484,26 @@ def _interrupted(study: optuna.Study, number: int | None) -> str:
     return f"interrupted after trial {number} finished"
 
 
-def _enqueue_front(study: optuna.Study, objective: Objective, other: str | Path, progress: Progress) -> None:
-    """Enqueue another study's Pareto configurations, mapped onto this model, unless already done."""
-    from autopeft.warm_start import front_params
+def front_params(study_file: str | Path, storage: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """(study name, Optuna parameters of each Pareto-front trial) of another study.
 
+    Raises:
+        AutopeftError: the study file is wrong, its study cannot be opened, or it has no front yet.
+    """
+    config = load_config(study_file)
+    study = open_study(config, storage, create=False)
+    front = pareto_front(study)
+    if not front:
+        raise AutopeftError(f"--from: study {config.study.name!r} has no feasible complete trial to start from")
+    return config.study.name, [dict(t.params) for t in front]
+
+
+def _enqueue_front(study: optuna.Study, space: SearchSpace, other: str | Path, progress: Progress) -> None:
+    """Enqueue another study's Pareto configurations, mapped onto this model, unless already done."""
     name, front = front_params(other)
     if any(t.user_attrs.get("started_from") == name for t in study.get_trials(deepcopy=False)):
         return
-    adopted = [p for p in (objective.adopt(params) for params in front) if p is not None]
+    adopted = [p for p in (space.adopt(params) for params in front) if p is not None]
     if not adopted:
         raise AutopeftError(
             f"--from: none of the {len(front)} Pareto configurations of study {name!r} uses a method and choices "

@@ -12,28 +12,43 @@ Lifecycle, as the driver calls it::
     split    = task.encode(rows, tokenizer, data_section, names, "train")  # token ids + labels
     model    = task.load_model(source, names, **from_pretrained_kwargs)
     loss     = task.loss(logits, labels)               # in every training step
-    value    = task.evaluate(model, split, ...)        # the study metric on a split
+    value    = task.evaluate(model, split, metric, settings)  # the study metric on a split
     baseline = task.baseline(train, validation, metric)  # what a model that learned nothing scores
+
+This module is the whole surface a task plugin needs: it re-exports :class:`Split`,
+:class:`DataSection` and :class:`DataError`, so a plugin imports from ``autopeft.tasks`` (and
+``hookimpl`` from ``autopeft``) only. :class:`autopeft.testing.TaskConformance` checks a task's
+promises.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from autopeft.config import DataSection
-    from autopeft.data import Split
+from autopeft.config import DataSection
+from autopeft.data import IGNORE_INDEX, Split, batches
+from autopeft.errors import DataError
+from autopeft.precision import autocast_for
 
-__all__ = ["Task", "Direction", "IGNORE_INDEX", "eval_logits"]
+__all__ = ["Task", "Direction", "EvalSettings", "IGNORE_INDEX", "Split", "DataSection", "DataError", "eval_logits"]
 
 Direction = Literal["maximize", "minimize"]
-#: Label of a position the loss and the metric skip (padding, a word's later sub-tokens).
-IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How to run a model over a split: the same for every evaluation of a study, so it travels as one value."""
+
+    pad_token_id: int
+    batch_size: int
+    device: torch.device
+    precision: str = "auto"
 
 
 class Task(ABC):
@@ -112,39 +127,28 @@ class Task(ABC):
         """The training loss of a batch (a scalar) from the model's logits and the batch's labels."""
 
     @abstractmethod
-    def evaluate(
-        self,
-        model: nn.Module,
-        split: Split,
-        metric: str,
-        pad_token_id: int,
-        batch_size: int,
-        device: torch.device,
-        precision: str,
-    ) -> float:
+    def evaluate(self, model: nn.Module, split: Split, metric: str, settings: EvalSettings) -> float:
         """``metric`` of ``model`` on ``split``; :func:`eval_logits` does the forward passes."""
 
 
 def eval_logits(
-    model: nn.Module, split: Split, pad_token_id: int, batch_size: int, device: torch.device, precision: str
+    model: nn.Module, split: Split, settings: EvalSettings
 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """(example indices, logits, labels) per batch, dropout off, under ``inference_mode``.
 
     Batches hold examples of similar lengths, so little compute goes to padding; the indices say
     which examples each batch holds.
     """
-    from autopeft.data import batches
-    from autopeft.train import autocast_for
-
+    device = settings.device
     was_training = model.training
     model.eval()
     order = sorted(range(len(split)), key=lambda i: len(split.features[i]["input_ids"]))
     done = 0
     try:
         with torch.inference_mode():
-            for batch in batches(split, batch_size, pad_token_id, order=order):
+            for batch in batches(split, settings.batch_size, settings.pad_token_id, order=order):
                 labels = batch.pop("labels")
-                with autocast_for(device, precision):
+                with autocast_for(device, settings.precision):
                     logits = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).logits
                 indices = order[done : done + len(labels)]
                 done += len(labels)

@@ -1,4 +1,5 @@
-"""Tokenized splits cached on disk, so a study tokenizes its data once, not once per worker.
+"""The study's splits read (:mod:`autopeft.data_files`), tokenized by the task, and cached on disk,
+so a study tokenizes its data once, not once per worker or trial.
 
 A cache file is named by a fingerprint of everything that decides the token ids: the tokenizer
 itself (its full serialized form for fast tokenizers), the ``[data]`` section, the study seed (it
@@ -15,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,77 @@ from typing import Any
 import numpy as np
 
 from autopeft.config import DATA_SUFFIXES, StudyConfig
-from autopeft.data import Split, TaskData, load_task_data
+from autopeft.data import Split, TaskData
+from autopeft.data_files import load_split, missing_columns
+from autopeft.errors import DataError, first_line
 from autopeft.tasks import Task
 
-__all__ = ["load_cached_task_data", "token_cache_path"]
+__all__ = ["load_task_data", "load_cached_task_data", "token_cache_path"]
 
 _FORMAT = 2  # bump when the file layout changes
+
+
+def _rows(config: StudyConfig, key: str, needed: list[str], limit: int | None, seed: int) -> dict[str, list[Any]]:
+    """Column -> values of one split, rows with an empty needed value dropped, ``limit`` sampled."""
+    table = load_split(config, key)
+    missing_columns(table, needed, key)
+    try:
+        columns = table.select(needed).to_pydict()  # whole columns to Python lists: per-row access is ~100x slower
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:  # cells pyarrow read but Python cannot hold
+        raise DataError(f"data.{key}: cannot read the {', '.join(needed)} columns ({first_line(exc)})") from None
+    keep = [i for i in range(table.num_rows) if all(_usable(columns[c][i]) for c in needed)]
+    if limit is not None and len(keep) > limit:
+        keep = sorted(random.Random(seed).sample(keep, limit))
+    if not keep:
+        raise DataError(
+            f"data.{key}: the split has no usable rows (empty texts or labels); point it at a non-empty file"
+        )
+    return {c: [columns[c][i] for i in keep] for c in needed}
+
+
+def _usable(value: Any) -> bool:
+    """Whether a cell holds something: a non-blank string, a non-empty list, a number that is not NaN."""
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, list):
+        return bool(value)
+    return value is not None and value == value  # NaN != NaN: a missing number in a CSV
+
+
+def load_task_data(config: StudyConfig, tokenizer: Any, task: Task) -> TaskData:
+    """Load every split of the study and let ``task`` label-map and tokenize it.
+
+    Raises:
+        DataError: a split cannot be loaded, lacks a column, is empty, or has a label that the
+            train split (or ``data.labels``) does not have.
+    """
+    d, seed = config.data, config.study.seed
+    needed = task.columns(d)
+    raw = {
+        "train": _rows(config, "train", needed, d.max_train_examples, seed),
+        "validation": _rows(config, "validation", needed, d.max_eval_examples, seed),
+    }
+    if d.test is not None:
+        raw["test"] = _rows(config, "test", needed, d.max_eval_examples, seed)
+    names = task.label_names(raw["train"], d)
+    splits = {key: _encode(task, rows, tokenizer, config, names, key) for key, rows in raw.items()}
+    for key, split in splits.items():
+        if not len(split):
+            raise DataError(f"data.{key}: no example left after tokenizing; check data.text and data.max_length")
+    return TaskData(splits["train"], splits["validation"], splits.get("test"), names, tokenizer.pad_token_id)
+
+
+def _encode(
+    task: Task, rows: dict[str, list[Any]], tokenizer: Any, config: StudyConfig, names: list[Any], key: str
+) -> Split:
+    """``task.encode``, with the errors a tokenizer raises on cells of the wrong type made one line."""
+    try:
+        return task.encode(rows, tokenizer, config.data, names, key)
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"data.{key}: cannot tokenize the {', '.join(rows)} columns for task {task.name!r} "
+            f"({type(exc).__name__}: {first_line(exc)}); check data.text and data.label"
+        ) from None
 
 
 def _tokenizer_identity(tokenizer: Any) -> str:

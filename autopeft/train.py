@@ -1,58 +1,113 @@
-"""The training and evaluation loop: plain PyTorch, one function each, readable in one sitting.
+"""The training loop: plain PyTorch, one function, readable in one sitting.
 
-AdamW on the trainable parameters only, linear warmup then linear decay, gradient clipping, the
-task's loss and metric (:mod:`autopeft.tasks`), dynamic padding (see :mod:`autopeft.data`),
-evaluation under ``inference_mode``. ``report`` is called after every evaluation but the last,
-and may raise ``optuna.TrialPruned`` to stop a hopeless trial.
+AdamW on the trainable parameters only (or the optimizer a method brings), linear warmup then
+linear decay, gradient clipping, the task's loss and metric (:mod:`autopeft.tasks`), dynamic
+padding (see :mod:`autopeft.data`). ``on_report`` sees the validation metric at every reporting
+point but the last, and may stop a hopeless run there.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch import nn
 
 from autopeft.config import TrainSection
-from autopeft.data import Split, batches, bucketed_order
-from autopeft.tasks import Task, eval_logits
+from autopeft.data import Split, TaskData, batches, bucketed_order
+from autopeft.precision import autocast_for
+from autopeft.tasks import EvalSettings, Task
 
 __all__ = [
+    "FULL",
+    "Fidelity",
     "NonFiniteLoss",
     "TrainResult",
     "planned_steps",
     "learning_rate_at",
-    "score",
-    "predict",
-    "evaluate",
     "train",
-    "autocast_for",
     "enable_gradient_checkpointing",
 ]
 
 
+@dataclass(frozen=True)
+class Fidelity:
+    """How much training one fit gets, and where it reports: what multi-fidelity search varies.
+
+    The default is the study's full run (``[train] epochs`` over the train split, reporting
+    ``evals_per_epoch`` times an epoch). ``steps`` (optimizer steps) or ``examples`` (examples seen,
+    rounded up to whole batches) make a shorter or longer run with its own warmup and decay;
+    ``report_at`` names the steps at which the validation metric is computed (the last step always
+    is). A caller that wants a prefix of the full run instead keeps the full fidelity and stops it
+    through ``on_report``.
+    """
+
+    steps: int | None = None
+    examples: int | None = None
+    report_at: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.examples is not None:
+            raise ValueError("Fidelity: give steps or examples, not both")
+        for what, value in (("steps", self.steps), ("examples", self.examples)):
+            if value is not None and value < 1:
+                raise ValueError(f"Fidelity: {what} must be >= 1, got {value}")
+
+    def total_steps(self, train_split: Split, settings: TrainSection) -> int:
+        """Optimizer steps of a fit at this fidelity."""
+        if self.steps is not None:
+            return self.steps
+        if self.examples is not None:
+            return math.ceil(self.examples / settings.batch_size)
+        return planned_steps(train_split, settings)
+
+    def report_steps(self, train_split: Split, settings: TrainSection) -> set[int]:
+        """The steps at which the validation metric is computed; the last step is always one."""
+        total = self.total_steps(train_split, settings)
+        if self.report_at is not None:
+            return {s for s in self.report_at if 0 < s < total} | {total}
+        per_epoch = math.ceil(len(train_split) / settings.batch_size)
+        epochs = math.ceil(total / per_epoch)
+        evals = settings.evals_per_epoch
+        steps = {
+            e * per_epoch + max(1, round(k * per_epoch / evals)) for e in range(epochs) for k in range(1, evals + 1)
+        }
+        return {s for s in steps if s < total} | {total}
+
+
+#: The study's full training run.
+FULL = Fidelity()
+
+
 @dataclass
 class TrainResult:
-    """What one training run measured."""
+    """What one fit measured."""
 
     metric: float
     train_seconds: float
     eval_seconds: float
     train_tokens: int
     steps: int
+    total_steps: int = 0  # the steps the fit was planned for: steps < total_steps when on_report stopped it
+    stopped_at: int | None = None  # the step on_report stopped the fit at, None when it ran to the end
     setup_seconds: float = 0.0  # copying the base model and applying the method (set by the caller)
     peak_memory_mb: float = 0.0  # set by the caller, which knows the device
     cached_blocks: int = 0  # leading blocks the prefix cache stood in for (set by the caller)
     cache_seconds: float = 0.0  # computing the prefix states this trial did not find cached
-    test_seconds: float = 0.0  # scoring the test split (set by the caller, which decides whether to)
+    test_metric: float | None = None  # the test split's metric, when the caller asked for it
+    test_seconds: float = 0.0  # scoring the test split
+
+    def measurements(self) -> dict[str, float]:
+        """What a trial records of its fit (its user attributes): timings, throughput, memory, test metric."""
+        keys = ("setup_seconds", "train_seconds", "eval_seconds", "train_tokens", "peak_memory_mb", "cached_blocks")
+        found = {key: getattr(self, key) for key in (*keys, "cache_seconds", "test_seconds")}
+        found["tokens_per_second"] = self.train_tokens / max(self.train_seconds, 1e-9)
+        return found | ({"test_metric": self.test_metric} if self.test_metric is not None else {})
 
 
 class NonFiniteLoss(Exception):
@@ -64,7 +119,7 @@ class NonFiniteLoss(Exception):
 
 
 def planned_steps(train_split: Split, settings: TrainSection) -> int:
-    """Optimizer steps a full training run takes; the pruner counts the steps it saves against it."""
+    """Optimizer steps of the study's full training run."""
     return math.ceil(len(train_split) / settings.batch_size) * settings.epochs
 
 
@@ -75,80 +130,8 @@ def learning_rate_at(step: int, total_steps: int, peak: float, warmup_steps: int
     return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-def score(metric: str, labels: list[int], predictions: list[int]) -> float:
-    """The study metric from scikit-learn. ``f1`` is the F1 of class 1 (the second in label order) when
-    labels and predictions hold at most two classes, macro F1 otherwise; ``macro_f1`` is always macro."""
-    if metric == "accuracy":
-        return float(accuracy_score(labels, predictions))
-    if metric in ("f1", "macro_f1"):
-        binary = metric == "f1" and len(set(labels) | set(predictions)) <= 2
-        return float(f1_score(labels, predictions, average="binary" if binary else "macro", zero_division=0))
-    if metric == "mcc":
-        return float(matthews_corrcoef(labels, predictions))
-    raise ValueError(f"unknown metric {metric!r}")
-
-
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def predict(
-    model: nn.Module, split: Split, pad_token_id: int, batch_size: int, device: torch.device, precision: str = "auto"
-) -> list[int]:
-    """Predicted class of every example of ``split``, in the split's order; dropout off."""
-    predictions = [0] * len(split)
-    for indices, logits, _ in eval_logits(model, split, pad_token_id, batch_size, device, precision):
-        for i, label in zip(indices, logits.argmax(-1).tolist()):
-            predictions[i] = label
-    return predictions
-
-
-def evaluate(
-    model: nn.Module,
-    split: Split,
-    pad_token_id: int,
-    batch_size: int,
-    metric: str,
-    device: torch.device,
-    precision: str = "auto",
-) -> float:
-    """Score ``model`` on ``split`` with the study metric."""
-    return score(
-        metric, cast(list[int], split.labels), predict(model, split, pad_token_id, batch_size, device, precision)
-    )
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX, read from Linux's
-    ``/proc/cpuinfo``). Elsewhere bf16 autocast is emulated, and slower than fp32."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def uses_bf16(device: torch.device, precision: str) -> bool:
-    """Whether ``[train] precision`` means bf16 autocast on ``device``.
-
-    ``auto`` turns it on where the hardware has bf16 matrix units: GPUs that support it, and CPUs
-    with AVX512-BF16 or AMX (1.8x tokens/s on this project's CPU; the validation metric within 0.1
-    point over 5 seeds, ``benchmarks/compare.py``).
-    """
-    if precision == "auto":
-        return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
-    return precision == "bf16"
-
-
-def autocast_for(device: torch.device, precision: str) -> torch.autocast:
-    """The autocast context ``[train] precision`` asks for on ``device`` (disabled for fp32).
-
-    Trained parameters stay fp32 (master weights); autocast runs the matmuls in bf16 (or fp16, on a
-    GPU only: CPUs have no fast fp16)."""
-    if precision == "fp16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -166,43 +149,48 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 def train(
     model: nn.Module,
     task: Task,
-    train_split: Split,
-    eval_split: Split,
-    pad_token_id: int,
+    data: TaskData,
     settings: TrainSection,
+    evaluation: EvalSettings,
+    *,
     learning_rate: float,
     metric: str,
-    device: torch.device,
     seed: int,
-    report: Callable[[int, float], None] = lambda step, value: None,
-    progress: Callable[[int, int, float], None] = lambda step, total, loss: None,
+    fidelity: Fidelity = FULL,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_report: Callable[[int, float], bool] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
-    """Train the parameters of ``model`` that require grad for ``task``; return the final validation metric."""
+    """Train the parameters of ``model`` that require grad for ``task``; the result holds the final
+    validation metric.
+
+    ``optimizer`` (from the method's ``optimizer`` hook) defaults to AdamW; each of its parameter
+    groups warms up to, and decays from, the learning rate it was created with. ``on_report(step,
+    value)`` returning True stops the fit there; ``on_step(step, total)`` runs after every update
+    (AdaLoRA reallocates its ranks there); ``progress(step, total, loss)`` drives the progress bar.
+    """
+    device = evaluation.device
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=settings.weight_decay)
+    optimizer = optimizer or torch.optim.AdamW(params, lr=learning_rate, weight_decay=settings.weight_decay)
+    peaks = [group["lr"] for group in optimizer.param_groups]
     # fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not.
     scaler = torch.amp.GradScaler(enabled=settings.precision == "fp16" and device.type == "cuda")
     if settings.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    total_steps = planned_steps(train_split, settings)
-    steps_per_epoch = total_steps // settings.epochs
+    total_steps = fidelity.total_steps(data.train, settings)
     warmup_steps = max(1, int(settings.warmup_ratio * total_steps))
-    evals = settings.evals_per_epoch
-    eval_steps = {
-        e * steps_per_epoch + max(1, round(k * steps_per_epoch / evals))
-        for e in range(settings.epochs)
-        for k in range(1, evals + 1)
-    }
+    report_steps = fidelity.report_steps(data.train, settings)
     shuffle = random.Random(seed)
 
     step, tokens, train_seconds, eval_seconds, value = 0, 0, 0.0, 0.0, float("nan")
     model.train()
-    for _epoch in range(settings.epochs):
-        order = bucketed_order(train_split, settings.batch_size, shuffle) if settings.length_buckets else None
-        for batch in batches(train_split, settings.batch_size, pad_token_id, shuffle, order=order):
+    while step < total_steps:  # one epoch a pass; a fidelity may end in the middle of one
+        order = bucketed_order(data.train, settings.batch_size, shuffle) if settings.length_buckets else None
+        for batch in batches(data.train, settings.batch_size, evaluation.pad_token_id, shuffle, order=order):
             started = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(step, total_steps, learning_rate, warmup_steps)
+            for group, peak in zip(optimizer.param_groups, peaks):
+                group["lr"] = learning_rate_at(step, total_steps, peak, warmup_steps)
             batch = _to(batch, device)
             labels = batch.pop("labels")
             with autocast_for(device, settings.precision):
@@ -216,18 +204,22 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
+            step += 1
+            if on_step is not None:
+                on_step(step, total_steps)
             optimizer.zero_grad(set_to_none=True)
             tokens += int(batch["attention_mask"].sum())
-            step += 1
             train_seconds += time.perf_counter() - started
-            progress(step, total_steps, loss_value)
+            if progress is not None:
+                progress(step, total_steps, loss_value)
 
-            if step in eval_steps:
+            if step in report_steps:
                 started = time.perf_counter()
-                value = task.evaluate(
-                    model, eval_split, metric, pad_token_id, settings.eval_batch_size, device, settings.precision
-                )
+                value = task.evaluate(model, data.validation, metric, evaluation)
                 eval_seconds += time.perf_counter() - started
-                if step < total_steps:  # the last value is the result: too late to prune
-                    report(step, value)  # may raise optuna.TrialPruned
-    return TrainResult(value, train_seconds, eval_seconds, tokens, step)
+                # The last value is the result: too late to stop.
+                if step < total_steps and on_report is not None and on_report(step, value):
+                    return TrainResult(value, train_seconds, eval_seconds, tokens, step, total_steps, stopped_at=step)
+            if step >= total_steps:
+                break
+    return TrainResult(value, train_seconds, eval_seconds, tokens, step, total_steps)

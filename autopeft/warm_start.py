@@ -1,4 +1,4 @@
-"""Configurations to try first: each method's known-good default, and another study's Pareto front.
+"""Another study's Pareto front as this study's first trials: per-block parameters mapped by depth.
 
 A study of the same task on a smaller (or larger) model has already found what works; its front,
 mapped onto this model's blocks, is a better start than random samples. Per-block parameters
@@ -8,14 +8,9 @@ mapped onto this model's blocks, is a better start than random samples. Per-bloc
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
-from autopeft.config import load_config
-from autopeft.errors import AutopeftError
-from autopeft.results import pareto_front
-
-__all__ = ["map_to_blocks", "front_params"]
+__all__ = ["map_to_blocks"]
 
 _PER_BLOCK = re.compile(r"^(.+)\[(\d+)\]$")
 
@@ -40,19 +35,3 @@ def map_to_blocks(params: dict[str, Any], n_blocks: int) -> dict[str, Any]:
             source = top if n_blocks == 1 else round(j * top / (n_blocks - 1))
             mapped[f"{prefix}[{j}]"] = values.get(source, 0)
     return mapped
-
-
-def front_params(study_file: str | Path, storage: str | None = None) -> tuple[str, list[dict[str, Any]]]:
-    """(study name, Optuna parameters of each Pareto-front trial) of another study.
-
-    Raises:
-        AutopeftError: the study file is wrong, its study cannot be opened, or it has no front yet.
-    """
-    from autopeft.study import open_study
-
-    config = load_config(study_file)
-    study = open_study(config, storage, create=False)
-    front = pareto_front(study)
-    if not front:
-        raise AutopeftError(f"--from: study {config.study.name!r} has no feasible complete trial to start from")
-    return config.study.name, [dict(t.params) for t in front]

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import optuna
 
-from autopeft.config import load_config
 from autopeft.errors import AutopeftError, Interrupted
 from autopeft.progress import Progress
 from autopeft.storage import STORAGE_ENV
-from autopeft.study import prepare_study
+from autopeft.study import prepare_study, resolve
 
 __all__ = ["run_workers", "worker_env"]
 
@@ -62,14 +61,15 @@ def run_workers(
         AutopeftError: a worker exited with an error (its own line on stderr says which).
         Interrupted: Ctrl-C or SIGTERM; each worker marked its running trial failed and queued it again.
     """
-    config = load_config(study_file)
+    resolved = resolve(study_file, check_data=True)
+    config = resolved.config
     if ":memory:" in (storage or config.storage):
         raise AutopeftError(
             "--workers: an in-memory SQLite study cannot be shared between processes; use a file or a server"
         )
     target = n_trials or config.study.n_trials
     progress = Progress(quiet=quiet)
-    study, objective = prepare_study(config, target, storage, progress, start_from)
+    study, objective = prepare_study(resolved, target, storage, progress, start_from)
     if objective is None:
         return study
     del objective  # the workers load their own copy of the model

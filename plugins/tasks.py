@@ -1,6 +1,8 @@
 """The built-in tasks: sequence classification, token classification and causal language modelling.
 
-They register through the same ``register_tasks`` hook as a third-party task plugin.
+They register through the same ``register_tasks`` hook as a third-party task plugin, and import
+only what a third-party task may: ``autopeft`` and ``autopeft.tasks``. Classification scoring
+(scikit-learn's metrics) lives here, with the tasks that use it.
 """
 
 from __future__ import annotations
@@ -11,19 +13,40 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch import nn
 
 from autopeft import hookimpl
-from autopeft.config import DataSection
-from autopeft.data import Split
-from autopeft.errors import DataError
-from autopeft.tasks import IGNORE_INDEX, Task, eval_logits
-from autopeft.train import evaluate, score
+from autopeft.tasks import IGNORE_INDEX, DataError, DataSection, EvalSettings, Split, Task, eval_logits
+
+__all__ = ["SequenceClassification", "TokenClassification", "CausalLanguageModelling", "score", "predict"]
 
 # f1: the F1 of the second class (in label order) when there are two, macro-averaged when there are more;
 # macro_f1: always macro-averaged.
 _CLASS_METRICS: dict[str, Any] = {"accuracy": "maximize", "f1": "maximize", "macro_f1": "maximize", "mcc": "maximize"}
 _LOWEST = {"accuracy": 0.0, "f1": 0.0, "macro_f1": 0.0, "mcc": -1.0}  # what an over-budget trial reports
+
+
+def score(metric: str, labels: list[int], predictions: list[int]) -> float:
+    """The study metric from scikit-learn. ``f1`` is the F1 of class 1 (the second in label order) when
+    labels and predictions hold at most two classes, macro F1 otherwise; ``macro_f1`` is always macro."""
+    if metric == "accuracy":
+        return float(accuracy_score(labels, predictions))
+    if metric in ("f1", "macro_f1"):
+        binary = metric == "f1" and len(set(labels) | set(predictions)) <= 2
+        return float(f1_score(labels, predictions, average="binary" if binary else "macro", zero_division=0))
+    if metric == "mcc":
+        return float(matthews_corrcoef(labels, predictions))
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def predict(model: nn.Module, split: Split, settings: EvalSettings) -> list[int]:
+    """Predicted class of every example of ``split``, in the split's order; dropout off."""
+    predictions = [0] * len(split)
+    for indices, logits, _ in eval_logits(model, split, settings):
+        for i, label in zip(indices, logits.argmax(-1).tolist()):
+            predictions[i] = label
+    return predictions
 
 
 def _class_names(values: list[Any], data: DataSection, what: str) -> list[Any]:
@@ -102,17 +125,8 @@ class SequenceClassification(_Classification):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels)
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        split: Split,
-        metric: str,
-        pad_token_id: int,
-        batch_size: int,
-        device: torch.device,
-        precision: str,
-    ) -> float:
-        return evaluate(model, split, pad_token_id, batch_size, metric, device, precision)
+    def evaluate(self, model: nn.Module, split: Split, metric: str, settings: EvalSettings) -> float:
+        return score(metric, cast(list[int], split.labels), predict(model, split, settings))
 
 
 class TokenClassification(_Classification):
@@ -162,19 +176,10 @@ class TokenClassification(_Classification):
         logits = _per_token(logits, labels)
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        split: Split,
-        metric: str,
-        pad_token_id: int,
-        batch_size: int,
-        device: torch.device,
-        precision: str,
-    ) -> float:
+    def evaluate(self, model: nn.Module, split: Split, metric: str, settings: EvalSettings) -> float:
         truth: list[int] = []
         predicted: list[int] = []
-        for _, logits, labels in eval_logits(model, split, pad_token_id, batch_size, device, precision):
+        for _, logits, labels in eval_logits(model, split, settings):
             keep = labels != IGNORE_INDEX
             truth += labels[keep].tolist()
             predicted += _per_token(logits, labels).argmax(-1)[keep].tolist()
@@ -217,18 +222,9 @@ class CausalLanguageModelling(Task):
         logits = _per_token(logits, labels)
         return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        split: Split,
-        metric: str,
-        pad_token_id: int,
-        batch_size: int,
-        device: torch.device,
-        precision: str,
-    ) -> float:
+    def evaluate(self, model: nn.Module, split: Split, metric: str, settings: EvalSettings) -> float:
         total, count = 0.0, 0
-        for _, logits, labels in eval_logits(model, split, pad_token_id, batch_size, device, precision):
+        for _, logits, labels in eval_logits(model, split, settings):
             logits, targets = _per_token(logits, labels), labels[:, 1:]
             total += float(
                 F.cross_entropy(

@@ -172,3 +172,19 @@ def postgres_url() -> str:
             pytest.fail("AUTOPEFT_TEST_POSTGRES is not set; .ci/run starts PostgreSQL and sets it")
         pytest.skip("no PostgreSQL: set AUTOPEFT_TEST_POSTGRES (bash .ci/run does)")
     return url
+
+
+def workbench_for(config):
+    """A :class:`~autopeft.workbench.Workbench` of a loaded study file, built-in plugins only."""
+    from autopeft.plugins import resolve_study
+    from autopeft.workbench import Workbench
+
+    return Workbench(resolve_study(config, _plugin_manager()))
+
+
+def objective_for(config):
+    """The search objective of a loaded study file on a fresh workbench, built-in plugins only."""
+    from autopeft.objective import Objective
+    from autopeft.search_space import SearchSpace
+
+    return Objective(SearchSpace(workbench_for(config)))

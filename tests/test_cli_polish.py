@@ -18,9 +18,8 @@ from autopeft import load_config, run_study
 from autopeft.cli import main
 from autopeft.data import Split
 from autopeft.report import build_figures, write_html
-from autopeft.train import score
 from autopeft_plugins.bitfit import BitFit
-from autopeft_plugins.tasks import CausalLanguageModelling, SequenceClassification
+from autopeft_plugins.tasks import CausalLanguageModelling, SequenceClassification, score
 
 
 @pytest.fixture(scope="module")

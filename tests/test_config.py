@@ -9,7 +9,7 @@ from conftest import write_study
 
 from autopeft import ConfigError, get_plugin_manager, load_config
 from autopeft.cli import main
-from autopeft.plugins import resolve_task
+from autopeft.plugins import resolve_study
 
 
 def test_valid_study_loads_with_defaults(study_file: Path) -> None:
@@ -51,7 +51,7 @@ def test_config_errors_name_field_and_fix(tmp_path: Path, sections, field, fix) 
     else:
         path = write_study(tmp_path, **sections)
     with pytest.raises(ConfigError) as info:  # the task's metric is checked once the task plugins are loaded
-        resolve_task(load_config(path), get_plugin_manager(autoload=False))
+        resolve_study(load_config(path), get_plugin_manager(autoload=False))
     message = str(info.value)
     assert message.startswith(field) and fix in message and "\n" not in message
 

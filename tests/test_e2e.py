@@ -111,23 +111,23 @@ def test_string_labels_from_csv(tmp_path: Path, minilm_available) -> None:
 def test_workers_start_from_the_same_task_head(tmp_path: Path, minilm_available) -> None:
     # The classifier head is drawn when the model loads; every worker and every rerun must draw the same.
     import torch
+    from conftest import workbench_for
 
-    from autopeft import get_plugin_manager, load_config
-    from autopeft.objective import Objective
+    from autopeft import load_config
 
     config = load_config(write_study(tmp_path, data={"max_train_examples": 8, "max_eval_examples": 8}))
     heads = []
     for _ in range(2):
-        objective = Objective(config, get_plugin_manager(autoload=False))
-        heads.append(objective.base.get_submodule(objective.ctx.head[0]).weight.clone())
+        bench = workbench_for(config)
+        heads.append(bench.base.get_submodule(bench.ctx.head[0]).weight.clone())
         torch.rand(100)  # whatever else the process draws in between
     assert torch.equal(heads[0], heads[1])
 
 
 def test_text_pairs_are_tokenized_as_pairs(tmp_path: Path, minilm_available) -> None:
     from autopeft import get_plugin_manager, load_config
-    from autopeft.data import load_task_data
     from autopeft.models import load_tokenizer, resolve_model_name
+    from autopeft.token_cache import load_task_data
     from autopeft_plugins.tasks import SequenceClassification
 
     config = load_config(
@@ -153,8 +153,9 @@ def test_interrupted_study_resumes_with_its_warm_start(tmp_path: Path, minilm_av
 
 
 def test_pruned_trial_records_where_and_when(tmp_path: Path, minilm_available) -> None:
-    from autopeft import get_plugin_manager, load_config
-    from autopeft.objective import Objective
+    from conftest import objective_for
+
+    from autopeft import load_config
 
     class Always(optuna.pruners.BasePruner):
         def prune(self, study, trial) -> bool:
@@ -168,7 +169,7 @@ def test_pruned_trial_records_where_and_when(tmp_path: Path, minilm_available) -
         )
     )
     study = optuna.create_study(direction="maximize", pruner=Always())
-    study.optimize(Objective(config, get_plugin_manager(autoload=False)), n_trials=1)
+    study.optimize(objective_for(config), n_trials=1)
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert trial.user_attrs["pruned_at_step"] == 2 and list(trial.intermediate_values) == [2]

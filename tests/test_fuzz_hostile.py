@@ -213,11 +213,12 @@ def data_world(tmp_path_factory):
     from conftest import _plugin_manager
 
     from autopeft.models import load_tokenizer, resolve_model_name
-    from autopeft.plugins import resolve_task
+    from autopeft.plugins import resolve_study
 
     folder = tmp_path_factory.mktemp("fuzz-data")
     path = write_study(folder, data={"max_length": 16})
-    config, task = resolve_task(load_config(path), _plugin_manager())
+    resolved = resolve_study(load_config(path), _plugin_manager())
+    config, task = resolved.config, resolved.task
     source, offline = resolve_model_name(_plugin_manager(), config.model.name)
     return folder, config, task, load_tokenizer(config.model, source, offline)
 
@@ -250,8 +251,8 @@ def _write_table(columns: dict, path: Path) -> bool:
 def test_data_files(data_world, train, validation, suffix, raw) -> None:
     from dataclasses import replace
 
-    from autopeft.data import load_task_data
     from autopeft.data_files import check_columns
+    from autopeft.token_cache import load_task_data
 
     folder, config, task, tokenizer = data_world
     example = Path(tempfile.mkdtemp(dir=folder))

@@ -9,15 +9,16 @@ import random
 
 import pytest
 import torch
-from conftest import write_study
+from conftest import workbench_for, write_study
 
-from autopeft import get_plugin_manager, load_config
+from autopeft import load_config
 from autopeft.blocks import build_context
 from autopeft.config import TrainSection
-from autopeft.data import Split
-from autopeft.objective import Objective, pick_device
+from autopeft.data import Split, TaskData
+from autopeft.tasks import EvalSettings
 from autopeft.testing import tiny_bert, tiny_llama
 from autopeft.train import train
+from autopeft.workbench import pick_device
 from autopeft_plugins.lora import Lora
 from autopeft_plugins.tasks import SequenceClassification
 
@@ -41,15 +42,16 @@ def _live_tensor_bytes() -> int:
 
 def test_each_trials_model_and_optimizer_are_freed_before_the_next(tmp_path, minilm_available) -> None:
     config = load_config(write_study(tmp_path, data={"max_train_examples": 32, "max_eval_examples": 16}))
-    objective = Objective(config, get_plugin_manager(autoload=False))
-    method = objective.methods["lora"]
+    bench = workbench_for(config)
     lora = {"ranks": [8, 8], "alpha": 2, "targets": "all", "variant": "lora", "dropout": 0.0}
-    model_bytes = sum(p.numel() * p.element_size() for p in objective.base.parameters())
+    model_bytes = sum(p.numel() * p.element_size() for p in bench.base.parameters())
     during: list[int] = []
 
     before = _live_tensor_bytes()
     for seed in (0, 1):
-        objective.fit(method, lora, 1e-3, seed, on_trained=lambda model, result: during.append(_live_tensor_bytes()))
+        bench.fit(
+            "lora", lora, learning_rate=1e-3, seed=seed, on_trained=lambda model, _: during.append(_live_tensor_bytes())
+        )
         after = _live_tensor_bytes()
         # while trained, the trial's copy of the model was alive: the measurement sees it
         assert during[-1] - before > 0.9 * model_bytes
@@ -83,16 +85,16 @@ def test_gradient_checkpointing_trains_the_same_weights(factory) -> None:
                 if isinstance(module, torch.nn.Dropout):
                     module.p = 0.0
         settings = TrainSection(epochs=1, batch_size=8, precision="fp32", gradient_checkpointing=checkpointing)
+        data = TaskData(_split(24), _split(8, 1), None, [0, 1], 0)
+        evaluation = EvalSettings(0, 64, torch.device("cpu"), "fp32")
         train(
             model,
             SequenceClassification(),
-            _split(24),
-            _split(8, 1),
-            0,
+            data,
             settings,
-            1e-2,
-            "accuracy",
-            torch.device("cpu"),
+            evaluation,
+            learning_rate=1e-2,
+            metric="accuracy",
             seed=0,
         )
         assert model.get_base_model().is_activation_checkpointing is checkpointing

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import write_study
+from conftest import workbench_for, write_study
 
-from autopeft import get_plugin_manager, load_config, run_study
+from autopeft import load_config, run_study
 from autopeft.cli import main
-from autopeft.objective import Objective
 from autopeft.results import pareto_front
+from autopeft.search_space import SearchSpace
 from autopeft.warm_start import map_to_blocks
 
 ALL = ["lora", "ia3", "adapter", "bitfit", "unfreeze", "prompt"]
@@ -111,7 +111,7 @@ def test_map_to_blocks_by_relative_depth() -> None:
 def test_default_configuration_is_tried_first_only_when_it_fits(tmp_path, minilm_available) -> None:
     def warm(budget: str) -> list[str]:
         path = write_study(tmp_path, budget={"max_trainable": budget}, search={"methods": ["lora", "ia3"]})
-        return [p["method"] for p in Objective(load_config(path), get_plugin_manager()).warm_start_params()]
+        return [p["method"] for p in SearchSpace(workbench_for(load_config(path))).warm_start_params()]
 
     # LoRA r=8 on query and value of 2 blocks: 2 * 8 * (384 + 384) * 2 + 770 (head) = 25,346 parameters.
     assert warm("25346") == ["lora", "ia3"]

@@ -6,18 +6,18 @@ import copy
 
 import pytest
 import torch
-from conftest import write_study
+from conftest import workbench_for, write_study
 
-from autopeft import get_plugin_manager, load_config, run_study
+from autopeft import load_config, run_study
 from autopeft.data import batches
-from autopeft.objective import Objective
 from autopeft.prefix_cache import PrefixCache, block_modules
+from autopeft.workbench import Workbench
 
 LORA = {"alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.1}
 
 
 @pytest.fixture(scope="module")
-def objective(tmp_path_factory, minilm_available) -> Objective:
+def objective(tmp_path_factory, minilm_available) -> Workbench:
     folder = tmp_path_factory.mktemp("prefix")
     path = write_study(
         folder,
@@ -25,10 +25,10 @@ def objective(tmp_path_factory, minilm_available) -> Objective:
         search={"methods": ["lora", "unfreeze", "bitfit", "ia3", "prompt"]},
         train={"prefix_cache": True},
     )
-    return Objective(load_config(path), get_plugin_manager(autoload=False))
+    return workbench_for(load_config(path))
 
 
-def _applied(objective: Objective, name: str, config: dict) -> torch.nn.Module:
+def _applied(objective: Workbench, name: str, config: dict) -> torch.nn.Module:
     model = objective.enabled[name].apply(copy.deepcopy(objective.base).requires_grad_(False), objective.ctx, config)
     with torch.no_grad():  # move every trained weight off its initial value (LoRA's B starts at zero)
         for p in model.parameters():
@@ -37,7 +37,7 @@ def _applied(objective: Objective, name: str, config: dict) -> torch.nn.Module:
     return model
 
 
-def _probe(objective: Objective, size: int = 4) -> dict[str, torch.Tensor]:
+def _probe(objective: Workbench, size: int = 4) -> dict[str, torch.Tensor]:
     batch = next(batches(objective.data.train, size, objective.data.pad_token_id))
     batch.pop("labels")
     return batch

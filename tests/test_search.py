@@ -16,7 +16,8 @@ import pytest
 from autopeft import load_config, run_study
 from autopeft.objective import Objective
 from autopeft.pruning import SizeAwareMedianPruner
-from autopeft.train import TrainResult
+from autopeft.train import TrainResult, planned_steps
+from autopeft.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,15 +31,17 @@ def instant(monkeypatch):
     """
     trained: list[tuple[str, int, int]] = []
 
-    def fit(self, method, config, learning_rate, seed, report=None, label="", test=False, on_trained=None):
+    def fit(self, method, config, *, learning_rate, seed, on_report=None, label="", test=False, **unused):
+        method = self.enabled[method] if isinstance(method, str) else method
         n = method.count_trainable(self.ctx, config)
         trained.append((method.name, n, self.budget))
         value = (0.9 if method.name == "bitfit" else 0.6) + 0.05 * math.log(n) / math.log(self.budget)
-        if report is not None:
-            report(self.total_steps // 2, value - 0.1)
-        return TrainResult(value, 0.01, 0.01, 100, self.total_steps), None
+        total = planned_steps(self.data.train, self.config.train)
+        if on_report is not None and on_report(total // 2, value - 0.1):
+            return TrainResult(value - 0.1, 0.01, 0.01, 100, total // 2, total, stopped_at=total // 2)
+        return TrainResult(value, 0.01, 0.01, 100, total, total)
 
-    monkeypatch.setattr(Objective, "fit", fit)
+    monkeypatch.setattr(Workbench, "fit", fit)
     return trained
 
 
@@ -125,17 +128,16 @@ def test_size_aware_pruner_compares_with_no_larger_trials_only() -> None:
     assert pruner.should_prune(study, 20_000, 5, 0.84)  # median of four peers is 0.85
 
 
-def test_reporter_prunes_two_objective_trials_and_records_steps_saved() -> None:
+def test_reporter_prunes_two_objective_trials_and_records_where() -> None:
     study = optuna.create_study(directions=["maximize", "minimize"])
     for size in (100, 200, 300):
         _finished(study, size, 0.9)
     objective = Objective.__new__(Objective)
     objective.config = SimpleNamespace(multi_objective=True, task=SimpleNamespace(metric="accuracy"))
-    objective.pruner, objective.total_steps = SizeAwareMedianPruner(), 40
+    objective.pruner = SizeAwareMedianPruner()
     objective.progress = SimpleNamespace(line=lambda text: None, close_bar=lambda: None)
     trial = study.ask()
     report = objective._reporter(trial, 1_000)
-    with pytest.raises(optuna.TrialPruned):
-        report(5, 0.5)
+    assert report(5, 0.5) is True  # stop the fit here
     attrs = study.trials[-1].user_attrs
-    assert attrs["intermediate"] == {"5": 0.5} and attrs["pruned_at_step"] == 5 and attrs["steps_saved"] == 35
+    assert attrs["intermediate"] == {"5": 0.5} and attrs["pruned_at_step"] == 5

@@ -183,10 +183,10 @@ def test_an_outage_longer_than_the_window_ends_in_one_line(monkeypatch) -> None:
         raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
 
     with pytest.raises(AutopeftError, match="has been unreachable for") as caught:
-        storage._call("get_all_studies", refused)
+        storage.call_retrying("get_all_studies", refused)
     assert 2 <= len(calls) <= 4 and "s3cret" not in str(caught.value) and "s3cret" not in lines[0]
     with pytest.raises(AutopeftError):  # the outage goes on: the next call fails at once, not after another window
-        storage._call("get_all_studies", refused)
+        storage.call_retrying("get_all_studies", refused)
     assert len(calls) <= 5
 
 
@@ -200,7 +200,7 @@ def test_a_rejected_statement_is_not_retried() -> None:
         raise sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key"))
 
     with pytest.raises(sqlalchemy.exc.IntegrityError):
-        storage._call("create_new_trial", rejected)
+        storage.call_retrying("create_new_trial", rejected)
     assert calls == [1]
 
 

@@ -19,10 +19,12 @@ from autopeft import Task, get_plugin_manager, hookimpl, load_config, run_study
 from autopeft.config import DataSection
 from autopeft.data import Split, batches
 from autopeft.errors import ConfigError, PluginError
-from autopeft.plugins import registered_tasks, resolve_task
+from autopeft.plugins import registered_tasks, resolve_study
 from autopeft.results import best_trial
-from autopeft.tasks import IGNORE_INDEX
+from autopeft.tasks import IGNORE_INDEX, EvalSettings
 from autopeft_plugins.tasks import CausalLanguageModelling, TokenClassification
+
+_CPU_FP32 = EvalSettings(pad_token_id=0, batch_size=4, device=torch.device("cpu"), precision="fp32")
 
 
 def _data(**kwargs) -> DataSection:
@@ -55,7 +57,7 @@ class _Regression(Task):
     def loss(self, logits, labels):
         return torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float())
 
-    def evaluate(self, model, split, metric, pad_token_id, batch_size, device, precision):
+    def evaluate(self, model, split, metric, settings):
         return 0.0
 
 
@@ -70,8 +72,8 @@ def test_a_third_party_task_registers_like_a_method(tmp_path: Path, monkeypatch)
     pm.register(_RegressionPlugin(), name="regression-plugin")
     tasks = registered_tasks(pm)
     assert tasks["regression"].plugin == "regression-plugin"
-    # resolve_task checks the type and fills the metric and its direction from the task
-    config, _ = resolve_task(load_config(write_study(tmp_path, task={"type": "regression", "metric": ""})), pm)
+    # resolving checks the type and fills the metric and its direction from the task
+    config = resolve_study(load_config(write_study(tmp_path, task={"type": "regression", "metric": ""})), pm).config
     assert (config.task.metric, config.task.direction) == ("mse", "minimize")
 
     class Twice:
@@ -85,7 +87,7 @@ def test_a_third_party_task_registers_like_a_method(tmp_path: Path, monkeypatch)
 
 
 def _resolved(path: Path):
-    return resolve_task(load_config(path), get_plugin_manager(autoload=False))[0]
+    return resolve_study(load_config(path), get_plugin_manager(autoload=False)).config
 
 
 def test_unknown_task_or_metric_is_a_config_error(tmp_path: Path) -> None:
@@ -148,8 +150,8 @@ def test_causal_lm_loss_and_perplexity_match_transformers() -> None:
         logits = model(**batch).logits
         theirs = model(**batch, labels=labels).loss  # transformers shifts and ignores -100 itself
     assert torch.allclose(task.loss(logits, labels), theirs, atol=1e-5)
-    perplexity = task.evaluate(model, split, "perplexity", 0, 4, torch.device("cpu"), "fp32")
-    loss = task.evaluate(model, split, "loss", 0, 4, torch.device("cpu"), "fp32")
+    perplexity = task.evaluate(model, split, "perplexity", _CPU_FP32)
+    loss = task.evaluate(model, split, "loss", _CPU_FP32)
     assert math.isclose(perplexity, math.exp(loss), rel_tol=1e-9)
     assert math.isclose(loss, float(theirs), rel_tol=1e-4)  # every sequence's tokens, whatever the batching
 
@@ -294,4 +296,4 @@ def test_prompt_tuning_serves_per_token_tasks() -> None:
     task.loss(logits, labels).backward()
     prompt = [p for p in model.parameters() if p.requires_grad]
     assert prompt and all(p.grad is not None and p.grad.abs().sum() > 0 for p in prompt)
-    assert 1.0 < task.evaluate(model, split, "perplexity", 0, 4, torch.device("cpu"), "fp32") < 64 * 4
+    assert 1.0 < task.evaluate(model, split, "perplexity", _CPU_FP32) < 64 * 4

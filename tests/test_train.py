@@ -10,11 +10,39 @@ import torch
 
 from autopeft.blocks import build_context
 from autopeft.config import TrainSection
-from autopeft.data import Split, batches, bucketed_order
+from autopeft.data import Split, TaskData, batches, bucketed_order
+from autopeft.precision import uses_bf16
+from autopeft.tasks import EvalSettings
 from autopeft.testing import tiny_bert
-from autopeft.train import learning_rate_at, predict, score, train, uses_bf16
+from autopeft.train import Fidelity, learning_rate_at, train
 from autopeft_plugins.lora import Lora
-from autopeft_plugins.tasks import SequenceClassification
+from autopeft_plugins.tasks import SequenceClassification, predict, score
+
+_CPU = EvalSettings(pad_token_id=0, batch_size=16, device=torch.device("cpu"))
+
+
+def _fit(model, settings: TrainSection, n_train: int = 48, **kwargs):
+    """``train`` on the toy task (the first token gives the label away), learning rate 1e-2, seed 0."""
+    data = TaskData(_split(n_train), _split(24, seed=1), None, [0, 1], 0)
+    evaluation = EvalSettings(0, settings.eval_batch_size, torch.device("cpu"), settings.precision)
+    return train(
+        model,
+        SequenceClassification(),
+        data,
+        settings,
+        evaluation,
+        learning_rate=1e-2,
+        metric="accuracy",
+        seed=0,
+        **kwargs,
+    )
+
+
+def _lora_model():
+    torch.manual_seed(0)
+    base = tiny_bert().requires_grad_(False)
+    lora = {"ranks": [4, 4, 4], "alpha": 2, "targets": "all", "variant": "lora", "dropout": 0.0}
+    return Lora().apply(copy.deepcopy(base), build_context(base), lora)
 
 
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
@@ -63,32 +91,15 @@ def test_predict_keeps_example_order() -> None:
     for f in split.features:
         with torch.no_grad():
             expected.append(int(model(input_ids=torch.tensor([f["input_ids"]])).logits.argmax()))
-    assert predict(model, split, 0, batch_size=3, device=torch.device("cpu")) == expected
+    assert predict(model, split, EvalSettings(0, 3, torch.device("cpu"))) == expected
 
 
 def _trained(evals_per_epoch: int, reports: list, precision: str = "auto") -> tuple[float, torch.Tensor]:
-    torch.manual_seed(0)
-    base = tiny_bert().requires_grad_(False)
-    ctx = build_context(base)
-    model = Lora().apply(
-        copy.deepcopy(base), ctx, {"ranks": [4, 4, 4], "alpha": 2, "targets": "all", "variant": "lora", "dropout": 0.0}
-    )
+    model = _lora_model()
     settings = TrainSection(
         epochs=3, batch_size=8, eval_batch_size=16, evals_per_epoch=evals_per_epoch, precision=precision
     )
-    result = train(
-        model,
-        SequenceClassification(),
-        _split(48),
-        _split(24, seed=1),
-        0,
-        settings,
-        1e-2,
-        "accuracy",
-        torch.device("cpu"),
-        seed=0,
-        report=lambda step, value: reports.append((step, value)),
-    )
+    result = _fit(model, settings, on_report=lambda step, value: reports.append((step, value)) or False)
     assert result.steps == 18 and result.train_tokens > 0 and result.train_seconds > 0
     return result.metric, torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
 
@@ -108,19 +119,19 @@ def test_precision_decides_bf16_autocast(monkeypatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not uses_bf16(cpu, "fp32") and uses_bf16(cpu, "bf16") and not uses_bf16(cuda, "fp32")
     for has in (True, False):  # auto: bf16 where the CPU multiplies bf16 in hardware
-        monkeypatch.setattr("autopeft.train.cpu_has_bf16", lambda has=has: has)
+        monkeypatch.setattr("autopeft.precision.cpu_has_bf16", lambda has=has: has)
         assert uses_bf16(cpu, "auto") is has
 
 
 def test_cpu_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path) -> None:
-    from autopeft import train
+    from autopeft import precision
 
     for text, expected in (("flags : fpu avx512f avx512_bf16 sse", True), ("flags : fpu avx2", False)):
         (tmp_path / "cpuinfo").write_text(text)
-        monkeypatch.setattr(train, "Path", lambda _path: tmp_path / "cpuinfo")
-        train.cpu_has_bf16.cache_clear()
-        assert train.cpu_has_bf16() is expected
-    train.cpu_has_bf16.cache_clear()
+        monkeypatch.setattr(precision, "Path", lambda _path: tmp_path / "cpuinfo")
+        precision.cpu_has_bf16.cache_clear()
+        assert precision.cpu_has_bf16() is expected
+    precision.cpu_has_bf16.cache_clear()
 
 
 def test_bf16_on_cpu_trains_in_bf16_and_learns(monkeypatch) -> None:
@@ -160,24 +171,57 @@ def test_length_buckets_cut_padding_and_keep_every_example() -> None:
 
 
 def test_length_buckets_train_and_learn() -> None:
-    torch.manual_seed(0)
-    base = tiny_bert().requires_grad_(False)
-    model = Lora().apply(
-        copy.deepcopy(base),
-        build_context(base),
-        {"ranks": [4, 4, 4], "alpha": 2, "targets": "all", "variant": "lora", "dropout": 0.0},
-    )
     settings = TrainSection(epochs=3, batch_size=8, eval_batch_size=16, length_buckets=True)
-    result = train(
-        model,
-        SequenceClassification(),
-        _split(48),
-        _split(24, seed=1),
-        0,
-        settings,
-        1e-2,
-        "accuracy",
-        torch.device("cpu"),
-        seed=0,
-    )
+    result = _fit(_lora_model(), settings)
     assert result.steps == 18 and result.metric >= 0.75
+
+
+# -- fidelity, stopping, and the method hooks -------------------------------------------------------
+
+
+def test_a_fidelity_in_steps_or_examples_is_a_complete_shorter_or_longer_run() -> None:
+    settings = TrainSection(epochs=1, batch_size=8, eval_batch_size=16)  # 6 steps an epoch
+    rates: list[float] = []
+
+    def record(step: int, total: int) -> None:
+        rates.append(optimizer.param_groups[0]["lr"])
+
+    model = _lora_model()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    result = _fit(model, settings, fidelity=Fidelity(steps=15), optimizer=optimizer, on_step=record)
+    assert result.steps == result.total_steps == 15 and result.stopped_at is None  # 2.5 epochs
+    assert rates[-1] == pytest.approx(learning_rate_at(14, 15, 1e-2, 1))  # its own decay, to zero at step 15
+    assert Fidelity(examples=20).total_steps(_split(48), settings) == 3  # 20 examples: 3 batches of 8
+    with pytest.raises(ValueError):
+        Fidelity(steps=3, examples=24)
+
+
+def test_reports_come_at_the_fidelitys_points_and_on_report_can_stop_the_fit() -> None:
+    settings = TrainSection(epochs=3, batch_size=8, eval_batch_size=16)
+    reports: list[int] = []
+    result = _fit(
+        _lora_model(),
+        settings,
+        fidelity=Fidelity(report_at=(2, 7, 40)),
+        on_report=lambda s, v: reports.append(s) or False,
+    )
+    assert reports == [2, 7] and result.steps == 18  # 40 is past the end; the end is the result, not a report
+    stopped = _fit(_lora_model(), settings, on_report=lambda step, value: step >= 6)
+    assert stopped.stopped_at == 6 and stopped.steps == 6 and stopped.total_steps == 18
+
+
+def test_each_parameter_group_keeps_its_own_peak_learning_rate() -> None:
+    """A method's optimizer (LoRA+: B learns 16x faster) keeps its ratios through warmup and decay."""
+    model = _lora_model()
+    a = [p for n, p in model.named_parameters() if p.requires_grad and "lora_B" not in n]
+    b = [p for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n]
+    optimizer = torch.optim.AdamW([{"params": a, "lr": 1e-3}, {"params": b, "lr": 1.6e-2}])
+    seen: list[tuple[float, float]] = []
+    _fit(
+        model,
+        TrainSection(epochs=1, batch_size=8),
+        optimizer=optimizer,
+        on_step=lambda step, total: seen.append(tuple(g["lr"] for g in optimizer.param_groups)),
+    )
+    assert len(seen) == 6 and all(high == pytest.approx(16 * low) for low, high in seen)
+    assert seen[0][0] == pytest.approx(learning_rate_at(0, 6, 1e-3, 1))

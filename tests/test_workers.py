@@ -21,11 +21,11 @@ import pytest
 from conftest import write_study
 from optuna.trial import TrialState
 
-from autopeft.objective import Objective, Surplus
+from autopeft.coordination import Surplus, check_not_surplus, wait_for_slot
+from autopeft.optuna_adapter import set_user_attrs
 from autopeft.progress import Progress
 from autopeft.results import FINISHED, retry_of
-from autopeft.storage import open_storage, retry_trial, set_user_attrs
-from autopeft.study import wait_for_slot
+from autopeft.storage import open_storage, retry_trial
 from autopeft.workers import worker_env
 
 FAULTS = Path(__file__).parent / "faults"
@@ -173,11 +173,9 @@ def test_retries_stop_after_max_retries(tmp_path: Path) -> None:
 def test_a_simultaneous_surplus_start_gives_way(tmp_path: Path) -> None:
     study = _plain_study(tmp_path)
     first, second = study.ask(), study.ask()  # two workers asked at the same moment for the last trial
-    objective = Objective.__new__(Objective)
-    objective.target = 1
-    objective._check_not_surplus(first)  # the earlier one runs
+    check_not_surplus(first, 1)  # the earlier one runs
     with pytest.raises(Surplus):
-        objective._check_not_surplus(second)
+        check_not_surplus(second, 1)
     assert study.trials[1].user_attrs["surplus"] is True
 
 
@@ -360,10 +358,8 @@ def test_a_queued_retry_started_first_keeps_its_place(tmp_path: Path) -> None:
     assert study._storage.get_trial(optuna_new).number == 2  # type: ignore[attr-defined]
     retry = study.ask()  # pops trial 1 after trial 2 started
     assert retry.number == 1
-    objective = Objective.__new__(Objective)
-    objective.target = 1
     with pytest.raises(Surplus):
-        objective._check_not_surplus(retry)
+        check_not_surplus(retry, 1)
 
 
 def test_workers_refuse_an_in_memory_study(study_file: Path, capsys) -> None:

@@ -1,0 +1,105 @@
+"""How workers that share a study take turns: who may start a trial, and what happens to a dead one.
+
+Any number of processes run one study (``autopeft worker``, ``run --workers``); together they
+finish exactly ``n_trials`` trials. A worker starts a trial only while finished plus running trials
+are fewer than the target (:func:`wait_for_slot`); two that check at the same moment are sorted
+out by :func:`check_not_surplus`; a worker that died leaves a running trial that is failed and
+queued again, by Optuna's heartbeat or, on one machine, at once (:func:`fail_dead_local_trials`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+
+import optuna
+from optuna.trial import TrialState
+
+from autopeft.optuna_adapter import fail_running_trial, storage_url
+from autopeft.progress import Progress
+from autopeft.results import FINISHED
+from autopeft.storage import retry_trial
+
+__all__ = ["Surplus", "check_not_surplus", "wait_for_slot", "fail_dead_local_trials"]
+
+
+class Surplus(Exception):
+    """A trial started when other workers' trials already complete the study; it is not run."""
+
+
+def check_not_surplus(trial: optuna.Trial, target: int) -> None:
+    """Refuse a trial that two workers' simultaneous starts made one too many.
+
+    Workers start a trial only while finished plus running trials are fewer than the target,
+    but two can check at the same moment. The one that started later (by start time, then
+    number: a queued retry can have a lower number than a new trial) then gives way, recorded
+    as failed with ``surplus`` (failed trials do not count), and is never trained.
+
+    Raises:
+        Surplus: this trial is the one too many.
+    """
+    others = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    me = next(t for t in others if t.number == trial.number)
+    mine = (me.datetime_start, me.number)
+    ahead = [t for t in others if t.state in FINISHED or t is not me and (t.datetime_start, t.number) < mine]
+    if len(ahead) >= target:
+        trial.set_user_attr("surplus", True)
+        raise Surplus(f"not run: other workers had started the study's last {target} trials")
+
+
+def fail_dead_local_trials(study: optuna.Study) -> None:
+    """Fail and queue again the running trials of processes on this machine that no longer exist.
+
+    A process that died without a word (a full disk, ``kill -9``) leaves its trial running until its
+    heartbeat ages, 2 × ``heartbeat_seconds``; on one machine the process table says at once that
+    it is gone. Only for SQLite studies: their workers all run on this machine (WAL needs a local
+    disk), so a host name cannot be shared with another machine.
+    """
+    if not storage_url(study).startswith("sqlite"):
+        return
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        # This process's own trials count too: between its trials (where this runs) none of them is running.
+        if worker_host != host or not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        # Only the process whose write failed it queues the retry: one retry when several notice.
+        failed = fail_running_trial(study, trial)
+        if failed is not None:
+            retry_trial(study, failed)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, and belongs to someone else
+        return True
+    return True
+
+
+def wait_for_slot(study: optuna.Study, target: int, progress: Progress, poll: float) -> bool:
+    """Whether this worker may start another trial: False once ``target`` trials have finished.
+
+    While the trials other workers are running would complete the study, wait: one of them may
+    still fail (or its worker die, which the heartbeat notices here) and need running again.
+    """
+    waiting = False
+    while True:
+        with warnings.catch_warnings():  # fail_stale_trials is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
+        fail_dead_local_trials(study)
+        states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))]
+        finished = sum(1 for s in states if s in FINISHED)
+        if finished >= target:
+            return False
+        if len(states) < target:
+            return True
+        if not waiting:
+            progress.line(f"waiting: the {len(states) - finished} running trials would finish the study")
+            waiting = True
+        time.sleep(poll)

@@ -1,0 +1,100 @@
+"""The search space: Optuna parameters to (method, configuration, learning rate), and back.
+
+A trial's parameters are ``method``, ``<method>.learning_rate`` (when the study file gives a range)
+and what the method's ``suggest`` samples. This module is the one place that maps between those
+and what :meth:`autopeft.workbench.Workbench.fit` trains, for sampled trials, the known-good
+configurations tried first, and another study's front (``--from``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+from autopeft.methods import checked_count
+from autopeft.warm_start import map_to_blocks
+from autopeft.workbench import UNBOUNDED, Workbench
+
+__all__ = ["SearchSpace", "Sample"]
+
+#: (method name, learning rate, configuration) of one trial.
+Sample = tuple[str, float, dict[str, Any]]
+
+
+class SearchSpace:
+    """The parameters of a study on ``bench``; ``choices`` are the ``method`` parameter's choices
+    (the study's recorded ones when it has trials, else the methods that fit the budget)."""
+
+    def __init__(self, bench: Workbench, choices: list[str] | None = None) -> None:
+        self.bench = bench
+        self.choices = list(bench.methods) if choices is None else choices
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Sample:
+        """Sample a trial's method, learning rate and configuration. A recorded method choice may no
+        longer fit the budget: its configuration is counted, found over, and never trained."""
+        name = trial.suggest_categorical("method", self.choices)
+        method = self.bench.enabled[name]
+        # Per method: the right rate for LoRA is orders of magnitude above full fine-tuning's.
+        lr = self.bench.config.train.learning_rate
+        rate = (
+            float(lr)
+            if not isinstance(lr, list)
+            else trial.suggest_float(f"{name}.learning_rate", lr[0], lr[1], log=True)
+        )
+        config = method.suggest(trial, self.bench.ctx, self.bench.options[name], self.bench.budget)
+        return name, rate, config
+
+    def config_of(self, params: dict[str, Any], budget: int | None = None) -> tuple[str, dict[str, Any]]:
+        """(method, configuration) that ``params`` (a trial's parameters) stand for.
+
+        Raises:
+            ValueError: a parameter is missing or not among this study's choices.
+        """
+        name = params["method"]
+        method = self.bench.enabled[name]
+        trial = optuna.trial.FixedTrial(params)
+        bench = self.bench
+        return name, method.suggest(trial, bench.ctx, bench.options[name], bench.budget if budget is None else budget)
+
+    def _with_learning_rate(self, params: dict[str, Any], method: str) -> dict[str, Any]:
+        lr = self.bench.config.train.learning_rate
+        key = f"{method}.learning_rate"
+        if isinstance(lr, list):
+            default = self.bench.methods[method].default_learning_rate
+            params[key] = min(max(float(params.get(key, default)), lr[0]), lr[1])
+        else:
+            params.pop(key, None)
+        return params
+
+    def warm_start_params(self, say: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
+        """Optuna parameters of each enabled method's known-good configuration that fits the budget as is."""
+        found = []
+        bench = self.bench
+        for name, method in bench.methods.items():
+            params = method.warm_start(bench.ctx, bench.options[name])
+            if params is None:
+                continue
+            params = self._with_learning_rate({"method": name, **params}, name)
+            _, config = self.config_of(params, UNBOUNDED)
+            if checked_count(method, bench.ctx, config) <= bench.budget:
+                found.append(params)
+            else:
+                say(f"autopeft: {name}'s default configuration exceeds the budget; not tried first")
+        return found
+
+    def adopt(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Another study's trial parameters made valid here (blocks mapped, rate clipped), or None.
+
+        None when its method is not enabled here or a value is not among this study's choices.
+        """
+        name = params.get("method")
+        if name not in self.bench.methods:
+            return None
+        params = self._with_learning_rate(map_to_blocks(params, len(self.bench.ctx.blocks)), name)
+        try:
+            self.config_of(params)
+        except (ValueError, KeyError):
+            return None
+        return params

@@ -1,0 +1,302 @@
+"""The workbench: everything a worker loads once, and the one operation on it, ``fit``.
+
+Loading the base model, tokenizing the data and discovering the blocks take seconds to minutes;
+a trial takes the rest. A :class:`Workbench` does the loading once per process and then trains any
+configuration of any enabled method, at any fidelity, from a pristine copy of the base model (peft's
+``get_peft_model`` changes a model in place). The search (:mod:`autopeft.objective`), ``plan``,
+``confirm``, ``export`` and the benchmarks all train through :meth:`Workbench.fit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import gc
+import json
+import platform
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial
+from torch import nn
+
+from autopeft import __version__
+from autopeft.blocks import build_context
+from autopeft.budget import format_count, parse_budget
+from autopeft.data import batches
+from autopeft.errors import AutopeftError, BudgetError, ConfigError, ModelError, PluginError, first_line
+from autopeft.methods import PeftMethod, checked_count, plugin_call, trainable_numel
+from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
+from autopeft.plugins import MethodInfo, ResolvedStudy, registered_methods
+from autopeft.precision import autocast_for
+from autopeft.prefix_cache import PrefixCache
+from autopeft.progress import Progress
+from autopeft.tasks import EvalSettings
+from autopeft.token_cache import load_cached_task_data
+from autopeft.train import FULL, Fidelity, TrainResult, train
+
+__all__ = ["Workbench", "UNBOUNDED", "library_versions", "pick_device", "enabled_methods"]
+
+#: A budget no configuration reaches: what a method samples when nothing constrains it.
+UNBOUNDED = 2**62
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that decide whether a trial can be reproduced."""
+    import peft
+    import transformers
+
+    return {
+        "autopeft": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "optuna": optuna.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def pick_device(wanted: str = "auto", say: Callable[[str], None] = lambda line: None) -> torch.device:
+    """The device ``[train] device`` asks for: CUDA when present, else the CPU. Asking for ``cuda``
+    on a machine without one falls back to the CPU and says so through ``say``."""
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if wanted == "cuda":
+        say("autopeft: train.device = 'cuda' but no GPU is visible here; training on the CPU")
+    return torch.device("cpu")
+
+
+def enabled_methods(resolved: ResolvedStudy) -> dict[str, MethodInfo]:
+    """The study's methods, in its order. Raises PluginError naming the installed ones."""
+    installed = registered_methods(resolved.pm)
+    unknown = [m for m in resolved.config.search.methods if m not in installed]
+    if unknown:
+        raise PluginError(
+            f"search.methods: unknown method {unknown[0]!r}; installed methods: "
+            f"{', '.join(sorted(installed))} (see `autopeft plugins`)"
+        )
+    return {m: installed[m] for m in resolved.config.search.methods}
+
+
+class Workbench:
+    """A study's model, data and methods, loaded once per worker; :meth:`fit` trains one configuration.
+
+    Args:
+        resolved: the study file with its task and plugins (:func:`autopeft.plugins.resolve_study`).
+        write_cache: keep the tokenized data in the study's token cache (``autopeft plan``, which
+            trains nothing, passes False: it reads a cache that is there, and writes none).
+    """
+
+    def __init__(
+        self,
+        resolved: ResolvedStudy,
+        progress: Progress | None = None,
+        device: torch.device | None = None,
+        write_cache: bool = True,
+    ) -> None:
+        self.config = config = resolved.config
+        self.task = resolved.task
+        self.progress = progress or Progress(quiet=True)
+        self.device = device or pick_device(config.train.device, self.progress.line)
+        infos = enabled_methods(resolved)
+        self.enabled = {name: info.method for name, info in infos.items()}
+        #: Where each method comes from, for failure records: "lora from autopeft 0.1.0".
+        self.plugins = {name: f"{info.plugin} from {info.distribution} {info.version}" for name, info in infos.items()}
+        self.options = {
+            name: method.check_options(config.search.options.get(name, {})) for name, method in self.enabled.items()
+        }
+
+        self.model_source, offline = resolve_model_name(resolved.pm, config.model.name)
+        tokenizer = load_tokenizer(config.model, self.model_source, offline)
+        self.data, _ = load_cached_task_data(config, tokenizer, self.task, write=write_cache)
+        torch.manual_seed(config.study.seed)  # the new task head is drawn while loading: same seed, same head
+        self.base = load_base_model(
+            config.model, self.model_source, offline, self.task, self.data.label_names, tokenizer.pad_token_id
+        )
+        try:
+            self.ctx = build_context(self.base, new_head=self.task.new_head)
+        except ValueError as exc:  # no repeated blocks: nothing any method could adapt
+            raise ModelError(
+                f"model.name: found no transformer blocks in {config.model.name!r}"
+                + (f" with overrides {config.model.overrides}" if config.model.overrides else "")
+                + f" ({first_line(exc)}); check model.overrides (e.g. num_hidden_layers >= 1)"
+            ) from None
+        self.prefix = PrefixCache(self.base, self.ctx) if config.train.prefix_cache else None
+        try:
+            self.budget = parse_budget(config.budget.max_trainable, self.ctx.total_params)
+        except ValueError as exc:
+            raise ConfigError("budget.max_trainable", str(exc), 'use e.g. "0.5%" or "150k"') from None
+        self.evaluation = EvalSettings(
+            self.data.pad_token_id, config.train.eval_batch_size, self.device, config.train.precision
+        )
+
+        self.smallest = {n: self._smallest(n, m) for n, m in self.enabled.items()}
+        #: The enabled methods whose smallest configuration fits the budget.
+        self.methods = {n: m for n, m in self.enabled.items() if self.smallest[n] <= self.budget}
+        for name in set(self.enabled) - set(self.methods):
+            self.progress.line(
+                f"autopeft: method {name!r} skipped: its smallest configuration "
+                f"({format_count(self.smallest[name])}) exceeds the budget ({format_count(self.budget)})"
+            )
+        found = self.task.baseline(self.data.train, self.data.validation, config.task.metric)
+        #: What a model that learned nothing scores: {"name": "majority class", "value": 0.58}, or None.
+        self.baseline = {"name": found[0], "value": found[1]} if found else None
+        self.versions = library_versions()
+
+    def _smallest(self, name: str, method: PeftMethod) -> int:
+        """The trainable count of ``method``'s smallest configuration; a plugin that fails here is one line."""
+        return checked_count(
+            method, self.ctx, plugin_call(method, "smallest", lambda: method.smallest(self.ctx, self.options[name]))
+        )
+
+    def no_fit(self) -> str | None:
+        """Why no enabled method fits the budget, as the one-line fix; None when one does."""
+        if self.methods:
+            return None
+        cheapest = min(self.smallest, key=self.smallest.__getitem__)
+        return (
+            f"budget.max_trainable: {format_count(self.budget)} parameters fit no configuration; the smallest is "
+            f"{cheapest} with {format_count(self.smallest[cheapest])}: raise the budget to at least "
+            f"{self.smallest[cheapest]} or enable a smaller method"
+        )
+
+    def require_a_fit(self) -> None:
+        """Raises:
+        BudgetError: no enabled method fits the budget (the search would have nothing to train)."""
+        if (why := self.no_fit()) is not None:
+            raise BudgetError(why)
+
+    def method_of(self, trial: FrozenTrial, to: str) -> tuple[PeftMethod, dict[str, Any]]:
+        """(method, configuration) a recorded trial trained, to train it again (``confirm``, ``export``).
+
+        Raises:
+            AutopeftError: its method is no longer enabled by the study file; ``to`` ends the fix.
+        """
+        name = trial.user_attrs["method"]
+        if name not in self.enabled:
+            raise AutopeftError(
+                f"trial {trial.number} used method {name!r}, which the study file no longer enables; "
+                f"add it back to search.methods to {to}"
+            )
+        return self.enabled[name], json.loads(trial.user_attrs["config"])
+
+    def fit(
+        self,
+        method: PeftMethod | str,
+        config: dict[str, Any],
+        *,
+        learning_rate: float,
+        seed: int,
+        fidelity: Fidelity = FULL,
+        on_report: Callable[[int, float], bool] | None = None,
+        test: Callable[[float], bool] | bool = False,
+        on_trained: Callable[[nn.Module, TrainResult], None] | None = None,
+        label: int | str = "",
+    ) -> TrainResult:
+        """Train ``config`` of ``method`` (an instance or an enabled method's name) from a pristine copy
+        of the base model, with ``seed``, at ``fidelity``.
+
+        Args:
+            on_report: sees ``(step, validation metric)`` at each reporting point before the last;
+                True stops the fit there (pruning, successive halving): ``result.stopped_at``.
+            test: whether to score the test split, as a flag or as a function of the validation
+                metric (trials score it only when they are the new best, to save the time).
+            on_trained: sees the trained model before it is freed (to save its weights).
+            label: names the fit in progress lines (the trial number).
+
+        Raises:
+            PluginError: the method made a different number of parameters trainable than it counted.
+            NonFiniteLoss: the loss became NaN or infinite.
+        """
+        method = self.enabled[method] if isinstance(method, str) else method
+        started = time.perf_counter()
+        random.seed(seed)
+        torch.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        model = method.apply(copy.deepcopy(self.base).requires_grad_(False), self.ctx, config).to(self.device)
+        n = checked_count(method, self.ctx, config)
+        actual = trainable_numel(model)
+        if actual != n:
+            raise PluginError(
+                f"method {method.name!r} counted {n} trainable parameters but apply() made {actual} "
+                "trainable; fix its count_trainable"
+            )
+        setup_seconds = time.perf_counter() - started
+        try:
+            started = time.perf_counter()
+            cached = self._cache_prefix(model)
+            cache_seconds = time.perf_counter() - started
+            overrides_step = type(method).on_step is not PeftMethod.on_step
+            with self.prefix.attached(model, cached) if self.prefix and cached else contextlib.nullcontext():
+                result = train(
+                    model,
+                    self.task,
+                    self.data,
+                    self.config.train,
+                    self.evaluation,
+                    learning_rate=learning_rate,
+                    metric=self.config.task.metric,
+                    seed=seed,
+                    fidelity=fidelity,
+                    optimizer=method.optimizer(model, config, learning_rate, self.config.train.weight_decay),
+                    on_report=on_report,
+                    on_step=functools.partial(method.on_step, model) if overrides_step else None,
+                    progress=lambda step, total, loss: self.progress.step(label, step, total, loss),
+                )
+            result.setup_seconds, result.cached_blocks, result.cache_seconds = setup_seconds, cached, cache_seconds
+            if result.stopped_at is None:  # stopped by the caller: not a result to test or keep
+                self._score_test(model, result, test)
+            result.peak_memory_mb = self._peak_memory_mb()
+            if result.stopped_at is not None:
+                return result
+            self.progress.line(
+                f"[trial {label}] {self.config.task.metric} {result.metric:.4f} "
+                f"(train {result.train_seconds:.1f}s, eval {result.eval_seconds:.1f}s)"
+            )
+            if on_trained is not None:
+                on_trained(model, result)
+            return result
+        finally:
+            del model
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _cache_prefix(self, model: nn.Module) -> int:
+        """Blocks the prefix cache stands in for in this fit (0: none), their states computed now
+        for the train and validation examples not cached yet. The test split is scored at most once
+        a fit, where caching saves nothing, so it runs through the whole model."""
+        if self.prefix is None:
+            return 0
+        probe = next(batches(self.data.train, 2, self.data.pad_token_id))
+        probe.pop("labels")
+        k = self.prefix.usable_blocks(model, {n: t.to(self.device) for n, t in probe.items()})
+        if k:
+            splits = [self.data.train, self.data.validation]
+            with autocast_for(self.device, self.config.train.precision):  # the precision the prefix would train in
+                self.prefix.fill(model, k, splits, self.data.pad_token_id, self.config.train.eval_batch_size)
+        return k
+
+    def _score_test(self, model: nn.Module, result: TrainResult, test: Callable[[float], bool] | bool) -> None:
+        """Set ``result.test_metric`` when ``test`` says so (a flag, or a function of the validation metric)."""
+        if self.data.test is None or not (test(result.metric) if callable(test) else test):
+            return
+        started = time.perf_counter()
+        result.test_metric = self.task.evaluate(model, self.data.test, self.config.task.metric, self.evaluation)
+        result.test_seconds = time.perf_counter() - started
+
+    def _peak_memory_mb(self) -> float:
+        """Peak CUDA memory of this fit; on CPU, the process's peak resident memory so far."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        import resource  # Unix only; imported where it is used
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
