@@ -114,6 +114,7 @@ def open_study(
     url = storage or config.storage
     if create and directions is None:
         raise ValueError("open_study: creating a study needs its directions (ResolvedStudy.directions)")
+    wanted = [StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for d in directions or ()]
     try:
         rdb = open_storage(url, config.study.heartbeat_seconds, read_only=read_only and not create)
         if not create:
@@ -127,7 +128,7 @@ def open_study(
             study = optuna.create_study(
                 study_name=config.study.name,
                 storage=rdb,
-                directions=list(directions or ()),
+                directions=wanted,
                 sampler=make_sampler(config, worker_seed),
                 pruner=_pruner(config),
                 load_if_exists=True,
@@ -152,12 +153,7 @@ def open_study(
     if create and study.metric_names is None:
         name_objectives(study, config)
     # Reading a study needs no task plugin: its directions are stored; the file decides their number.
-    same = (
-        study.directions
-        == [StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for d in directions]
-        if directions is not None
-        else len(study.directions) == len(config.objectives)
-    )
+    same = study.directions == wanted if directions is not None else len(study.directions) == len(config.objectives)
     if not same:
         raise AutopeftError(
             f"study.objectives: study {config.study.name!r} in {mask_url(url)} was created with "

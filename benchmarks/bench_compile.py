@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
-import os
 import time
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from common import workbench
 
-from autopeft import get_plugin_manager, load_config
-from autopeft.objective import Objective
-from autopeft.progress import quiet_libraries
 from autopeft.train import train
 
-STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
 LORA = {"ranks": [8] * 6, "alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.0}
 
 
@@ -33,26 +25,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
-    quiet_libraries()
-    config = load_config(STUDY)
-    settings = dataclasses.replace(config.train, precision=args.precision, prefix_cache=False)
-    objective = Objective(dataclasses.replace(config, train=settings), get_plugin_manager())
-    lora = objective.enabled["lora"]
+    bench = workbench(precision=args.precision, prefix_cache=False)
+    lora = bench.enabled["lora"]
     for compiled in (False, True):
         torch.manual_seed(0)
-        model = lora.apply(copy.deepcopy(objective.base), objective.ctx, LORA)
+        model = lora.apply(copy.deepcopy(bench.base), bench.ctx, LORA)
         if compiled:
             model = torch.compile(model, dynamic=True)
         started = time.perf_counter()
         result = train(
             model,
-            objective.data.train,
-            objective.data.validation,
-            objective.data.pad_token_id,
-            settings,
-            3e-3,
-            config.task.metric,
-            torch.device("cpu"),
+            bench.task,
+            bench.data,
+            bench.config.train,
+            bench.evaluation,
+            learning_rate=3e-3,
+            metric=bench.config.task.metric,
             seed=0,
         )
         wall = time.perf_counter() - started

@@ -14,25 +14,18 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import math
-import os
 import pstats
 import statistics
 import tempfile
 import time
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import optuna
+from common import instant_fit, study
 
-from autopeft import load_config, run_study
-from autopeft.objective import Objective
-from autopeft.progress import quiet_libraries
+from autopeft import run_study
 from autopeft.storage import mask_url
-from autopeft.train import TrainResult
+from autopeft.workbench import Workbench
 
-STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
 ENDS: list[float] = []
 SPENT: dict[str, list[tuple[float, float]]] = {"sampler": [], "trial reads": []}  # seconds, appended per call
 
@@ -58,13 +51,6 @@ def share_at(at: int, bucket: str) -> float:
     return 1000 * sum(d for t, d in SPENT[bucket] if start <= t < end) / (hi - lo)
 
 
-def _instant_fit(self, method, config, learning_rate, seed, report=None, label="", test=False, on_trained=None):  # type: ignore[no-untyped-def]
-    n = method.count_trainable(self.ctx, config)
-    value = 0.6 + 0.1 * math.log(n) / math.log(self.budget) + 0.05 * math.sin(learning_rate * 1e3)
-    ENDS.append(time.perf_counter())
-    return TrainResult(value, 0.0, 0.0, 0, self.total_steps), None
-
-
 def per_trial_ms(at: int) -> float:
     """Median driver time of the trials around trial number ``at`` (1-based), in milliseconds."""
     gaps = [b - a for a, b in zip(ENDS, ENDS[1:])]  # gaps[i]: trial i+2
@@ -78,15 +64,14 @@ def main() -> None:
     parser.add_argument("--storage", default=None, help="default: SQLite in a temporary folder")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    quiet_libraries()
-    Objective.fit = _instant_fit  # type: ignore[method-assign]
+    Workbench.fit = instant_fit(lambda bench, method, n: ENDS.append(time.perf_counter()))  # type: ignore[method-assign]
     from optuna.samplers import TPESampler
     from optuna.storages._cached_storage import _CachedStorage
 
     for name in ("infer_relative_search_space", "sample_relative", "sample_independent"):
         _timed(TPESampler, name, "sampler")
     _timed(_CachedStorage, "get_all_trials", "trial reads")
-    config = load_config(STUDY)
+    config = study().config
     with tempfile.TemporaryDirectory() as folder:
         storage = args.storage or f"sqlite:///{folder}/driver.db"
         try:

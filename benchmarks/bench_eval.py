@@ -10,36 +10,27 @@ better run kept; the predictions must not depend on the batch size.
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import workbench
 
-import torch
-
-from autopeft import get_plugin_manager, load_config
-from autopeft.objective import Objective
-from autopeft.progress import quiet_libraries
-from autopeft.train import predict
-
-STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
+from autopeft_plugins.tasks import predict
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
-    quiet_libraries()
-    config = load_config(STUDY)
-    objective = Objective(config, get_plugin_manager())
-    data, model = objective.data, objective.base
+    bench = workbench()
+    data, model = bench.data, bench.base
     reference = None
     for size in (32, 128, 256):
         seconds = []
         for _ in range(2):
             started = time.perf_counter()
-            predictions = predict(model, data.validation, data.pad_token_id, size, torch.device("cpu"), args.precision)
+            settings = dataclasses.replace(bench.evaluation, batch_size=size, precision=args.precision)
+            predictions = predict(model, data.validation, settings)
             seconds.append(time.perf_counter() - started)
         reference = reference or predictions
         same = sum(a == b for a, b in zip(predictions, reference))

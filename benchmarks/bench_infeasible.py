@@ -12,25 +12,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import tempfile
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import study as resolve
 
-from autopeft import load_config, run_study
-from autopeft.progress import quiet_libraries
-
-STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
+from autopeft import run_study
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
     args = parser.parse_args()
-    quiet_libraries()
-    config = load_config(STUDY)
+    config = resolve().config
     config = dataclasses.replace(
         config,
         study=dataclasses.replace(config.study, sampler="random", pruner="none"),

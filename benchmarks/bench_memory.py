@@ -25,23 +25,16 @@ STUDY = Path(__file__).resolve().parent.parent / "studies" / "smollm2-lm.toml"
 
 
 def child(checkpointing: bool, examples: int, batch_size: int, precision: str) -> None:
-    from autopeft import get_plugin_manager, load_config
-    from autopeft.objective import Objective
-    from autopeft.progress import quiet_libraries
+    from common import study
 
-    quiet_libraries()
-    config = load_config(STUDY)
-    config = dataclasses.replace(
-        config,
-        data=dataclasses.replace(config.data, max_train_examples=examples, max_eval_examples=50, cache_tokens=False),
-        train=dataclasses.replace(
-            config.train, batch_size=batch_size, gradient_checkpointing=checkpointing, precision=precision
-        ),
-    )
-    objective = Objective(config, get_plugin_manager())
-    method = objective.methods["lora"]
-    lora = {"ranks": [8] * len(objective.ctx.blocks), "alpha": 2, "targets": "query+value", "variant": "lora"}
-    result, _ = objective.fit(method, {**lora, "dropout": 0.0}, 3e-3, 0)
+    from autopeft.workbench import Workbench
+
+    resolved = study(STUDY, batch_size=batch_size, gradient_checkpointing=checkpointing, precision=precision)
+    config = resolved.config
+    data = dataclasses.replace(config.data, max_train_examples=examples, max_eval_examples=50, cache_tokens=False)
+    bench = Workbench(dataclasses.replace(resolved, config=dataclasses.replace(config, data=data)))
+    lora = {"ranks": [8] * len(bench.ctx.blocks), "alpha": 2, "targets": "query+value", "variant": "lora"}
+    result = bench.fit("lora", {**lora, "dropout": 0.0}, learning_rate=3e-3, seed=0)
     print(
         json.dumps(
             {

@@ -12,17 +12,9 @@ split; *fill* is the one-off computation of the cached states, paid by the first
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import workbench
 
-from autopeft import get_plugin_manager, load_config
-from autopeft.objective import Objective
-from autopeft.progress import quiet_libraries
-
-STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
 CONFIGS = {
     "lora r=8 q+v, blocks 4-5": (
         "lora",
@@ -38,17 +30,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
-    quiet_libraries()
-    config = load_config(STUDY)
     print("| configuration | lr | cache | cached blocks | fill s | s per epoch | accuracy |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     per_epoch: dict[tuple[str, float, bool], float] = {}
     for cache in (False, True):
-        train = dataclasses.replace(config.train, epochs=args.epochs, precision=args.precision, prefix_cache=cache)
-        objective = Objective(dataclasses.replace(config, train=train), get_plugin_manager())
+        bench = workbench(epochs=args.epochs, precision=args.precision, prefix_cache=cache)
         for label, (name, settings) in CONFIGS.items():
             for lr in RATES[name]:
-                result, _ = objective.fit(objective.enabled[name], settings, lr, seed=0)
+                result = bench.fit(name, settings, learning_rate=lr, seed=0)
                 seconds = (result.train_seconds + result.eval_seconds) / args.epochs
                 per_epoch[label, lr, cache] = seconds
                 print(

@@ -10,36 +10,27 @@ batches with the same gradient clipping, so the two tokens/s figures compare the
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import tempfile
 import time
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 import torch.nn.functional as F
+from common import study, tokenized
 
-from autopeft import get_plugin_manager, load_config, run_study
-from autopeft.data import batches, load_task_data
-from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
-from autopeft.progress import quiet_libraries
-from autopeft_plugins.tasks import SequenceClassification
-
-STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
+from autopeft import run_study
+from autopeft.data import batches
+from autopeft.models import load_base_model
+from autopeft.plugins import ResolvedStudy
 
 
-def plain_loop_tokens_per_second(config) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def plain_loop_tokens_per_second(resolved: ResolvedStudy) -> tuple[float, float]:
     """(tokens/s, seconds) of one epoch of a hand-written LoRA loop over the study's batches."""
     from peft import LoraConfig, get_peft_model
 
-    source, offline = resolve_model_name(get_plugin_manager(), config.model.name)
-    tokenizer = load_tokenizer(config.model, source, offline)
-    data = load_task_data(config, tokenizer, SequenceClassification())
-    model = load_base_model(
-        config.model, source, offline, SequenceClassification(), data.label_names, tokenizer.pad_token_id
-    )
+    config = resolved.config
+    tokenizer, data, source, offline = tokenized(resolved)
+    model = load_base_model(config.model, source, offline, resolved.task, data.label_names, tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = get_peft_model(
         model, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"])
@@ -64,16 +55,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
     args = parser.parse_args()
-    quiet_libraries()
-    config = load_config(STUDY)
+    resolved = study()
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        study = run_study(config, n_trials=args.trials, storage=f"sqlite:///{folder}/bench.db", quiet=True)
+        trials = run_study(resolved, n_trials=args.trials, storage=f"sqlite:///{folder}/bench.db", quiet=True).trials
         total = time.perf_counter() - started
     print(f"autopeft: {args.trials} trials in {total:.1f} s (model load and tokenization included)\n")
     print("| trial | method | trainable | setup s | train s | eval s | train tokens/s | accuracy |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for t in study.trials:
+    for t in trials:
         a = t.user_attrs
         if "train_seconds" not in a:
             continue
@@ -84,10 +74,10 @@ def main() -> None:
         )
     lora = [
         t.user_attrs["tokens_per_second"]
-        for t in study.trials
+        for t in trials
         if t.user_attrs.get("method") == "lora" and "tokens_per_second" in t.user_attrs
     ]
-    plain, seconds = plain_loop_tokens_per_second(config)
+    plain, seconds = plain_loop_tokens_per_second(resolved)
     print(
         f"\nplain PyTorch loop, LoRA r=8 query+value, same batches: {plain:.0f} tokens/s "
         f"({seconds:.1f} s for one epoch)"

@@ -11,37 +11,27 @@ over budget (none of them is trained either way) and the median time from ask to
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import statistics
 import tempfile
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import STUDIES, instant_fit
+from common import study as resolve
 
-from autopeft import load_config, run_study
-from autopeft.objective import Objective
-from autopeft.progress import quiet_libraries
-from autopeft.train import TrainResult
-
-STUDIES = Path(__file__).resolve().parent.parent / "studies"
+from autopeft import run_study
+from autopeft.workbench import Workbench
 
 
-def _instant_fit(self, method, config, learning_rate, seed, report=None, label="", test=False):  # type: ignore[no-untyped-def]
-    n = method.count_trainable(self.ctx, config)
-    assert n <= self.budget, "an over-budget configuration reached training"
-    value = 0.6 + 0.1 * math.log(n) / math.log(self.budget) + 0.05 * math.sin(learning_rate * 1e3)
-    return TrainResult(value, 0.0, 0.0, 0, self.total_steps), None
+def _within_budget(bench: Workbench, method: object, n: int) -> None:
+    assert n <= bench.budget, "an over-budget configuration reached training"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=300)
     args = parser.parse_args()
-    quiet_libraries()
-    Objective.fit = _instant_fit  # type: ignore[method-assign]
+    Workbench.fit = instant_fit(_within_budget)  # type: ignore[method-assign]
     for name in ("quickstart.toml", "quickstart-pareto.toml"):
-        config = load_config(STUDIES / name)
+        config = resolve(STUDIES / name).config
         with tempfile.TemporaryDirectory() as folder:
             study = run_study(config, n_trials=args.trials, storage=f"sqlite:///{folder}/s.db", quiet=True)
         trials = study.trials

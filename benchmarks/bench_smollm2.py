@@ -16,32 +16,27 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import STUDIES, study
 
-from autopeft import get_plugin_manager
-from autopeft.config import ModelSection
 from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
-from autopeft.progress import quiet_libraries
-from autopeft_plugins.tasks import CausalLanguageModelling
-
-NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    quiet_libraries()
-    pm, section, task = get_plugin_manager(), ModelSection(NAME), CausalLanguageModelling()
+    resolved = study(STUDIES / "smollm2-lm.toml")
+    pm, section, task = resolved.pm, resolved.config.model, resolved.task
+    name = section.name
     with tempfile.TemporaryDirectory() as cache:
         os.environ["AUTOPEFT_CACHE_DIR"] = cache
         started = time.perf_counter()
-        source, offline = resolve_model_name(pm, NAME)
+        source, offline = resolve_model_name(pm, name)
         print(f"first run, de-quantizing into the cache: {time.perf_counter() - started:.1f} s -> {source}")
         resolves, loads = [], []
         for _ in range(args.repeat):
             started = time.perf_counter()
-            source, offline = resolve_model_name(pm, NAME)
+            source, offline = resolve_model_name(pm, name)
             resolves.append(time.perf_counter() - started)
             started = time.perf_counter()
             tokenizer = load_tokenizer(section, source, offline)

@@ -11,41 +11,35 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import QUICKSTART as STUDY
+from common import study
 
-from autopeft import get_plugin_manager, load_config
 from autopeft.models import load_tokenizer, resolve_model_name
-from autopeft.progress import quiet_libraries
 from autopeft.token_cache import load_cached_task_data, token_cache_path
-from autopeft_plugins.tasks import SequenceClassification
-
-STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-examples", type=int, default=0, help="0: every training snippet")
     args = parser.parse_args()
-    quiet_libraries()
     with tempfile.TemporaryDirectory() as folder:
         shutil.copytree(STUDY.parent / "data", Path(folder) / "data")
         shutil.copy(STUDY, Path(folder) / STUDY.name)
-        config = load_config(Path(folder) / STUDY.name)
-        data = dataclasses.replace(config.data, max_train_examples=args.train_examples or None)
-        config = dataclasses.replace(config, data=data)
-        source, offline = resolve_model_name(get_plugin_manager(), config.model.name)
+        resolved = study(Path(folder) / STUDY.name)
+        data = dataclasses.replace(resolved.config.data, max_train_examples=args.train_examples or None)
+        config = dataclasses.replace(resolved.config, data=data)
+        source, offline = resolve_model_name(resolved.pm, config.model.name)
         tokenizer = load_tokenizer(config.model, source, offline)
         off = dataclasses.replace(config, data=dataclasses.replace(data, cache_tokens=False))
         timings = {}
         for label, settings in (("no cache", off), ("cache miss (tokenize + write)", config), ("cache hit", config)):
             started = time.perf_counter()
-            loaded, hit = load_cached_task_data(settings, tokenizer, SequenceClassification())
+            loaded, hit = load_cached_task_data(settings, tokenizer, resolved.task)
             timings[label] = time.perf_counter() - started
         size = token_cache_path(config, tokenizer).stat().st_size
     examples = len(loaded.train) + len(loaded.validation) + len(loaded.test or [])

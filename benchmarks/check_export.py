@@ -15,14 +15,12 @@ import json
 from pathlib import Path
 
 import torch
+from common import study, tokenized
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 import autopeft
-from autopeft.data import batches, load_task_data
-from autopeft.models import load_tokenizer, resolve_model_name
-from autopeft.progress import quiet_libraries
-from autopeft_plugins.tasks import SequenceClassification
+from autopeft.data import batches
 
 
 def logits_of(model: torch.nn.Module, split, pad_token_id: int) -> torch.Tensor:
@@ -39,13 +37,9 @@ def main() -> None:
     parser.add_argument("study")
     parser.add_argument("export")
     args = parser.parse_args()
-    quiet_libraries()
-    config = autopeft.load_config(args.study)
     folder = Path(args.export)
     record = json.loads((folder / "provenance.json").read_text())
-
-    source, offline = resolve_model_name(autopeft.get_plugin_manager(), config.model.name)
-    data = load_task_data(config, load_tokenizer(config.model, source, offline), SequenceClassification())
+    _, data, source, _ = tokenized(study(args.study))
     labels = torch.tensor(data.validation.labels)
 
     ours = autopeft.load_model(folder)

@@ -12,36 +12,27 @@ speed goals are stated in: timings on a shared machine vary from run to run, rat
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import optuna
-from baseline import SearchRecord, plain_loop, trainer_search  # noqa: E402  # this folder's module
+from baseline import SearchRecord, plain_loop, trainer_search  # this folder's modules
+from common import QUICKSTART as STUDY
+from common import study as resolve
 
-from autopeft import get_plugin_manager, load_config, run_study
-from autopeft.config import StudyConfig
-from autopeft.objective import Objective
-from autopeft.progress import quiet_libraries
-
-STUDY = Path(__file__).resolve().parent.parent / "studies" / "quickstart.toml"
+from autopeft import run_study
+from autopeft.plugins import ResolvedStudy
+from autopeft.workbench import Workbench
 
 
-def fast_config(folder: Path, precision: str) -> StudyConfig:
+def fast_config(folder: Path, precision: str) -> ResolvedStudy:
     """The quickstart copied into ``folder`` (no token cache from an earlier run), speed-ups on."""
     shutil.copytree(STUDY.parent / "data", folder / "data")
     shutil.copy(STUDY, folder / STUDY.name)
-    config = load_config(folder / STUDY.name)
-    train = dataclasses.replace(config.train, precision=precision, length_buckets=True, prefix_cache=True)
-    return dataclasses.replace(config, train=train)
+    return resolve(folder / STUDY.name, precision=precision, length_buckets=True, prefix_cache=True)
 
 
 def autopeft_search(n_trials: int, precision: str) -> tuple[SearchRecord, optuna.Study]:
@@ -71,10 +62,9 @@ def autopeft_lora(seeds: list[int], precision: str) -> list[dict[str, float]]:
     """The plain loop's configuration (LoRA r=8, alpha 16, query+value, lr 3e-3) trained by autopeft
     with the speed-ups on, once per seed: tokens/s and validation accuracy."""
     with tempfile.TemporaryDirectory() as folder:
-        objective = Objective(fast_config(Path(folder), precision), get_plugin_manager())
-        lora = objective.enabled["lora"]
+        bench = Workbench(fast_config(Path(folder), precision))
         config = {"ranks": [8] * 6, "alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.0}
-        results = [objective.fit(lora, config, 3e-3, seed)[0] for seed in seeds]
+        results = [bench.fit("lora", config, learning_rate=3e-3, seed=seed) for seed in seeds]
     return [{"tokens_per_second": r.train_tokens / r.train_seconds, "accuracy": r.metric} for r in results]
 
 
@@ -102,8 +92,7 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "auto"])
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the throughput and metric check")
     args = parser.parse_args()
-    quiet_libraries()
-    get_plugin_manager()  # imports done before any clock starts, for both searches
+    resolve()  # imports done before any clock starts, for both searches
 
     baseline = trainer_search(args.trials, budget=113_569)
     ours, study = autopeft_search(args.trials, args.precision)
