@@ -138,13 +138,16 @@ class Workbench:
         )
 
         self.smallest = {n: self._smallest(n, m) for n, m in self.enabled.items()}
-        #: The enabled methods whose smallest configuration fits the budget.
+        #: The enabled methods whose smallest configuration fits the budget, and that train something here.
         self.methods = {n: m for n, m in self.enabled.items() if self.smallest[n] <= self.budget}
         for name in set(self.enabled) - set(self.methods):
             self.progress.line(
                 f"autopeft: method {name!r} skipped: its smallest configuration "
                 f"({format_count(self.smallest[name])}) exceeds the budget ({format_count(self.budget)})"
             )
+        for name in [n for n in self.methods if self.smallest[n] == 0 and self._largest(n) == 0]:
+            del self.methods[name]  # e.g. BitFit in a language model without biases: it would train nothing
+            self.progress.line(f"autopeft: method {name!r} skipped: it has nothing to train in this model")
         found = self.task.baseline(self.data.train, self.data.validation, config.task.metric)
         #: What a model that learned nothing scores: {"name": "majority class", "value": 0.58}, or None.
         self.baseline = {"name": found[0], "value": found[1]} if found else None
@@ -156,10 +159,21 @@ class Workbench:
             method, self.ctx, plugin_call(method, "smallest", lambda: method.smallest(self.ctx, self.options[name]))
         )
 
+    def _largest(self, name: str) -> int:
+        method = self.enabled[name]
+        return checked_count(
+            method, self.ctx, plugin_call(method, "largest", lambda: method.largest(self.ctx, self.options[name]))
+        )
+
     def no_fit(self) -> str | None:
         """Why no enabled method fits the budget, as the one-line fix; None when one does."""
         if self.methods:
             return None
+        if all(n <= self.budget for n in self.smallest.values()):  # they fit, and have nothing to train
+            return (
+                f"search.methods: no enabled method has anything to train in {self.config.model.name!r}; "
+                "enable another method (e.g. lora)"
+            )
         cheapest = min(self.smallest, key=self.smallest.__getitem__)
         return (
             f"budget.max_trainable: {format_count(self.budget)} parameters fit no configuration; the smallest is "

@@ -20,6 +20,8 @@ from autopeft.testing import MethodConformance
 
 HOOKS = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "autopeft_spec")]
 THIRDPARTY = Path(__file__).parent / "thirdparty" / "autopeft-lntuning"
+VERA = Path(__file__).parent / "thirdparty" / "autopeft-vera"
+LORAPLUS = Path(__file__).parent / "thirdparty" / "autopeft-loraplus"
 
 
 def test_every_hook_has_a_test_and_readme_heading() -> None:
@@ -164,6 +166,69 @@ class TestThirdPartyConformance(MethodConformance):
         import autopeft_lntuning
 
         type(self).method = autopeft_lntuning.LNTuning()
+
+
+@pytest.fixture(scope="module")
+def method_sites(tmp_path_factory) -> list[Path]:
+    """The VeRA and LoRA+ example distributions, each pip-installed into its own folder."""
+    return [_install(tmp_path_factory.mktemp(p.name), p) for p in (VERA, LORAPLUS)]
+
+
+class TestVeraConformance(MethodConformance):
+    """A peft method that autopeft does not ship, as a third party would add it."""
+
+    @pytest.fixture(autouse=True)
+    def _method(self, method_sites: list[Path], monkeypatch) -> None:
+        monkeypatch.syspath_prepend(str(method_sites[0]))
+        import autopeft_vera
+
+        type(self).method = autopeft_vera.Vera()
+
+
+class TestLoraPlusConformance(MethodConformance):
+    """A method that brings its own optimizer through the optimizer hook."""
+
+    @pytest.fixture(autouse=True)
+    def _method(self, method_sites: list[Path], monkeypatch) -> None:
+        monkeypatch.syspath_prepend(str(method_sites[1]))
+        import autopeft_loraplus
+
+        type(self).method = autopeft_loraplus.LoraPlus()
+
+
+def test_third_party_vera_and_loraplus_are_searched_with_their_optimizer(
+    method_sites: list[Path], tmp_path: Path, monkeypatch, minilm_available
+) -> None:
+    for site in method_sites:
+        monkeypatch.syspath_prepend(str(site))
+    import autopeft_loraplus
+
+    ratios: list[float] = []
+    real = autopeft_loraplus.LoraPlus.optimizer
+
+    def recording(self, model, config, learning_rate, weight_decay):  # type: ignore[no-untyped-def]
+        optimizer = real(self, model, config, learning_rate, weight_decay)
+        rates = sorted({group["lr"] for group in optimizer.param_groups if group["params"]})
+        ratios.append(rates[-1] / rates[0])
+        return optimizer
+
+    monkeypatch.setattr(autopeft_loraplus.LoraPlus, "optimizer", recording)
+    path = write_study(
+        tmp_path,
+        study={"n_trials": 4, "sampler": "random"},
+        data={"max_train_examples": 32, "max_eval_examples": 32},
+        search={"methods": ["vera", "loraplus"]},
+    )
+    study = run_study(path, quiet=True)
+    trials = {t.user_attrs["method"]: t for t in study.trials}
+    assert set(trials) == {"vera", "loraplus"}  # both warm starts ran, through the entry points
+    assert all(t.value is not None and t.user_attrs["trainable_params"] > 0 for t in study.trials)
+    plugin = registered_methods(get_plugin_manager())
+    assert plugin["vera"].distribution == "autopeft-vera" and plugin["loraplus"].distribution == "autopeft-loraplus"
+    loraplus = [t for t in study.trials if t.user_attrs["method"] == "loraplus"]
+    assert len(ratios) == len(loraplus)  # every LoRA+ trial trained with the plugin's optimizer
+    for ratio, trial in zip(ratios, loraplus):
+        assert ratio == pytest.approx(trial.params["loraplus.ratio"])  # B's rate is ratio x A's
 
 
 def _broken_plugin(tmp_path: Path, body: str) -> Path:

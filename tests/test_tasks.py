@@ -22,7 +22,8 @@ from autopeft.errors import ConfigError, PluginError
 from autopeft.plugins import registered_tasks, resolve_study
 from autopeft.results import best_trial
 from autopeft.tasks import IGNORE_INDEX, EvalSettings
-from autopeft_plugins.tasks import CausalLanguageModelling, TokenClassification
+from autopeft.testing import TaskConformance
+from autopeft_plugins.tasks import CausalLanguageModelling, SequenceClassification, TokenClassification
 
 _CPU_FP32 = EvalSettings(pad_token_id=0, batch_size=4, device=torch.device("cpu"), precision="fp32")
 
@@ -297,3 +298,32 @@ def test_prompt_tuning_serves_per_token_tasks() -> None:
     prompt = [p for p in model.parameters() if p.requires_grad]
     assert prompt and all(p.grad is not None and p.grad.abs().sum() > 0 for p in prompt)
     assert 1.0 < task.evaluate(model, split, "perplexity", _CPU_FP32) < 64 * 4
+
+
+# -- the task conformance kit, run on the built-in tasks ----------------------------------------------
+
+_REVIEWS = {
+    "text": ["a fine warm film", "a dull cold film", "warm and fine acting", "cold dull acting", "fine film"],
+    "label": ["fresh", "rotten", "fresh", "rotten", "fresh"],
+}
+
+
+class TestSequenceClassificationConformance(TaskConformance):
+    task = SequenceClassification()
+    data = DataSection(train="-", validation="-")
+    rows = _REVIEWS
+
+
+class TestTokenClassificationConformance(TaskConformance):
+    task = TokenClassification()
+    data = DataSection(train="-", validation="-", text="words", label="tags")
+    rows = {
+        "words": [["Ada", "met", "Alan"], ["Paris", "is", "big"], ["Alan", "left", "Paris"], ["it", "rains"]],
+        "tags": [["PER", "O", "PER"], ["LOC", "O", "O"], ["PER", "O", "LOC"], ["O", "O"]],
+    }
+
+
+class TestCausalLanguageModellingConformance(TaskConformance):
+    task = CausalLanguageModelling()
+    data = DataSection(train="-", validation="-", max_length=8)
+    rows = {"text": _REVIEWS["text"] * 2}
