@@ -15,6 +15,13 @@ from autopeft.hookspecs import hookimpl
 __version__ = "0.1.0"
 
 _WHERE = {
+    "resolve_study": "autopeft.plugins",
+    "ResolvedStudy": "autopeft.plugins",
+    "Workbench": "autopeft.workbench",
+    "TrainResult": "autopeft.train",
+    "Fidelity": "autopeft.train",
+    "Split": "autopeft.data",
+    "EvalSettings": "autopeft.tasks",
     "AutopeftError": "autopeft.errors",
     "Block": "autopeft.blocks",
     "BudgetError": "autopeft.errors",
@@ -51,6 +58,13 @@ _WHERE = {
 __all__ = [
     "__version__",
     "hookimpl",
+    "resolve_study",
+    "ResolvedStudy",
+    "Workbench",
+    "TrainResult",
+    "Fidelity",
+    "Split",
+    "EvalSettings",
     "AutopeftError",
     "Block",
     "BudgetError",
@@ -102,12 +116,15 @@ if TYPE_CHECKING:
     from autopeft.budget import parse_budget, suggest_sizes
     from autopeft.config import StudyConfig, load_config
     from autopeft.confirm import confirm_front
+    from autopeft.data import Split
     from autopeft.errors import AutopeftError, BudgetError, ConfigError, DataError, ModelError, PluginError
     from autopeft.export import export, load_model
     from autopeft.methods import PeftMethod, trainable_numel
     from autopeft.peft_backed import PeftBackedMethod
     from autopeft.plan import make_plan
-    from autopeft.plugins import get_plugin_manager, registered_methods, registered_tasks
+    from autopeft.plugins import ResolvedStudy, get_plugin_manager, registered_methods, registered_tasks, resolve_study
     from autopeft.results import best_trial, pareto_front
     from autopeft.study import open_study, run_study
-    from autopeft.tasks import Task
+    from autopeft.tasks import EvalSettings, Task
+    from autopeft.train import Fidelity, TrainResult
+    from autopeft.workbench import Workbench

@@ -11,7 +11,7 @@ import difflib
 import math
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,16 @@ else:  # pragma: no cover
 from autopeft.budget import parse_budget
 from autopeft.errors import ConfigError
 
-__all__ = ["StudyConfig", "load_config", "with_task", "SAMPLERS", "PRUNERS", "DATA_SUFFIXES", "KEEP_WEIGHTS"]
+__all__ = [
+    "StudyConfig",
+    "Rule",
+    "load_config",
+    "with_task",
+    "SAMPLERS",
+    "PRUNERS",
+    "DATA_SUFFIXES",
+    "KEEP_WEIGHTS",
+]
 
 SAMPLERS = ("tpe", "random")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -41,52 +50,223 @@ MAX_HEARTBEAT_SECONDS = 86_400
 
 
 @dataclass(frozen=True)
+class Rule:
+    """One check of a study-file field, declared beside the field (see :func:`checked`).
+
+    ``check(value)`` (or ``check(value, config)`` with ``needs_config``) returns True when the value
+    is right, False when not, or a string saying what is wrong. In ``problem`` and ``fix``,
+    ``{value}`` becomes the value's repr, ``{key}`` the field's name, ``{default}`` its default and
+    ``{file}`` the path a data file resolves to.
+    """
+
+    check: Callable[..., bool | str]
+    problem: str
+    fix: str
+    needs_config: bool = False
+
+
+def checked(*rules: Rule, **field_args: Any) -> Any:
+    """A dataclass field (``default=...`` as for :func:`dataclasses.field`) with its rules."""
+    return field(metadata={"rules": rules}, **field_args)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """A finite int or float (``inf`` and ``nan`` are TOML floats too, and never a sensible setting)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_path(v: Any) -> bool:
+    """A non-empty string that can name a file: no NUL or other control character."""
+    return isinstance(v, str) and v.strip() != "" and not any(ord(ch) < 32 for ch in v)
+
+
+def _positive_int(v: Any) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _one_of(choices: tuple[str, ...], what: str = "") -> Rule:
+    if what:
+        return Rule(lambda v: v in choices, f"unknown {what} {{value}}", f"use one of {list(choices)}")
+    return Rule(lambda v: v in choices, f"must be one of {list(choices)}, got {{value}}", 'e.g. {key} = "{default}"')
+
+
+def _flag(fix: str = "e.g. {key} = {default}", problem: str = "must be true or false") -> Rule:
+    return Rule(lambda v: isinstance(v, bool), problem, fix)
+
+
+def _data_file(v: Any, config: StudyConfig) -> bool:
+    """A local data file (by its suffix) must exist; a hub dataset name is checked when it loads."""
+    return not (isinstance(v, str) and v.endswith(DATA_SUFFIXES)) or Path(config.data_path(v)).is_file()
+
+
+def _budget_form(v: Any) -> bool | str:
+    try:
+        parse_budget(v, 10**15)  # the form and the share's range; the count needs the model
+    except ValueError as exc:
+        return str(exc)
+    return True
+
+
+_POSITIVE = Rule(_positive_int, "must be a positive integer, got {value}", "e.g. {key} = {default}")
+_EXISTS = Rule(_data_file, "file not found: {file}", "fix the path (relative to the study file)", needs_config=True)
+
+
+def _learning_rate(lr: Any) -> bool:
+    if isinstance(lr, list):
+        return len(lr) == 2 and all(_is_number(x) and x > 0 for x in lr) and lr[0] < lr[1]
+    return _is_number(lr) and lr > 0
+
+
+def _text_columns(v: Any) -> bool:
+    return isinstance(v, str) or isinstance(v, list) and 1 <= len(v) <= 2 and all(isinstance(x, str) for x in v)
+
+
+def _method_list(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v) and len(set(v)) == len(v)
+
+
+@dataclass(frozen=True)
 class StudySection:
-    name: str
-    storage: str | None = None
-    n_trials: int = 10
-    sampler: str = "tpe"
-    pruner: str = "median"
-    seed: int = 0
+    name: str = checked(
+        Rule(
+            lambda v: isinstance(v, str) and _STUDY_NAME.fullmatch(v) is not None,
+            "must be a plain name of letters, digits, '_', '.' and '-' (it names files beside the study file), "
+            "got {value}",
+            'e.g. name = "my-study"',
+        )
+    )
+    storage: str | None = checked(
+        Rule(
+            lambda v: v is None or _is_path(v) and "://" in v,
+            "is not a database URL: {value}",
+            'use e.g. "sqlite:///study.db" or "postgresql://user@host/db"',
+        ),
+        default=None,
+    )
+    n_trials: int = checked(
+        Rule(_positive_int, "must be a positive integer, got {value}", "e.g. n_trials = 20"), default=10
+    )
+    sampler: str = checked(_one_of(SAMPLERS, "sampler"), default="tpe")
+    pruner: str = checked(_one_of(PRUNERS, "pruner"), default="median")
+    seed: int = checked(Rule(_is_int, "must be an integer, got {value}", "e.g. seed = 0"), default=0)
     # ["accuracy"]: the best metric under the budget; ["accuracy", "trainable_params"]: the Pareto front.
-    objectives: list[str] | None = None
+    objectives: list[str] | None = checked(
+        Rule(
+            lambda v: v is None or isinstance(v, list) and all(isinstance(x, str) for x in v),
+            "must be a list of objective names, got {value}",
+            'e.g. objectives = ["accuracy", "trainable_params"]',
+        ),
+        default=None,
+    )
     # Trained weights kept as Optuna artifacts, so `autopeft export` does not retrain:
     # "front" keeps every trial on the metric-vs-size front when it finished, "all" or "none".
-    keep_weights: str = "front"
-    artifacts: str | None = None  # directory of the artifact store; default: <name>.artifacts beside this file
+    keep_weights: str = checked(_one_of(KEEP_WEIGHTS), default="front")
+    # Directory of the artifact store; default: <name>.artifacts beside this file.
+    artifacts: str | None = checked(
+        Rule(
+            lambda v: v is None or _is_path(v),
+            "must be a directory path",
+            'e.g. artifacts = "/shared/my-study.artifacts"',
+        ),
+        default=None,
+    )
     # Workers mark their running trial alive this often; a trial silent for twice as long is failed and retried.
-    heartbeat_seconds: int = 30
+    heartbeat_seconds: int = checked(
+        Rule(
+            lambda v: _is_int(v) and 0 < v <= MAX_HEARTBEAT_SECONDS,
+            f"must be a whole number of seconds from 1 to {MAX_HEARTBEAT_SECONDS}, got {{value}}",
+            "e.g. heartbeat_seconds = 30",
+        ),
+        default=30,
+    )
 
 
 @dataclass(frozen=True)
 class ModelSection:
-    name: str
-    revision: str | None = None
-    trust_remote_code: bool = False
-    overrides: dict[str, Any] = field(default_factory=dict)  # config kwargs, e.g. num_hidden_layers
+    name: str = checked(
+        Rule(_is_path, "must be a hub id or a path", 'e.g. name = "sentence-transformers/all-MiniLM-L6-v2"')
+    )
+    revision: str | None = checked(
+        Rule(
+            lambda v: v is None or _is_path(v),
+            "must be a branch, tag or commit of the model's repository, got {value}",
+            'e.g. revision = "main", or remove it',
+        ),
+        default=None,
+    )
+    trust_remote_code: bool = checked(_flag("trust_remote_code = false"), default=False)
+    # config kwargs, e.g. num_hidden_layers
+    overrides: dict[str, Any] = checked(
+        Rule(lambda v: isinstance(v, dict), "must be a table", "e.g. overrides = { num_hidden_layers = 2 }"),
+        default_factory=dict,
+    )
 
 
 @dataclass(frozen=True)
 class TaskSection:
-    type: str = "sequence-classification"  # a registered task: `autopeft plugins` lists them
-    metric: str = ""  # default: the task's first metric (accuracy; perplexity for causal-lm)
+    # A registered task: `autopeft plugins` lists them.
+    type: str = checked(
+        Rule(lambda v: isinstance(v, str), "must be a task name, got {value}", 'e.g. type = "causal-lm"'),
+        default="sequence-classification",
+    )
+    # Default: the task's first metric (accuracy; perplexity for causal-lm).
+    metric: str = checked(
+        Rule(lambda v: isinstance(v, str), "must be a metric name, got {value}", 'e.g. metric = "f1"'), default=""
+    )
     # Set from the task by with_task, not by the file: "maximize" or "minimize" ("" until then).
     direction: str = field(default="", metadata={"derived": True})
 
 
+_SPLIT = Rule(_is_path, "must be a file path or a hub dataset name", 'e.g. {key} = "data/{key}.parquet"')
+
+
 @dataclass(frozen=True)
 class DataSection:
-    train: str
-    validation: str
-    test: str | None = None
-    text: str | list[str] = "text"
-    label: str = "label"
-    labels: list[Any] | None = None  # label order; default: sorted labels of the train split
-    max_length: int = 128
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
-    cache_tokens: bool = True  # tokenized splits kept in <name>.cache/ beside the study file, shared by workers
-    packing: bool = True  # causal-lm: texts concatenated and cut into max_length sequences (no padding)
+    train: str = checked(_SPLIT, _EXISTS)
+    validation: str = checked(_SPLIT, _EXISTS)
+    test: str | None = checked(
+        Rule(lambda v: v is None or _is_path(v), _SPLIT.problem, _SPLIT.fix), _EXISTS, default=None
+    )
+    text: str | list[str] = checked(
+        Rule(
+            _text_columns,
+            "must be a column name or a list of two, got {value}",
+            'e.g. text = "text" or text = ["premise", "hypothesis"]',
+        ),
+        default="text",
+    )
+    label: str = checked(
+        Rule(lambda v: isinstance(v, str), "must be a column name", 'e.g. label = "label"'), default="label"
+    )
+    # Label order; default: sorted labels of the train split.
+    labels: list[Any] | None = checked(
+        Rule(
+            lambda v: v is None or isinstance(v, list) and len(v) >= 2,
+            "must list at least two labels",
+            'e.g. labels = ["negative", "positive"]',
+        ),
+        default=None,
+    )
+    max_length: int = checked(
+        Rule(lambda v: _is_int(v) and v >= 8, "must be an integer >= 8, got {value}", "e.g. max_length = 128"),
+        default=128,
+    )
+    max_train_examples: int | None = checked(
+        Rule(lambda v: v is None or _positive_int(v), _POSITIVE.problem, "remove it or set e.g. {key} = 1000"),
+        default=None,
+    )
+    max_eval_examples: int | None = checked(
+        Rule(lambda v: v is None or _positive_int(v), _POSITIVE.problem, "remove it or set e.g. {key} = 1000"),
+        default=None,
+    )
+    # Tokenized splits kept in <name>.cache/ beside the study file, shared by workers.
+    cache_tokens: bool = checked(_flag("e.g. cache_tokens = true"), default=True)
+    # causal-lm: texts concatenated and cut into max_length sequences (no padding).
+    packing: bool = checked(_flag("e.g. packing = true"), default=True)
 
     @property
     def text_columns(self) -> list[str]:
@@ -96,42 +276,73 @@ class DataSection:
 
 @dataclass(frozen=True)
 class BudgetSection:
-    max_trainable: int | str
+    max_trainable: int | str = checked(
+        Rule(
+            lambda v: isinstance(v, str) or _is_int(v) and int(v) > 0,
+            "must be a count or a percentage, got {value}",
+            'e.g. max_trainable = "0.5%" or "150k"',
+        ),
+        Rule(_budget_form, "", 'use e.g. "0.5%" or "150k"'),
+    )
 
 
 @dataclass(frozen=True)
 class TrainSection:
-    epochs: int = 1
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    learning_rate: float | list[float] = field(default_factory=lambda: [1e-5, 1e-2])
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    evals_per_epoch: int = 1
+    epochs: int = checked(_POSITIVE, default=1)
+    batch_size: int = checked(_POSITIVE, default=16)
+    eval_batch_size: int = checked(_POSITIVE, default=64)
+    learning_rate: float | list[float] = checked(
+        Rule(
+            _learning_rate,
+            "must be a positive number or a range [low, high], got {value}",
+            "e.g. learning_rate = [1e-5, 1e-2]",
+        ),
+        default_factory=lambda: [1e-5, 1e-2],
+    )
+    warmup_ratio: float = checked(
+        Rule(lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)", "e.g. warmup_ratio = 0.1"), default=0.1
+    )
+    weight_decay: float = checked(
+        Rule(lambda v: _is_number(v) and v >= 0, "must be >= 0", "e.g. weight_decay = 0.0"), default=0.0
+    )
+    max_grad_norm: float = checked(
+        Rule(lambda v: _is_number(v) and v > 0, "must be > 0", "e.g. max_grad_norm = 1.0"), default=1.0
+    )
+    evals_per_epoch: int = checked(_POSITIVE, default=1)
     # "auto": bf16 autocast on GPUs that support it and on CPUs with bf16 matrix units, fp32 elsewhere;
     # "bf16" asks for it anywhere; "fp16" is fp16 autocast with loss scaling (GPUs without bf16);
     # "fp32" never autocasts.
-    precision: str = "auto"
+    precision: str = checked(_one_of(PRECISIONS), default="auto")
     # "auto": the GPU when there is one, else the CPU; "cuda" falls back to the CPU, saying so, when
     # there is no GPU.
-    device: str = "auto"
+    device: str = checked(_one_of(DEVICES), default="auto")
     # Recompute each block's activations in the backward pass instead of keeping them: less memory
     # for bigger models and batches, about a third more compute.
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = checked(_flag("e.g. gradient_checkpointing = false"), default=False)
     # Batches of similar lengths (shuffled within windows of 50 batches): less padding, a different order.
-    length_buckets: bool = False
+    length_buckets: bool = checked(
+        _flag("e.g. length_buckets = true", "must be true or false, got {value}"), default=False
+    )
     # Frozen-prefix caching: when no trainable parameter sits below block k, the hidden states entering
     # block k are computed once per worker (frozen blocks in eval mode) and reused by every epoch and trial.
-    prefix_cache: bool = False
+    prefix_cache: bool = checked(_flag("e.g. prefix_cache = false"), default=False)
 
 
 @dataclass(frozen=True)
 class SearchSection:
     # Every built-in but prompt tuning, which needs long training on large models to compete.
-    methods: list[str] = field(default_factory=lambda: ["lora", "ia3", "adapter", "bitfit", "unfreeze"])
-    warm_start: bool = True  # try each method's known-good configuration first
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # [search.<method>] tables
+    methods: list[str] = checked(
+        Rule(
+            _method_list,
+            "must be a non-empty list of distinct method names, got {value}",
+            'e.g. methods = ["lora", "bitfit"]; see `autopeft plugins`',
+        ),
+        default_factory=lambda: ["lora", "ia3", "adapter", "bitfit", "unfreeze"],
+    )
+    # Try each method's known-good configuration first.
+    warm_start: bool = checked(_flag("warm_start = true"), default=True)
+    # The [search.<method>] tables; each method checks its own (PeftMethod.check_options).
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -220,230 +431,32 @@ def _check(cond: bool, fld: str, problem: str, fix: str) -> None:
         raise ConfigError(fld, problem, fix)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _toml(value: Any) -> str:
+    """A default as a study file spells it: ``true``, not ``True``."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _is_number(v: Any) -> bool:
-    """A finite int or float (``inf`` and ``nan`` are TOML floats too, and never a sensible setting)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_path(v: Any) -> bool:
-    """A non-empty string that can name a file: no NUL or other control character."""
-    return isinstance(v, str) and v.strip() != "" and not any(ord(ch) < 32 for ch in v)
-
-
-def _validate(c: StudyConfig) -> None:
-    s, m, t, d, tr = c.study, c.model, c.task, c.data, c.train
-    _check(
-        isinstance(s.name, str) and _STUDY_NAME.fullmatch(s.name) is not None,
-        "study.name",
-        f"must be a plain name of letters, digits, '_', '.' and '-' (it names files beside the study file), "
-        f"got {s.name!r}",
-        'e.g. name = "my-study"',
-    )
-    _check(
-        s.storage is None or _is_path(s.storage) and "://" in s.storage,
-        "study.storage",
-        f"is not a database URL: {s.storage!r}",
-        'use e.g. "sqlite:///study.db" or "postgresql://user@host/db"',
-    )
-    _check(
-        _is_int(s.n_trials) and s.n_trials > 0,
-        "study.n_trials",
-        f"must be a positive integer, got {s.n_trials!r}",
-        "e.g. n_trials = 20",
-    )
-    _check(s.sampler in SAMPLERS, "study.sampler", f"unknown sampler {s.sampler!r}", f"use one of {list(SAMPLERS)}")
-    _check(s.pruner in PRUNERS, "study.pruner", f"unknown pruner {s.pruner!r}", f"use one of {list(PRUNERS)}")
-    _check(_is_int(s.seed), "study.seed", f"must be an integer, got {s.seed!r}", "e.g. seed = 0")
-    _check(
-        s.objectives is None or isinstance(s.objectives, list) and all(isinstance(x, str) for x in s.objectives),
-        "study.objectives",
-        f"must be a list of objective names, got {s.objectives!r}",
-        'e.g. objectives = ["accuracy", "trainable_params"]',
-    )
-    _check(
-        s.keep_weights in KEEP_WEIGHTS,
-        "study.keep_weights",
-        f"must be one of {list(KEEP_WEIGHTS)}, got {s.keep_weights!r}",
-        'e.g. keep_weights = "front"',
-    )
-    _check(
-        _is_int(s.heartbeat_seconds) and 0 < s.heartbeat_seconds <= MAX_HEARTBEAT_SECONDS,
-        "study.heartbeat_seconds",
-        f"must be a whole number of seconds from 1 to {MAX_HEARTBEAT_SECONDS}, got {s.heartbeat_seconds!r}",
-        "e.g. heartbeat_seconds = 30",
-    )
-    _check(
-        s.artifacts is None or _is_path(s.artifacts),
-        "study.artifacts",
-        "must be a directory path",
-        'e.g. artifacts = "/shared/my-study.artifacts"',
-    )
-    _check(
-        _is_path(m.name),
-        "model.name",
-        "must be a hub id or a path",
-        'e.g. name = "sentence-transformers/all-MiniLM-L6-v2"',
-    )
-    _check(
-        m.revision is None or _is_path(m.revision),
-        "model.revision",
-        f"must be a branch, tag or commit of the model's repository, got {m.revision!r}",
-        'e.g. revision = "main", or remove it',
-    )
-    _check(
-        isinstance(m.trust_remote_code, bool),
-        "model.trust_remote_code",
-        "must be true or false",
-        "trust_remote_code = false",
-    )
-    _check(
-        isinstance(m.overrides, dict),
-        "model.overrides",
-        "must be a table",
-        "e.g. overrides = { num_hidden_layers = 2 }",
-    )
-    _check(isinstance(t.metric, str), "task.metric", f"must be a metric name, got {t.metric!r}", 'e.g. metric = "f1"')
-    _check(isinstance(t.type, str), "task.type", f"must be a task name, got {t.type!r}", 'e.g. type = "causal-lm"')
-    for key in ("train", "validation", "test"):
-        v = getattr(d, key)
+def _validate(config: StudyConfig) -> None:
+    """Check every field against the rules declared beside it, section by section, field by field."""
+    for section_name in _SECTIONS:
+        section = getattr(config, section_name)
+        for f in fields(section):
+            value = getattr(section, f.name)
+            for rule in f.metadata.get("rules", ()):
+                verdict = rule.check(value, config) if rule.needs_config else rule.check(value)
+                if verdict is True:
+                    continue
+                default = f.default if f.default is not MISSING else ""
+                words = {"{value}": repr(value), "{key}": f.name, "{default}": _toml(default)}
+                if rule.needs_config:
+                    words["{file}"] = config.data_path(value)
+                problem, fix = verdict if isinstance(verdict, str) else rule.problem, rule.fix
+                for token, text in words.items():
+                    problem, fix = problem.replace(token, text), fix.replace(token, text)
+                raise ConfigError(f"{section_name}.{f.name}", problem, fix)
+    for name in config.search.options:  # a table's name must be a method the study searches
         _check(
-            v is None and key == "test" or _is_path(v),
-            f"data.{key}",
-            "must be a file path or a hub dataset name",
-            f'e.g. {key} = "data/{key}.parquet"',
-        )
-        if isinstance(v, str) and v.endswith(DATA_SUFFIXES):
-            _check(
-                Path(c.data_path(v)).is_file(),
-                f"data.{key}",
-                f"file not found: {c.data_path(v)}",
-                "fix the path (relative to the study file)",
-            )
-    text_ok = (
-        isinstance(d.text, str)
-        or isinstance(d.text, list)
-        and 1 <= len(d.text) <= 2
-        and all(isinstance(x, str) for x in d.text)
-    )
-    _check(
-        text_ok,
-        "data.text",
-        f"must be a column name or a list of two, got {d.text!r}",
-        'e.g. text = "text" or text = ["premise", "hypothesis"]',
-    )
-    _check(isinstance(d.label, str), "data.label", "must be a column name", 'e.g. label = "label"')
-    _check(
-        d.labels is None or isinstance(d.labels, list) and len(d.labels) >= 2,
-        "data.labels",
-        "must list at least two labels",
-        'e.g. labels = ["negative", "positive"]',
-    )
-    _check(
-        _is_int(d.max_length) and d.max_length >= 8,
-        "data.max_length",
-        f"must be an integer >= 8, got {d.max_length!r}",
-        "e.g. max_length = 128",
-    )
-    for key in ("max_train_examples", "max_eval_examples"):
-        v = getattr(d, key)
-        _check(
-            v is None or _is_int(v) and v > 0,
-            f"data.{key}",
-            f"must be a positive integer, got {v!r}",
-            f"remove it or set e.g. {key} = 1000",
-        )
-    budget = c.budget.max_trainable
-    _check(
-        isinstance(budget, str) or _is_int(budget) and int(budget) > 0,
-        "budget.max_trainable",
-        f"must be a count or a percentage, got {budget!r}",
-        'e.g. max_trainable = "0.5%" or "150k"',
-    )
-    try:
-        parse_budget(budget, 10**15)  # the form and the share's range; the count needs the model
-    except ValueError as exc:
-        raise ConfigError("budget.max_trainable", str(exc), 'use e.g. "0.5%" or "150k"') from None
-    for key in ("epochs", "batch_size", "eval_batch_size", "evals_per_epoch"):
-        v = getattr(tr, key)
-        _check(
-            _is_int(v) and v > 0,
-            f"train.{key}",
-            f"must be a positive integer, got {v!r}",
-            f"e.g. {key} = {getattr(TrainSection, key, 1)}",
-        )
-    _check(
-        isinstance(tr.length_buckets, bool),
-        "train.length_buckets",
-        f"must be true or false, got {tr.length_buckets!r}",
-        "e.g. length_buckets = true",
-    )
-    for key in ("gradient_checkpointing", "prefix_cache"):
-        _check(isinstance(getattr(tr, key), bool), f"train.{key}", "must be true or false", f"e.g. {key} = false")
-    _check(isinstance(d.packing, bool), "data.packing", "must be true or false", "e.g. packing = true")
-    _check(
-        tr.device in DEVICES,
-        "train.device",
-        f"must be one of {list(DEVICES)}, got {tr.device!r}",
-        'e.g. device = "auto"',
-    )
-    _check(
-        tr.precision in PRECISIONS,
-        "train.precision",
-        f"must be one of {list(PRECISIONS)}, got {tr.precision!r}",
-        'e.g. precision = "auto"',
-    )
-    lr = tr.learning_rate
-    lr_ok = (
-        not isinstance(lr, list)
-        and _is_number(lr)
-        and lr > 0
-        or isinstance(lr, list)
-        and len(lr) == 2
-        and all(_is_number(x) and x > 0 for x in lr)
-        and lr[0] < lr[1]
-    )
-    _check(
-        lr_ok,
-        "train.learning_rate",
-        f"must be a positive number or a range [low, high], got {lr!r}",
-        "e.g. learning_rate = [1e-5, 1e-2]",
-    )
-    _check(
-        _is_number(tr.warmup_ratio) and 0 <= tr.warmup_ratio < 1,
-        "train.warmup_ratio",
-        "must be in [0, 1)",
-        "e.g. warmup_ratio = 0.1",
-    )
-    _check(
-        _is_number(tr.weight_decay) and tr.weight_decay >= 0,
-        "train.weight_decay",
-        "must be >= 0",
-        "e.g. weight_decay = 0.0",
-    )
-    _check(
-        _is_number(tr.max_grad_norm) and tr.max_grad_norm > 0,
-        "train.max_grad_norm",
-        "must be > 0",
-        "e.g. max_grad_norm = 1.0",
-    )
-    methods = c.search.methods
-    _check(
-        isinstance(methods, list)
-        and bool(methods)
-        and all(isinstance(x, str) for x in methods)
-        and len(set(methods)) == len(methods),
-        "search.methods",
-        f"must be a non-empty list of distinct method names, got {methods!r}",
-        'e.g. methods = ["lora", "bitfit"]; see `autopeft plugins`',
-    )
-    _check(isinstance(c.search.warm_start, bool), "search.warm_start", "must be true or false", "warm_start = true")
-    for name in c.search.options:
-        _check(
-            name in methods,
+            name in config.search.methods,
             f"search.{name}",
             f"options for method {name!r}, which is not in search.methods",
             f"add {name!r} to methods or remove [search.{name}]",

@@ -15,6 +15,7 @@ __all__ = [
     "ModelError",
     "Interrupted",
     "first_line",
+    "changed_choices",
 ]
 
 
@@ -56,3 +57,15 @@ class ModelError(AutopeftError):
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a study; the message says which trial was marked failed and queued
     again. A ``KeyboardInterrupt``, so code that catches that still does; the CLI exits with 130."""
+
+
+def changed_choices(exc: BaseException, study_name: str) -> ConfigError | None:
+    """The one-line error for Optuna refusing a parameter whose choices the study file changed under
+    a study (every later trial would fail the same way), or None for any other exception."""
+    if not (isinstance(exc, ValueError) and "dynamic value space" in str(exc)):
+        return None
+    return ConfigError(
+        "search",
+        f"the study file changed the choices of a parameter of study {study_name!r} ({first_line(exc)})",
+        "restore the choices, or give the study a new name (Optuna cannot change a study's choices)",
+    )

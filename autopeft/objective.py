@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 import traceback
 from collections.abc import Callable
 
@@ -23,11 +22,11 @@ from autopeft.artifacts import keep_if_wanted
 from autopeft.blocks import trainable_per_block
 from autopeft.budget import format_count
 from autopeft.coordination import Surplus, check_not_surplus
-from autopeft.errors import AutopeftError, ConfigError, first_line
+from autopeft.errors import AutopeftError, changed_choices, first_line
 from autopeft.methods import PeftMethod, checked_count
 from autopeft.optuna_adapter import set_user_attrs
 from autopeft.progress import Progress
-from autopeft.pruning import SizeAwareMedianPruner
+from autopeft.pruning import SizeAwareMedianPruner, reporter
 from autopeft.results import beats_best
 from autopeft.search_space import SearchSpace
 from autopeft.storage import storage_failure
@@ -78,13 +77,7 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            if isinstance(exc, ValueError) and "dynamic value space" in str(exc):  # the file changed a choice list
-                self.fatal = ConfigError(
-                    "search",
-                    f"the study file changed the choices of a parameter of study {self.config.study.name!r} "
-                    f"({first_line(exc)})",
-                    "restore the choices, or give the study a new name (Optuna cannot change a study's choices)",
-                )
+            self.fatal = self.fatal or changed_choices(exc, self.config.study.name)
             self._record_failure(trial, exc)
             raise
 
@@ -100,6 +93,10 @@ class Objective:
         trial.set_user_attr("error_plugin", self.bench.plugins.get(name, "autopeft") if name else "autopeft")
         trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
         self.progress.line(f"[trial {trial.number}] failed in {name or 'autopeft'}: {error}")
+
+    def _say(self, line: str) -> None:
+        self.progress.close_bar()  # a line in the middle of a fit ends its progress bar
+        self.progress.line(line)
 
     def _values(self, metric: float, n: int) -> float | tuple[float, float]:
         return (metric, float(n)) if self.config.multi_objective else metric
@@ -128,7 +125,7 @@ class Objective:
             config,
             learning_rate=learning_rate,
             seed=seed,
-            on_report=self._reporter(trial, n),
+            on_report=reporter(trial, n, self.config.task.metric, self.pruner, self._say),
             test=lambda value: beats_best(trial.study, value, n),
             on_trained=self._keeper(trial, method, n),
             label=trial.number,
@@ -151,27 +148,3 @@ class Objective:
                 self.progress.line(f"[trial {trial.number}] weights not kept: {why}; `autopeft export` retrains it")
 
         return keep
-
-    def _reporter(self, trial: optuna.Trial, n: int) -> Callable[[int, float], bool]:
-        """What ``fit`` reports intermediate metrics to: Optuna's pruner, or (two objectives, which
-        Optuna's pruners cannot judge) the size-aware one. True stops the fit."""
-        started = time.perf_counter()
-        intermediate: dict[str, float] = {}
-
-        def report(step: int, value: float) -> bool:
-            self.progress.close_bar()
-            self.progress.line(f"[trial {trial.number}] step {step}: {self.config.task.metric} {value:.4f}")
-            if self.config.multi_objective:  # Optuna cannot report here: keep the values for our pruner
-                intermediate[str(step)] = value
-                trial.set_user_attr("intermediate", intermediate)
-                prune = self.pruner is not None and self.pruner.should_prune(trial.study, n, step, value)
-            else:
-                trial.report(value, step)
-                prune = trial.should_prune()
-            if prune:
-                trial.set_user_attr("pruned_at_step", step)
-                trial.set_user_attr("seconds_before_pruning", time.perf_counter() - started)
-                self.progress.line(f"[trial {trial.number}] pruned at step {step} ({value:.4f})")
-            return prune
-
-        return report

@@ -86,6 +86,7 @@ def make_plan(
                 "share_fitting_unshaped": unshaped,
                 "share_fitting_sampled": shaped,
                 "enabled": name in bench.methods,
+                "skipped": bench.skipped.get(name),
             }
         )
     return {
@@ -149,7 +150,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines.append(f"{'method':<10} {'smallest':>9} {'largest':>9} {'default':>9}  fits budget (space / as sampled)")
     for m in plan["methods"]:
         default = "-" if m["default"] is None else format_count(m["default"]) + ("" if m["default_fits"] else "!")
-        note = "" if m["enabled"] else "  (skipped: smallest exceeds the budget)"
+        note = "" if m["enabled"] else f"  (skipped: {m.get('skipped') or 'smallest exceeds the budget'})"
         lines.append(
             f"{m['method']:<10} {format_count(m['smallest']):>9} {format_count(m['largest']):>9} {default:>9}  "
             f"{100 * m['share_fitting_unshaped']:5.1f}% / {100 * m['share_fitting_sampled']:5.1f}%{note}"

@@ -1,4 +1,8 @@
-"""Pruning for studies with two objectives, where Optuna's pruners cannot be used.
+"""Pruning: what a fit reports to, and the pruner for studies with two objectives.
+
+:func:`reporter` is the ``on_report`` of a trial's fit: one-objective studies go to the study's
+Optuna pruner; Optuna's pruners cannot judge two-objective trials, so those go to
+:class:`SizeAwareMedianPruner`.
 
 Optuna refuses ``trial.report`` in multi-objective studies. A running trial is hopeless for the
 Pareto front of metric against size when the finished trials that are *no larger* than it did
@@ -14,12 +18,44 @@ Intermediate values are kept in each trial's ``intermediate`` user attribute (st
 from __future__ import annotations
 
 import statistics
+import time
+from collections.abc import Callable
 
 import optuna
 
 from autopeft.results import feasible_trials, metric_sign
 
-__all__ = ["SizeAwareMedianPruner"]
+__all__ = ["SizeAwareMedianPruner", "reporter"]
+
+
+def reporter(
+    trial: optuna.Trial, n: int, metric: str, pruner: SizeAwareMedianPruner | None, say: Callable[[str], None]
+) -> Callable[[int, float], bool]:
+    """The ``on_report`` of ``trial``'s fit (``n`` trainable parameters): True stops the fit.
+
+    ``pruner``: the size-aware pruner of a two-objective study (None: one objective, Optuna's own
+    pruner decides). A stop is recorded in ``pruned_at_step`` and ``seconds_before_pruning``.
+    """
+    started = time.perf_counter()
+    intermediate: dict[str, float] = {}
+    two_objectives = len(trial.study.directions) > 1
+
+    def report(step: int, value: float) -> bool:
+        say(f"[trial {trial.number}] step {step}: {metric} {value:.4f}")
+        if two_objectives:  # Optuna refuses trial.report here: keep the values for our pruner
+            intermediate[str(step)] = value
+            trial.set_user_attr("intermediate", intermediate)
+            prune = pruner is not None and pruner.should_prune(trial.study, n, step, value)
+        else:
+            trial.report(value, step)
+            prune = trial.should_prune()
+        if prune:
+            trial.set_user_attr("pruned_at_step", step)
+            trial.set_user_attr("seconds_before_pruning", time.perf_counter() - started)
+            say(f"[trial {trial.number}] pruned at step {step} ({value:.4f})")
+        return prune
+
+    return report
 
 
 class SizeAwareMedianPruner:

@@ -140,14 +140,16 @@ class Workbench:
         self.smallest = {n: self._smallest(n, m) for n, m in self.enabled.items()}
         #: The enabled methods whose smallest configuration fits the budget, and that train something here.
         self.methods = {n: m for n, m in self.enabled.items() if self.smallest[n] <= self.budget}
-        for name in set(self.enabled) - set(self.methods):
-            self.progress.line(
-                f"autopeft: method {name!r} skipped: its smallest configuration "
-                f"({format_count(self.smallest[name])}) exceeds the budget ({format_count(self.budget)})"
-            )
+        #: Why each enabled method that is not searched was left out.
+        self.skipped = {
+            name: f"its smallest configuration ({format_count(self.smallest[name])}) exceeds the budget "
+            f"({format_count(self.budget)})"
+            for name in self.enabled
+            if name not in self.methods
+        }
         for name in [n for n in self.methods if self.smallest[n] == 0 and self._largest(n) == 0]:
             del self.methods[name]  # e.g. BitFit in a language model without biases: it would train nothing
-            self.progress.line(f"autopeft: method {name!r} skipped: it has nothing to train in this model")
+            self.skipped[name] = "it has nothing to train in this model"
         found = self.task.baseline(self.data.train, self.data.validation, config.task.metric)
         #: What a model that learned nothing scores: {"name": "majority class", "value": 0.58}, or None.
         self.baseline = {"name": found[0], "value": found[1]} if found else None
@@ -182,10 +184,15 @@ class Workbench:
         )
 
     def require_a_fit(self) -> None:
-        """Raises:
-        BudgetError: no enabled method fits the budget (the search would have nothing to train)."""
+        """Say which methods are left out, and why.
+
+        Raises:
+            BudgetError: no enabled method fits the budget (the search would have nothing to train).
+        """
         if (why := self.no_fit()) is not None:
             raise BudgetError(why)
+        for name, why in self.skipped.items():
+            self.progress.line(f"autopeft: method {name!r} skipped: {why}")
 
     def method_of(self, trial: FrozenTrial, to: str) -> tuple[PeftMethod, dict[str, Any]]:
         """(method, configuration) a recorded trial trained, to train it again (``confirm``, ``export``).

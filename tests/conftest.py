@@ -154,7 +154,7 @@ def trained_study(tmp_path_factory, minilm_available):
         data={"test": "validation.parquet"},
         search={"methods": ["lora", "ia3", "adapter"]},
     )
-    study = open_study(load_config(path))
+    study = open_study(load_config(path), directions=["maximize", "minimize"])
     for method in ("lora", "ia3", "adapter"):  # one trial of each; a new study's warm start would skip adapter
         study.enqueue_trial({"method": method})
     with capturing_logits() as logits:

@@ -92,7 +92,7 @@ def test_plugins_import_only_the_public_surface() -> None:
 
 def test_the_objective_is_thin_and_few_modules_reach_into_it() -> None:
     lines = len((CORE / "objective.py").read_text().splitlines())
-    assert lines <= 160, lines
+    assert lines <= 150, lines
     users = sorted(n for n, deps in _graph().items() if "autopeft.objective" in deps)
     assert users == ["autopeft.study"], users
 

@@ -127,7 +127,7 @@ def test_plan_on_a_budget_nothing_fits_ends_with_one_line_and_exit_2(tmp_path, c
     path = write_study(tmp_path, budget={"max_trainable": 10})
     assert main(["plan", str(path)]) == 2
     captured = capsys.readouterr()
-    assert "(skipped: smallest exceeds the budget)" in captured.out  # the plan shows why
+    assert "(skipped: its smallest configuration" in captured.out  # the plan shows why
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "budget.max_trainable: 10 parameters fit no configuration" in err[0]
 

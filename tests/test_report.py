@@ -84,7 +84,7 @@ def synthetic(tmp_path: Path) -> tuple[Path, optuna.Study]:
     """A two-objective study of 3 blocks without training: 14 LoRA and 6 BitFit trials, one pruned,
     one infeasible, one failed."""
     path = write_study(tmp_path, study={"name": "syn", "objectives": ["accuracy", "trainable_params"]})
-    study = open_study(load_config(path))
+    study = open_study(load_config(path), directions=["maximize", "minimize"])
     study.set_user_attr("metric", "accuracy")
     study.set_user_attr("budget", BUDGET)
     patterns = [[0, 2, 4], [8, 0, 2], [4, 4, 4], [2, 8, 0], [0, 0, 8], [8, 8, 0], [2, 2, 2]]

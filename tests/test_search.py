@@ -8,14 +8,12 @@ import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import pytest
 
 from autopeft import load_config, run_study
-from autopeft.objective import Objective
-from autopeft.pruning import SizeAwareMedianPruner
+from autopeft.pruning import SizeAwareMedianPruner, reporter
 from autopeft.train import TrainResult, planned_steps
 from autopeft.workbench import Workbench
 
@@ -132,12 +130,8 @@ def test_reporter_prunes_two_objective_trials_and_records_where() -> None:
     study = optuna.create_study(directions=["maximize", "minimize"])
     for size in (100, 200, 300):
         _finished(study, size, 0.9)
-    objective = Objective.__new__(Objective)
-    objective.config = SimpleNamespace(multi_objective=True, task=SimpleNamespace(metric="accuracy"))
-    objective.pruner = SizeAwareMedianPruner()
-    objective.progress = SimpleNamespace(line=lambda text: None, close_bar=lambda: None)
     trial = study.ask()
-    report = objective._reporter(trial, 1_000)
+    report = reporter(trial, 1_000, "accuracy", SizeAwareMedianPruner(), lambda line: None)
     assert report(5, 0.5) is True  # stop the fit here
     attrs = study.trials[-1].user_attrs
     assert attrs["intermediate"] == {"5": 0.5} and attrs["pruned_at_step"] == 5
