@@ -142,3 +142,34 @@ def test_unfreeze_parts_are_checked() -> None:
     assert Unfreeze().check_options({"parts": ["norm"]}) == {"parts": ["norm"]}
     with pytest.raises(ConfigError, match="search.unfreeze.parts: unknown part 'ffn'"):
         Unfreeze().check_options({"parts": ["ffn"]})
+
+
+def test_every_study_file_field_declares_its_rules() -> None:
+    """A field added without a rule beside it fails here: nothing is checked away from its declaration."""
+    from dataclasses import fields
+
+    from autopeft.config import _SECTIONS, Rule
+
+    unruled = [
+        f"{section}.{f.name}"
+        for section, cls in _SECTIONS.items()
+        for f in fields(cls)
+        if not f.metadata.get("derived") and not all(isinstance(r, Rule) for r in f.metadata.get("rules", [None]))
+    ]
+    assert unruled == ["search.options"], unruled  # each method checks its own options table
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("data", "cache_tokens", "yes", "data.cache_tokens: must be true or false; e.g. cache_tokens = true"),
+        ("train", "batch_size", 0, "train.batch_size: must be a positive integer, got 0; e.g. batch_size = 16"),
+        ("study", "keep_weights", "some", "study.keep_weights: must be one of ['front', 'all', 'none'], got 'some'"),
+        ("train", "device", "tpu", "e.g. device = \"auto\""),
+        ("budget", "max_trainable", "120%", "budget.max_trainable: "),
+    ],
+)
+def test_rule_messages_name_the_field_the_value_and_the_fix(tmp_path: Path, section, key, value, expected) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write_study(tmp_path, **{section: {key: value}}))
+    assert expected in str(info.value) and "\n" not in str(info.value)
