@@ -21,6 +21,9 @@ from autopeft.optuna_adapter import (
 )
 from autopeft.storage import _OutageTolerantStorage, open_storage
 
+# The tests ask for trials outside Study.optimize on storages with heartbeats, which Optuna warns about.
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+
 
 @pytest.mark.parametrize("name", [*RDB_PRIVATE_CALLED, "_set_trial_attr_without_commit"])
 def test_the_private_rdb_storage_methods_autopeft_wraps_exist(name: str) -> None:
