@@ -165,7 +165,7 @@ def test_every_study_file_field_declares_its_rules() -> None:
         ("data", "cache_tokens", "yes", "data.cache_tokens: must be true or false; e.g. cache_tokens = true"),
         ("train", "batch_size", 0, "train.batch_size: must be a positive integer, got 0; e.g. batch_size = 16"),
         ("study", "keep_weights", "some", "study.keep_weights: must be one of ['front', 'all', 'none'], got 'some'"),
-        ("train", "device", "tpu", "e.g. device = \"auto\""),
+        ("train", "device", "tpu", 'e.g. device = "auto"'),
         ("budget", "max_trainable", "120%", "budget.max_trainable: "),
     ],
 )
