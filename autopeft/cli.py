@@ -182,7 +182,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_confirm(args: argparse.Namespace) -> int:
     from autopeft.confirm import confirm_front
 
-    _, records = confirm_front(args.study, seeds=args.seeds, storage=args.storage, quiet=args.quiet)
+    which: str | int = "best" if args.best else "pareto"
+    if args.trial is not None:
+        which = args.trial
+    _, records = confirm_front(args.study, seeds=args.seeds, storage=args.storage, quiet=args.quiet, which=which)
     for r in records:
         test = f"; test {r['test_mean']:.4f} ± {r['test_std']:.4f}" if "test_mean" in r else ""
         print(f"trial {r['trial']}: {r['mean']:.4f} ± {r['std']:.4f} over {len(r['seeds'])} seeds{test}")
@@ -337,9 +340,12 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--format", choices=("table", "json"), default="table")
     plan.set_defaults(func=_cmd_plan)
 
-    confirm = sub.add_parser("confirm", help="re-train the Pareto configurations with new seeds")
+    confirm = sub.add_parser("confirm", help="re-train the Pareto configurations (or one trial) with new seeds")
     confirm.add_argument("study", help=_STUDY_HELP)
     confirm.add_argument("--seeds", type=int, default=3, help="new seeds per configuration")
+    chosen = confirm.add_mutually_exclusive_group()
+    chosen.add_argument("--best", action="store_true", help="only the best trial (default: every Pareto trial)")
+    chosen.add_argument("--trial", type=int, metavar="N", help="only trial N")
     _storage_option(confirm)
     confirm.add_argument("--quiet", action="store_true", help="no progress output")
     confirm.set_defaults(func=_cmd_confirm)

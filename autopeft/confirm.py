@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from autopeft.errors import AutopeftError
 from autopeft.progress import Progress
-from autopeft.results import pareto_front
+from autopeft.results import best_trial, is_feasible, pareto_front
 
 __all__ = ["confirm_front", "confirm_seeds", "CONFIRM_PREFIX"]
 
@@ -32,16 +33,40 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def _chosen(study: optuna.Study, which: str | int, budget: int | None) -> list[FrozenTrial]:
+    """The trials ``which`` names, judged by the study file's ``budget``.
+
+    Raises:
+        AutopeftError: there is no feasible complete trial, or trial ``which`` is not one.
+    """
+    if which in ("pareto", "best"):
+        chosen = pareto_front(study, budget=budget) if which == "pareto" else [best_trial(study, budget=budget)]
+        if not chosen or chosen[0] is None:
+            raise AutopeftError(f"study {study.study_name!r} has no feasible complete trial to confirm; run it first")
+        return [t for t in chosen if t is not None]
+    trials = study.get_trials(deepcopy=False)
+    if not isinstance(which, int) or not 0 <= which < len(trials) or not is_feasible(trials[which], budget):
+        raise AutopeftError(
+            f"confirm: study {study.study_name!r} has no complete feasible trial {which}; see `autopeft trials`"
+        )
+    return [trials[which]]
+
+
 def confirm_front(
-    study_file: str | Path, seeds: int = 3, storage: str | None = None, quiet: bool = False
+    study_file: str | Path,
+    seeds: int = 3,
+    storage: str | None = None,
+    quiet: bool = False,
+    which: str | int = "pareto",
 ) -> tuple[optuna.Study, list[dict[str, Any]]]:
-    """Re-train each Pareto configuration of a finished study with ``seeds`` new seeds.
+    """Re-train each Pareto configuration of a finished study with ``seeds`` new seeds; ``which``:
+    ``"pareto"`` (every front trial), ``"best"`` (the best trial alone) or a trial number.
 
     Returns:
         The study and one record per front trial: ``trial``, ``seeds``, ``values`` and their
         ``mean``/``std`` (and ``test_values``/``test_mean``/``test_std`` when there is a test split).
     """
-    from autopeft.study import open_study, resolve
+    from autopeft.study import file_budget, open_study, resolve
     from autopeft.workbench import Workbench
 
     if seeds < 1:
@@ -49,9 +74,7 @@ def confirm_front(
     resolved = resolve(study_file)
     config = resolved.config
     study = open_study(config, storage, create=False, directions=resolved.directions)
-    front = pareto_front(study)
-    if not front:
-        raise AutopeftError(f"study {config.study.name!r} has no feasible complete trial to confirm; run it first")
+    front = _chosen(study, which, file_budget(config, study))
     progress = Progress(quiet=quiet)
     bench = Workbench(resolved, progress)
     records = []

@@ -82,6 +82,24 @@ def test_confirm_records_mean_and_spread_and_resumes(front_study, capsys) -> Non
     assert all(r["confirmed_seeds"] == 2 and r["confirmed_mean"] == records[r["number"]]["mean"] for r in rows)
 
 
+def test_confirm_takes_the_best_or_one_trial(front_study, capsys) -> None:
+    from autopeft.results import best_trial, is_feasible
+
+    path, study = front_study
+    best = best_trial(study)
+    off_front = [t for t in study.trials if is_feasible(t) and t.number not in {f.number for f in pareto_front(study)}]
+    assert main(["confirm", str(path), "--seeds", "3", "--best", "--quiet"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"trial {best.number}: ") and "over 3 seeds" in out[0]
+    if off_front:  # a trial the front does not hold is confirmed when named
+        number = off_front[0].number
+        assert main(["confirm", str(path), "--seeds", "1", "--trial", str(number), "--quiet"]) == 0
+        assert capsys.readouterr().out.startswith(f"trial {number}: ")
+    assert main(["confirm", str(path), "--trial", "999", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no complete feasible trial 999" in err[0]
+
+
 def test_another_study_starts_from_this_front(front_study, tmp_path) -> None:
     path, study = front_study
     front = pareto_front(study)
