@@ -339,8 +339,12 @@ class SearchSection:
         ),
         default_factory=lambda: ["lora", "ia3", "adapter", "bitfit", "unfreeze"],
     )
-    # Try each method's known-good configuration first.
-    warm_start: bool = checked(_flag("warm_start = true"), default=True)
+    # Try each method's known-good configuration first; default: yes, unless sampler = "random" (a
+    # random search is a baseline, and queued defaults would make it less random). A method's own
+    # table may say otherwise: [search.lora] warm_start = false.
+    warm_start: bool | None = checked(
+        Rule(lambda v: v is None or isinstance(v, bool), "must be true or false", "warm_start = true"), default=None
+    )
     # The [search.<method>] tables; each method checks its own (PeftMethod.check_options).
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -362,6 +366,12 @@ class StudyConfig:
     def objectives(self) -> list[str]:
         """What the study optimizes: the task metric, and the trainable parameters when multi-objective."""
         return self.study.objectives or [self.task.metric]
+
+    def warm_starts(self, method: str) -> bool:
+        """Whether ``method``'s known-good configuration is tried first: its own ``[search.<method>]
+        warm_start``, else ``[search] warm_start``, else yes unless the sampler is random."""
+        default = self.search.warm_start if self.search.warm_start is not None else self.study.sampler != "random"
+        return bool(self.search.options.get(method, {}).get("warm_start", default))
 
     @property
     def multi_objective(self) -> bool:
@@ -454,12 +464,18 @@ def _validate(config: StudyConfig) -> None:
                 for token, text in words.items():
                     problem, fix = problem.replace(token, text), fix.replace(token, text)
                 raise ConfigError(f"{section_name}.{f.name}", problem, fix)
-    for name in config.search.options:  # a table's name must be a method the study searches
+    for name, table in config.search.options.items():  # a table's name must be a method the study searches
         _check(
             name in config.search.methods,
             f"search.{name}",
             f"options for method {name!r}, which is not in search.methods",
             f"add {name!r} to methods or remove [search.{name}]",
+        )
+        _check(
+            isinstance(table.get("warm_start", True), bool),
+            f"search.{name}.warm_start",
+            "must be true or false",
+            "warm_start = false",
         )
 
 

@@ -69,10 +69,13 @@ class SearchSpace:
         return params
 
     def warm_start_params(self, say: Callable[[str], None] = lambda line: None) -> list[dict[str, Any]]:
-        """Optuna parameters of each enabled method's known-good configuration that fits the budget as is."""
+        """Optuna parameters of the known-good configuration of each method whose warm start is on
+        (:meth:`StudyConfig.warm_starts`) and that fits the budget as is."""
         found = []
         bench = self.bench
         for name, method in bench.methods.items():
+            if not bench.config.warm_starts(name):
+                continue
             params = method.warm_start(bench.ctx, bench.options[name])
             if params is None:
                 continue

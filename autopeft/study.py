@@ -298,7 +298,7 @@ def prepare_study(
     new = not study.get_trials(deepcopy=False, states=(*FINISHED, *PENDING))
     if start_from is not None:
         _enqueue_front(study, space, start_from, progress)
-    if config.search.warm_start and new:
+    if new:
         for params in space.warm_start_params(progress.line):
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
     baseline = f"; {bench.baseline['name']} baseline {bench.baseline['value']:.4f}" if bench.baseline else ""

@@ -109,8 +109,11 @@ class Workbench:
         self.enabled = {name: info.method for name, info in infos.items()}
         #: Where each method comes from, for failure records: "lora from autopeft 0.1.0".
         self.plugins = {name: f"{info.plugin} from {info.distribution} {info.version}" for name, info in infos.items()}
-        self.options = {
-            name: method.check_options(config.search.options.get(name, {})) for name, method in self.enabled.items()
+        self.options = {  # warm_start is the study's, not the method's: see StudyConfig.warm_starts
+            name: method.check_options(
+                {k: v for k, v in config.search.options.get(name, {}).items() if k != "warm_start"}
+            )
+            for name, method in self.enabled.items()
         }
 
         self.model_source, offline = resolve_model_name(resolved.pm, config.model.name)

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from conftest import workbench_for, write_study
 
-from autopeft import load_config, run_study
+from autopeft import ConfigError, load_config, run_study
 from autopeft.cli import main
 from autopeft.results import pareto_front
 from autopeft.search_space import SearchSpace
@@ -134,6 +134,20 @@ def test_default_configuration_is_tried_first_only_when_it_fits(tmp_path, minilm
     # LoRA r=8 on query and value of 2 blocks: 2 * 8 * (384 + 384) * 2 + 770 (head) = 25,346 parameters.
     assert warm("25346") == ["lora", "ia3"]
     assert warm("25345") == ["ia3"]
+
+
+def test_warm_starts_are_per_method_and_off_for_random_search(tmp_path, minilm_available) -> None:
+    def warm(sampler: str, **search) -> list[str]:
+        path = write_study(tmp_path, study={"sampler": sampler}, search={"methods": ["lora", "ia3"], **search})
+        return [p["method"] for p in SearchSpace(workbench_for(load_config(path))).warm_start_params()]
+
+    assert warm("tpe") == ["lora", "ia3"]
+    assert warm("tpe", ia3={"warm_start": False}) == ["lora"]  # a method's own table turns its default off
+    assert warm("random") == []  # a random search is a baseline: nothing queued unless asked for
+    assert warm("random", lora={"warm_start": True}) == ["lora"]
+    assert warm("random", warm_start=True) == ["lora", "ia3"]
+    with pytest.raises(ConfigError, match=r"search.lora.warm_start: must be true or false"):
+        load_config(write_study(tmp_path, search={"methods": ["lora"], "lora": {"warm_start": "no"}}))
 
 
 def test_plan_shows_blocks_sizes_and_fitting_shares(tmp_path, capsys, minilm_available) -> None:
