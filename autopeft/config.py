@@ -38,7 +38,7 @@ __all__ = [
 SAMPLERS = ("tpe", "random")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cuda", "cpu")
-PRUNERS = ("median", "none")
+PRUNERS = ("median", "sha", "hyperband", "none")
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 KEEP_WEIGHTS = ("front", "all", "none")
 #: A study name becomes file names beside the study file (<name>.db, <name>.cache/, <name>.artifacts/):
@@ -151,7 +151,23 @@ class StudySection:
         Rule(_positive_int, "must be a positive integer, got {value}", "e.g. n_trials = 20"), default=10
     )
     sampler: str = checked(_one_of(SAMPLERS, "sampler"), default="tpe")
+    # "median": stop a trial below the median of earlier ones at the same report; "sha": successive
+    # halving at rungs of pruner_min_steps · pruner_eta^k steps (asynchronous: a worker never waits);
+    # "hyperband": several such brackets; "none". Two-objective studies apply them within size buckets.
     pruner: str = checked(_one_of(PRUNERS, "pruner"), default="median")
+    # Trials that finish before the median rule judges any.
+    pruner_startup_trials: int = checked(
+        Rule(lambda v: _is_int(v) and v >= 0, "must be an integer >= 0, got {value}", "e.g. {key} = 3"), default=3
+    )
+    # The first step a pruner may judge (sha, hyperband: the first rung); 0: the full run's steps / eta².
+    pruner_min_steps: int = checked(
+        Rule(lambda v: _is_int(v) and v >= 0, "must be an integer >= 0, got {value}", "e.g. {key} = 10, or 0"),
+        default=0,
+    )
+    # Successive halving keeps the best 1/eta at each rung, and rungs are eta times apart.
+    pruner_eta: int = checked(
+        Rule(lambda v: _is_int(v) and v >= 2, "must be an integer >= 2, got {value}", "e.g. {key} = 3"), default=3
+    )
     seed: int = checked(Rule(_is_int, "must be an integer, got {value}", "e.g. seed = 0"), default=0)
     # ["accuracy"]: the best metric under the budget; ["accuracy", "trainable_params"]: the Pareto front.
     objectives: list[str] | None = checked(

@@ -26,11 +26,11 @@ from autopeft.errors import AutopeftError, changed_choices, first_line
 from autopeft.methods import PeftMethod, checked_count
 from autopeft.optuna_adapter import set_user_attrs
 from autopeft.progress import Progress
-from autopeft.pruning import SizeAwareMedianPruner, reporter
+from autopeft.pruning import own_pruner, reporter, trial_fidelity
 from autopeft.results import beats_best
 from autopeft.search_space import SearchSpace
 from autopeft.storage import storage_failure
-from autopeft.train import NonFiniteLoss, TrainResult
+from autopeft.train import NonFiniteLoss, TrainResult, planned_steps
 
 __all__ = ["Objective"]
 
@@ -47,10 +47,9 @@ class Objective:
     def __init__(self, space: SearchSpace, progress: Progress | None = None, target: int | None = None) -> None:
         self.space, self.bench, self.config = space, space.bench, space.bench.config
         self.progress = progress or Progress(quiet=True)
-        #: Trials the study should finish: a trial started beyond it is surplus (None: no check).
-        self.target = target
-        multi = self.config.multi_objective
-        self.pruner = SizeAwareMedianPruner() if multi and self.config.study.pruner != "none" else None
+        self.target = target  # trials the study should finish: one started beyond it is surplus (None: no check)
+        self.pruner = own_pruner(self.config)  # two objectives: autopeft's; one: the study's Optuna pruner
+        self.fidelity = trial_fidelity(self.config, planned_steps(self.bench.data.train, self.config.train))
         #: A problem of the study file found inside a trial, which every later trial would hit too.
         self.fatal: AutopeftError | None = None
         #: Which machine and process ran a trial, for teams spreading a study over machines.
@@ -125,6 +124,7 @@ class Objective:
             config,
             learning_rate=learning_rate,
             seed=seed,
+            fidelity=self.fidelity,
             on_report=reporter(trial, n, self.config.task.metric, self.pruner, self._say),
             test=lambda value: beats_best(trial.study, value, n),
             on_trained=self._keeper(trial, method, n),

@@ -1,8 +1,12 @@
-"""Pruning: what a fit reports to, and the pruner for studies with two objectives.
+"""Pruning: which pruner a study uses, where trials report, and what a fit reports to.
 
-:func:`reporter` is the ``on_report`` of a trial's fit: one-objective studies go to the study's
-Optuna pruner; Optuna's pruners cannot judge two-objective trials, so those go to
-:class:`SizeAwareMedianPruner`.
+``[study] pruner``: ``median``, ``sha`` (successive halving), ``hyperband`` or ``none``. Trials
+report at the study's evaluation points (``median``) or at successive-halving rungs of
+``pruner_min_steps · pruner_eta^k`` optimizer steps (``sha``, ``hyperband``; see :func:`rungs`).
+One-objective studies use Optuna's pruners (:func:`make_pruner`). Optuna's pruners cannot judge
+two-objective trials, so those get autopeft's own (:func:`own_pruner`): the median rule among
+smaller trials (:class:`SizeAwareMedianPruner`), or successive halving within size buckets
+(:class:`SizeBucketHalvingPruner`). :func:`reporter` is the ``on_report`` of a trial's fit.
 
 Optuna refuses ``trial.report`` in multi-objective studies. A running trial is hopeless for the
 Pareto front of metric against size when the finished trials that are *no larger* than it did
@@ -17,19 +21,93 @@ Intermediate values are kept in each trial's ``intermediate`` user attribute (st
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import optuna
+from optuna.trial import TrialState
 
+from autopeft.config import StudyConfig
 from autopeft.results import feasible_trials, metric_sign
+from autopeft.train import FULL, Fidelity
 
-__all__ = ["SizeAwareMedianPruner", "reporter"]
+__all__ = [
+    "SizeAwareMedianPruner",
+    "SizeBucketHalvingPruner",
+    "make_pruner",
+    "own_pruner",
+    "reporter",
+    "rungs",
+    "trial_fidelity",
+]
+
+
+class OwnPruner(Protocol):
+    """A pruner of two-objective trials: judges a trial of ``trainable_params`` reporting ``value`` at ``step``."""
+
+    def should_prune(self, study: optuna.Study, trainable_params: int, step: int, value: float) -> bool: ...
+
+
+def _min_steps(config: StudyConfig, total_steps: int) -> int:
+    eta = config.study.pruner_eta
+    return config.study.pruner_min_steps or max(1, total_steps // eta**2)
+
+
+def rungs(total_steps: int, min_steps: int, eta: int) -> tuple[int, ...]:
+    """The successive-halving rungs of a run of ``total_steps``: ``min_steps · eta^k`` below it (the
+    last step is the trial's result, not a rung). 47 steps, 5, 3: (5, 15, 45)."""
+    found, step = [], max(1, min_steps)
+    while step < total_steps:
+        found.append(step)
+        step *= eta
+    return tuple(found)
+
+
+def trial_fidelity(config: StudyConfig, total_steps: int) -> Fidelity:
+    """Where a search trial reports: at the rungs for ``sha``/``hyperband``, else at the study's
+    evaluation points (``[train] evals_per_epoch``)."""
+    if config.study.pruner not in ("sha", "hyperband"):
+        return FULL
+    return Fidelity(report_at=rungs(total_steps, _min_steps(config, total_steps), config.study.pruner_eta))
+
+
+def make_pruner(config: StudyConfig, total_steps: int) -> optuna.pruners.BasePruner:
+    """Optuna's pruner for a one-objective study whose full run is ``total_steps`` optimizer steps.
+
+    Two-objective studies get :class:`optuna.pruners.NopPruner`: Optuna cannot judge their trials,
+    and :func:`own_pruner` does.
+    """
+    study = config.study
+    if study.pruner == "none" or config.multi_objective:
+        return optuna.pruners.NopPruner()
+    if study.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=study.pruner_startup_trials, n_warmup_steps=study.pruner_min_steps
+        )
+    min_steps = _min_steps(config, total_steps)
+    if study.pruner == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=min_steps, reduction_factor=study.pruner_eta, min_early_stopping_rate=0
+        )
+    return optuna.pruners.HyperbandPruner(
+        min_resource=min_steps, max_resource=total_steps, reduction_factor=study.pruner_eta
+    )
+
+
+def own_pruner(config: StudyConfig) -> OwnPruner | None:
+    """autopeft's pruner for a two-objective study, or None (one objective, or ``pruner = "none"``)."""
+    if not config.multi_objective or config.study.pruner == "none":
+        return None
+    if config.study.pruner == "median":
+        return SizeAwareMedianPruner(min_peers=config.study.pruner_startup_trials)
+    return SizeBucketHalvingPruner(eta=config.study.pruner_eta)
 
 
 def reporter(
-    trial: optuna.Trial, n: int, metric: str, pruner: SizeAwareMedianPruner | None, say: Callable[[str], None]
+    trial: optuna.Trial, n: int, metric: str, pruner: OwnPruner | None, say: Callable[[str], None]
 ) -> Callable[[int, float], bool]:
     """The ``on_report`` of ``trial``'s fit (``n`` trainable parameters): True stops the fit.
 
@@ -73,3 +151,35 @@ class SizeAwareMedianPruner:
         ]
         sign = metric_sign(study)
         return len(peers) >= self.min_peers and sign * value < sign * statistics.median(peers)
+
+
+class SizeBucketHalvingPruner:
+    """Asynchronous successive halving (ASHA) within size buckets, for two-objective studies.
+
+    A trial reaching a rung is compared with every trial that reported at the same rung and whose
+    trainable count is in the same bucket (counts within a factor of ``bucket`` of each other, on a
+    log scale): it goes on when it is among the best ``1/eta`` of them, itself included. With fewer
+    than ``eta`` trials at the rung it goes on (asynchronous: nobody waits for peers). Small and large
+    configurations never compete, so the cheap end of the front is kept.
+    """
+
+    def __init__(self, eta: int = 3, bucket: float = 4.0) -> None:
+        self.eta, self.bucket = eta, bucket
+
+    def _bucket(self, n: int) -> int:
+        return math.floor(math.log(max(n, 1), self.bucket))
+
+    def should_prune(self, study: optuna.Study, trainable_params: int, step: int, value: float) -> bool:
+        mine = self._bucket(trainable_params)
+        peers = [
+            t.user_attrs["intermediate"][str(step)]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if str(step) in t.user_attrs.get("intermediate", {})
+            and not t.user_attrs.get("infeasible")
+            and self._bucket(t.user_attrs["trainable_params"]) == mine
+        ]
+        if len(peers) + 1 < self.eta:
+            return False
+        sign = metric_sign(study)
+        better = sum(1 for v in peers if sign * v > sign * value)
+        return better >= math.ceil((len(peers) + 1) / self.eta)

@@ -83,14 +83,6 @@ def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.B
         )
 
 
-def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    # Optuna's pruners cannot judge multi-objective trials; the objective applies
-    # autopeft.pruning.SizeAwareMedianPruner itself there.
-    if config.study.pruner == "none" or config.multi_objective:
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-
-
 def open_study(
     config: StudyConfig,
     storage: str | None = None,
@@ -122,7 +114,7 @@ def open_study(
                 study_name=config.study.name,
                 storage=rdb,
                 sampler=make_sampler(config, worker_seed),
-                pruner=_pruner(config),
+                pruner=optuna.pruners.NopPruner(),  # prepare_study sets the study's own
             )
         else:
             study = optuna.create_study(
@@ -130,7 +122,7 @@ def open_study(
                 storage=rdb,
                 directions=wanted,
                 sampler=make_sampler(config, worker_seed),
-                pruner=_pruner(config),
+                pruner=optuna.pruners.NopPruner(),  # prepare_study sets the study's own
                 load_if_exists=True,
             )
     except AutopeftError:
@@ -275,13 +267,17 @@ def prepare_study(
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
         return existing, None
     from autopeft.objective import Objective
+    from autopeft.pruning import make_pruner
     from autopeft.search_space import SearchSpace
+    from autopeft.train import planned_steps
     from autopeft.workbench import Workbench
 
     bench = Workbench(resolved, progress)
     bench.require_a_fit()
     check_artifacts(config)
     study = existing or open_study(config, storage, worker_seed=worker_seed, directions=resolved.directions)
+    # The pruner needs the full run's length, which the data decides: known once the workbench is loaded.
+    study.pruner = make_pruner(config, planned_steps(bench.data.train, config.train))
     space = SearchSpace(bench, _method_choices(study, bench, progress))
     recorded: dict[str, Any] = {
         "budget": bench.budget,
