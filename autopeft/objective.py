@@ -26,7 +26,7 @@ from autopeft.errors import AutopeftError, changed_choices, first_line
 from autopeft.methods import PeftMethod, checked_count
 from autopeft.optuna_adapter import set_user_attrs
 from autopeft.progress import Progress
-from autopeft.pruning import own_pruner, reporter, trial_fidelity
+from autopeft.pruning import TrialReporter, own_pruner, trial_fidelity
 from autopeft.results import beats_best
 from autopeft.search_space import SearchSpace
 from autopeft.storage import storage_failure
@@ -93,10 +93,6 @@ class Objective:
         trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
         self.progress.line(f"[trial {trial.number}] failed in {name or 'autopeft'}: {error}")
 
-    def _say(self, line: str) -> None:
-        self.progress.close_bar()  # a line in the middle of a fit ends its progress bar
-        self.progress.line(line)
-
     def _values(self, metric: float, n: int) -> float | tuple[float, float]:
         return (metric, float(n)) if self.config.multi_objective else metric
 
@@ -111,21 +107,22 @@ class Objective:
         about |= {"learning_rate": learning_rate, "versions": bench.versions, "device": str(bench.device)}
         set_user_attrs(trial, {**about, "worker": self.worker})
         trial.set_constraint("trainable_params", float(n - bench.budget))
-        label = (
-            f"[trial {trial.number}] {name} {method.describe(config)} lr={learning_rate:.2e} {format_count(n)} params"
-        )
+        what = f"{name} {method.describe(config)} lr={learning_rate:.2e}"
+        label = f"[trial {trial.number}] {what} {format_count(n)} params"
         if n > bench.budget:  # never trained: told to Optuna as infeasible through the constraint
             trial.set_user_attr("infeasible", True)
             self.progress.line(f"{label}: over budget ({format_count(bench.budget)}), not trained")
             return self._values(bench.task.worst(self.config.task.metric), n)
         self.progress.line(label)
+        report = TrialReporter(trial, n, self.config.task.metric, self.pruner, self.progress.line, bench.baseline_value)
         result = bench.fit(
             method,
             config,
             learning_rate=learning_rate,
             seed=seed,
             fidelity=self.fidelity,
-            on_report=reporter(trial, n, self.config.task.metric, self.pruner, self._say),
+            on_report=report,
+            on_loss=report.loss,
             test=lambda value: beats_best(trial.study, value, n),
             on_trained=self._keeper(trial, method, n),
             label=trial.number,

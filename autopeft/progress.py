@@ -27,6 +27,8 @@ class Progress:
         self._bar: tqdm | None = None
 
     def line(self, text: str) -> None:
+        """Print a line, ending a progress bar that is still drawn: the two would garble each other."""
+        self.close_bar()
         if not self.quiet:
             print(self.prefix + text, file=self.stream, flush=True)
 

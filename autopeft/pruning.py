@@ -6,7 +6,7 @@ report at the study's evaluation points (``median``) or at successive-halving ru
 One-objective studies use Optuna's pruners (:func:`make_pruner`). Optuna's pruners cannot judge
 two-objective trials, so those get autopeft's own (:func:`own_pruner`): the median rule among
 smaller trials (:class:`SizeAwareMedianPruner`), or successive halving within size buckets
-(:class:`SizeBucketHalvingPruner`). :func:`reporter` is the ``on_report`` of a trial's fit.
+(:class:`SizeBucketHalvingPruner`). :class:`TrialReporter` is what a trial's fit reports to.
 
 Optuna refuses ``trial.report`` in multi-objective studies. A running trial is hopeless for the
 Pareto front of metric against size when the finished trials that are *no larger* than it did
@@ -39,7 +39,7 @@ __all__ = [
     "SizeBucketHalvingPruner",
     "make_pruner",
     "own_pruner",
-    "reporter",
+    "TrialReporter",
     "rungs",
     "trial_fidelity",
 ]
@@ -106,34 +106,76 @@ def own_pruner(config: StudyConfig) -> OwnPruner | None:
     return SizeBucketHalvingPruner(eta=config.study.pruner_eta)
 
 
-def reporter(
-    trial: optuna.Trial, n: int, metric: str, pruner: OwnPruner | None, say: Callable[[str], None]
-) -> Callable[[int, float], bool]:
-    """The ``on_report`` of ``trial``'s fit (``n`` trainable parameters): True stops the fit.
+class TrialReporter:
+    """What a trial's fit reports to: ``on_report`` (this object; True stops the fit) and ``on_loss``
+    (:meth:`loss`).
 
-    ``pruner``: the size-aware pruner of a two-objective study (None: one objective, Optuna's own
-    pruner decides). A stop is recorded in ``pruned_at_step`` and ``seconds_before_pruning``.
+    One objective: the study's Optuna pruner decides; two: ``pruner`` (:func:`own_pruner`), since
+    Optuna refuses ``trial.report`` there. Either way, a trial that is still at the ``baseline``
+    (a model that learned nothing: the majority class) at its first report, while its training loss
+    has not fallen, is stopped as degenerate: ``pruned_reason`` says so, and the sampler learns from
+    it (a pruned trial, where a failed one would be ignored). A stop is recorded in
+    ``pruned_at_step`` and ``seconds_before_pruning``.
     """
-    started = time.perf_counter()
-    intermediate: dict[str, float] = {}
-    two_objectives = len(trial.study.directions) > 1
 
-    def report(step: int, value: float) -> bool:
-        say(f"[trial {trial.number}] step {step}: {metric} {value:.4f}")
-        if two_objectives:  # Optuna refuses trial.report here: keep the values for our pruner
-            intermediate[str(step)] = value
-            trial.set_user_attr("intermediate", intermediate)
-            prune = pruner is not None and pruner.should_prune(trial.study, n, step, value)
+    #: How much the training loss must fall (relative) for a trial at the baseline to go on.
+    LOSS_FALL = 0.02
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        n: int,
+        metric: str,
+        pruner: OwnPruner | None,
+        say: Callable[[str], None],
+        baseline: float | None = None,
+    ) -> None:
+        self.trial, self.n, self.metric, self.pruner, self.say, self.baseline = trial, n, metric, pruner, say, baseline
+        self.started = time.perf_counter()
+        self.intermediate: dict[str, float] = {}
+        self.losses: list[float] = []
+
+    def loss(self, step: int, value: float) -> None:
+        """The training loss of optimizer step ``step``."""
+        self.losses.append(value)
+
+    def degenerate(self, value: float) -> str | None:
+        """Why a first report of ``value`` shows a trial that learned nothing, or None."""
+        if self.baseline is None or self.intermediate or not self.losses:
+            return None
+        k = max(1, len(self.losses) // 4)
+        first, recent = statistics.fmean(self.losses[:k]), statistics.fmean(self.losses[-k:])
+        sign = metric_sign(self.trial.study)
+        if sign * value > sign * self.baseline + 1e-9 or recent < first * (1 - self.LOSS_FALL):
+            return None
+        return (
+            f"degenerate: {self.metric} {value:.4f} is the baseline's ({self.baseline:.4f}) and the training loss "
+            f"has not fallen ({first:.4f} -> {recent:.4f})"
+        )
+
+    def __call__(self, step: int, value: float) -> bool:
+        trial = self.trial
+        self.say(f"[trial {trial.number}] step {step}: {self.metric} {value:.4f}")
+        why = self.degenerate(value)
+        if len(trial.study.directions) > 1:  # Optuna refuses trial.report here: keep the values for our pruner
+            self.intermediate[str(step)] = value
+            trial.set_user_attr("intermediate", self.intermediate)
+            prune = (
+                why is not None
+                or self.pruner is not None
+                and self.pruner.should_prune(trial.study, self.n, step, value)
+            )
         else:
+            self.intermediate[str(step)] = value
             trial.report(value, step)
-            prune = trial.should_prune()
+            prune = why is not None or trial.should_prune()
         if prune:
+            if why is not None:
+                trial.set_user_attr("pruned_reason", why)
             trial.set_user_attr("pruned_at_step", step)
-            trial.set_user_attr("seconds_before_pruning", time.perf_counter() - started)
-            say(f"[trial {trial.number}] pruned at step {step} ({value:.4f})")
+            trial.set_user_attr("seconds_before_pruning", time.perf_counter() - self.started)
+            self.say(f"[trial {trial.number}] pruned at step {step} ({why or f'{value:.4f}'})")
         return prune
-
-    return report
 
 
 class SizeAwareMedianPruner:

@@ -156,6 +156,7 @@ class Workbench:
         found = self.task.baseline(self.data.train, self.data.validation, config.task.metric)
         #: What a model that learned nothing scores: {"name": "majority class", "value": 0.58}, or None.
         self.baseline = {"name": found[0], "value": found[1]} if found else None
+        self.baseline_value: float | None = found[1] if found else None
         self.versions = library_versions()
 
     def _smallest(self, name: str, method: PeftMethod) -> int:
@@ -220,6 +221,7 @@ class Workbench:
         seed: int,
         fidelity: Fidelity = FULL,
         on_report: Callable[[int, float], bool] | None = None,
+        on_loss: Callable[[int, float], None] | None = None,
         test: Callable[[float], bool] | bool = False,
         on_trained: Callable[[nn.Module, TrainResult], None] | None = None,
         label: int | str = "",
@@ -230,6 +232,7 @@ class Workbench:
         Args:
             on_report: sees ``(step, validation metric)`` at each reporting point before the last;
                 True stops the fit there (pruning, successive halving): ``result.stopped_at``.
+            on_loss: sees ``(step, training loss)`` after every optimizer step.
             test: whether to score the test split, as a flag or as a function of the validation
                 metric (trials score it only when they are the new best, to save the time).
             on_trained: sees the trained model before it is freed (to save its weights).
@@ -273,7 +276,7 @@ class Workbench:
                     optimizer=method.optimizer(model, config, learning_rate, self.config.train.weight_decay),
                     on_report=on_report,
                     on_step=functools.partial(method.on_step, model) if overrides_step else None,
-                    progress=lambda step, total, loss: self.progress.step(label, step, total, loss),
+                    progress=self._progress(label, on_loss),
                 )
             result.setup_seconds, result.cached_blocks, result.cache_seconds = setup_seconds, cached, cache_seconds
             if result.stopped_at is None:  # stopped by the caller: not a result to test or keep
@@ -293,6 +296,18 @@ class Workbench:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def _progress(
+        self, label: int | str, on_loss: Callable[[int, float], None] | None
+    ) -> Callable[[int, int, float], None]:
+        """The training loop's per-step callback: the progress bar, and ``on_loss``."""
+
+        def step(done: int, total: int, loss: float) -> None:
+            self.progress.step(label, done, total, loss)
+            if on_loss is not None:
+                on_loss(done, loss)
+
+        return step
 
     def _cache_prefix(self, model: nn.Module) -> int:
         """Blocks the prefix cache stands in for in this fit (0: none), their states computed now

@@ -8,7 +8,14 @@ import pytest
 from conftest import write_study
 
 from autopeft import ConfigError, load_config, run_study
-from autopeft.pruning import SizeBucketHalvingPruner, make_pruner, own_pruner, rungs, trial_fidelity
+from autopeft.pruning import (
+    SizeBucketHalvingPruner,
+    TrialReporter,
+    make_pruner,
+    own_pruner,
+    rungs,
+    trial_fidelity,
+)
 
 
 def _config(tmp_path, **study):
@@ -86,3 +93,28 @@ def test_a_sha_study_reports_at_its_rungs(tmp_path, minilm_available) -> None:
     reported = [sorted(t.intermediate_values) for t in study.trials if t.intermediate_values]
     assert reported and all(steps and set(steps) <= {1, 3} for steps in reported)
     assert isinstance(study.pruner, optuna.pruners.SuccessiveHalvingPruner)
+
+
+def _reporter(study: optuna.Study, losses: list[float], baseline: float | None = 0.58) -> TrialReporter:
+    report = TrialReporter(study.ask(), 1_000, "accuracy", None, lambda line: None, baseline)
+    for step, loss in enumerate(losses, 1):
+        report.loss(step, loss)
+    return report
+
+
+@pytest.mark.parametrize("objectives", [["maximize"], ["maximize", "minimize"]])
+def test_a_trial_at_the_baseline_whose_loss_has_not_fallen_is_stopped_as_degenerate(objectives) -> None:
+    study = optuna.create_study(directions=objectives)
+    flat = [0.69, 0.70, 0.69, 0.70, 0.69, 0.70, 0.69, 0.70]
+    report = _reporter(study, flat)
+    assert report(8, 0.58) is True  # the majority class, loss flat: degenerate, whatever the pruner says
+    attrs = study.trials[-1].user_attrs
+    assert attrs["pruned_reason"].startswith("degenerate: accuracy 0.5800 is the baseline's (0.5800)")
+    assert attrs["pruned_at_step"] == 8
+
+    falling = _reporter(study, [0.69, 0.68, 0.6, 0.5, 0.45, 0.4, 0.38, 0.35])
+    assert falling(8, 0.58) is False  # at the baseline, but learning: it goes on
+    assert _reporter(study, flat)(8, 0.61) is False  # above the baseline
+    assert _reporter(study, flat, baseline=None)(8, 0.58) is False  # a task without a baseline
+    later = _reporter(study, flat)
+    assert later(8, 0.61) is False and later(16, 0.58) is False  # judged at its first report only

@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from autopeft import load_config, run_study
-from autopeft.pruning import SizeAwareMedianPruner, reporter
+from autopeft.pruning import SizeAwareMedianPruner, TrialReporter
 from autopeft.train import TrainResult, planned_steps
 from autopeft.workbench import Workbench
 
@@ -131,7 +131,7 @@ def test_reporter_prunes_two_objective_trials_and_records_where() -> None:
     for size in (100, 200, 300):
         _finished(study, size, 0.9)
     trial = study.ask()
-    report = reporter(trial, 1_000, "accuracy", SizeAwareMedianPruner(), lambda line: None)
+    report = TrialReporter(trial, 1_000, "accuracy", SizeAwareMedianPruner(), lambda line: None)
     assert report(5, 0.5) is True  # stop the fit here
     attrs = study.trials[-1].user_attrs
     assert attrs["intermediate"] == {"5": 0.5} and attrs["pruned_at_step"] == 5
