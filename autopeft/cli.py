@@ -293,10 +293,18 @@ def _storage_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=os.environ.get(STORAGE_ENV) or None, help=_STORAGE_HELP)
 
 
+def _version() -> str:
+    """``autopeft 0.1.0``, and the versions a trial's result depends on are in its ``versions`` record."""
+    from autopeft import __version__
+
+    return f"autopeft {__version__}"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autopeft", description="Search PEFT configurations under a parameter budget."
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run or resume the search a study file describes")

@@ -14,7 +14,7 @@ from conftest import ROOT
 def test_wheel_contents(tmp_path: Path) -> None:
     source = tmp_path / "src"  # a copy, so no build/ folder is left in (or reused from) the checkout
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     for name in ("autopeft", "plugins"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -44,6 +44,23 @@ def test_wheel_contents(tmp_path: Path) -> None:
     assert "autopeft_plugins/lora.py" in names and "autopeft/hookspecs.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "autopeft = autopeft.cli:main" in entry_points
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA"))).decode()
+    assert (
+        "License-Expression: Apache-2.0" in metadata and "Classifier: Programming Language :: Python :: 3" in metadata
+    )
+    assert any(n.endswith("licenses/LICENSE") for n in names)
+    assert "Requires-Dist: numpy" in metadata  # imported by the token cache: declared, not borrowed from torch
+
+
+def test_version_is_one_line(capsys) -> None:
+    import pytest
+
+    from autopeft import __version__
+    from autopeft.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"autopeft {__version__}"
 
 
 def test_every_public_name_resolves_and_the_cli_does_not_import_torch() -> None:
