@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -22,18 +24,35 @@ __all__ = ["hub_offline", "resolve_model_name", "load_tokenizer", "load_base_mod
 
 @functools.cache
 def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set or the hub does not answer a TCP connect within 3 s.
+    """True when ``HF_HUB_OFFLINE`` is set or the hub does not answer within 3 s.
 
     A direct probe, because ``from_pretrained`` retries for about half a minute before it gives up.
+    Behind a proxy (``HTTPS_PROXY``...) the hub is asked through the proxy, as ``huggingface_hub``
+    would ask it; elsewhere a TCP connect is enough.
     """
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         return True
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = urlparse(url)
+    host = endpoint.hostname or "huggingface.co"
+    if urllib.request.getproxies().get(endpoint.scheme) and not urllib.request.proxy_bypass(host):
+        return not _answers_through_proxy(url)
     try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=3):
+        with socket.create_connection((host, endpoint.port or 443), timeout=3):
             return False
     except OSError:
         return True
+
+
+def _answers_through_proxy(url: str) -> bool:
+    """Whether ``url`` answers through the configured proxy: any HTTP response counts, even an error."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=3):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def resolve_model_name(pm: pluggy.PluginManager, name: str) -> tuple[str, bool]:

@@ -80,3 +80,37 @@ def test_an_unfinished_directory_is_replaced(tmp_path, monkeypatch) -> None:
     path = offline_models.resolve_model(name="x/y", offline=True)
     assert path == str(stale) and (stale / "autopeft-gguf.json").is_file()
     assert (stale / "config.json").read_text() == '{"ok": 1}'
+
+
+def test_the_hub_is_asked_through_a_configured_proxy(monkeypatch) -> None:
+    """Behind a proxy the hub's own address may not be reachable: the probe goes through the proxy."""
+    import http.server
+    import threading
+
+    from autopeft.models import hub_offline
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("HF_HUB_OFFLINE", "NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid")  # not resolvable here: only the proxy can reach it
+    try:
+        hub_offline.cache_clear()
+        assert hub_offline()  # no proxy: a direct connect fails
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_port}")
+        hub_offline.cache_clear()
+        assert not hub_offline()  # through the proxy, the hub answers
+        server.shutdown()
+        server.server_close()
+        hub_offline.cache_clear()
+        assert hub_offline()  # the proxy is gone
+    finally:
+        hub_offline.cache_clear()
