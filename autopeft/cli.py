@@ -222,7 +222,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     url, study, standard = _load(args)
     if args.output:
-        print(f"report: {write_html(study, Path(args.output), mask_url(url), standard)}")
+        print(f"report: {write_html(study, Path(args.output), mask_url(url), standard, args.plotly_js)}")
     if args.png:
         for path in write_pngs(study, Path(args.png), standard):
             print(f"plot: {path}")
@@ -374,6 +374,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("study", help=_STUDY_HELP)
     report.add_argument("-o", "--output", metavar="HTML", help="report file to write, e.g. report.html")
     report.add_argument("--png", metavar="DIR", help="also write each plot as DIR/<name>.png (needs Chromium)")
+    report.add_argument(
+        "--plotly-js",
+        choices=["inline", "cdn"],
+        default="inline",
+        help="plotly.js inside the file (default: opens offline, ~5 MB) or from plotly's CDN (small; needs network)",
+    )
     _storage_option(report)
     report.set_defaults(func=_cmd_report)
 

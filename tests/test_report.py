@@ -181,6 +181,10 @@ def test_report_of_a_real_study(trained_study, tmp_path) -> None:
     assert [list(row) for row in heat.z] == [t.user_attrs["block_params"] for t in pareto_front(study)]
     assert main(["report", str(path), "-o", str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r.html").stat().st_size > 1_000_000  # plotly.js is inlined
+    assert main(["report", str(path), "-o", str(tmp_path / "cdn.html"), "--plotly-js", "cdn"]) == 0
+    small = (tmp_path / "cdn.html").read_text()
+    assert len(small.encode()) < 500_000 and '<script src="https://cdn.plot.ly/plotly-' in small
+    assert small.count("<div class='plot'") == (tmp_path / "r.html").read_text().count("<div class='plot'")
 
 
 def test_report_needs_an_output(synthetic, capsys) -> None:
