@@ -122,6 +122,7 @@ _METRIC_MEANING = {
     "f1": "F1 of the second class (in label order) with two classes, macro-averaged over classes with more",
     "macro_f1": "F1 averaged over classes, each class counting the same",
     "mcc": "Matthews correlation coefficient, 0 for a constant predictor",
+    "entity_f1": "F1 of whole entities (IOB tags), micro-averaged, as named-entity recognition is scored",
 }
 
 

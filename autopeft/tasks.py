@@ -49,6 +49,8 @@ class EvalSettings:
     batch_size: int
     device: torch.device
     precision: str = "auto"
+    #: The class names in id order (``TaskData.label_names``), for metrics that read them (entity F1).
+    label_names: tuple[str, ...] = ()
 
 
 class Task(ABC):

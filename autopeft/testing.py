@@ -296,8 +296,11 @@ class TaskConformance:
         transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
         return self.task.load_model(str(tmp_path / "tiny"), encoded[1]).float()
 
-    def _settings(self) -> EvalSettings:
-        return EvalSettings(pad_token_id=0, batch_size=3, device=torch.device("cpu"), precision="fp32")
+    def _settings(self, names: list[Any] | None = None) -> EvalSettings:
+        labels = tuple(str(n) for n in names or [])
+        return EvalSettings(
+            pad_token_id=0, batch_size=3, device=torch.device("cpu"), precision="fp32", label_names=labels
+        )
 
     def test_declares_name_metrics_and_model_class(self) -> None:
         import transformers
@@ -340,11 +343,10 @@ class TaskConformance:
     ) -> None:
         model.train()
         for metric, direction in self.task.metrics.items():
-            value = self.task.evaluate(model, encoded[0], metric, self._settings())
+            settings = self._settings(encoded[1])
+            value = self.task.evaluate(model, encoded[0], metric, settings)
             assert isinstance(value, float) and not math.isnan(value), metric
-            assert value == self.task.evaluate(model, encoded[0], metric, self._settings()), (
-                "evaluation is not repeatable"
-            )
+            assert value == self.task.evaluate(model, encoded[0], metric, settings), "evaluation is not repeatable"
             worst = self.task.worst(metric)
             assert (value >= worst) if direction == "maximize" else (value <= worst), (metric, value, worst)
         assert model.training, "evaluate must leave the model in the mode it found it in"

@@ -137,7 +137,11 @@ class Workbench:
         except ValueError as exc:
             raise ConfigError("budget.max_trainable", str(exc), 'use e.g. "0.5%" or "150k"') from None
         self.evaluation = EvalSettings(
-            self.data.pad_token_id, config.train.eval_batch_size, self.device, config.train.precision
+            self.data.pad_token_id,
+            config.train.eval_batch_size,
+            self.device,
+            config.train.precision,
+            tuple(str(name) for name in self.data.label_names),
         )
 
         self.smallest = {n: self._smallest(n, m) for n, m in self.enabled.items()}

@@ -19,12 +19,20 @@ from torch import nn
 from autopeft import hookimpl
 from autopeft.tasks import IGNORE_INDEX, DataError, DataSection, EvalSettings, Split, Task, eval_logits
 
-__all__ = ["SequenceClassification", "TokenClassification", "CausalLanguageModelling", "score", "predict"]
+__all__ = [
+    "SequenceClassification",
+    "TokenClassification",
+    "CausalLanguageModelling",
+    "score",
+    "predict",
+    "entity_f1",
+    "entity_spans",
+]
 
 # f1: the F1 of the second class (in label order) when there are two, macro-averaged when there are more;
 # macro_f1: always macro-averaged.
 _CLASS_METRICS: dict[str, Any] = {"accuracy": "maximize", "f1": "maximize", "macro_f1": "maximize", "mcc": "maximize"}
-_LOWEST = {"accuracy": 0.0, "f1": 0.0, "macro_f1": 0.0, "mcc": -1.0}  # what an over-budget trial reports
+_LOWEST = {"accuracy": 0.0, "f1": 0.0, "macro_f1": 0.0, "mcc": -1.0, "entity_f1": 0.0}  # an over-budget trial's
 
 
 def score(metric: str, labels: list[int], predictions: list[int]) -> float:
@@ -47,6 +55,35 @@ def predict(model: nn.Module, split: Split, settings: EvalSettings) -> list[int]
         for i, label in zip(indices, logits.argmax(-1).tolist()):
             predictions[i] = label
     return predictions
+
+
+def entity_spans(tags: list[str]) -> set[tuple[int, int, str]]:
+    """The entities of one sentence's word tags, as (start, end, type) with ``end`` exclusive.
+
+    IOB2 and IOB1 tags (``B-PER``, ``I-PER``, ``O``): an entity starts at ``B-`` or at an ``I-`` that does
+    not continue one of its type, as CoNLL's evaluation reads them. Tags without a prefix (``PER``) are
+    read as ``I-`` tags: a run of one type is one entity.
+    """
+    spans: set[tuple[int, int, str]] = set()
+    start, kind = 0, None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, typ = (tag[:2], tag[2:]) if tag[:2] in ("B-", "I-") else ("O" if tag == "O" else "I-", tag)
+        if kind is not None and (prefix != "I-" or typ != kind):
+            spans.add((start, i, kind))
+            kind = None
+        if prefix == "B-" or prefix == "I-" and kind is None:
+            start, kind = i, typ
+    return spans
+
+
+def entity_f1(truth: list[list[str]], predicted: list[list[str]]) -> float:
+    """Micro-averaged F1 of exactly matching entities (start, end and type) over sentences: what NER is
+    scored by (CoNLL, seqeval), where a word-level score rewards predicting "O" everywhere."""
+    hits = found = wanted = 0
+    for gold, guess in zip(truth, predicted):
+        expected, got = entity_spans(gold), entity_spans(guess)
+        hits, found, wanted = hits + len(expected & got), found + len(got), wanted + len(expected)
+    return 0.0 if hits == 0 else 2 * hits / (found + wanted)
 
 
 def _class_names(values: list[Any], data: DataSection, what: str) -> list[Any]:
@@ -133,9 +170,11 @@ class TokenClassification(_Classification):
     """One label per word (named entities, parts of speech), scored over words.
 
     ``data.text`` names a column of word lists and ``data.label`` a column of label lists. A word's
-    first sub-token carries its label; the metric counts words, not sub-tokens."""
+    first sub-token carries its label; the metric counts words, not sub-tokens. ``entity_f1`` scores
+    whole entities instead (IOB tags such as ``B-PER``/``I-PER``), as named-entity recognition is scored."""
 
     name = "token-classification"
+    metrics = {**_CLASS_METRICS, "entity_f1": "maximize"}
     auto_model = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
 
@@ -177,13 +216,24 @@ class TokenClassification(_Classification):
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
     def evaluate(self, model: nn.Module, split: Split, metric: str, settings: EvalSettings) -> float:
-        truth: list[int] = []
-        predicted: list[int] = []
+        truth: list[list[int]] = []
+        predicted: list[list[int]] = []
         for _, logits, labels in eval_logits(model, split, settings):
-            keep = labels != IGNORE_INDEX
-            truth += labels[keep].tolist()
-            predicted += _per_token(logits, labels).argmax(-1)[keep].tolist()
-        return score(metric, truth, predicted)
+            guesses = _per_token(logits, labels).argmax(-1)
+            for row, guess in zip(labels, guesses):  # one sentence a row: entities do not cross sentences
+                keep = row != IGNORE_INDEX
+                truth.append(row[keep].tolist())
+                predicted.append(guess[keep].tolist())
+        if metric == "entity_f1":
+            names = settings.label_names
+            if not names:
+                raise ValueError("entity_f1 needs the label names (EvalSettings.label_names)")
+            return entity_f1([[names[i] for i in s] for s in truth], [[names[i] for i in s] for s in predicted])
+        return score(metric, [x for s in truth for x in s], [x for s in predicted for x in s])
+
+    def baseline(self, train: Split, validation: Split, metric: str) -> tuple[str, float] | None:
+        """The majority class; for ``entity_f1`` none (the label names are needed to read entities)."""
+        return None if metric == "entity_f1" else super().baseline(train, validation, metric)
 
 
 class CausalLanguageModelling(Task):

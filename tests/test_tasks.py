@@ -8,6 +8,7 @@ import math
 import random
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -327,3 +328,37 @@ class TestCausalLanguageModellingConformance(TaskConformance):
     task = CausalLanguageModelling()
     data = DataSection(train="-", validation="-", max_length=8)
     rows = {"text": _REVIEWS["text"] * 2}
+
+
+def test_entities_are_read_from_iob_tags_and_scored_whole() -> None:
+    from autopeft_plugins.tasks import entity_f1, entity_spans
+
+    assert entity_spans(["B-PER", "I-PER", "O", "B-LOC"]) == {(0, 2, "PER"), (3, 4, "LOC")}
+    assert entity_spans(["I-PER", "I-PER", "I-LOC", "B-LOC", "I-LOC"]) == {(0, 2, "PER"), (2, 3, "LOC"), (3, 5, "LOC")}
+    assert entity_spans(["PER", "PER", "O", "LOC"]) == {(0, 2, "PER"), (3, 4, "LOC")}  # no prefixes: runs
+    assert entity_spans(["O", "O"]) == set()
+    truth = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG"]]
+    assert entity_f1(truth, truth) == 1.0
+    assert entity_f1(truth, [["O"] * 4, ["O", "O"]]) == 0.0  # 5 of 6 words right, no entity found
+    half = [["B-PER", "O", "O", "B-LOC"], ["O", "B-ORG"]]  # PER cut short: 2 of 3 found, 2 of 3 right
+    assert entity_f1(truth, half) == pytest.approx(2 / 3)
+
+
+def test_token_classification_scores_entity_f1_per_sentence(tmp_path: Path) -> None:
+    from autopeft_plugins.tasks import TokenClassification
+
+    task = TokenClassification()
+    split = Split([{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}], [[1, 2, 0], [0, 1]])
+    names = ("O", "B-PER", "I-PER")
+
+    class Perfect(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, **kw):  # the truth, as logits
+            table = {1: 1, 2: 2, 3: 0, 4: 0, 5: 1}
+            labels = torch.tensor([[table.get(int(t), 0) for t in row] for row in input_ids])
+            return SimpleNamespace(logits=torch.nn.functional.one_hot(labels, 3).float())
+
+    settings = EvalSettings(0, 2, torch.device("cpu"), "fp32", names)
+    assert task.evaluate(Perfect(), split, "entity_f1", settings) == 1.0
+    with pytest.raises(ValueError, match="needs the label names"):
+        task.evaluate(Perfect(), split, "entity_f1", EvalSettings(0, 2, torch.device("cpu"), "fp32"))
+    assert task.baseline(split, split, "entity_f1") is None and task.worst("entity_f1") == 0.0
