@@ -112,14 +112,17 @@ class TrialReporter:
 
     One objective: the study's Optuna pruner decides; two: ``pruner`` (:func:`own_pruner`), since
     Optuna refuses ``trial.report`` there. Either way, a trial that is still at the ``baseline``
-    (a model that learned nothing: the majority class) at its first report, while its training loss
-    has not fallen, is stopped as degenerate: ``pruned_reason`` says so, and the sampler learns from
-    it (a pruned trial, where a failed one would be ignored). A stop is recorded in
-    ``pruned_at_step`` and ``seconds_before_pruning``.
+    (a model that learned nothing: the majority class) at its first report after ``MIN_STEPS``
+    optimizer steps, while its training loss has not fallen, is stopped as degenerate:
+    ``pruned_reason`` says so, and the sampler learns from it (a pruned trial, where a failed one
+    would be ignored). Before ``MIN_STEPS`` the loss has had no chance to fall, and nothing is judged.
+    A stop is recorded in ``pruned_at_step`` and ``seconds_before_pruning``.
     """
 
     #: How much the training loss must fall (relative) for a trial at the baseline to go on.
     LOSS_FALL = 0.02
+    #: Steps a trial trains before it can be judged degenerate.
+    MIN_STEPS = 8
 
     def __init__(
         self,
@@ -134,6 +137,7 @@ class TrialReporter:
         self.started = time.perf_counter()
         self.intermediate: dict[str, float] = {}
         self.losses: list[float] = []
+        self.judged = False  # whether the degenerate check has run (once, at the first report it can)
 
     def loss(self, step: int, value: float) -> None:
         """The training loss of optimizer step ``step``."""
@@ -141,8 +145,9 @@ class TrialReporter:
 
     def degenerate(self, value: float) -> str | None:
         """Why a first report of ``value`` shows a trial that learned nothing, or None."""
-        if self.baseline is None or self.intermediate or not self.losses:
+        if self.baseline is None or self.judged or len(self.losses) < self.MIN_STEPS:
             return None
+        self.judged = True
         k = max(1, len(self.losses) // 4)
         first, recent = statistics.fmean(self.losses[:k]), statistics.fmean(self.losses[-k:])
         sign = metric_sign(self.trial.study)

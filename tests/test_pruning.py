@@ -118,3 +118,8 @@ def test_a_trial_at_the_baseline_whose_loss_has_not_fallen_is_stopped_as_degener
     assert _reporter(study, flat, baseline=None)(8, 0.58) is False  # a task without a baseline
     later = _reporter(study, flat)
     assert later(8, 0.61) is False and later(16, 0.58) is False  # judged at its first report only
+    early = _reporter(study, flat[:4])
+    assert early(4, 0.58) is False  # 4 steps: the loss has not had the chance to fall; not judged yet
+    for step in range(5, 9):
+        early.loss(step, 0.69)
+    assert early(8, 0.58) is True  # the first report after 8 steps judges it
