@@ -46,8 +46,10 @@ def hub_offline() -> bool:
 
 def _answers_through_proxy(url: str) -> bool:
     """Whether ``url`` answers through the configured proxy: any HTTP response counts, even an error."""
+    # An opener of its own: urlopen() would install a process-wide one with the proxies of this moment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler())
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=3):
+        with opener.open(urllib.request.Request(url, method="HEAD"), timeout=3):
             return True
     except urllib.error.HTTPError:
         return True

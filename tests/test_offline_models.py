@@ -112,5 +112,10 @@ def test_the_hub_is_asked_through_a_configured_proxy(monkeypatch) -> None:
         server.server_close()
         hub_offline.cache_clear()
         assert hub_offline()  # the proxy is gone
+        import urllib.request
+
+        # No process-wide opener left behind with this moment's proxy: later urlopen() calls (the
+        # dashboard test's, a user's) would all go through it.
+        assert urllib.request._opener is None  # type: ignore[attr-defined]
     finally:
         hub_offline.cache_clear()
