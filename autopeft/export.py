@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -313,14 +314,12 @@ _AUTO_CLASS = {
 
 def _workbench(resolved: ResolvedStudy, progress: Progress) -> Callable[[], Workbench]:
     """A workbench loaded on first use and then kept: exporting a front retrains on one."""
-    loaded: list[Workbench] = []
 
+    @functools.cache
     def get() -> Workbench:
-        if not loaded:
-            from autopeft.workbench import Workbench
+        from autopeft.workbench import Workbench
 
-            loaded.append(Workbench(resolved, progress))
-        return loaded[0]
+        return Workbench(resolved, progress)
 
     return get
 

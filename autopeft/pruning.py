@@ -162,8 +162,8 @@ class TrialReporter:
         trial = self.trial
         self.say(f"[trial {trial.number}] step {step}: {self.metric} {value:.4f}")
         why = self.degenerate(value)
+        self.intermediate[str(step)] = value
         if len(trial.study.directions) > 1:  # Optuna refuses trial.report here: keep the values for our pruner
-            self.intermediate[str(step)] = value
             trial.set_user_attr("intermediate", self.intermediate)
             prune = (
                 why is not None
@@ -171,7 +171,6 @@ class TrialReporter:
                 and self.pruner.should_prune(trial.study, self.n, step, value)
             )
         else:
-            self.intermediate[str(step)] = value
             trial.report(value, step)
             prune = why is not None or trial.should_prune()
         if prune:

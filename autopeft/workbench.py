@@ -144,7 +144,7 @@ class Workbench:
             tuple(str(name) for name in self.data.label_names),
         )
 
-        self.smallest = {n: self._smallest(n, m) for n, m in self.enabled.items()}
+        self.smallest = {n: self._count(n, "smallest") for n in self.enabled}
         #: The enabled methods whose smallest configuration fits the budget, and that train something here.
         self.methods = {n: m for n, m in self.enabled.items() if self.smallest[n] <= self.budget}
         #: Why each enabled method that is not searched was left out.
@@ -154,26 +154,25 @@ class Workbench:
             for name in self.enabled
             if name not in self.methods
         }
-        for name in [n for n in self.methods if self.smallest[n] == 0 and self._largest(n) == 0]:
+        for name in [n for n in self.methods if self.smallest[n] == 0 and self._count(n, "largest") == 0]:
             del self.methods[name]  # e.g. BitFit in a language model without biases: it would train nothing
             self.skipped[name] = "it has nothing to train in this model"
         found = self.task.baseline(self.data.train, self.data.validation, config.task.metric)
         #: What a model that learned nothing scores: {"name": "majority class", "value": 0.58}, or None.
-        self.baseline = {"name": found[0], "value": found[1]} if found else None
-        self.baseline_value: float | None = found[1] if found else None
+        self.baseline: dict[str, Any] | None = {"name": found[0], "value": found[1]} if found else None
         self.versions = library_versions()
 
-    def _smallest(self, name: str, method: PeftMethod) -> int:
-        """The trainable count of ``method``'s smallest configuration; a plugin that fails here is one line."""
-        return checked_count(
-            method, self.ctx, plugin_call(method, "smallest", lambda: method.smallest(self.ctx, self.options[name]))
-        )
+    @property
+    def baseline_value(self) -> float | None:
+        """The baseline's metric alone, or None where the task has none."""
+        return None if self.baseline is None else float(self.baseline["value"])
 
-    def _largest(self, name: str) -> int:
+    def _count(self, name: str, which: str) -> int:
+        """The trainable count of method ``name``'s ``"smallest"`` or ``"largest"`` configuration; a
+        plugin that fails here is one line."""
         method = self.enabled[name]
-        return checked_count(
-            method, self.ctx, plugin_call(method, "largest", lambda: method.largest(self.ctx, self.options[name]))
-        )
+        bound = getattr(method, which)
+        return checked_count(method, self.ctx, plugin_call(method, which, lambda: bound(self.ctx, self.options[name])))
 
     def no_fit(self) -> str | None:
         """Why no enabled method fits the budget, as the one-line fix; None when one does."""
