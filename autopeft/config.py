@@ -307,13 +307,16 @@ class TrainSection:
     epochs: int = checked(_POSITIVE, default=1)
     batch_size: int = checked(_POSITIVE, default=16)
     eval_batch_size: int = checked(_POSITIVE, default=64)
-    learning_rate: float | list[float] = checked(
+    # Unset: each method searches its own range (PeftMethod.learning_rates): LoRA, BitFit and
+    # unfreezing want rates orders of magnitude apart. Set: one rate or range for every method;
+    # [search.<method>] learning_rate overrides either for one method.
+    learning_rate: float | list[float] | None = checked(
         Rule(
-            _learning_rate,
+            lambda v: v is None or _learning_rate(v),
             "must be a positive number or a range [low, high], got {value}",
-            "e.g. learning_rate = [1e-5, 1e-2]",
+            "e.g. learning_rate = [1e-5, 1e-2], or leave it out for each method's own range",
         ),
-        default_factory=lambda: [1e-5, 1e-2],
+        default=None,
     )
     warmup_ratio: float = checked(
         Rule(lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)", "e.g. warmup_ratio = 0.1"), default=0.1
@@ -382,6 +385,14 @@ class StudyConfig:
     def objectives(self) -> list[str]:
         """What the study optimizes: the task metric, and the trainable parameters when multi-objective."""
         return self.study.objectives or [self.task.metric]
+
+    def learning_rate_for(self, method: str, own: tuple[float, float]) -> float | tuple[float, float]:
+        """The rate (a number) or log-uniform range a method trains with: its ``[search.<method>]
+        learning_rate``, else ``[train] learning_rate``, else ``own`` (the method's declared range)."""
+        chosen = self.search.options.get(method, {}).get("learning_rate", self.train.learning_rate)
+        if chosen is None:
+            return own
+        return (float(chosen[0]), float(chosen[1])) if isinstance(chosen, list) else float(chosen)
 
     def warm_starts(self, method: str) -> bool:
         """Whether ``method``'s known-good configuration is tried first: its own ``[search.<method>]
@@ -492,6 +503,12 @@ def _validate(config: StudyConfig) -> None:
             f"search.{name}.warm_start",
             "must be true or false",
             "warm_start = false",
+        )
+        _check(
+            _learning_rate(table.get("learning_rate", 1.0)),
+            f"search.{name}.learning_rate",
+            f"must be a positive number or a range [low, high], got {table.get('learning_rate')!r}",
+            f"e.g. learning_rate = [1e-4, 1e-2] under [search.{name}]",
         )
 
 

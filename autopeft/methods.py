@@ -107,6 +107,10 @@ class PeftMethod(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     #: A learning rate that usually works, used by :meth:`warm_start` trials (clipped to the study's range).
     default_learning_rate: ClassVar[float] = 1e-3
+    #: The log-uniform range the search samples when the study file names none. Declared per method
+    #: because the right rates differ by orders of magnitude: LoRA's B starts at zero and wants ~1e-3,
+    #: BitFit's biases and IA3's scales ~1e-2, whole unfrozen blocks ~1e-5 as full fine-tuning does.
+    learning_rates: ClassVar[tuple[float, float]] = (1e-4, 1e-2)
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Merge the study's ``[search.<name>]`` table over :attr:`defaults`, rejecting unknown keys."""
@@ -170,6 +174,16 @@ class PeftMethod(ABC):
         the first trial of a new study, so the search starts from what a user would type by hand.
         """
         return None
+
+    def learning_rate_scale(self, config: dict[str, Any]) -> float:
+        """Factor applied to the sampled rate for ``config``, 1 by default.
+
+        For configurations whose update size grows with a sampled size, where the literature gives the
+        rule (rsLoRA's α/√r scaling makes a rank-r update √r times larger than LoRA's α/r): the
+        search then samples one rate that means the same across sizes, instead of spending trials
+        rediscovering the rule.
+        """
+        return 1.0
 
     def optimizer(
         self, model: nn.Module, config: dict[str, Any], learning_rate: float, weight_decay: float

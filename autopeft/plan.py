@@ -85,6 +85,7 @@ def make_plan(
                 "default_fits": default is not None and default <= bench.budget,
                 "share_fitting_unshaped": unshaped,
                 "share_fitting_sampled": shaped,
+                "learning_rate": space.rates(name),
                 "enabled": name in bench.methods,
                 "skipped": bench.skipped.get(name),
             }
@@ -148,12 +149,18 @@ def format_plan(plan: dict[str, Any]) -> str:
     for b in plan["blocks"]:
         groups = "; ".join(f"{g}: {', '.join(p)}" for g, p in b["groups"].items())
         lines.append(f"  {b['index']:>3} {b['path']} ({format_count(b['params'])})  {groups}")
-    lines.append(f"{'method':<10} {'smallest':>9} {'largest':>9} {'default':>9}  fits budget (space / as sampled)")
+    lines.append(
+        f"{'method':<10} {'smallest':>9} {'largest':>9} {'default':>9} {'learning rate':>15}  "
+        "fits budget (space / as sampled)"
+    )
     for m in plan["methods"]:
         default = "-" if m["default"] is None else format_count(m["default"]) + ("" if m["default_fits"] else "!")
         note = "" if m["enabled"] else f"  (skipped: {m.get('skipped') or 'smallest exceeds the budget'})"
+        lr = m["learning_rate"]
+        rate = f"{lr:.0e}" if isinstance(lr, float) else f"{lr[0]:.0e}..{lr[1]:.0e}"
         lines.append(
-            f"{m['method']:<10} {format_count(m['smallest']):>9} {format_count(m['largest']):>9} {default:>9}  "
+            f"{m['method']:<10} {format_count(m['smallest']):>9} {format_count(m['largest']):>9} {default:>9} "
+            f"{rate:>15}  "
             f"{100 * m['share_fitting_unshaped']:5.1f}% / {100 * m['share_fitting_sampled']:5.1f}%{note}"
         )
     lines.append(f"(shares from {plan['samples']} random samples per method; ! = default exceeds the budget)")

@@ -37,14 +37,14 @@ class SearchSpace:
         name = trial.suggest_categorical("method", self.choices)
         method = self.bench.enabled[name]
         # Per method: the right rate for LoRA is orders of magnitude above full fine-tuning's.
-        lr = self.bench.config.train.learning_rate
-        rate = (
-            float(lr)
-            if not isinstance(lr, list)
-            else trial.suggest_float(f"{name}.learning_rate", lr[0], lr[1], log=True)
-        )
+        lr = self.rates(name)
+        rate = lr if isinstance(lr, float) else trial.suggest_float(f"{name}.learning_rate", *lr, log=True)
         config = method.suggest(trial, self.bench.ctx, self.bench.options[name], self.bench.budget)
-        return name, rate, config
+        return name, rate * method.learning_rate_scale(config), config
+
+    def rates(self, name: str) -> float | tuple[float, float]:
+        """The rate or range method ``name`` is searched with (:meth:`StudyConfig.learning_rate_for`)."""
+        return self.bench.config.learning_rate_for(name, self.bench.enabled[name].learning_rates)
 
     def config_of(self, params: dict[str, Any], budget: int | None = None) -> tuple[str, dict[str, Any]]:
         """(method, configuration) that ``params`` (a trial's parameters) stand for.
@@ -59,9 +59,9 @@ class SearchSpace:
         return name, method.suggest(trial, bench.ctx, bench.options[name], bench.budget if budget is None else budget)
 
     def _with_learning_rate(self, params: dict[str, Any], method: str) -> dict[str, Any]:
-        lr = self.bench.config.train.learning_rate
+        lr = self.rates(method)
         key = f"{method}.learning_rate"
-        if isinstance(lr, list):
+        if isinstance(lr, tuple):
             default = self.bench.methods[method].default_learning_rate
             params[key] = min(max(float(params.get(key, default)), lr[0]), lr[1])
         else:

@@ -44,6 +44,8 @@ __all__ = ["Workbench", "UNBOUNDED", "library_versions", "pick_device", "enabled
 
 #: A budget no configuration reaches: what a method samples when nothing constrains it.
 UNBOUNDED = 2**62
+#: Keys of a ``[search.<method>]`` table that the study reads (StudyConfig), not the method.
+_STUDY_KEYS = ("warm_start", "learning_rate")
 
 
 def library_versions() -> dict[str, str]:
@@ -109,9 +111,9 @@ class Workbench:
         self.enabled = {name: info.method for name, info in infos.items()}
         #: Where each method comes from, for failure records: "lora from autopeft 0.1.0".
         self.plugins = {name: f"{info.plugin} from {info.distribution} {info.version}" for name, info in infos.items()}
-        self.options = {  # warm_start is the study's, not the method's: see StudyConfig.warm_starts
+        self.options = {  # warm_start and learning_rate are the study's, not the method's
             name: method.check_options(
-                {k: v for k, v in config.search.options.get(name, {}).items() if k != "warm_start"}
+                {k: v for k, v in config.search.options.get(name, {}).items() if k not in _STUDY_KEYS}
             )
             for name, method in self.enabled.items()
         }

@@ -91,6 +91,7 @@ class Adapter(PeftMethod):
     name = "adapter"
     defaults = {"size": [8, 16, 32, 64], "placement": list(PLACEMENTS), "sublayers": list(SUBLAYERS[:2])}
     default_learning_rate = 1e-3
+    learning_rates = (1e-4, 1e-2)
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_options(options)

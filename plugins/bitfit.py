@@ -21,6 +21,10 @@ class BitFit(PeftMethod):
 
     name = "bitfit"
     defaults = {}
+    # Biases are O(1) vectors: the BitFit paper's rates (1e-4..1e-3 over many epochs) are too slow for
+    # a search's short trainings.
+    default_learning_rate = 1e-2
+    learning_rates = (1e-3, 5e-2)
 
     def _costs(self, ctx: ModelContext) -> list[int]:
         return [sum(b.params[n] for n in bias_params(b)) for b in ctx.blocks]

@@ -49,6 +49,15 @@ class Lora(PeftBackedMethod):
     }
     # Searches train for few steps, where LoRA wants a higher rate than in long fine-tuning runs.
     default_learning_rate = 3e-3
+    learning_rates = (5e-4, 2e-2)
+
+    def learning_rate_scale(self, config: dict[str, Any]) -> float:
+        # rsLoRA scales the update by alpha/sqrt(r) where LoRA uses alpha/r: sqrt(r) times larger at the
+        # same alpha/r. Dividing the rate by sqrt(mean rank) keeps one sampled rate meaning the same.
+        if config["variant"] != "rslora":
+            return 1.0
+        ranks = [r for r in config["ranks"] if r] or [1]
+        return float((sum(ranks) / len(ranks)) ** -0.5)
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_options(options)

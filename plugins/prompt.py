@@ -19,6 +19,7 @@ class PromptTuning(PeftBackedMethod):
     defaults = {"tokens": [4, 8, 16, 32]}
     # Soft prompts need rates far above LoRA's (Lester et al. used 0.3).
     default_learning_rate = 3e-2
+    learning_rates = (3e-3, 3e-1)
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_options(options)

@@ -30,6 +30,12 @@ class Unfreeze(PeftMethod):
     name = "unfreeze"
     defaults = {"parts": list(PARTS)}
     default_learning_rate = 1e-4
+    learning_rates = (1e-5, 1e-3)
+
+    def learning_rate_scale(self, config: dict[str, Any]) -> float:
+        # Layer-norm gains and biases are O(1) scalars, trained at BitFit's rates (LN-tuning), not at the
+        # full fine-tuning rates that whole weight matrices want.
+        return 10.0 if config["part"] == "norm" else 1.0
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_options(options)

@@ -37,6 +37,7 @@ def test_valid_study_loads_with_defaults(study_file: Path) -> None:
         ({"budget": {"max_trainable": -3}}, "budget.max_trainable", "0.5%"),
         ({"train": {"learning_rate": [1e-2, 1e-4]}}, "train.learning_rate", "[1e-5, 1e-2]"),
         ({"train": {"batch_size": 2.5}}, "train.batch_size", "batch_size ="),
+        ({"search": {"methods": ["lora"], "lora": {"learning_rate": [0, 1]}}}, "search.lora.learning_rate", "1e-4"),
         ({"search": {"methods": []}}, "search.methods", "autopeft plugins"),
         ({"search": {"methods": ["lora"], "bitfit": {"x": 1}}}, "search.bitfit", "add 'bitfit' to methods"),
         ({"budget": None}, "budget", "add a [budget] table"),

@@ -162,9 +162,11 @@ def test_plan_shows_blocks_sizes_and_fitting_shares(tmp_path, capsys, minilm_ava
     assert lora["smallest"] < 20_000 < lora["largest"] and lora["default"] == 25_346 and not lora["default_fits"]
     assert lora["share_fitting_unshaped"] < 1.0 and lora["share_fitting_sampled"] == 1.0
     assert all(m["smallest"] <= m["largest"] for m in plan["methods"])
+    assert lora["learning_rate"] == [1e-4, 1e-2]  # write_study's [train] range, for every method
     assert main(["plan", str(path)]) == 0
     text = capsys.readouterr().out
     assert "2 blocks:" in text and "attention.self.query" in text and "lora" in text and "25.3k!" in text
+    assert "1e-04..1e-02" in text
 
 
 def test_objectives_must_be_the_metric_then_size(tmp_path, capsys) -> None:

@@ -105,6 +105,39 @@ def test_two_objective_trials_are_pruned_by_size_and_counted(tmp_path, instant, 
     assert all(t.values[1] == t.user_attrs["trainable_params"] for t in complete)
 
 
+def test_each_method_searches_its_own_learning_rates(tmp_path, instant, minilm_available) -> None:
+    # No [train] learning_rate: each method its own range; bitfit's table fixes its rate; rsLoRA's
+    # rate is scaled by 1/sqrt(mean rank), unfreezing norms by 10.
+    path = _study_copy(
+        tmp_path,
+        "quickstart.toml",
+        {
+            "learning_rate = [1e-3, 3e-2]\n": "",
+            'targets = ["query+value", "query+key+value+attn_output", "all"]': 'variants = ["rslora"]\n'
+            '[search.unfreeze]\nparts = ["norm"]\n[search.bitfit]\nlearning_rate = 0.02',
+        },
+    )
+    study = run_study(path, n_trials=25, quiet=True)
+    seen = set()
+    for t in study.trials:
+        name, rate = t.params["method"], t.user_attrs.get("learning_rate")
+        if rate is None:
+            continue
+        seen.add(name)
+        if name == "bitfit":
+            assert rate == 0.02 and "bitfit.learning_rate" not in t.params
+            continue
+        sampled = t.params[f"{name}.learning_rate"]
+        low, high = {"lora": (5e-4, 2e-2), "unfreeze": (1e-5, 1e-3)}[name]
+        assert low <= sampled <= high
+        if name == "unfreeze":
+            assert rate == pytest.approx(10 * sampled)
+        else:
+            ranks = [r for r in t.params if r.startswith("lora.r[")]
+            assert ranks and rate < sampled  # every rank >= 4 here: scaled down
+    assert seen == {"lora", "unfreeze", "bitfit"}
+
+
 def _finished(study: optuna.Study, size: int, at_step: float) -> None:
     study.add_trial(
         optuna.trial.create_trial(
