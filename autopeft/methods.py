@@ -198,6 +198,22 @@ class PeftMethod(ABC):
         """
         return None
 
+    def initialize(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Called once after :meth:`apply`, with the model on its device and a few training batches.
+
+        For data-driven initialisations: EVA sets LoRA's A from the singular vectors of each layer's
+        inputs on these batches. The trainable count is checked again afterwards, so an
+        initialisation that changes ranks must keep :meth:`count_trainable` exact. Leave it alone
+        otherwise: the driver skips it, and the data pass, when a method does not override it.
+        """
+        return None
+
+    def trained_count(self, model: nn.Module) -> int | None:
+        """Parameters that carry the update once training is done, or None when that is everything
+        trained. For methods that shrink as they train (AdaLoRA prunes ranks to its ``target_r``):
+        the budget is the count they train with, and this one is recorded beside it."""
+        return None
+
     def on_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """Called after every optimizer update (``step`` counts from 1), before gradients are cleared.
 

@@ -44,6 +44,8 @@ BUILTIN_PLUGINS = (
     "autopeft_plugins.ia3",
     "autopeft_plugins.prompt",
     "autopeft_plugins.adapter",
+    "autopeft_plugins.adalora",
+    "autopeft_plugins.eva",
     "autopeft_plugins.offline_models",
     "autopeft_plugins.tasks",
 )

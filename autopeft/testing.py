@@ -135,7 +135,12 @@ class MethodConformance:
         yield study.trials[-1], self.method.smallest(ctx, options)
 
     def _applied(self, base: nn.Module, ctx: ModelContext, config: dict[str, Any]) -> nn.Module:
-        return self.method.apply(copy.deepcopy(base).requires_grad_(False), ctx, config)
+        """``config`` applied to a copy of ``base``, and initialised from two batches when the method
+        has a data-driven initialisation (the count is checked after it, as the driver does)."""
+        model = self.method.apply(copy.deepcopy(base).requires_grad_(False), ctx, config)
+        if type(self.method).initialize is not PeftMethod.initialize:
+            self.method.initialize(model, [_batch(model, seed) for seed in range(2)])
+        return model
 
     def test_name_is_set(self) -> None:
         assert isinstance(self.method.name, str) and self.method.name.isidentifier()

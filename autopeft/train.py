@@ -101,13 +101,15 @@ class TrainResult:
     cache_seconds: float = 0.0  # computing the prefix states this trial did not find cached
     test_metric: float | None = None  # the test split's metric, when the caller asked for it
     test_seconds: float = 0.0  # scoring the test split
+    trained_count: int | None = None  # PeftMethod.trained_count: what carries the update (AdaLoRA's pruned ranks)
 
     def measurements(self) -> dict[str, float]:
         """What a trial records of its fit (its user attributes): timings, throughput, memory, test metric."""
         keys = ("setup_seconds", "train_seconds", "eval_seconds", "train_tokens", "peak_memory_mb", "cached_blocks")
         found = {key: getattr(self, key) for key in (*keys, "cache_seconds", "test_seconds")}
         found["tokens_per_second"] = self.train_tokens / max(self.train_seconds, 1e-9)
-        return found | ({"test_metric": self.test_metric} if self.test_metric is not None else {})
+        found |= {"test_metric": self.test_metric} if self.test_metric is not None else {}
+        return found | ({"trained_count": self.trained_count} if self.trained_count is not None else {})
 
 
 class NonFiniteLoss(Exception):

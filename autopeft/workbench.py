@@ -13,6 +13,7 @@ import contextlib
 import copy
 import functools
 import gc
+import itertools
 import json
 import platform
 import random
@@ -254,6 +255,8 @@ class Workbench:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         model = method.apply(copy.deepcopy(self.base).requires_grad_(False), self.ctx, config).to(self.device)
+        if type(method).initialize is not PeftMethod.initialize:
+            method.initialize(model, self._initialization_batches())
         n = checked_count(method, self.ctx, config)
         actual = trainable_numel(model)
         if actual != n:
@@ -284,6 +287,7 @@ class Workbench:
                     progress=self._progress(label, on_loss),
                 )
             result.setup_seconds, result.cached_blocks, result.cache_seconds = setup_seconds, cached, cache_seconds
+            result.trained_count = method.trained_count(model)
             if result.stopped_at is None:  # stopped by the caller: not a result to test or keep
                 self._score_test(model, result, test)
             result.peak_memory_mb = self._peak_memory_mb()
@@ -313,6 +317,11 @@ class Workbench:
                 on_loss(done, loss)
 
         return step
+
+    def _initialization_batches(self, count: int = 8) -> list[dict[str, torch.Tensor]]:
+        """The first ``count`` training batches (seeded order), on the device, for :meth:`PeftMethod.initialize`."""
+        found = itertools.islice(batches(self.data.train, self.config.train.batch_size, self.data.pad_token_id), count)
+        return [{name: t.to(self.device) for name, t in batch.items()} for batch in found]
 
     def _cache_prefix(self, model: nn.Module) -> int:
         """Blocks the prefix cache stands in for in this fit (0: none), their states computed now

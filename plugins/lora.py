@@ -62,26 +62,30 @@ class Lora(PeftBackedMethod):
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_options(options)
         if not all(r > 0 for r in merged["r"]):
-            raise ConfigError("search.lora.r", f"ranks must be positive, got {merged['r']}", "e.g. r = [4, 8, 16]")
+            raise ConfigError(
+                f"search.{self.name}.r", f"ranks must be positive, got {merged['r']}", "e.g. r = [4, 8, 16]"
+            )
         if not all(a > 0 for a in merged["alpha"]):
             raise ConfigError(
-                "search.lora.alpha", f"multipliers must be positive, got {merged['alpha']}", "e.g. alpha = [1, 2]"
+                f"search.{self.name}.alpha",
+                f"multipliers must be positive, got {merged['alpha']}",
+                "e.g. alpha = [1, 2]",
             )
         if not 0 <= merged["dropout"] < 1:
             raise ConfigError(
-                "search.lora.dropout", f"must be in [0, 1), got {merged['dropout']}", "e.g. dropout = 0.05"
+                f"search.{self.name}.dropout", f"must be in [0, 1), got {merged['dropout']}", "e.g. dropout = 0.05"
             )
         bad_variants = [v for v in merged["variants"] if v not in VARIANTS]
         if bad_variants:
             raise ConfigError(
-                "search.lora.variants", f"unknown variant {bad_variants[0]!r}", f"use some of {list(VARIANTS)}"
+                f"search.{self.name}.variants", f"unknown variant {bad_variants[0]!r}", f"use some of {list(VARIANTS)}"
             )
         for targets in merged["targets"]:
             groups = [] if targets == "all" else targets.split("+")
             bad = [g for g in groups if g not in GROUPS]
             if bad:
                 raise ConfigError(
-                    "search.lora.targets",
+                    f"search.{self.name}.targets",
                     f"unknown module group {bad[0]!r}",
                     f"use 'all' or groups joined by '+' from {', '.join(GROUPS)}",
                 )
@@ -97,12 +101,12 @@ class Lora(PeftBackedMethod):
     def suggest(
         self, trial: optuna.trial.BaseTrial, ctx: ModelContext, options: dict[str, Any], budget: int
     ) -> dict[str, Any]:
-        alpha = trial.suggest_categorical("lora.alpha", options["alpha"])
-        targets = trial.suggest_categorical("lora.targets", options["targets"])
-        variant = trial.suggest_categorical("lora.variant", options["variants"])
+        alpha = trial.suggest_categorical(f"{self.name}.alpha", options["alpha"])
+        targets = trial.suggest_categorical(f"{self.name}.targets", options["targets"])
+        variant = trial.suggest_categorical(f"{self.name}.variant", options["variants"])
         ranks = suggest_sizes(
             trial,
-            "lora.r",
+            f"{self.name}.r",
             options["r"],
             lambda i, r: self._block_cost(ctx, i, r, targets, variant),
             len(ctx.blocks),
@@ -117,8 +121,9 @@ class Lora(PeftBackedMethod):
         alpha = min(options["alpha"], key=lambda x: abs(x * r - 16))
         targets = "query+value" if "query+value" in options["targets"] else options["targets"][0]
         variant = "lora" if "lora" in options["variants"] else options["variants"][0]
-        ranks = {f"lora.r[{i}]": r for i in range(len(ctx.blocks))}
-        return {"lora.alpha": alpha, "lora.targets": targets, "lora.variant": variant, **ranks}
+        ranks = {f"{self.name}.r[{i}]": r for i in range(len(ctx.blocks))}
+        n = self.name
+        return {f"{n}.alpha": alpha, f"{n}.targets": targets, f"{n}.variant": variant, **ranks}
 
     def _extreme(self, ctx: ModelContext, options: dict[str, Any], pick: Any) -> dict[str, Any]:
         top = len(ctx.blocks) - 1
@@ -180,7 +185,7 @@ class Lora(PeftBackedMethod):
             layer: Any = wrapped.get_submodule(f"base_model.model.{path}")
             got = layer.r.get("default")
             if got != r:
-                raise PluginError(f"lora: {path} got rank {got}, expected {r}; a rank_pattern key did not match")
+                raise PluginError(f"{self.name}: {path} got rank {got}, expected {r}; a rank_pattern key did not match")
         return wrapped
 
     def describe(self, config: dict[str, Any]) -> str:

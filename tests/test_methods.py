@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from autopeft.testing import MethodConformance
+from autopeft_plugins.adalora import AdaLora
 from autopeft_plugins.adapter import Adapter
 from autopeft_plugins.bitfit import BitFit
+from autopeft_plugins.eva import EvaLora
 from autopeft_plugins.ia3 import IA3
 from autopeft_plugins.lora import Lora
 from autopeft_plugins.prompt import PromptTuning
@@ -18,6 +20,14 @@ class TestLora(MethodConformance):
 class TestDoRA(MethodConformance):
     method = Lora()
     options = {"variants": ["dora"]}
+
+
+class TestAdaLora(MethodConformance):
+    method = AdaLora()
+
+
+class TestEvaLora(MethodConformance):
+    method = EvaLora()
 
 
 class TestUnfreeze(MethodConformance):
@@ -125,3 +135,77 @@ def test_adapter_saved_format_is_documented_safetensors(tmp_path) -> None:
     assert "model.layers.2.mlp.down_proj.adapter.down.weight" in names
     assert "model.layers.1.self_attn.o_proj.adapter.up.bias" in names and "score.weight" in names
     assert not any(n.startswith("model.layers.0.") for n in names)  # size 0: block left out
+
+
+def test_adalora_trains_at_its_initial_rank_and_records_what_pruning_left() -> None:
+    # The budget is the count at init_r; after one training, the schedule (set on the first step for
+    # the steps this fit runs) has pruned every linear's triplets to target_r on average, and
+    # trained_count says how many parameters are left carrying the update.
+    import copy
+
+    import torch
+
+    from autopeft import build_context
+    from autopeft.methods import trainable_numel
+    from autopeft.testing import tiny_bert
+
+    torch.manual_seed(0)
+    base = tiny_bert().requires_grad_(False)
+    ctx = build_context(base)
+    method = AdaLora()
+    config = {"init_r": 8, "target_r": 2, "targets": "query+value"}
+    model = method.apply(copy.deepcopy(base), ctx, config)
+    linears = 2 * len(ctx.blocks)  # query and value of every block, 32 x 32 each
+    assert (
+        method.count_trainable(ctx, config) == trainable_numel(model) == ctx.head_params + linears * 8 * (32 + 32 + 1)
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    total = 30
+    g = torch.Generator().manual_seed(0)
+    for step in range(1, total + 1):
+        batch = {
+            "input_ids": torch.randint(1, 100, (8, 12), generator=g),
+            "labels": torch.randint(0, 2, (8,), generator=g),
+        }
+        model(**batch).loss.backward()
+        optimizer.step()
+        method.on_step(model, step, total)
+        optimizer.zero_grad()
+    schedule = model.peft_config["default"]
+    assert (schedule.total_step, schedule.tinit, schedule.tfinal) == (total, 3, 6)
+    kept = sum(int((m.lora_E["default"] != 0).sum()) for m in model.modules() if hasattr(m, "lora_E"))
+    assert kept == linears * 2  # target_r on average
+    assert method.trained_count(model) == ctx.head_params + linears * 2 * (32 + 32 + 1)
+
+
+def test_eva_starts_lora_from_the_singular_vectors_of_the_layer_inputs() -> None:
+    import copy
+
+    import torch
+
+    from autopeft import build_context
+    from autopeft.methods import trainable_numel
+    from autopeft.testing import tiny_bert
+
+    torch.manual_seed(0)
+    base = tiny_bert().requires_grad_(False)
+    ctx = build_context(base)
+    method = EvaLora()
+    config = {"ranks": [4, 0, 8], "alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.0}
+    model = method.apply(copy.deepcopy(base), ctx, config)
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        {
+            "input_ids": torch.randint(1, 100, (8, 12), generator=g),
+            "attention_mask": torch.ones(8, 12, dtype=torch.long),
+        }
+        | {"labels": torch.tensor([0, 1] * 4)}
+        for _ in range(4)
+    ]
+    method.initialize(model, batches)
+    assert trainable_numel(model) == method.count_trainable(ctx, config)  # rho = 1: ranks unchanged
+    query = model.base_model.model.bert.encoder.layer[2].attention.self.query
+    a = query.lora_A["default"].weight
+    assert a.shape == (8, 32)
+    torch.testing.assert_close(a @ a.T, torch.eye(8), atol=1e-4, rtol=0)  # orthonormal directions, not noise
+    assert torch.count_nonzero(query.lora_B["default"].weight) == 0  # still starts as the base model

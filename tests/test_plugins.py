@@ -87,7 +87,14 @@ def test_registering_a_non_method_is_an_error() -> None:
 
 def test_blocking_a_builtin_by_name(monkeypatch) -> None:
     monkeypatch.setenv("AUTOPEFT_BLOCK_PLUGINS", "bitfit, unfreeze")
-    assert set(registered_methods(get_plugin_manager(autoload=False))) == {"lora", "ia3", "prompt", "adapter"}
+    assert set(registered_methods(get_plugin_manager(autoload=False))) == {
+        "lora",
+        "ia3",
+        "prompt",
+        "adapter",
+        "adalora",
+        "eva",
+    }
 
 
 def _install(tmp_path: Path, project: Path) -> Path:

@@ -69,3 +69,26 @@ def test_a_run_resolves_its_study_and_plugins_once(tmp_path, monkeypatch, minilm
     study = run_study(path, quiet=True)
     assert len(study.trials) == 2
     assert calls == {"get_plugin_manager": 1, "resolve_study": 1}  # once, where the command starts
+
+
+def test_a_fit_initialises_from_training_batches_and_records_what_adalora_kept(bench, monkeypatch) -> None:
+    from autopeft_plugins.adalora import AdaLora
+    from autopeft_plugins.eva import EvaLora
+
+    seen: list[int] = []
+    real = EvaLora.initialize
+
+    def initialize(self, model, batches):  # type: ignore[no-untyped-def]
+        seen.extend(len(b["input_ids"]) for b in batches)
+        real(self, model, batches)
+
+    monkeypatch.setattr(EvaLora, "initialize", initialize)
+    eva = bench.fit(EvaLora(), LORA, learning_rate=3e-3, seed=0, fidelity=Fidelity(steps=2))
+    assert seen == [8, 8, 8, 8]  # the whole 32-example split: fewer than the 8 batches asked for
+    assert eva.trained_count is None and "trained_count" not in eva.measurements()
+
+    config = {"init_r": 4, "target_r": 1, "targets": "query+value"}
+    result = bench.fit(AdaLora(), config, learning_rate=3e-3, seed=0, fidelity=Fidelity(steps=8))
+    full = AdaLora().count_trainable(bench.ctx, config)
+    assert result.trained_count is not None and result.trained_count < full
+    assert result.measurements()["trained_count"] == result.trained_count
