@@ -13,6 +13,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta, upload_artifact
@@ -24,7 +25,16 @@ from autopeft.errors import AutopeftError
 from autopeft.optuna_adapter import storage_of
 from autopeft.results import metric_sign, pareto_front
 
-__all__ = ["artifact_store", "keep_weights", "keep_if_wanted", "fetch_weights", "on_front", "plain_name"]
+__all__ = [
+    "artifact_store",
+    "keep_weights",
+    "keep_if_wanted",
+    "fetch_weights",
+    "fetch_refit_weights",
+    "median_seed",
+    "on_front",
+    "plain_name",
+]
 
 # A file name with no folder part: what a method's save writes, and all an export may create.
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}")
@@ -57,8 +67,9 @@ def on_front(study: optuna.Study, metric: float, n: int, budget: int | None = No
     )
 
 
-def keep_weights(config: StudyConfig, trial: optuna.Trial, save: Callable[[Path], None]) -> list[str]:
-    """Upload every file ``save(directory)`` writes as an artifact of ``trial``; their artifact ids.
+def keep_weights(config: StudyConfig, trial: optuna.Trial | optuna.Study, save: Callable[[Path], None]) -> list[str]:
+    """Upload every file ``save(directory)`` writes as an artifact of ``trial`` (or of the study, for
+    the weights ``refit`` trains after the search); their artifact ids.
 
     ``save`` writes into a temporary folder inside the artifact folder, never the system's.
     """
@@ -92,6 +103,41 @@ def keep_if_wanted(
         trial.set_user_attr("weights_not_kept", why)
         return why
     return None
+
+
+def median_seed(record: dict[str, Any]) -> str:
+    """The seed of a refit record whose validation value is the median (the lower one of an even
+    count): its weights stand for the configuration, not its luckiest seed."""
+    ranked = sorted(zip(record["values"], record["seeds"]))
+    return str(ranked[(len(ranked) - 1) // 2][1])
+
+
+def fetch_refit_weights(store: FileSystemArtifactStore | None, record: dict[str, Any], directory: Path) -> str | None:
+    """Download the weights ``autopeft refit`` kept for its median seed (:func:`median_seed`) into
+    ``directory``; that seed, or None when none were kept or a file is gone.
+
+    Raises:
+        AutopeftError: the record names a file or artifact that is not a plain file name.
+    """
+    seed = median_seed(record)
+    files = (record.get("weights") or {}).get(seed)
+    if not files or store is None:
+        return None
+    for artifact_id, filename in files:
+        if not (plain_name(artifact_id) and plain_name(filename)):
+            raise AutopeftError(
+                f"export: the study database names refit weights {filename!r} ({artifact_id!r}), not plain file "
+                "names; refusing to write outside the export folder (check who writes to this study's database)"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        for artifact_id, filename in files:
+            download_artifact(artifact_store=store, artifact_id=artifact_id, file_path=str(directory / filename))
+    except ArtifactNotFound:
+        for _, filename in files:
+            (directory / filename).unlink(missing_ok=True)
+        return None
+    return seed
 
 
 def fetch_weights(

@@ -368,6 +368,28 @@ class SearchSection:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+_OPTIONAL_POSITIVE = Rule(
+    lambda v: v is None or _positive_int(v),
+    "must be a positive integer, got {value}",
+    "e.g. {key} = 3, or leave it out",
+)
+
+
+@dataclass(frozen=True)
+class FinalSection:
+    """How ``autopeft refit`` trains the winners: at full fidelity, with several seeds. A search trains
+    each configuration once, on the study's ``[train]``/``[data]`` settings; the final training may
+    be longer (``epochs``) and on more data (``max_train_examples``), and its mean over ``seeds`` is
+    what chooses the winner."""
+
+    epochs: int | None = checked(_OPTIONAL_POSITIVE, default=None)  # default: [train] epochs
+    max_train_examples: int | None = checked(_OPTIONAL_POSITIVE, default=None)  # default: [data]'s
+    seeds: int = checked(_POSITIVE, default=3)
+    # Single-objective studies: how many of the best search trials are refit (the winner is the best
+    # refit mean among them); two-objective studies refit their front.
+    top: int = checked(_POSITIVE, default=3)
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """A validated study file. ``path`` is where it was read from; relative paths resolve against it."""
@@ -380,6 +402,7 @@ class StudyConfig:
     budget: BudgetSection
     train: TrainSection
     search: SearchSection
+    final: FinalSection = field(default_factory=FinalSection)
 
     @property
     def objectives(self) -> list[str]:
@@ -393,6 +416,16 @@ class StudyConfig:
         if chosen is None:
             return own
         return (float(chosen[0]), float(chosen[1])) if isinstance(chosen, list) else float(chosen)
+
+    def at_final_fidelity(self) -> StudyConfig:
+        """This study with ``[final]``'s epochs and examples in place of the search's."""
+        epochs = self.final.epochs or self.train.epochs
+        examples = self.final.max_train_examples or self.data.max_train_examples
+        if (epochs, examples) == (self.train.epochs, self.data.max_train_examples):
+            return self
+        return replace(
+            self, train=replace(self.train, epochs=epochs), data=replace(self.data, max_train_examples=examples)
+        )
 
     def warm_starts(self, method: str) -> bool:
         """Whether ``method``'s known-good configuration is tried first: its own ``[search.<method>]
@@ -432,6 +465,7 @@ _SECTIONS = {
     "budget": BudgetSection,
     "train": TrainSection,
     "search": SearchSection,
+    "final": FinalSection,
 }
 
 

@@ -30,13 +30,13 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from autopeft.artifacts import artifact_store, fetch_weights, plain_name
+from autopeft.artifacts import artifact_store, fetch_refit_weights, fetch_weights, plain_name
 from autopeft.blocks import build_context
 from autopeft.config import ModelSection
 from autopeft.errors import AutopeftError, PluginError, first_line
 from autopeft.plugins import ResolvedStudy, get_plugin_manager, registered_methods, registered_tasks
 from autopeft.progress import Progress
-from autopeft.results import best_trial, is_feasible, pareto_front
+from autopeft.results import CONFIRM_PREFIX, is_feasible, pareto_front, refit_record, winner
 
 if TYPE_CHECKING:
     from autopeft.workbench import Workbench
@@ -154,10 +154,14 @@ def _labels(resolved: ResolvedStudy, study: optuna.Study) -> list[Any]:
     return load_task_data(config, load_tokenizer(config.model, source, offline), resolved.task).label_names
 
 
+def _without_weights(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A refit record as an export states it: the figures and fidelity, not the store's artifact ids."""
+    return None if record is None else {k: v for k, v in record.items() if k != "weights"}
+
+
 def _provenance(
     resolved: ResolvedStudy, study: optuna.Study, trial: FrozenTrial, weights: dict[str, Any], storage: str
 ) -> dict[str, Any]:
-    from autopeft.confirm import CONFIRM_PREFIX
     from autopeft.storage import mask_url
     from autopeft.workbench import library_versions
 
@@ -182,6 +186,7 @@ def _provenance(
             "validation_metric": trial.values[0],
             "test_metric": a.get("test_metric"),
             "confirmed": study.user_attrs.get(f"{CONFIRM_PREFIX}{trial.number}"),
+            "refit": _without_weights(refit_record(study, trial)),
             "params": trial.params,
             "seed": a.get("seed"),
             "learning_rate": a.get("learning_rate"),
@@ -225,9 +230,14 @@ def export_trial(
     config = resolved.config
     progress = progress or Progress(quiet=True)
     _check_exportable(trial)
+    refit = refit_record(study, trial)
+    store = artifact_store(config, create=False)
     with _staging(out) as staging:
-        if fetch_weights(artifact_store(config, create=False), study, trial, staging):
-            weights: dict[str, Any] = {"source": "artifact"}
+        seed = fetch_refit_weights(store, refit, staging) if refit is not None else None
+        if seed is not None:
+            weights: dict[str, Any] = {"source": "refit", "seed": int(seed)}
+        elif fetch_weights(store, study, trial, staging):
+            weights = {"source": "artifact"}
         else:
             bench = workbench() if workbench is not None else _workbench(resolved, progress)()
             weights = _retrain(bench, trial, staging, progress)
@@ -255,6 +265,13 @@ def _portable_adapter_config(folder: Path, resolved: ResolvedStudy) -> None:
     path.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+_WEIGHT_SOURCES = {
+    "artifact": "kept from the search",
+    "refit": "from `autopeft refit` (the seed with the median validation metric)",
+    "retrained": "retrained with its seed",
+}
+
+
 def model_card(record: dict[str, Any]) -> str:
     """The export's ``README.md``: what was trained, how well, under which budget, and how to load it."""
     study, trial, model = record["study"], record["trial"], record["model"]
@@ -276,8 +293,20 @@ def model_card(record: dict[str, Any]) -> str:
         ("task", f"`{study['task']}`"),
         ("data", ", ".join(f"{k} `{v}`" for k, v in record.get("data", {}).items() if v)),
         ("classes", ", ".join(map(str, record["labels"])) or "-"),
-        ("weights", "kept from the search" if record["weights"]["source"] == "artifact" else "retrained with its seed"),
+        ("weights", _WEIGHT_SOURCES[record["weights"]["source"]]),
     ]
+    refit = trial.get("refit")
+    if refit:
+        test = f"; test {refit['test_mean']:.4f} ± {refit['test_std']:.4f}" if "test_mean" in refit else ""
+        fidelity = refit["fidelity"]
+        rows.insert(
+            4,
+            (
+                f"refit {metric}",
+                f"{refit['mean']:.4f} ± {refit['std']:.4f} on validation{test} "
+                f"({len(refit['seeds'])} seeds, {fidelity['epochs']} epochs)",
+            ),
+        )
     overrides = f", {', '.join(f'{k}={v!r}' for k, v in model['overrides'].items())}" if model["overrides"] else ""
     if peft_format:
         load = (
@@ -389,7 +418,7 @@ def export(
         (out / _PARETO_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         return records
     if which == "best":
-        trial = best_trial(study, budget=budget)
+        trial = winner(study, budget=budget)
         if trial is None:
             raise AutopeftError(f"study {study.study_name!r} has no feasible complete trial yet; run it first")
     else:

@@ -22,7 +22,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import AutopeftError, first_line
-from autopeft.results import Standard, best_trial, feasible_trials, metric_sign, outcome, pareto_front, reason
+from autopeft.results import (
+    Standard,
+    best_trial,
+    feasible_trials,
+    metric_sign,
+    outcome,
+    pareto_front,
+    reason,
+    refit_record,
+    winner,
+)
 
 __all__ = ["build_figures", "method_table", "outcome_table", "write_html", "write_pngs", "FIGURES"]
 
@@ -80,7 +90,7 @@ def _baseline_line(fig: Any, standard: Standard) -> None:
 def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
     import plotly.graph_objects as go
 
-    from autopeft.confirm import CONFIRM_PREFIX
+    from autopeft.results import CONFIRM_PREFIX, REFIT_PREFIX
 
     fig = go.Figure()
     trials = feasible_trials(study, standard.budget)
@@ -117,17 +127,22 @@ def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
             hoverinfo="text",
         )
     )
-    if any(confirmed):
-        fig.add_trace(
-            go.Scatter(
-                x=[t.user_attrs["trainable_params"] for t, c in zip(front, confirmed) if c],
-                y=[c["mean"] for c in confirmed if c],
-                error_y={"type": "data", "array": [c["std"] for c in confirmed if c]},
-                mode="markers",
-                marker={"symbol": "diamond-open", "size": 12, "color": "black"},
-                name="confirmed mean ± std",
+    refit = [study.user_attrs.get(f"{REFIT_PREFIX}{t.number}") for t in trials]
+    for records, points, symbol, name in (
+        (confirmed, front, "diamond-open", "confirmed mean ± std"),
+        (refit, trials, "star-open", "refit mean ± std (validation)"),
+    ):
+        if any(records):
+            fig.add_trace(
+                go.Scatter(
+                    x=[t.user_attrs["trainable_params"] for t, c in zip(points, records) if c],
+                    y=[c["mean"] for c in records if c],
+                    error_y={"type": "data", "array": [c["std"] for c in records if c]},
+                    mode="markers",
+                    marker={"symbol": symbol, "size": 12, "color": "black"},
+                    name=name,
+                )
             )
-        )
     if standard.budget:
         fig.add_vline(x=standard.budget, line_dash="dash", line_color="gray")
         # add_vline's own label lands off the plot on a log axis (plotly places it at the linear x):
@@ -414,12 +429,19 @@ def write_html(
     standard = standard or Standard.of(study)
     figures = build_figures(study, standard)
     metric = study.user_attrs.get("metric", "value")
-    best = best_trial(study, budget=standard.budget)
+    best = winner(study, budget=standard.budget)
+    refit = refit_record(study, best) if best is not None else None
     states = Counter(outcome(t) for t in study.get_trials(deepcopy=False))
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     best_line = (
         f"best: trial {best.number}, {best.user_attrs['method']}, {metric} {best.values[0]:.4f} with "
         f"{best.user_attrs['trainable_params']:,} trainable parameters"
+        + (
+            f"; refit {refit['mean']:.4f} ± {refit['std']:.4f} over {len(refit['seeds'])} seeds"
+            + (f", test {refit['test_mean']:.4f} ± {refit['test_std']:.4f}" if "test_mean" in refit else "")
+            if refit
+            else ""
+        )
         if best is not None and best.values
         else "no feasible trial yet"
     )

@@ -29,6 +29,11 @@ __all__ = [
     "feasible_trials",
     "is_feasible",
     "best_trial",
+    "best_trials",
+    "winner",
+    "refit_record",
+    "CONFIRM_PREFIX",
+    "REFIT_PREFIX",
     "beats_best",
     "pareto_front",
     "metric_sign",
@@ -40,6 +45,9 @@ __all__ = [
 ]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: Study user-attribute prefixes of the records ``autopeft confirm`` and ``autopeft refit`` write per trial.
+CONFIRM_PREFIX = "confirm:"
+REFIT_PREFIX = "refit:"
 PENDING = (TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -142,6 +150,33 @@ def best_trial(
     return max(feasible, key=lambda t: (_goodness(t, sign), -t.user_attrs["trainable_params"], -t.number))
 
 
+def best_trials(study: optuna.Study, n: int, budget: int | None = None) -> list[FrozenTrial]:
+    """The ``n`` best feasible trials, best first, ranked as :func:`best_trial` ranks."""
+    sign = metric_sign(study)
+    ranked = sorted(
+        _feasible(study, None, budget), key=lambda t: (-_goodness(t, sign), t.user_attrs["trainable_params"], t.number)
+    )
+    return ranked[:n]
+
+
+def refit_record(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any] | None:
+    """What ``autopeft refit`` recorded for ``trial`` (seeds, validation values and their mean and
+    spread, test values, fidelity, weights), or None."""
+    found = study.user_attrs.get(f"{REFIT_PREFIX}{trial.number}")
+    return found if isinstance(found, dict) and found.get("values") else None
+
+
+def winner(study: optuna.Study, budget: int | None = None) -> FrozenTrial | None:
+    """The study's answer: the best refit mean on validation among the refit trials (a figure that
+    survives re-seeding), else the best search trial. Test figures never choose."""
+    trials = _feasible(study, None, budget)
+    refit = [(t, r) for t in trials if (r := refit_record(study, t)) is not None]
+    if not refit:
+        return best_trial(study, trials, budget)
+    sign = metric_sign(study)
+    return max(refit, key=lambda tr: (sign * tr[1]["mean"], -tr[0].user_attrs["trainable_params"], -tr[0].number))[0]
+
+
 def beats_best(study: optuna.Study, metric: float, n: int) -> bool:
     """Whether a trial with ``metric`` and ``n`` trainable parameters would be the new best, as
     :func:`best_trial` ranks (a tie on the metric goes to the smaller)."""
@@ -157,10 +192,14 @@ def pareto_front(
 ) -> list[FrozenTrial]:
     """Feasible trials no other feasible trial beats on both metric and size, smallest first.
 
-    Of trials with the same metric and size, the first is kept. ``trials``, ``budget``: as for
-    :func:`best_trial`.
+    Of trials with the same metric and size, the first is kept. Trials no better than the study's
+    baseline (a constant predictor) are left out while any trial beats it. ``trials``, ``budget``: as
+    for :func:`best_trial`.
     """
     feasible = _feasible(study, trials, budget)
+    standard = Standard.of(study)
+    learned = [t for t in feasible if not standard.at_baseline(t)]
+    feasible = learned or feasible  # a constant predictor is no point of a front, unless nothing learned
     front: list[FrozenTrial] = []
     sign = metric_sign(study)
     for t in sorted(feasible, key=lambda t: (t.user_attrs["trainable_params"], -_goodness(t, sign), t.number)):
