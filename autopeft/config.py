@@ -364,6 +364,9 @@ class SearchSection:
     warm_start: bool | None = checked(
         Rule(lambda v: v is None or isinstance(v, bool), "must be true or false", "warm_start = true"), default=None
     )
+    # A new study scores the blocks by the task loss's gradient on a few batches (autopeft.proxy) and
+    # tries a LoRA configuration with ranks where those scores are high, next to the default.
+    proxy: bool = checked(_flag("e.g. proxy = false"), default=True)
     # The [search.<method>] tables; each method checks its own (PeftMethod.check_options).
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -480,7 +483,7 @@ def _section(name: str, cls: type, table: Any) -> Any:
     known = [f.name for f in fields(cls) if not f.metadata.get("derived")]
     values = dict(table)
     if cls is SearchSection:  # [search.lora] etc. are method option tables
-        known = ["methods", "warm_start"]
+        known = ["methods", "warm_start", "proxy"]
         values = {k: v for k, v in table.items() if not isinstance(v, dict)}
     for key in values:
         if key not in known:

@@ -52,8 +52,12 @@ class OwnPruner(Protocol):
 
 
 def _min_steps(config: StudyConfig, total_steps: int) -> int:
-    eta = config.study.pruner_eta
-    return config.study.pruner_min_steps or max(1, total_steps // eta**2)
+    """The first rung: the study's ``pruner_min_steps``, else ``total_steps / eta²`` but never before
+    the loss has had a chance to fall: the end of the warm-up, and :attr:`TrialReporter.MIN_STEPS`."""
+    if config.study.pruner_min_steps:
+        return config.study.pruner_min_steps
+    warmup = max(1, int(config.train.warmup_ratio * total_steps))
+    return max(total_steps // config.study.pruner_eta**2, warmup, TrialReporter.MIN_STEPS)
 
 
 def rungs(total_steps: int, min_steps: int, eta: int) -> tuple[int, ...]:

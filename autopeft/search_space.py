@@ -87,6 +87,26 @@ class SearchSpace:
                 say(f"autopeft: {name}'s default configuration exceeds the budget; not tried first")
         return found
 
+    def proxy_params(self, scores: list[float]) -> list[dict[str, Any]]:
+        """The default configuration of each method with per-block ranks (``<name>.r[i]``, as LoRA and
+        EVA have), its ranks reallocated by the proxy's block ``scores`` at the default's total rank
+        (:func:`autopeft.proxy.proxy_ranks`); only those that fit the budget and differ from the default."""
+        from autopeft.proxy import proxy_ranks
+
+        bench, found = self.bench, []
+        for name, method in bench.methods.items():
+            options = bench.options[name]
+            default = method.warm_start(bench.ctx, options) if bench.config.warm_starts(name) else None
+            keys = [f"{name}.r[{i}]" for i in range(len(bench.ctx.blocks))]
+            if default is None or "r" not in options or not all(k in default for k in keys):
+                continue
+            ranks = proxy_ranks(scores, options["r"], max(default[k] for k in keys))
+            params = self._with_learning_rate({"method": name, **default, **dict(zip(keys, ranks))}, name)
+            _, config = self.config_of(params, UNBOUNDED)
+            if ranks != [default[k] for k in keys] and checked_count(method, bench.ctx, config) <= bench.budget:
+                found.append(params)
+        return found
+
     def adopt(self, params: dict[str, Any]) -> dict[str, Any] | None:
         """Another study's trial parameters made valid here (blocks mapped, rate clipped), or None.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -267,6 +268,7 @@ def prepare_study(
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
         return existing, None
     from autopeft.objective import Objective
+    from autopeft.proxy import PROXY_ATTR
     from autopeft.pruning import make_pruner
     from autopeft.search_space import SearchSpace
     from autopeft.train import planned_steps
@@ -297,12 +299,31 @@ def prepare_study(
     if new:
         for params in space.warm_start_params(progress.line):
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+        if config.search.proxy and PROXY_ATTR not in study.user_attrs:
+            _enqueue_proxy_choice(study, bench, space, progress)
     baseline = f"; {bench.baseline['name']} baseline {bench.baseline['value']:.4f}" if bench.baseline else ""
     progress.line(
         f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
         f"budget {bench.budget} parameters; methods {', '.join(bench.methods)}; device {bench.device}" + baseline
     )
     return study, Objective(space, progress, target)
+
+
+def _enqueue_proxy_choice(study: optuna.Study, bench: Workbench, space: SearchSpace, progress: Progress) -> None:
+    """Score the blocks (:mod:`autopeft.proxy`), record the scores, and queue the proxy's configurations."""
+    from autopeft.proxy import PROXY_ATTR, proxy_scores
+
+    started = time.perf_counter()
+    scores = proxy_scores(bench)
+    study.set_user_attr(PROXY_ATTR, scores.as_record())
+    queued = space.proxy_params(scores.blocks)
+    for params in queued:
+        study.enqueue_trial(params, user_attrs={"warm_start": True, "proxy": True}, skip_if_exists=True)
+    shares = " ".join(f"{s:.2f}" for s in scores.blocks)
+    progress.line(
+        f"proxy: block scores {shares} ({time.perf_counter() - started:.1f}s); "
+        f"{len(queued)} configuration(s) with ranks where they are high queued after the defaults"
+    )
 
 
 def run_study(

@@ -29,7 +29,11 @@ def test_rungs_are_geometric_below_the_full_run() -> None:
 
 
 def test_sha_trials_report_at_the_rungs_others_at_their_evaluations(tmp_path) -> None:
-    assert trial_fidelity(_config(tmp_path, pruner="sha"), 47).report_at == (5, 15, 45)  # 47 // 3² = 5
+    # 47 // 3² = 5, but the loss has had no chance to fall by then: the warm-up's end, at least 8
+    assert trial_fidelity(_config(tmp_path, pruner="sha"), 47).report_at == (8, 24)
+    assert trial_fidelity(_config(tmp_path, pruner="sha"), 900).report_at == (100, 300)  # 900 // 3²
+    warm = load_config(write_study(tmp_path, study={"pruner": "sha"}, train={"warmup_ratio": 0.2}))
+    assert trial_fidelity(warm, 900).report_at == (180, 540)
     assert trial_fidelity(_config(tmp_path, pruner="hyperband", pruner_min_steps=2), 47).report_at == (2, 6, 18)
     assert trial_fidelity(_config(tmp_path, pruner="median"), 47).report_at is None
     with pytest.raises(ConfigError, match="study.pruner_eta: must be an integer >= 2"):
@@ -52,14 +56,14 @@ def test_the_pruner_follows_the_study_file(tmp_path) -> None:
 
 def test_successive_halving_stops_a_trial_below_the_best_third_at_a_rung(tmp_path) -> None:
     study = optuna.create_study(direction="maximize", pruner=make_pruner(_config(tmp_path, pruner="sha"), 47))
-    for value in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4):  # earlier trials, each judged at the first rung (step 5)
+    for value in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4):  # earlier trials, each judged at the first rung (step 8)
         trial = study.ask()
-        trial.report(value, 5)
+        trial.report(value, 8)
         trial.should_prune()
         study.tell(trial, value)
     low, high = study.ask(), study.ask()
-    low.report(0.45, 5)
-    high.report(0.95, 5)
+    low.report(0.45, 8)
+    high.report(0.95, 8)
     assert low.should_prune() and not high.should_prune()
 
 
@@ -85,9 +89,9 @@ def test_size_bucket_halving_compares_only_trials_of_a_similar_size() -> None:
 def test_a_sha_study_reports_at_its_rungs(tmp_path, minilm_available) -> None:
     path = write_study(
         tmp_path,
-        study={"n_trials": 3, "pruner": "sha"},
+        study={"n_trials": 3, "pruner": "sha", "pruner_min_steps": 1},
         data={"max_train_examples": 32, "max_eval_examples": 16},
-        train={"batch_size": 8, "epochs": 2},  # 8 steps: rungs at 1 (8 // 9 -> 1), 3
+        train={"batch_size": 8, "epochs": 2},  # 8 steps: rungs at 1, 3
     )
     study = run_study(path, quiet=True)
     reported = [sorted(t.intermediate_values) for t in study.trials if t.intermediate_values]
