@@ -77,7 +77,10 @@ def proxy_scores(bench: Workbench, n_batches: int = 4) -> ProxyScores:
             labels = batch.pop("labels")
             with autocast_for(bench.device, bench.config.train.precision):
                 logits = model(**batch).logits
-            grads = torch.autograd.grad(bench.task.loss(logits, labels), list(weights.values()), allow_unused=True)
+            loss = bench.task.loss(logits, labels)
+            if not torch.isfinite(loss):  # a batch the base model cannot score says nothing about where to adapt
+                continue
+            grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
             for key, grad in zip(weights, grads):
                 norms[key] += 0.0 if grad is None else float(grad.float().norm())
             used += 1

@@ -299,13 +299,13 @@ def prepare_study(
     if new:
         for params in space.warm_start_params(progress.line):
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
-        if config.search.proxy and PROXY_ATTR not in study.user_attrs:
-            _enqueue_proxy_choice(study, bench, space, progress)
     baseline = f"; {bench.baseline['name']} baseline {bench.baseline['value']:.4f}" if bench.baseline else ""
     progress.line(
         f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
         f"budget {bench.budget} parameters; methods {', '.join(bench.methods)}; device {bench.device}" + baseline
     )
+    if new and config.search.proxy and PROXY_ATTR not in study.user_attrs:
+        _enqueue_proxy_choice(study, bench, space, progress)
     return study, Objective(space, progress, target)
 
 
@@ -313,6 +313,8 @@ def _enqueue_proxy_choice(study: optuna.Study, bench: Workbench, space: SearchSp
     """Score the blocks (:mod:`autopeft.proxy`), record the scores, and queue the proxy's configurations."""
     from autopeft.proxy import PROXY_ATTR, proxy_scores
 
+    if not any("r" in bench.options[name] for name in bench.methods):  # no method takes per-block ranks
+        return
     started = time.perf_counter()
     scores = proxy_scores(bench)
     study.set_user_attr(PROXY_ATTR, scores.as_record())

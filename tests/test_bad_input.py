@@ -75,7 +75,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "empty split": (_empty_validation, "data.validation: 'validation.parquet' has no rows"),
     "unknown method": (
         lambda f: _rewrite(f, search={"methods": ["bitfit", "lorra"]}),
-        "search.methods: unknown method 'lorra'; installed methods: adapter, bitfit, ia3, lora",
+        "search.methods: unknown method 'lorra'; installed methods: adalora, adapter, bitfit, eva, ia3, lora",
     ),
     "budget nothing fits": (
         lambda f: _rewrite(f, budget={"max_trainable": 10}),

@@ -93,7 +93,7 @@ def test_cli_unknown_method_lists_installed(tmp_path: Path, capsys, minilm_avail
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown method 'lorra'" in err[0]
-    assert "installed methods: adapter, bitfit, ia3, lora, prompt, unfreeze" in err[0]
+    assert "installed methods: adalora, adapter, bitfit, eva, ia3, lora, prompt, unfreeze" in err[0]
 
 
 @pytest.mark.parametrize(
