@@ -1,0 +1,310 @@
+"""Does the search earn its cost? autopeft's search + refit against what a user would do instead.
+
+    python benchmarks/search_quality.py                      # every task below, one after the other
+    python benchmarks/search_quality.py --task subjectivity  # one task
+    python benchmarks/search_quality.py --task sentiment --seeds 3 --json out.json
+
+On each task, in one run, at the same full fidelity (the study's ``[final]`` epochs and examples) and
+the same budget, every arm ends in configurations trained with the same new seeds and scored on the
+**test** split:
+
+- (a) the default: LoRA r=8 on query and value, alpha 16, at LoRA's default learning rate;
+- (a') the default with only its learning rate searched: as many trials as the study, the same
+  pruner, the same refit;
+- (b) LoRA on every linear of every block, at the largest uniform rank that fits the budget;
+- (c) AdaLoRA from the largest initial rank that fits on query and value, pruned to r=8 (the
+  default's size at the end: a matched final budget);
+- (d) EVA-initialised LoRA r=8 on query and value;
+- (e) random search (no warm starts, no proxy) for as long as (f)'s search took, the same pruner and refit;
+- (f) autopeft: the study as shipped, then ``autopeft refit``; the winner is the best refit mean on
+  validation.
+
+Each arm's row is the mean ± sd and the median of its test metric over the seeds. Searches ((a'), (e),
+(f)) run in a temporary copy of the study, so nothing in ``studies/`` changes. The cost of each arm is
+given in full-fidelity trainings of the default (its mean wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from common import STUDIES, study
+
+from autopeft import run_study
+from autopeft.confirm import confirm_seeds, refit
+from autopeft.methods import PeftMethod
+from autopeft.plugins import ResolvedStudy
+from autopeft.pruning import make_pruner, trial_fidelity
+from autopeft.results import refit_record, winner
+from autopeft.train import planned_steps
+from autopeft.workbench import Workbench
+
+TASKS = {
+    "sentiment": STUDIES / "quickstart.toml",
+    "subjectivity": STUDIES / "subjectivity.toml",
+    "lm": STUDIES / "smollm2-lm.toml",
+}
+DEFAULT_LORA = {"alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.0}
+
+
+@dataclasses.dataclass
+class Arm:
+    """One row of the table: the test metric of each seed, and what the arm cost in seconds."""
+
+    name: str
+    what: str
+    test: list[float]
+    seconds: float
+    validation: list[float] = dataclasses.field(default_factory=list)
+
+    def summary(self, sign: int) -> dict[str, Any]:
+        sd = statistics.stdev(self.test) if len(self.test) > 1 else 0.0
+        return {
+            "arm": self.name,
+            "what": self.what,
+            "test_mean": statistics.fmean(self.test),
+            "test_sd": sd,
+            "test_median": statistics.median(self.test),
+            "test": self.test,
+            "validation": self.validation,
+            "seconds": self.seconds,
+        }
+
+
+def _copy(path: Path, folder: Path, edit: Callable[[str], str] = lambda text: text) -> Path:
+    """The study file ``path`` (and its data) copied into ``folder``, its text passed through ``edit``."""
+    shutil.copytree(path.parent / "data", folder / "data", dirs_exist_ok=True)
+    target = folder / path.name
+    target.write_text(edit(path.read_text()))
+    return target
+
+
+def _fixed(bench: Workbench, name: str, method: PeftMethod, config: dict[str, Any], seeds: list[int]) -> Arm:
+    """``config`` trained once per seed at ``method``'s default learning rate, at ``bench``'s fidelity."""
+    started = time.perf_counter()
+    results = [bench.fit(method, config, learning_rate=method.default_learning_rate, seed=s, test=True) for s in seeds]
+    what = f"{method.describe(config)}, {method.count_trainable(bench.ctx, config):,} params"
+    seconds = time.perf_counter() - started
+    return Arm(name, what, [float(r.test_metric or 0.0) for r in results], seconds, [r.metric for r in results])
+
+
+def _refit_arm(name: str, path: Path, seeds: int, searched_seconds: float) -> Arm:
+    """``autopeft refit`` of a searched study copy; the winner's refit test values."""
+    started = time.perf_counter()
+    done, _ = refit(path, seeds=seeds, quiet=True)
+    chosen = winner(done)
+    assert chosen is not None
+    record = refit_record(done, chosen)
+    assert record is not None
+    a = chosen.user_attrs
+    what = f"trial {chosen.number}: {a['method']} {a['config']}, {a['trainable_params']:,} params"
+    what += f", lr {a['learning_rate']:.2e}"
+    seconds = searched_seconds + time.perf_counter() - started
+    return Arm(name, what, record["test_values"], seconds, record["values"])
+
+
+def _degenerate(study: optuna.Study) -> tuple[int, int]:
+    """(trials pruned as degenerate or completed at the baseline, trials) of a search."""
+    from autopeft.results import Standard
+
+    standard = Standard.of(study)
+    trials = [t for t in study.trials if t.state.is_finished()]
+    bad = [t for t in trials if "degenerate" in str(t.user_attrs.get("pruned_reason", "")) or standard.at_baseline(t)]
+    return len(bad), len(trials)
+
+
+def _learning_rate_only(resolved: ResolvedStudy, bench: Workbench, n_trials: int, seeds: int, full: Workbench) -> Arm:
+    """(a'): the default LoRA with only its learning rate searched (TPE, the study's pruner), then the
+    ``[final] top`` rates refit with new seeds; the winner is the best refit mean on validation."""
+    config = resolved.config
+    method = bench.enabled["lora"]
+    lora = {"ranks": [8] * len(bench.ctx.blocks), **DEFAULT_LORA}
+    rates = config.learning_rate_for("lora", method.learning_rates)
+    low, high = rates if isinstance(rates, tuple) else (rates, rates)
+    total = planned_steps(bench.data.train, config.train)
+    sign = 1 if resolved.directions[0] == "maximize" else -1
+    direction = optuna.study.StudyDirection.MAXIMIZE if sign > 0 else optuna.study.StudyDirection.MINIMIZE
+    search = optuna.create_study(
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=config.study.seed),
+        pruner=make_pruner(config, total),
+    )
+    fidelity = trial_fidelity(config, total)
+    started = time.perf_counter()
+    search.enqueue_trial({"lr": method.default_learning_rate})
+    for _ in range(n_trials):
+        trial = search.ask()
+        lr = trial.suggest_float("lr", low, high, log=True)
+
+        def report(step: int, value: float, trial: optuna.Trial = trial) -> bool:
+            trial.report(value, step)
+            return trial.should_prune()
+
+        result = bench.fit(
+            method, lora, learning_rate=lr, seed=config.study.seed + trial.number, fidelity=fidelity, on_report=report
+        )
+        if result.stopped_at is not None:
+            search.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            search.tell(trial, result.metric)
+    complete = [t for t in search.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    top = sorted(complete, key=lambda t: -sign * float(t.value or 0.0))[: config.final.top]
+    best: tuple[float, list[float], list[float], float] | None = None
+    for t in top:
+        results = [
+            full.fit(method, lora, learning_rate=t.params["lr"], seed=s, test=True)
+            for s in confirm_seeds(config.study.seed, t.number, seeds)
+        ]
+        mean = statistics.fmean(r.metric for r in results)
+        if best is None or sign * mean > sign * best[0]:
+            best = (mean, [float(r.test_metric or 0.0) for r in results], [r.metric for r in results], t.params["lr"])
+    assert best is not None
+    return Arm(
+        "(a') learning rate only",
+        f"lora r=8 query+value, lr {best[3]:.2e}",
+        best[1],
+        time.perf_counter() - started,
+        best[2],
+    )
+
+
+def run_task(task: str, seeds: int) -> dict[str, Any]:
+    path = TASKS[task]
+    resolved = study(path)
+    config = resolved.config
+    sign = 1 if resolved.directions[0] == "maximize" else -1
+    full = Workbench(ResolvedStudy(config.at_final_fidelity(), resolved.task, resolved.pm))
+    bench = Workbench(resolved)
+    test_seeds = confirm_seeds(config.study.seed, 10_000, seeds)  # new seeds, the same for every fixed arm
+    blocks = len(full.ctx.blocks)
+    arms: list[Arm] = []
+    default = _fixed(full, "(a) default", full.enabled["lora"], {"ranks": [8] * blocks, **DEFAULT_LORA}, test_seeds)
+    arms.append(default)
+    training = default.seconds / seeds  # one full-fidelity training of the default
+    extra: dict[str, Any] = {"full_training_seconds": training}
+
+    with tempfile.TemporaryDirectory() as folder:
+        # (f) autopeft's search + refit
+        ours = _copy(path, Path(folder) / "f")
+        started = time.perf_counter()
+        searched = run_study(ours, quiet=True)
+        search_seconds = time.perf_counter() - started
+        arms.append(_refit_arm("(f) autopeft search + refit", ours, seeds, search_seconds))
+        extra["f_degenerate"] = _degenerate(searched)
+        extra["f_search_seconds"] = search_seconds
+        from autopeft.proxy import proxy_correlation
+
+        extra["f_proxy_spearman"] = proxy_correlation(searched)
+
+        # (a') the learning rate alone, same number of trials
+        arms.append(_learning_rate_only(resolved, bench, config.study.n_trials, seeds, full))
+
+        # (b) LoRA on all linears at the largest uniform rank that fits
+        lora = full.enabled["lora"]
+        fits = [
+            r
+            for r in range(1, 257)
+            if lora.count_trainable(full.ctx, {"ranks": [r] * blocks, **DEFAULT_LORA, "targets": "all"}) <= full.budget
+        ]
+        if fits:
+            config_b = {"ranks": [max(fits)] * blocks, **DEFAULT_LORA, "targets": "all"}
+            arms.append(_fixed(full, "(b) LoRA on all linears", lora, config_b, test_seeds))
+
+        # (c) AdaLoRA: the largest init_r on query+value that fits, pruned to the default's r=8
+        from autopeft_plugins.adalora import AdaLora
+        from autopeft_plugins.eva import EvaLora
+
+        adalora = AdaLora()
+        inits = [
+            r
+            for r in range(8, 65)
+            if adalora.count_trainable(full.ctx, {"init_r": r, "target_r": 8, "targets": "query+value"}) <= full.budget
+        ]
+        if inits:
+            config_c = {"init_r": max(inits), "target_r": 8, "targets": "query+value"}
+            arms.append(_fixed(full, "(c) AdaLoRA", adalora, config_c, test_seeds))
+        # (d) EVA LoRA r=8 query+value
+        arms.append(_fixed(full, "(d) EVA LoRA", EvaLora(), {"ranks": [8] * blocks, **DEFAULT_LORA}, test_seeds))
+
+        # (e) random search for as long as (f) searched
+        rand = _copy(
+            path,
+            Path(folder) / "e",
+            lambda text: text.replace('sampler = "tpe"', 'sampler = "random"').replace(
+                "[search]\n", "[search]\nproxy = false\n", 1
+            ),
+        )
+        started = time.perf_counter()
+        n = 0
+        random_study = None
+        while time.perf_counter() - started < search_seconds:
+            n += 1
+            random_study = run_study(rand, n_trials=n, quiet=True)
+        arms.append(_refit_arm("(e) random search, same wall time + refit", rand, seeds, time.perf_counter() - started))
+        extra["e_trials"] = n
+        extra["e_degenerate"] = _degenerate(random_study) if random_study else None
+
+    rows = [arm.summary(sign) for arm in arms]
+    for row in rows:
+        row["trainings"] = row["seconds"] / training
+    return {
+        "task": task,
+        "study": str(path.relative_to(STUDIES.parent)),
+        "metric": config.task.metric,
+        "rows": rows,
+        **extra,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    metric = result["metric"]
+    print(f"\n### {result['task']} ({result['study']}; test {metric}, {len(result['rows'][0]['test'])} seeds)\n")
+    print(f"| arm | configuration | test {metric} mean ± sd | median | cost (default trainings) |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for r in result["rows"]:
+        print(
+            f"| {r['arm']} | {r['what']} | {r['test_mean']:.4f} ± {r['test_sd']:.4f} | {r['test_median']:.4f} | "
+            f"{r['trainings']:.1f} |"
+        )
+    bad, total = result["f_degenerate"]
+    print(
+        f"\none full-fidelity training of the default: {result['full_training_seconds']:.1f} s; "
+        f"(f) degenerate trials {bad} of {total}; (e) ran {result['e_trials']} trials"
+        + (f", degenerate {result['e_degenerate'][0]} of {result['e_degenerate'][1]}" if result["e_degenerate"] else "")
+        + (
+            f"; proxy Spearman {result['f_proxy_spearman'][0]:+.2f} over {result['f_proxy_spearman'][1]} trials"
+            if result["f_proxy_spearman"]
+            else ""
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(TASKS), action="append", help="repeat for several; default: all")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    results = []
+    for task in args.task or list(TASKS):
+        started = time.perf_counter()
+        results.append(run_task(task, args.seeds))
+        results[-1]["seconds"] = time.perf_counter() - started
+        print_table(results[-1])
+        print(f"({task}: {results[-1]['seconds'] / 60:.1f} min)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
