@@ -168,11 +168,14 @@ def refit_record(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any] | No
 
 def winner(study: optuna.Study, budget: int | None = None) -> FrozenTrial | None:
     """The study's answer: the best refit mean on validation among the refit trials (a figure that
-    survives re-seeding), else the best search trial. Test figures never choose."""
+    survives re-seeding), once the best search trial is among them; else the best search trial (a
+    refit of some other trial alone, ``refit --trial N``, does not make it the winner). Test figures
+    never choose."""
     trials = _feasible(study, None, budget)
     refit = [(t, r) for t in trials if (r := refit_record(study, t)) is not None]
-    if not refit:
-        return best_trial(study, trials, budget)
+    best = best_trial(study, trials, budget)
+    if best is None or best.number not in {t.number for t, _ in refit}:
+        return best
     sign = metric_sign(study)
     return max(refit, key=lambda tr: (sign * tr[1]["mean"], -tr[0].user_attrs["trainable_params"], -tr[0].number))[0]
 

@@ -83,6 +83,8 @@ def test_winner_is_the_best_refit_mean_not_the_luckiest_search_trial() -> None:
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"trainable_params": 100}))
     lucky, steady, _ = study.trials
     assert best_trial(study).number == lucky.number and winner(study).number == lucky.number  # nothing refit
+    study.set_user_attr(f"{REFIT_PREFIX}{steady.number}", {"seeds": [4], "values": [0.95], "mean": 0.95})
+    assert winner(study).number == lucky.number  # the best search trial was not refit: it stays the winner
     study.set_user_attr(
         f"{REFIT_PREFIX}{lucky.number}", {"seeds": [1, 2, 3], "values": [0.6, 0.9, 0.5], "mean": 0.6667}
     )
