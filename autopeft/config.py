@@ -240,6 +240,16 @@ class TaskSection:
 _SPLIT = Rule(_is_path, "must be a file path or a hub dataset name", 'e.g. {key} = "data/{key}.parquet"')
 
 
+def _needs_dataset(v: Any, config: StudyConfig) -> bool:
+    return v is None or config.data.dataset is not None
+
+
+_HUB_NAME = Rule(lambda v: v is None or _is_path(v), "must be a non-empty string, got {value}", 'e.g. {key} = "..."')
+_WITH_DATASET = Rule(
+    _needs_dataset, "is only read with data.dataset", 'add dataset = "owner/name", or remove {key}', True
+)
+
+
 @dataclass(frozen=True)
 class DataSection:
     train: str = checked(_SPLIT, _EXISTS)
@@ -247,6 +257,12 @@ class DataSection:
     test: str | None = checked(
         Rule(lambda v: v is None or _is_path(v), _SPLIT.problem, _SPLIT.fix), _EXISTS, default=None
     )
+    # With `dataset` (a hub dataset, or a local `datasets` folder beside the study file), train,
+    # validation and test name its splits, slices included: train = "train[:90%]". Without it, they
+    # are local files or "hub/name:split".
+    dataset: str | None = checked(_HUB_NAME, default=None)
+    subset: str | None = checked(_HUB_NAME, _WITH_DATASET, default=None)  # the configuration: "sst2"
+    revision: str | None = checked(_HUB_NAME, _WITH_DATASET, default=None)  # a branch, tag or commit
     text: str | list[str] = checked(
         Rule(
             _text_columns,
@@ -452,6 +468,15 @@ class StudyConfig:
         """Where trained weights are kept: ``[study] artifacts`` (relative to the study file) or
         ``<name>.artifacts`` beside it. Workers on several machines need it on a shared file system."""
         return (self.path.parent / (self.study.artifacts or f"{self.study.name}.artifacts")).resolve()
+
+    def dataset_source(self) -> str | None:
+        """``[data] dataset``: a folder beside the study file when there is one (a local ``datasets``
+        repository), else the hub name as given."""
+        name = self.data.dataset
+        if name is None:
+            return None
+        local = self.path.parent / name
+        return str(local.resolve()) if local.is_dir() else name
 
     def data_path(self, value: str) -> str:
         """A local data file relative to the study file, or a hub dataset name left as is."""

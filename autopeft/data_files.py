@@ -64,8 +64,13 @@ def load_split(config: StudyConfig, key: str) -> Any:
         else:
             import datasets
 
-            name, _, split = source.partition(":")
-            table = datasets.load_dataset(name, split=split or key).with_format("arrow")[:]
+            hub = config.dataset_source()
+            if hub is not None:  # [data] dataset: the value is a split of it, maybe a slice ("train[:90%]")
+                found = datasets.load_dataset(hub, config.data.subset, split=value, revision=config.data.revision)
+            else:
+                name, _, split = source.partition(":")
+                found = datasets.load_dataset(name, split=split or key)
+            table = found.with_format("arrow")[:]
         table.column_names  # noqa: B018 - decoded here, so that a header that is not UTF-8 fails here
     except Exception as exc:  # pyarrow and datasets raise many types for unreadable or unreachable sources
         if local and Path(source).is_file() and _has_no_rows(Path(source)):
