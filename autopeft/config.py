@@ -35,7 +35,7 @@ __all__ = [
     "KEEP_WEIGHTS",
 ]
 
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "gp", "nsga2", "auto")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cuda", "cpu")
 PRUNERS = ("median", "sha", "hyperband", "none")

@@ -70,9 +70,15 @@ def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.B
     from autopeft.optuna_adapter import TrialSeededRandomSampler, TrialSeededTPESampler
 
     seed = (config.study.seed + worker_seed) % 2**32  # numpy's seed range
+    startup = min(10, max(3, config.study.n_trials // 3))
     if config.study.sampler == "random":
         return TrialSeededRandomSampler(seed=seed)
-    startup = min(10, max(3, config.study.n_trials // 3))
+    if config.study.sampler == "gp":  # a method's own parameters exist in its trials only: sampled at random
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+    if config.study.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, config.study.n_trials // 4)))
+    if config.study.sampler == "auto":
+        return _auto_sampler(seed)
     with warnings.catch_warnings():  # multivariate and group are marked experimental, and are what we need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return TrialSeededTPESampler(
@@ -82,6 +88,28 @@ def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.B
             n_startup_trials=startup,
             constant_liar=worker_seed != 0,
         )
+
+
+def _auto_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    """OptunaHub's AutoSampler, which OptunaHub downloads from GitHub when it is loaded.
+
+    Raises:
+        ConfigError: optunahub is not installed, or the module cannot be fetched (offline).
+    """
+    try:
+        import optunahub
+    except ImportError:
+        raise ConfigError(
+            "study.sampler", '"auto" needs OptunaHub', "pip install 'autopeft[auto]', or use sampler = \"tpe\""
+        ) from None
+    try:
+        return optunahub.load_module("samplers/auto_sampler").AutoSampler(seed=seed)  # type: ignore[no-any-return]
+    except Exception as exc:  # offline, a moved module, a missing dependency of it
+        raise ConfigError(
+            "study.sampler",
+            f'"auto" could not load OptunaHub\'s AutoSampler ({type(exc).__name__}: {first_line(exc)})',
+            'it is downloaded from GitHub on use: run with network access, or use sampler = "tpe"',
+        ) from None
 
 
 def open_study(

@@ -168,3 +168,28 @@ def test_reporter_prunes_two_objective_trials_and_records_where() -> None:
     assert report(5, 0.5) is True  # stop the fit here
     attrs = study.trials[-1].user_attrs
     assert attrs["intermediate"] == {"5": 0.5} and attrs["pruned_at_step"] == 5
+
+
+@pytest.mark.parametrize("sampler,kind", [("gp", optuna.samplers.GPSampler), ("nsga2", optuna.samplers.NSGAIISampler)])
+def test_optunas_gp_and_nsga2_samplers_search_the_same_space(
+    tmp_path, instant, sampler, kind, minilm_available
+) -> None:
+    path = _study_copy(tmp_path, "quickstart.toml", {'sampler = "tpe"': f'sampler = "{sampler}"'})
+    study = run_study(path, n_trials=14, quiet=True)
+    assert isinstance(study.sampler, kind)
+    done = [t for t in study.trials if t.state.is_finished()]  # the stand-in's halfway report lets some be pruned
+    assert len(done) == 14 and {t.params["method"] for t in done} == {"lora", "unfreeze", "bitfit"}
+    trained = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE and "infeasible" not in t.user_attrs]
+    assert trained and all(t.user_attrs["trainable_params"] <= t.user_attrs["budget"] for t in trained)
+
+
+def test_the_auto_sampler_offline_is_one_line_naming_the_fix(tmp_path, capsys, monkeypatch, minilm_available) -> None:
+    import sys
+
+    from autopeft.cli import main
+
+    monkeypatch.setitem(sys.modules, "optunahub", None)  # not installed (CI); installed and offline fails alike
+    path = _study_copy(tmp_path, "quickstart.toml", {'sampler = "tpe"': 'sampler = "auto"'})
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study.sampler" in err[0] and "optunahub" in err[0].lower() and 'sampler = "tpe"' in err[0]
