@@ -212,6 +212,31 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autopeft.init_study import write_study_file
+
+    def ask(question: str, default: str) -> str:
+        answer = input(f"{question} [{default}]: ").strip()
+        return answer or default
+
+    interactive = sys.stdin.isatty() and not args.yes
+    out = write_study_file(
+        Path(args.out),
+        model=args.model,
+        train=args.train,
+        validation=args.validation,
+        test=args.test,
+        text=args.text,
+        label=args.label,
+        budget=args.budget,
+        ask=ask if interactive else None,
+    )
+    print(f"wrote {out}; next: `autopeft plan {out}`, then `autopeft run {out}`")
+    return 0
+
+
 def _cmd_refit(args: argparse.Namespace) -> int:
     from autopeft.confirm import refit
     from autopeft.results import winner
@@ -395,6 +420,18 @@ def _parser() -> argparse.ArgumentParser:
     _storage_option(confirm)
     confirm.add_argument("--quiet", action="store_true", help="no progress output")
     confirm.set_defaults(func=_cmd_confirm)
+
+    init = sub.add_parser("init", help="write a commented study file from a model and a data file")
+    init.add_argument("--model", required=True, help="a hub model name or a local folder")
+    init.add_argument("--train", required=True, help="csv/json/jsonl/parquet file, or hub name[:split]")
+    init.add_argument("--validation", required=True, help="as --train")
+    init.add_argument("--test", help="as --train (optional)")
+    init.add_argument("--text", help="the text column (default: the string column with the longest values)")
+    init.add_argument("--label", help="the label column (default: one named like a label, or with few values)")
+    init.add_argument("--budget", default="0.5%", help="max trainable parameters: a share or a count")
+    init.add_argument("--out", default="study.toml", help="the study file to write (never overwritten)")
+    init.add_argument("--yes", action="store_true", help="take every guess without asking, even on a terminal")
+    init.set_defaults(func=_cmd_init)
 
     refit_cmd = sub.add_parser(
         "refit", help="train the best trials (or the front) at the [final] fidelity with new seeds; keeps their weights"
