@@ -30,12 +30,14 @@ __all__ = [
     "load_config",
     "with_task",
     "SAMPLERS",
+    "TRACKERS",
     "PRUNERS",
     "DATA_SUFFIXES",
     "KEEP_WEIGHTS",
 ]
 
 SAMPLERS = ("tpe", "random", "gp", "nsga2", "auto")
+TRACKERS = ("mlflow", "wandb", "tensorboard")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cuda", "cpu")
 PRUNERS = ("median", "sha", "hyperband", "none")
@@ -169,6 +171,15 @@ class StudySection:
         Rule(lambda v: _is_int(v) and v >= 2, "must be an integer >= 2, got {value}", "e.g. {key} = 3"), default=3
     )
     seed: int = checked(Rule(_is_int, "must be an integer, got {value}", "e.g. seed = 0"), default=0)
+    # Each finished trial logged as one run of these experiment trackers (autopeft.trackers).
+    trackers: list[str] = checked(
+        Rule(
+            lambda v: isinstance(v, list) and len(set(v)) == len(v) and all(x in TRACKERS for x in v),
+            f"must be a list of distinct names from {list(TRACKERS)}, got {{value}}",
+            'e.g. trackers = ["mlflow"]',
+        ),
+        default_factory=list,
+    )
     # ["accuracy"]: the best metric under the budget; ["accuracy", "trainable_params"]: the Pareto front.
     objectives: list[str] | None = checked(
         Rule(

@@ -130,7 +130,7 @@ class Objective:
         if result.stopped_at is not None:
             trial.set_user_attr("steps_saved", result.total_steps - result.stopped_at)
             raise optuna.TrialPruned()
-        set_user_attrs(trial, result.measurements())
+        set_user_attrs(trial, result.measurements() | report.curve())
         return self._values(result.metric, n)
 
     def _keeper(self, trial: optuna.Trial, method: PeftMethod, n: int) -> Callable[[nn.Module, TrainResult], None]:

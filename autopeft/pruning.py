@@ -143,6 +143,12 @@ class TrialReporter:
         self.losses: list[float] = []
         self.judged = False  # whether the degenerate check has run (once, at the first report it can)
 
+    def curve(self, points: int = 200) -> dict[str, list[list[float]]]:
+        """The training loss by step, at most ``points`` of it, as the ``loss_curve`` attribute
+        trackers and reports read."""
+        every = max(1, -(-len(self.losses) // points))
+        return {"loss_curve": [[step + 1, value] for step, value in enumerate(self.losses) if step % every == 0]}
+
     def loss(self, step: int, value: float) -> None:
         """The training loss of optimizer step ``step``."""
         self.losses.append(value)

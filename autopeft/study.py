@@ -6,7 +6,7 @@ import os
 import time
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from autopeft.optuna_adapter import remember_storage, storage_url
 from autopeft.progress import Progress
 from autopeft.results import FINISHED, PENDING, best_trial, finished_trials, pareto_front
 from autopeft.storage import mask_url, open_storage, retry_trial, sqlite_path, storage_failure
+from autopeft.trackers import Tracker, make_trackers
 
 if TYPE_CHECKING:
     from autopeft.objective import Objective
@@ -416,10 +417,26 @@ def resolve(study: str | Path | StudyConfig | ResolvedStudy, check_data: bool = 
     return resolve_study(config)
 
 
+def _tracking(tracker: Tracker, progress: Progress) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """An Optuna callback logging each finished trial to ``tracker``; a tracker that fails (a server
+    down, a full disk) costs its log line, never the trial or the study."""
+
+    def log(study: optuna.Study, trial: FrozenTrial) -> None:
+        try:
+            tracker.log(study, trial)
+        except Exception as exc:
+            progress.line(
+                f"[trial {trial.number}] not logged to {type(tracker).__name__.strip('_')}: {first_line(exc)}"
+            )
+
+    return log
+
+
 def _optimize(study: optuna.Study, objective: Objective, target: int, progress: Progress) -> None:
     config, budget = objective.config, objective.bench.budget
     poll = min(5.0, config.study.heartbeat_seconds / 2)
     failed_in_a_row: list[FrozenTrial] = []
+    tracked = [_tracking(tracker, progress) for tracker in make_trackers(config)]
     written: dict[str, int] = {}  # study attributes as this worker last wrote them: a write is a commit
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -454,7 +471,7 @@ def _optimize(study: optuna.Study, objective: Objective, target: int, progress: 
         try:
             # No n_trials: failed trials are retried, and other workers finish trials too; after_trial
             # decides when the study has its n_trials.
-            study.optimize(objective, callbacks=[after_trial], catch=(Exception,))
+            study.optimize(objective, callbacks=[after_trial, *tracked], catch=(Exception,))
             break
         except KeyboardInterrupt:
             raise Interrupted(_interrupted(study, objective.current)) from None
