@@ -316,6 +316,34 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve_storage(args: argparse.Namespace) -> int:
+    from autopeft.config import load_config
+    from autopeft.storage import mask_url, open_storage
+
+    config = load_config(args.study)
+    url = args.storage or config.storage
+    if url.startswith("grpc:"):
+        raise AutopeftError(
+            "serve-storage: the study's storage is itself a gRPC proxy; give the database with --storage"
+        )
+    storage = open_storage(url, config.study.heartbeat_seconds)
+    try:
+        from optuna.storages import run_grpc_proxy_server
+    except ImportError:
+        raise AutopeftError("serve-storage: needs grpcio; pip install 'autopeft[grpc]'") from None
+    print(
+        f"gRPC storage proxy for {mask_url(url)} on {args.host}:{args.port}; workers use "
+        f"--storage grpc://{args.host}:{args.port}; Ctrl-C stops it",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        run_grpc_proxy_server(storage, host=args.host, port=args.port)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the way a proxy is meant to stop, nothing to resume
+        print("autopeft: gRPC storage proxy stopped", file=sys.stderr)
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from autopeft.plugins import get_plugin_manager, registered_methods, registered_tasks
 
@@ -480,6 +508,15 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=int, default=8080)
     _storage_option(dashboard)
     dashboard.set_defaults(func=_cmd_dashboard)
+
+    serve = sub.add_parser(
+        "serve-storage", help="serve the study's database to many workers through Optuna's gRPC storage proxy"
+    )
+    serve.add_argument("study", help=_STUDY_HELP)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=13000)
+    _storage_option(serve)
+    serve.set_defaults(func=_cmd_serve_storage)
 
     plugins = sub.add_parser("plugins", help="list installed methods and the distribution providing each")
     plugins.add_argument("--format", choices=("table", "json"), default="table")

@@ -17,7 +17,7 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-from autopeft.optuna_adapter import fail_running_trial, storage_url
+from autopeft.optuna_adapter import fail_running_trial, storage_of, storage_url
 from autopeft.progress import Progress
 from autopeft.results import FINISHED
 from autopeft.storage import retry_trial
@@ -54,10 +54,11 @@ def fail_dead_local_trials(study: optuna.Study) -> None:
 
     A process that died without a word (a full disk, ``kill -9``) leaves its trial running until its
     heartbeat ages, 2 × ``heartbeat_seconds``; on one machine the process table says at once that
-    it is gone. Only for SQLite studies: their workers all run on this machine (WAL needs a local
-    disk), so a host name cannot be shared with another machine.
+    it is gone. Only for SQLite and journal-file studies: their workers all run on this machine (WAL
+    and the journal's file lock need a local disk), so a host name cannot be shared with another
+    machine. (A journal has no heartbeats: this is how its dead workers' trials are found.)
     """
-    if not storage_url(study).startswith("sqlite"):
+    if not (storage_url(study).startswith("sqlite") or isinstance(storage_of(study), optuna.storages.JournalStorage)):
         return
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import AutopeftError, first_line
@@ -47,6 +47,7 @@ __all__ = [
     "retry_trial",
     "storage_failure",
     "sqlite_path",
+    "journal_path",
     "StorageUnavailable",
     "MAX_RETRIES",
     "OUTAGE_SECONDS",
@@ -248,8 +249,9 @@ def _read_only_url(path: str, immutable: bool) -> str:
 
 def open_storage(
     url: str, heartbeat_seconds: int, read_only: bool = False, outage_seconds: float = OUTAGE_SECONDS
-) -> RDBStorage:
-    """An Optuna RDB storage for ``url`` with heartbeats every ``heartbeat_seconds``.
+) -> BaseStorage:
+    """An Optuna storage for ``url``: an RDB storage with heartbeats every ``heartbeat_seconds``, a
+    journal file (``journal:///path/study.log``) or a gRPC storage proxy (``grpc://host:port``).
 
     A trial whose worker sent no heartbeat for twice that long is failed and retried.
 
@@ -263,6 +265,8 @@ def open_storage(
         Whatever SQLAlchemy raises for a bad URL, a missing driver or an unreachable server; the
             caller turns it into one line with the password masked.
     """
+    if url.startswith(("journal:", "grpc:")):
+        return _journal(url, read_only) if url.startswith("journal:") else _grpc(url)
     engine_kwargs: dict[str, Any] = {}
     sqlite = url.startswith("sqlite:")
     path = sqlite_path(url) if sqlite else None
@@ -282,6 +286,37 @@ def open_storage(
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_synchronous_normal)
         storage.engine.dispose()  # the connections opened while creating the tables get it too
     return storage
+
+
+def journal_path(url: str) -> str | None:
+    """The file of a ``journal:///path`` URL (``journal://relative/path`` from the working folder)."""
+    path = url.removeprefix("journal://")
+    return path if path != url and path else None
+
+
+def _journal(url: str, read_only: bool) -> BaseStorage:
+    """Optuna's journal storage on one file: an append-only log many processes on one machine share
+    (Optuna's recommendation there); no heartbeats, so a dead local worker's trial is found by its
+    process id (:func:`autopeft.coordination.fail_dead_local_trials`)."""
+    from optuna.storages.journal import JournalFileBackend
+
+    path = journal_path(url)
+    if path is None:
+        raise AutopeftError(f"study.storage: {url!r} names no file; use e.g. journal:///path/to/study.log")
+    if read_only and not Path(path).is_file():
+        raise AutopeftError(f"no study journal at {path}; run `autopeft run` first, or pass --storage")
+    return optuna.storages.JournalStorage(JournalFileBackend(path))
+
+
+def _grpc(url: str) -> BaseStorage:
+    """A client of ``autopeft serve-storage`` (Optuna's gRPC storage proxy) at ``grpc://host:port``."""
+    host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise AutopeftError(f"study.storage: {url!r} is not grpc://host:port; e.g. grpc://localhost:13000")
+    try:
+        return optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+    except ImportError:
+        raise AutopeftError("study.storage: grpc:// needs grpcio; pip install 'autopeft[grpc]'") from None
 
 
 def _rdb(

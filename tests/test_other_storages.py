@@ -1,0 +1,103 @@
+"""Storages beyond SQL: a journal file (many processes on one machine) and Optuna's gRPC storage
+proxy in front of the study's database (`autopeft serve-storage`, for many workers)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from conftest import write_study
+
+from autopeft import load_config, run_study
+from autopeft.cli import main
+from autopeft.coordination import fail_dead_local_trials
+from autopeft.storage import open_storage
+from autopeft.study import open_study
+
+
+@pytest.fixture
+def instant(monkeypatch):
+    """Training replaced by a formula of the size: these tests are about where trials are stored."""
+    import math
+
+    from autopeft.train import TrainResult
+    from autopeft.workbench import Workbench
+
+    def fit(self, method, config, **unused):  # type: ignore[no-untyped-def]
+        method = self.enabled[method] if isinstance(method, str) else method
+        return TrainResult(0.5 + 0.01 * math.log(method.count_trainable(self.ctx, config)), 0.01, 0.01, 10, 1, 1)
+
+    monkeypatch.setattr(Workbench, "fit", fit)
+
+
+def test_a_journal_file_holds_the_study_and_the_commands_read_it(tmp_path, instant, capsys, minilm_available) -> None:
+    journal = tmp_path / "study.log"
+    path = write_study(tmp_path, study={"n_trials": 4, "storage": f"journal:///{journal}"})
+    study = run_study(path, quiet=True)
+    assert isinstance(study._storage, optuna.storages.JournalStorage) and journal.is_file()
+    assert len([t for t in study.trials if t.state.is_finished()]) == 4
+    again = run_study(path, n_trials=6, quiet=True)  # resumed from the journal
+    assert len([t for t in again.trials if t.state.is_finished()]) == 6
+    assert main(["best", str(path)]) == 0 and main(["trials", str(path), "--format", "json"]) == 0
+    assert "best trial" in capsys.readouterr().out
+
+
+def test_a_dead_local_workers_trial_in_a_journal_is_queued_again(tmp_path, minilm_available) -> None:
+    path = write_study(tmp_path, study={"storage": f"journal:///{tmp_path / 'study.log'}"})
+    study = open_study(load_config(path), directions=["maximize"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = study.ask({"method": optuna.distributions.CategoricalDistribution(["lora"])})
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    fail_dead_local_trials(study)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]  # failed, and queued again
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_workers_reach_the_database_through_the_grpc_proxy(tmp_path, instant, minilm_available) -> None:
+    path = write_study(tmp_path, study={"n_trials": 3})
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "autopeft", "serve-storage", str(path), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert f"on 127.0.0.1:{port}" in server.stderr.readline()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the proxy did not start listening"
+                time.sleep(0.2)
+        study = run_study(path, storage=f"grpc://127.0.0.1:{port}", quiet=True)
+        assert isinstance(study._storage, optuna.storages.GrpcStorageProxy)
+        assert len([t for t in study.trials if t.state.is_finished()]) == 3
+        budget = study.user_attrs["budget"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    stored = optuna.load_study(study_name="tiny", storage=open_storage(f"sqlite:///{tmp_path / 'tiny.db'}", 60))
+    assert len(stored.trials) == 3 and stored.user_attrs["budget"] == budget
+
+
+def test_a_bad_journal_or_grpc_url_is_one_line(tmp_path, capsys) -> None:
+    for url, words in (("journal://", "names no file"), ("grpc://nohost", "is not grpc://host:port")):
+        path = write_study(tmp_path, study={"storage": url})
+        assert main(["trials", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0]
