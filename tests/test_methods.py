@@ -24,10 +24,12 @@ class TestDoRA(MethodConformance):
 
 class TestAdaLora(MethodConformance):
     method = AdaLora()
+    n_samples = 3  # three choices a parameter: fewer samples cover them
 
 
 class TestEvaLora(MethodConformance):
     method = EvaLora()
+    n_samples = 3  # LoRA's sampling, which TestLora covers; here the data-driven initialisation
 
 
 class TestUnfreeze(MethodConformance):
