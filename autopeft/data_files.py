@@ -16,10 +16,10 @@ from typing import Any
 from autopeft.config import DATA_SUFFIXES, StudyConfig
 from autopeft.errors import DataError, first_line
 
-__all__ = ["load_split", "check_columns", "missing_columns"]
+__all__ = ["load_split", "read_local", "check_columns", "missing_columns"]
 
 
-def _read_local(path: Path) -> Any:
+def read_local(path: Path) -> Any:
     """A local data file as a pyarrow Table, read once per process while the file is unchanged: the
     column checks before the model loads and the loading itself share it."""
     stat = path.stat()
@@ -60,7 +60,7 @@ def load_split(config: StudyConfig, key: str) -> Any:
     local = source.endswith(DATA_SUFFIXES)
     try:
         if local:
-            table = _read_local(Path(source))
+            table = read_local(Path(source))
         else:
             import datasets
 

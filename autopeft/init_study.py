@@ -38,14 +38,14 @@ class Detected:
 def _table(path: str) -> Any:
     """The train split as a pyarrow table: a local file, or ``hub/name[:split]`` through ``datasets``."""
     from autopeft.config import DATA_SUFFIXES
-    from autopeft.data_files import _read_local
+    from autopeft.data_files import read_local
 
     if path.endswith(DATA_SUFFIXES):
         if not Path(path).is_file():
             raise ConfigError(
                 "--train", f"file not found: {path}", "give the path of a csv, json, jsonl or parquet file"
             )
-        return _read_local(Path(path))
+        return read_local(Path(path))
     import datasets
 
     name, _, split = path.partition(":")
