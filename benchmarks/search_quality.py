@@ -3,14 +3,15 @@
     python benchmarks/search_quality.py                      # every task below, one after the other
     python benchmarks/search_quality.py --task subjectivity  # one task
     python benchmarks/search_quality.py --task sentiment --seeds 3 --json out.json
+    python benchmarks/search_quality.py --task sentiment --arms c   # the default and AdaLoRA only
 
 On each task, in one run, at the same full fidelity (the study's ``[final]`` epochs and examples) and
 the same budget, every arm ends in configurations trained with the same new seeds and scored on the
 **test** split:
 
 - (a) the default: LoRA r=8 on query and value, alpha 16, at LoRA's default learning rate;
-- (a') the default with only its learning rate searched: as many trials as the study, the same
-  pruner, the same refit;
+- (a') the default with only its learning rate searched (``--arms lr``): as many trials as the
+  study, the same pruner, the same refit;
 - (b) LoRA on every linear of every block, at the largest uniform rank that fits the budget;
 - (c) AdaLoRA from the largest initial rank that fits on query and value, pruned to r=8 (the
   default's size at the end: a matched final budget);
@@ -178,7 +179,31 @@ def _learning_rate_only(resolved: ResolvedStudy, bench: Workbench, n_trials: int
     )
 
 
-def run_task(task: str, seeds: int) -> dict[str, Any]:
+#: The arms besides the default, which always runs (its training time is the unit of cost).
+ARMS = ("f", "lr", "b", "c", "d", "e")
+
+
+def _random_search(path: Path, folder: Path, seeds: int, seconds: float, extra: dict[str, Any]) -> Arm:
+    """(e): random search (no warm starts, no proxy) for ``seconds``, the same pruner, then refit."""
+    rand = _copy(
+        path,
+        folder / "e",
+        lambda text: text.replace('sampler = "tpe"', 'sampler = "random"').replace(
+            "[search]\n", "[search]\nproxy = false\n", 1
+        ),
+    )
+    started = time.perf_counter()
+    n = 0
+    random_study = None
+    while time.perf_counter() - started < seconds:
+        n += 1
+        random_study = run_study(rand, n_trials=n, quiet=True)
+    extra["e_trials"] = n
+    extra["e_degenerate"] = _degenerate(random_study) if random_study else None
+    return _refit_arm("(e) random search, same wall time + refit", rand, seeds, time.perf_counter() - started)
+
+
+def run_task(task: str, seeds: int, which: tuple[str, ...] = ARMS) -> dict[str, Any]:
     path = TASKS[task]
     resolved = study(path)
     config = resolved.config
@@ -187,6 +212,7 @@ def run_task(task: str, seeds: int) -> dict[str, Any]:
     bench = Workbench(resolved)
     test_seeds = confirm_seeds(config.study.seed, 10_000, seeds)  # new seeds, the same for every fixed arm
     blocks = len(full.ctx.blocks)
+    chosen = set(which)
     arms: list[Arm] = []
     default = _fixed(full, "(a) default", full.enabled["lora"], {"ranks": [8] * blocks, **DEFAULT_LORA}, test_seeds)
     arms.append(default)
@@ -194,20 +220,23 @@ def run_task(task: str, seeds: int) -> dict[str, Any]:
     extra: dict[str, Any] = {"full_training_seconds": training}
 
     with tempfile.TemporaryDirectory() as folder:
-        # (f) autopeft's search + refit
-        ours = _copy(path, Path(folder) / "f")
-        started = time.perf_counter()
-        searched = run_study(ours, quiet=True)
-        search_seconds = time.perf_counter() - started
-        arms.append(_refit_arm("(f) autopeft search + refit", ours, seeds, search_seconds))
-        extra["f_degenerate"] = _degenerate(searched)
-        extra["f_search_seconds"] = search_seconds
-        from autopeft.proxy import proxy_correlation
+        # (f) autopeft's search + refit; (e) needs its search time
+        if "f" in chosen or "e" in chosen:
+            ours = _copy(path, Path(folder) / "f")
+            started = time.perf_counter()
+            searched = run_study(ours, quiet=True)
+            search_seconds = time.perf_counter() - started
+            extra["f_degenerate"] = _degenerate(searched)
+            extra["f_search_seconds"] = search_seconds
+            from autopeft.proxy import proxy_correlation
 
-        extra["f_proxy_spearman"] = proxy_correlation(searched)
+            extra["f_proxy_spearman"] = proxy_correlation(searched)
+            if "f" in chosen:
+                arms.append(_refit_arm("(f) autopeft search + refit", ours, seeds, search_seconds))
 
         # (a') the learning rate alone, same number of trials
-        arms.append(_learning_rate_only(resolved, bench, config.study.n_trials, seeds, full))
+        if "lr" in chosen:
+            arms.append(_learning_rate_only(resolved, bench, config.study.n_trials, seeds, full))
 
         # (b) LoRA on all linears at the largest uniform rank that fits
         lora = full.enabled["lora"]
@@ -216,7 +245,7 @@ def run_task(task: str, seeds: int) -> dict[str, Any]:
             for r in range(1, 257)
             if lora.count_trainable(full.ctx, {"ranks": [r] * blocks, **DEFAULT_LORA, "targets": "all"}) <= full.budget
         ]
-        if fits:
+        if fits and "b" in chosen:
             config_b = {"ranks": [max(fits)] * blocks, **DEFAULT_LORA, "targets": "all"}
             arms.append(_fixed(full, "(b) LoRA on all linears", lora, config_b, test_seeds))
 
@@ -230,29 +259,17 @@ def run_task(task: str, seeds: int) -> dict[str, Any]:
             for r in range(8, 65)
             if adalora.count_trainable(full.ctx, {"init_r": r, "target_r": 8, "targets": "query+value"}) <= full.budget
         ]
-        if inits:
+        if inits and "c" in chosen:
             config_c = {"init_r": max(inits), "target_r": 8, "targets": "query+value"}
             arms.append(_fixed(full, "(c) AdaLoRA", adalora, config_c, test_seeds))
         # (d) EVA LoRA r=8 query+value
-        arms.append(_fixed(full, "(d) EVA LoRA", EvaLora(), {"ranks": [8] * blocks, **DEFAULT_LORA}, test_seeds))
+        if "d" in chosen:
+            config_d = {"ranks": [8] * blocks, **DEFAULT_LORA}
+            arms.append(_fixed(full, "(d) EVA LoRA", EvaLora(), config_d, test_seeds))
 
         # (e) random search for as long as (f) searched
-        rand = _copy(
-            path,
-            Path(folder) / "e",
-            lambda text: text.replace('sampler = "tpe"', 'sampler = "random"').replace(
-                "[search]\n", "[search]\nproxy = false\n", 1
-            ),
-        )
-        started = time.perf_counter()
-        n = 0
-        random_study = None
-        while time.perf_counter() - started < search_seconds:
-            n += 1
-            random_study = run_study(rand, n_trials=n, quiet=True)
-        arms.append(_refit_arm("(e) random search, same wall time + refit", rand, seeds, time.perf_counter() - started))
-        extra["e_trials"] = n
-        extra["e_degenerate"] = _degenerate(random_study) if random_study else None
+        if "e" in chosen:
+            arms.append(_random_search(path, Path(folder), seeds, search_seconds, extra))
 
     rows = [arm.summary(sign) for arm in arms]
     for row in rows:
@@ -276,29 +293,31 @@ def print_table(result: dict[str, Any]) -> None:
             f"| {r['arm']} | {r['what']} | {r['test_mean']:.4f} ± {r['test_sd']:.4f} | {r['test_median']:.4f} | "
             f"{r['trainings']:.1f} |"
         )
-    bad, total = result["f_degenerate"]
-    print(
-        f"\none full-fidelity training of the default: {result['full_training_seconds']:.1f} s; "
-        f"(f) degenerate trials {bad} of {total}; (e) ran {result['e_trials']} trials"
-        + (f", degenerate {result['e_degenerate'][0]} of {result['e_degenerate'][1]}" if result["e_degenerate"] else "")
-        + (
-            f"; proxy Spearman {result['f_proxy_spearman'][0]:+.2f} over {result['f_proxy_spearman'][1]} trials"
-            if result["f_proxy_spearman"]
-            else ""
-        )
-    )
+    notes = [f"one full-fidelity training of the default: {result['full_training_seconds']:.1f} s"]
+    if result.get("f_degenerate"):
+        notes.append("(f) degenerate trials {} of {}".format(*result["f_degenerate"]))
+    if "e_trials" in result:
+        notes.append(f"(e) ran {result['e_trials']} trials")
+    if result.get("e_degenerate"):
+        notes.append("(e) degenerate {} of {}".format(*result["e_degenerate"]))
+    if result.get("f_proxy_spearman"):
+        notes.append("proxy Spearman {:+.2f} over {} trials".format(*result["f_proxy_spearman"]))
+    print("\n" + "; ".join(notes))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), action="append", help="repeat for several; default: all")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--arms", default=",".join(ARMS), help=f"besides the default (a), a comma-separated subset of {','.join(ARMS)}"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     results = []
     for task in args.task or list(TASKS):
         started = time.perf_counter()
-        results.append(run_task(task, args.seeds))
+        results.append(run_task(task, args.seeds, tuple(args.arms.split(","))))
         results[-1]["seconds"] = time.perf_counter() - started
         print_table(results[-1])
         print(f"({task}: {results[-1]['seconds'] / 60:.1f} min)")
