@@ -110,6 +110,6 @@ def _calls(name: str) -> list[str]:
 def test_the_task_and_the_plugins_are_resolved_in_one_place() -> None:
     # The study file's task is resolved by resolve_study only; the command boundary calls it once.
     assert [c.split(":")[0] for c in _calls("with_task")] == ["plugins"]
-    # A plugin manager is built where a command starts without a study to resolve (plugins, load_model)
-    # and, by default, in resolve_study.
-    assert sorted(c.split(":")[0] for c in _calls("get_plugin_manager")) == ["cli", "export", "plugins"]
+    # A plugin manager is built where a command starts without a study to resolve (plugins, load_model,
+    # init's model count) and, by default, in resolve_study.
+    assert sorted(c.split(":")[0] for c in _calls("get_plugin_manager")) == ["cli", "export", "init_study", "plugins"]

@@ -106,13 +106,12 @@ def test_two_objective_trials_are_pruned_by_size_and_counted(tmp_path, instant, 
 
 
 def test_each_method_searches_its_own_learning_rates(tmp_path, instant, minilm_available) -> None:
-    # No [train] learning_rate: each method its own range; bitfit's table fixes its rate; rsLoRA's
-    # rate is scaled by 1/sqrt(mean rank), unfreezing norms by 10.
+    # No [train] learning_rate (the quickstart has none): each method its own range; bitfit's table
+    # fixes its rate; rsLoRA's rate is scaled by 1/sqrt(mean rank), unfreezing norms by 10.
     path = _study_copy(
         tmp_path,
         "quickstart.toml",
         {
-            "learning_rate = [1e-3, 3e-2]\n": "",
             'targets = ["query+value", "query+key+value+attn_output", "all"]': 'variants = ["rslora"]\n'
             '[search.unfreeze]\nparts = ["norm"]\n[search.bitfit]\nlearning_rate = 0.02',
         },
