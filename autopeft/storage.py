@@ -314,7 +314,9 @@ def _grpc(url: str) -> BaseStorage:
     if not host or not port.isdigit():
         raise AutopeftError(f"study.storage: {url!r} is not grpc://host:port; e.g. grpc://localhost:13000")
     try:
-        return optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+        with warnings.catch_warnings():  # marked experimental since Optuna 4.2, and what a gRPC URL asks for
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.GrpcStorageProxy(host=host, port=int(port))
     except ImportError:
         raise AutopeftError("study.storage: grpc:// needs grpcio; pip install 'autopeft[grpc]'") from None
 
