@@ -67,9 +67,11 @@ def on_front(study: optuna.Study, metric: float, n: int, budget: int | None = No
     )
 
 
-def keep_weights(config: StudyConfig, trial: optuna.Trial | optuna.Study, save: Callable[[Path], None]) -> list[str]:
+def keep_weights(
+    config: StudyConfig, trial: optuna.Trial | optuna.Study, save: Callable[[Path], None]
+) -> list[tuple[str, str]]:
     """Upload every file ``save(directory)`` writes as an artifact of ``trial`` (or of the study, for
-    the weights ``refit`` trains after the search); their artifact ids.
+    the weights ``refit`` trains after the search); (artifact id, file name) of each.
 
     ``save`` writes into a temporary folder inside the artifact folder, never the system's.
     """
@@ -78,7 +80,7 @@ def keep_weights(config: StudyConfig, trial: optuna.Trial | optuna.Study, save: 
     with tempfile.TemporaryDirectory(prefix=".autopeft-weights-", dir=config.artifacts_dir) as tmp:
         save(Path(tmp))
         return [
-            upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=trial)
+            (upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=trial), f.name)
             for f in sorted(Path(tmp).iterdir())
             if f.is_file()
         ]

@@ -165,17 +165,18 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     from autopeft.study import pareto_front
 
     _, study, standard = _load(args)
-    metric = study.user_attrs.get("metric", "value")
+    attrs = study.user_attrs  # one read: each is a query
+    metric = attrs.get("metric", "value")
     rows = []
     for t in pareto_front(study, budget=standard.budget):
         row = trial_row(t, metric, standard)
         del row["state"], row["train_seconds"]
-        confirmed = study.user_attrs.get(f"{CONFIRM_PREFIX}{t.number}")
+        confirmed = attrs.get(f"{CONFIRM_PREFIX}{t.number}")
         if confirmed or args.format != "table":
             row["confirmed_mean"] = confirmed and confirmed["mean"]
             row["confirmed_std"] = confirmed and confirmed["std"]
             row["confirmed_seeds"] = confirmed and len(confirmed["seeds"])
-        refit = study.user_attrs.get(f"{REFIT_PREFIX}{t.number}")
+        refit = attrs.get(f"{REFIT_PREFIX}{t.number}")
         if refit or args.format != "table":
             row["refit_mean"] = refit and refit["mean"]
             row["refit_std"] = refit and refit["std"]
@@ -200,12 +201,29 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _which(args: argparse.Namespace, default: str) -> str | int:
+    """The trials ``--best`` / ``--trial N`` name (see :func:`_trial_choice`), else ``default``."""
+    return args.trial if args.trial is not None else "best" if args.best else default
+
+
+def _retraining(parser: argparse.ArgumentParser, seeds: int | None, chosen: str, func: Any) -> None:
+    """The arguments ``confirm`` and ``refit`` share: which trials (:func:`_which`), how many seeds
+    (``seeds``; None: the study's ``[final] seeds``)."""
+    parser.add_argument("study", help=_STUDY_HELP)
+    shown = seeds or "[final] seeds"
+    parser.add_argument("--seeds", type=int, default=seeds, help=f"new seeds per configuration (default: {shown})")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--best", action="store_true", help=f"only the best search trial (default: {chosen})")
+    group.add_argument("--trial", type=int, metavar="N", help="only trial N")
+    _storage_option(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.set_defaults(func=func)
+
+
 def _cmd_confirm(args: argparse.Namespace) -> int:
     from autopeft.confirm import confirm_front
 
-    which: str | int = "best" if args.best else "pareto"
-    if args.trial is not None:
-        which = args.trial
+    which = _which(args, "pareto")
     _, records = confirm_front(args.study, seeds=args.seeds, storage=args.storage, quiet=args.quiet, which=which)
     for r in records:
         print(f"trial {r['trial']}: {_spread(r)}")
@@ -241,9 +259,7 @@ def _cmd_refit(args: argparse.Namespace) -> int:
     from autopeft.confirm import refit
     from autopeft.results import winner
 
-    which: str | int = "best" if args.best else "auto"
-    if args.trial is not None:
-        which = args.trial
+    which = _which(args, "auto")
     study, records = refit(args.study, seeds=args.seeds, storage=args.storage, quiet=args.quiet, which=which)
     for r in records:
         fidelity = r["fidelity"]
@@ -440,14 +456,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=_cmd_plan)
 
     confirm = sub.add_parser("confirm", help="re-train the Pareto configurations (or one trial) with new seeds")
-    confirm.add_argument("study", help=_STUDY_HELP)
-    confirm.add_argument("--seeds", type=int, default=3, help="new seeds per configuration")
-    chosen = confirm.add_mutually_exclusive_group()
-    chosen.add_argument("--best", action="store_true", help="only the best trial (default: every Pareto trial)")
-    chosen.add_argument("--trial", type=int, metavar="N", help="only trial N")
-    _storage_option(confirm)
-    confirm.add_argument("--quiet", action="store_true", help="no progress output")
-    confirm.set_defaults(func=_cmd_confirm)
+    _retraining(confirm, 3, "every Pareto trial", _cmd_confirm)
 
     init = sub.add_parser("init", help="write a commented study file from a model and a data file")
     init.add_argument("--model", required=True, help="a hub model name or a local folder")
@@ -464,18 +473,7 @@ def _parser() -> argparse.ArgumentParser:
     refit_cmd = sub.add_parser(
         "refit", help="train the best trials (or the front) at the [final] fidelity with new seeds; keeps their weights"
     )
-    refit_cmd.add_argument("study", help=_STUDY_HELP)
-    refit_cmd.add_argument(
-        "--seeds", type=int, default=None, help="new seeds per configuration (default: [final] seeds)"
-    )
-    chosen = refit_cmd.add_mutually_exclusive_group()
-    chosen.add_argument(
-        "--best", action="store_true", help="only the best search trial (default: [final] top, or the front)"
-    )
-    chosen.add_argument("--trial", type=int, metavar="N", help="only trial N")
-    _storage_option(refit_cmd)
-    refit_cmd.add_argument("--quiet", action="store_true", help="no progress output")
-    refit_cmd.set_defaults(func=_cmd_refit)
+    _retraining(refit_cmd, None, "[final] top, or the front", _cmd_refit)
 
     export = sub.add_parser(
         "export", help="write trained adapters (peft format where peft implements the method) with provenance"

@@ -130,8 +130,7 @@ def _retrain(
             kept: list[list[str]] = []
 
             def keep(model: nn.Module, _: Any, method: Any = method, kept: list[list[str]] = kept) -> None:
-                ids = keep_weights(config, study, lambda folder: method.save(model, folder))
-                kept.extend([artifact_id, _filename(study, artifact_id)] for artifact_id in ids)
+                kept.extend(list(pair) for pair in keep_weights(config, study, lambda f: method.save(model, f)))
 
             result = bench.fit(
                 method,
@@ -156,13 +155,3 @@ def _retrain(
             study.set_user_attr(key, record)  # after every seed: an interrupted run keeps what it did
         records.append(record)
     return study, records
-
-
-def _filename(study: optuna.Study, artifact_id: str) -> str:
-    """The file name an artifact was uploaded under (Optuna keeps it in the study's system attributes)."""
-    from optuna.artifacts import get_all_artifact_meta
-
-    from autopeft.optuna_adapter import storage_of
-
-    metas = get_all_artifact_meta(study, storage=storage_of(study))
-    return next(m.filename for m in metas if m.artifact_id == artifact_id)

@@ -160,7 +160,12 @@ def _without_weights(record: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _provenance(
-    resolved: ResolvedStudy, study: optuna.Study, trial: FrozenTrial, weights: dict[str, Any], storage: str
+    resolved: ResolvedStudy,
+    study: optuna.Study,
+    trial: FrozenTrial,
+    weights: dict[str, Any],
+    storage: str,
+    refit: dict[str, Any] | None,
 ) -> dict[str, Any]:
     from autopeft.storage import mask_url
     from autopeft.workbench import library_versions
@@ -186,7 +191,7 @@ def _provenance(
             "validation_metric": trial.values[0],
             "test_metric": a.get("test_metric"),
             "confirmed": study.user_attrs.get(f"{CONFIRM_PREFIX}{trial.number}"),
-            "refit": _without_weights(refit_record(study, trial)),
+            "refit": _without_weights(refit),
             "params": trial.params,
             "seed": a.get("seed"),
             "learning_rate": a.get("learning_rate"),
@@ -243,7 +248,7 @@ def export_trial(
             weights = _retrain(bench, trial, staging, progress)
         _portable_adapter_config(staging, resolved)
         weights["files"] = sorted({*(p.name for p in staging.iterdir()), MODEL_CARD})
-        record = _provenance(resolved, study, trial, weights, storage or config.storage)
+        record = _provenance(resolved, study, trial, weights, storage or config.storage, refit)
         (staging / MODEL_CARD).write_text(model_card(record), encoding="utf-8")
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
         _publish(staging, out)

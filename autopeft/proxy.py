@@ -17,14 +17,12 @@ Spearman over a study's complete trials).
 from __future__ import annotations
 
 import copy
-import itertools
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from autopeft.data import batches
 from autopeft.precision import autocast_for
 
 if TYPE_CHECKING:
@@ -70,10 +68,8 @@ def proxy_scores(bench: Workbench, n_batches: int = 4) -> ProxyScores:
     was_training = model.training
     model.eval()
     try:
-        found = batches(bench.data.train, bench.config.train.batch_size, bench.data.pad_token_id)
         used = 0
-        for batch in itertools.islice(found, n_batches):
-            batch = {k: v.to(bench.device) for k, v in batch.items()}
+        for batch in bench.first_batches(n_batches):
             labels = batch.pop("labels")
             with autocast_for(bench.device, bench.config.train.precision):
                 logits = model(**batch).logits

@@ -114,7 +114,8 @@ def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
                 )
             )
     front = pareto_front(study, budget=standard.budget)
-    confirmed = [study.user_attrs.get(f"{CONFIRM_PREFIX}{t.number}") for t in front]
+    attrs = study.user_attrs  # one read: each is a query
+    confirmed = [attrs.get(f"{CONFIRM_PREFIX}{t.number}") for t in front]
     fig.add_trace(
         go.Scatter(
             x=[t.user_attrs["trainable_params"] for t in front],
@@ -127,7 +128,7 @@ def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
             hoverinfo="text",
         )
     )
-    refit = [study.user_attrs.get(f"{REFIT_PREFIX}{t.number}") for t in trials]
+    refit = [attrs.get(f"{REFIT_PREFIX}{t.number}") for t in trials]
     for records, points, symbol, name in (
         (confirmed, front, "diamond-open", "confirmed mean ± std"),
         (refit, trials, "star-open", "refit mean ± std (validation)"),

@@ -143,26 +143,25 @@ def best_trial(
     ``trials``: the study's trials when the caller has just read them (each read is a query).
     ``budget``: judge against this budget instead of the one the study last ran with.
     """
-    feasible = _feasible(study, trials, budget)
-    if not feasible:
-        return None
+    found = best_trials(study, 1, budget, trials)
+    return found[0] if found else None
+
+
+def best_trials(
+    study: optuna.Study, n: int, budget: int | None = None, trials: list[FrozenTrial] | None = None
+) -> list[FrozenTrial]:
+    """The ``n`` best feasible trials, best first: the best metric, then the fewest trainable
+    parameters, then the earliest. ``trials``, ``budget``: as for :func:`best_trial`."""
     sign = metric_sign(study)
-    return max(feasible, key=lambda t: (_goodness(t, sign), -t.user_attrs["trainable_params"], -t.number))
+    key = lambda t: (-_goodness(t, sign), t.user_attrs["trainable_params"], t.number)  # noqa: E731
+    return sorted(_feasible(study, trials, budget), key=key)[:n]
 
 
-def best_trials(study: optuna.Study, n: int, budget: int | None = None) -> list[FrozenTrial]:
-    """The ``n`` best feasible trials, best first, ranked as :func:`best_trial` ranks."""
-    sign = metric_sign(study)
-    ranked = sorted(
-        _feasible(study, None, budget), key=lambda t: (-_goodness(t, sign), t.user_attrs["trainable_params"], t.number)
-    )
-    return ranked[:n]
-
-
-def refit_record(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any] | None:
+def refit_record(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """What ``autopeft refit`` recorded for ``trial`` (seeds, validation values and their mean and
-    spread, test values, fidelity, weights), or None."""
-    found = study.user_attrs.get(f"{REFIT_PREFIX}{trial.number}")
+    spread, test values, fidelity, weights), or None. ``attrs``: the study's user attributes when the
+    caller has just read them (each read is a query)."""
+    found = (study.user_attrs if attrs is None else attrs).get(f"{REFIT_PREFIX}{trial.number}")
     return found if isinstance(found, dict) and found.get("values") else None
 
 
@@ -172,7 +171,8 @@ def winner(study: optuna.Study, budget: int | None = None) -> FrozenTrial | None
     refit of some other trial alone, ``refit --trial N``, does not make it the winner). Test figures
     never choose."""
     trials = _feasible(study, None, budget)
-    refit = [(t, r) for t in trials if (r := refit_record(study, t)) is not None]
+    attrs = study.user_attrs
+    refit = [(t, r) for t in trials if (r := refit_record(study, t, attrs)) is not None]
     best = best_trial(study, trials, budget)
     if best is None or best.number not in {t.number for t, _ in refit}:
         return best

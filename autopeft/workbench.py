@@ -256,7 +256,7 @@ class Workbench:
             torch.cuda.reset_peak_memory_stats(self.device)
         model = method.apply(copy.deepcopy(self.base).requires_grad_(False), self.ctx, config).to(self.device)
         if type(method).initialize is not PeftMethod.initialize:
-            method.initialize(model, self._initialization_batches())
+            method.initialize(model, self.first_batches(8))
         n = checked_count(method, self.ctx, config)
         actual = trainable_numel(model)
         if actual != n:
@@ -318,8 +318,10 @@ class Workbench:
 
         return step
 
-    def _initialization_batches(self, count: int = 8) -> list[dict[str, torch.Tensor]]:
-        """The first ``count`` training batches (seeded order), on the device, for :meth:`PeftMethod.initialize`."""
+    def first_batches(self, count: int) -> list[dict[str, torch.Tensor]]:
+        """The first ``count`` training batches in the split's order (the same every time), on the
+        device: what data-driven initialisations (:meth:`PeftMethod.initialize`) and the zero-cost
+        proxy look at."""
         found = itertools.islice(batches(self.data.train, self.config.train.batch_size, self.data.pad_token_id), count)
         return [{name: t.to(self.device) for name, t in batch.items()} for batch in found]
 
