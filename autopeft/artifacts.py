@@ -2,9 +2,9 @@
 
 A trial's weights are what its method's ``save`` writes (a peft adapter folder, or
 ``trained.safetensors``); each file becomes one artifact of the trial, under its own file name, in
-a :class:`~optuna.artifacts.FileSystemArtifactStore`. Optuna records the artifact's metadata in the
-trial's system attributes, so the study database says which trials have weights, and
-optuna-dashboard lists and serves them.
+the store ``[study] artifacts`` names (:mod:`autopeft.artifact_stores`: a folder or a bucket). Optuna
+records the artifact's metadata in the trial's system attributes, so the study database says which
+trials have weights, and optuna-dashboard lists and serves them.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta, upload_artifact
+from optuna.artifacts import download_artifact, get_all_artifact_meta, upload_artifact
+from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
+from autopeft.artifact_stores import open_artifact_store
 from autopeft.config import StudyConfig
 from autopeft.errors import AutopeftError
 from autopeft.optuna_adapter import storage_of
@@ -47,14 +49,16 @@ def plain_name(name: object) -> bool:
     return isinstance(name, str) and _PLAIN.fullmatch(name) is not None and ".." not in name
 
 
-def artifact_store(config: StudyConfig, create: bool = True) -> FileSystemArtifactStore | None:
-    """The study's artifact store, created on first use; without ``create``, None when it is not there
-    (commands that only read a study create nothing)."""
+def artifact_store(config: StudyConfig, create: bool = True) -> ArtifactStore | None:
+    """The study's artifact store (a folder created on first use, or a bucket); without ``create``,
+    None when the folder is not there (commands that only read a study create nothing)."""
+    if config.artifacts_bucket:
+        return open_artifact_store(config.artifacts_bucket)
     if create:
         config.artifacts_dir.mkdir(parents=True, exist_ok=True)
     elif not config.artifacts_dir.is_dir():
         return None
-    return FileSystemArtifactStore(config.artifacts_dir)
+    return open_artifact_store(config.artifacts_dir)
 
 
 def on_front(study: optuna.Study, metric: float, n: int, budget: int | None = None) -> bool:
@@ -73,11 +77,13 @@ def keep_weights(
     """Upload every file ``save(directory)`` writes as an artifact of ``trial`` (or of the study, for
     the weights ``refit`` trains after the search); (artifact id, file name) of each.
 
-    ``save`` writes into a temporary folder inside the artifact folder, never the system's.
+    ``save`` writes into a temporary folder inside the artifact folder (beside the study file when the
+    store is a bucket), never the system's.
     """
     store = artifact_store(config)
     assert store is not None
-    with tempfile.TemporaryDirectory(prefix=".autopeft-weights-", dir=config.artifacts_dir) as tmp:
+    scratch = config.path.parent if config.artifacts_bucket else config.artifacts_dir
+    with tempfile.TemporaryDirectory(prefix=".autopeft-weights-", dir=scratch) as tmp:
         save(Path(tmp))
         return [
             (upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=trial), f.name)
@@ -101,7 +107,8 @@ def keep_if_wanted(
     try:
         keep_weights(config, trial, save)
     except OSError as exc:
-        why = f"{exc.strerror or type(exc).__name__} ({exc.filename or config.artifacts_dir})"
+        where = exc.filename or config.artifacts_bucket or config.artifacts_dir
+        why = f"{exc.strerror or type(exc).__name__} ({where})"
         trial.set_user_attr("weights_not_kept", why)
         return why
     return None
@@ -114,7 +121,7 @@ def median_seed(record: dict[str, Any]) -> str:
     return str(ranked[(len(ranked) - 1) // 2][1])
 
 
-def fetch_refit_weights(store: FileSystemArtifactStore | None, record: dict[str, Any], directory: Path) -> str | None:
+def fetch_refit_weights(store: ArtifactStore | None, record: dict[str, Any], directory: Path) -> str | None:
     """Download the weights ``autopeft refit`` kept for its median seed (:func:`median_seed`) into
     ``directory``; that seed, or None when none were kept or a file is gone.
 
@@ -142,9 +149,7 @@ def fetch_refit_weights(store: FileSystemArtifactStore | None, record: dict[str,
     return seed
 
 
-def fetch_weights(
-    store: FileSystemArtifactStore | None, study: optuna.Study, trial: FrozenTrial, directory: Path
-) -> bool:
+def fetch_weights(store: ArtifactStore | None, study: optuna.Study, trial: FrozenTrial, directory: Path) -> bool:
     """Download ``trial``'s kept weights into ``directory``; False when it has none or a file is gone.
 
     Raises:

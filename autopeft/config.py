@@ -21,6 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from autopeft.artifact_stores import is_bucket_url, parse_bucket_url
 from autopeft.budget import parse_budget
 from autopeft.errors import ConfigError
 
@@ -39,7 +40,9 @@ __all__ = [
 SAMPLERS = ("tpe", "random", "gp", "nsga2", "auto")
 TRACKERS = ("mlflow", "wandb", "tensorboard")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DEVICES = ("auto", "cuda", "cpu")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = ("fp32", "bf16", "fp16", "auto")
+QUANTIZATIONS = ("nf4", "int8")
 PRUNERS = ("median", "sha", "hyperband", "none")
 DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 KEEP_WEIGHTS = ("front", "all", "none")
@@ -192,12 +195,14 @@ class StudySection:
     # Trained weights kept as Optuna artifacts, so `autopeft export` does not retrain:
     # "front" keeps every trial on the metric-vs-size front when it finished, "all" or "none".
     keep_weights: str = checked(_one_of(KEEP_WEIGHTS), default="front")
-    # Directory of the artifact store; default: <name>.artifacts beside this file.
+    # Where kept weights go: a directory (default: <name>.artifacts beside this file), or a bucket that
+    # workers on machines without a shared file system all reach: "s3://bucket/prefix" (the s3 extra)
+    # or "gs://bucket/prefix" (the gcs extra); credentials come from the environment, never this file.
     artifacts: str | None = checked(
         Rule(
-            lambda v: v is None or _is_path(v),
-            "must be a directory path",
-            'e.g. artifacts = "/shared/my-study.artifacts"',
+            lambda v: v is None or (parse_bucket_url(v) is not None if is_bucket_url(v) else _is_path(v)),
+            "must be a directory path or a bucket URL (s3://bucket/prefix, gs://bucket/prefix)",
+            'e.g. artifacts = "/shared/my-study.artifacts" or artifacts = "s3://my-bucket/studies/sst2"',
         ),
         default=None,
     )
@@ -230,6 +235,26 @@ class ModelSection:
     overrides: dict[str, Any] = checked(
         Rule(lambda v: isinstance(v, dict), "must be a table", "e.g. overrides = { num_hidden_layers = 2 }"),
         default_factory=dict,
+    )
+    # The frozen base weights' dtype: "fp32", "bf16" (half the memory; the model then computes in bf16),
+    # "fp16" (a CUDA GPU only) or "auto" (what the checkpoint stores). Trained parameters and their
+    # optimizer state stay fp32 whatever this says; the budget counts parameters, not bytes.
+    dtype: str = checked(_one_of(DTYPES), default="fp32")
+    # A quantized base through bitsandbytes (pip install 'autopeft[qlora]', a CUDA GPU): "nf4" (QLoRA's
+    # 4-bit NormalFloat, bf16 compute) or "int8". Methods that cannot train on it are left out, saying why.
+    quantization: str | None = checked(
+        Rule(
+            lambda v: v is None or v in QUANTIZATIONS,
+            f"must be one of {list(QUANTIZATIONS)}, got {{value}}",
+            'e.g. quantization = "nf4", or remove it',
+        ),
+        default=None,
+    )
+    # "auto" spreads a base too large for one GPU over the visible GPUs (and the CPU) through accelerate's
+    # device map; default: the whole base on [train] device.
+    device_map: str | None = checked(
+        Rule(lambda v: v is None or v == "auto", 'must be "auto", got {value}', 'e.g. device_map = "auto"'),
+        default=None,
     )
 
 
@@ -359,9 +384,12 @@ class TrainSection:
     # "bf16" asks for it anywhere; "fp16" is fp16 autocast with loss scaling (GPUs without bf16);
     # "fp32" never autocasts.
     precision: str = checked(_one_of(PRECISIONS), default="auto")
-    # "auto": the GPU when there is one, else the CPU; "cuda" falls back to the CPU, saying so, when
-    # there is no GPU.
+    # "auto": a CUDA GPU when there is one, else Apple's MPS, else the CPU; "cuda" and "mps" fall back to
+    # the CPU, saying so, when there is none.
     device: str = checked(_one_of(DEVICES), default="auto")
+    # Batches whose gradients add up before each optimizer step: an effective batch of batch_size x this
+    # when batch_size alone does not fit in memory. Steps, warmup and fidelities count optimizer steps.
+    gradient_accumulation_steps: int = checked(_POSITIVE, default=1)
     # Recompute each block's activations in the backward pass instead of keeping them: less memory
     # for bigger models and batches, about a third more compute.
     gradient_checkpointing: bool = checked(_flag("e.g. gradient_checkpointing = false"), default=False)
@@ -475,10 +503,18 @@ class StudyConfig:
         return f"sqlite:///{(self.path.parent / self.study.name).resolve()}.db"
 
     @property
+    def artifacts_bucket(self) -> str | None:
+        """``[study] artifacts`` when it names a bucket (``s3://``, ``gs://``), else None."""
+        artifacts = self.study.artifacts
+        return artifacts if artifacts is not None and is_bucket_url(artifacts) else None
+
+    @property
     def artifacts_dir(self) -> Path:
-        """Where trained weights are kept: ``[study] artifacts`` (relative to the study file) or
-        ``<name>.artifacts`` beside it. Workers on several machines need it on a shared file system."""
-        return (self.path.parent / (self.study.artifacts or f"{self.study.name}.artifacts")).resolve()
+        """Where trained weights are kept on disk: ``[study] artifacts`` (relative to the study file) or
+        ``<name>.artifacts`` beside it. Workers on several machines need it on a shared file system
+        (or a bucket: :attr:`artifacts_bucket`, and then this folder is not used)."""
+        folder = None if self.artifacts_bucket else self.study.artifacts
+        return (self.path.parent / (folder or f"{self.study.name}.artifacts")).resolve()
 
     def dataset_source(self) -> str | None:
         """``[data] dataset``: a folder beside the study file when there is one (a local ``datasets``

@@ -111,6 +111,15 @@ class PeftMethod(ABC):
     #: because the right rates differ by orders of magnitude: LoRA's B starts at zero and wants ~1e-3,
     #: BitFit's biases and IA3's scales ~1e-2, whole unfrozen blocks ~1e-5 as full fine-tuning does.
     learning_rates: ClassVar[tuple[float, float]] = (1e-4, 1e-2)
+    #: Whether :meth:`apply` or :meth:`initialize` rewrites frozen base weights (PiSSA-style
+    #: initialisations do). Trials apply methods to the resident base model and restore only the
+    #: tensors they train (:mod:`autopeft.resident`); a method that rewrites others gets a copy of the
+    #: base of its own instead, at the cost of the model's size in memory per trial.
+    modifies_base: ClassVar[bool] = False
+    #: Whether it trains on a quantized base (``[model] quantization``, bitsandbytes): peft's LoRA
+    #: family adds adapters beside the packed weights and does; a method that trains base weights
+    #: (unfreezing, BitFit) or wraps layers in modules of their dtype cannot, and is left out.
+    trains_quantized: ClassVar[bool] = False
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Merge the study's ``[search.<name>]`` table over :attr:`defaults`, rejecting unknown keys."""

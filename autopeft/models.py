@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import socket
 import urllib.error
@@ -15,11 +16,11 @@ import pluggy
 from torch import nn
 
 from autopeft.config import ModelSection
-from autopeft.errors import ModelError, first_line
+from autopeft.errors import ConfigError, ModelError, first_line
 from autopeft.plugins import resolve_model
 from autopeft.tasks import Task
 
-__all__ = ["hub_offline", "resolve_model_name", "load_tokenizer", "load_base_model"]
+__all__ = ["hub_offline", "resolve_model_name", "load_tokenizer", "load_base_model", "placement", "is_quantized"]
 
 
 @functools.cache
@@ -93,26 +94,92 @@ def load_tokenizer(model: ModelSection, source: str, offline: bool) -> Any:
     return tokenizer
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """Whether transformers loaded ``model`` quantized (bitsandbytes): its weights cannot be moved or trained."""
+    return bool(getattr(model, "is_quantized", False))
+
+
+def _bitsandbytes(kind: str, device: Any) -> Any:
+    """The ``BitsAndBytesConfig`` of ``[model] quantization``: nf4 as QLoRA (double quantization,
+    bf16 compute) or int8.
+
+    Raises:
+        ConfigError: no CUDA GPU here, or bitsandbytes is not installed.
+    """
+    if device.type != "cuda":
+        raise ConfigError(
+            "model.quantization",
+            f"{kind!r} needs a CUDA GPU (bitsandbytes), and training runs on the {device.type} here",
+            'remove quantization on this machine, or use dtype = "bf16" for half the memory',
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("model.quantization", f"{kind!r} needs bitsandbytes", "pip install 'autopeft[qlora]'")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if kind == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def placement(model: ModelSection, device: Any) -> dict[str, Any]:
+    """How transformers stores and places the base weights: ``dtype``, and a quantization config or
+    a device map where the study asks for one (the caller then leaves the model where it lands)."""
+    import torch
+
+    dtypes: dict[str, Any] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": "auto"}
+    found: dict[str, Any] = {"dtype": dtypes[model.dtype]}
+    if model.quantization:
+        found["quantization_config"] = _bitsandbytes(model.quantization, device)
+        found["device_map"] = {"": device.index or 0}
+    if model.device_map:
+        found["device_map"] = model.device_map
+    return found
+
+
 def load_base_model(
-    model: ModelSection, source: str, offline: bool, task: Task, labels: list[Any], pad_token_id: int | None
+    model: ModelSection,
+    source: str,
+    offline: bool,
+    task: Task,
+    labels: list[Any],
+    pad_token_id: int | None,
+    device: Any = None,
 ) -> nn.Module:
-    """The base model for ``task`` with every weight frozen; ``[model] overrides`` applied.
+    """The base model for ``task`` with every weight frozen; ``[model] overrides`` applied, its
+    weights stored as ``[model] dtype`` (fp32 by default, whatever the checkpoint stores) or
+    quantized, on ``device`` unless a device map places them.
 
     ``labels`` name the classes in order (none for a language model); they land in the model's
     ``id2label``, so exported models predict names, not indices. A model without a padding token gets
     the tokenizer's (its end-of-sequence token): decoder classifiers find each example's last token
-    by it.
+    by it. A quantized base goes through peft's ``prepare_model_for_kbit_training`` (its norms in fp32,
+    inputs that carry gradients).
 
-    Weights load as float32 whatever the checkpoint stores (transformers would keep a bf16 checkpoint
-    in bf16): trained parameters need fp32 master copies; matmuls run in bf16 under autocast.
+    Raises:
+        ConfigError: a quantized base where it cannot be (no CUDA GPU, no bitsandbytes).
+        ModelError: the model does not load.
     """
     import torch
 
+    device = device or torch.device("cpu")
+    where = placement(model, device)
     try:
-        base = task.load_model(source, labels, dtype=torch.float32, **_common(model, offline), **model.overrides)
+        base = task.load_model(source, labels, **where, **_common(model, offline), **model.overrides)
     except Exception as exc:  # transformers raises many types for a bad checkpoint or override
         raise _loading_error(model, source, offline, exc) from None
     config: Any = base.config
     if config.pad_token_id is None:
         config.pad_token_id = pad_token_id
+    if is_quantized(base):
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    elif "device_map" not in where:
+        base = base.to(device)
     return base.requires_grad_(False)

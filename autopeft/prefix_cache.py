@@ -72,6 +72,30 @@ class PrefixCache:
         self.base, self.ctx, self.max_bytes = base, ctx, max_bytes
         self._states: OrderedDict[int, dict[bytes, torch.Tensor]] = OrderedDict()
         self._tuple_output = False  # whether blocks return (hidden, ...) rather than hidden
+        self._pristine: dict[int, torch.Tensor] = {}  # block k's input for the probe, from the untouched base
+        self._pristine_probe: dict[str, torch.Tensor] = {}
+
+    def remember_base(self, probe: dict[str, torch.Tensor]) -> None:
+        """Capture the block inputs of the untouched base for ``probe`` (what :meth:`usable_blocks`
+        is later given), in one pass. Trials apply their methods to the resident base itself
+        (:mod:`autopeft.resident`), so once one runs there is no untouched base to compare with."""
+        captured: list[torch.Tensor] = []
+
+        def grab(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.append(_hidden_of(args, kwargs).detach().cpu())
+
+        handles = [b.register_forward_pre_hook(grab, with_kwargs=True) for b in block_modules(self.base, self.ctx)]
+        was_training = self.base.training
+        try:
+            self.base.eval()
+            with torch.inference_mode():
+                self.base(**probe)
+        finally:
+            self.base.train(was_training)
+            for handle in handles:
+                handle.remove()
+        self._pristine = dict(enumerate(captured))
+        self._pristine_probe = {n: t.cpu() for n, t in probe.items()}
 
     def usable_blocks(self, model: nn.Module, probe: dict[str, torch.Tensor]) -> int:
         """How many leading blocks of ``model`` the cache may stand in for: the largest k whose
@@ -103,7 +127,10 @@ class PrefixCache:
         if k < 1:
             return 0
         mine = self._capture(model, k, probe).cpu()
-        theirs = self._capture(self.base, k, {n: t.cpu() for n, t in probe.items()})
+        remembered = probe.keys() == self._pristine_probe.keys() and all(
+            torch.equal(t.cpu(), self._pristine_probe[n]) for n, t in probe.items()
+        )
+        theirs = self._pristine[k] if remembered else self._capture(self.base, k, probe).cpu()
         same = mine.shape == theirs.shape and torch.allclose(mine, theirs, rtol=1e-3, atol=1e-3)
         return k if same else 0
 
@@ -189,7 +216,7 @@ class PrefixCache:
             cpu = {n: t.cpu() for n, t in current.items()}
             lengths = cpu["attention_mask"].sum(1).tolist()
             rows = [states[_key(cpu, row, n)] for row, n in enumerate(lengths)]
-            cached = torch.zeros(hidden.shape, dtype=rows[0].dtype)
+            cached = torch.zeros(hidden.shape, dtype=hidden.dtype)  # the block's own dtype (a bf16 base)
             for row, state in enumerate(rows):
                 cached[row, : len(state)] = state
             return _with_hidden(args, kwargs, cached.to(hidden.device, non_blocking=True))

@@ -16,7 +16,6 @@ Spearman over a study's complete trials).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +52,7 @@ def proxy_scores(bench: Workbench, n_batches: int = 4) -> ProxyScores:
     """The scores of ``bench``'s base model on its first ``n_batches`` training batches (deterministic:
     the batches are taken in order, no dropout, the head as loaded with the study's seed)."""
     ctx = bench.ctx
-    model = bench.base if bench.device.type == "cpu" else copy.deepcopy(bench.base).to(bench.device)
+    model = bench.base  # resident on the device; its flags and gradients are put back below
     linears = {
         (i, group, path): model.get_submodule(f"{block.path}.{path}")
         for i, block in enumerate(ctx.blocks)
@@ -73,7 +72,7 @@ def proxy_scores(bench: Workbench, n_batches: int = 4) -> ProxyScores:
             labels = batch.pop("labels")
             with autocast_for(bench.device, bench.config.train.precision):
                 logits = model(**batch).logits
-            loss = bench.task.loss(logits, labels)
+            loss = bench.task.loss(logits.float(), labels)
             if not torch.isfinite(loss):  # a batch the base model cannot score says nothing about where to adapt
                 continue
             grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 import warnings
@@ -225,6 +226,9 @@ def check_artifacts(config: StudyConfig) -> None:
     """
     if config.study.keep_weights == "none":
         return
+    if config.artifacts_bucket:
+        _check_bucket(config.artifacts_bucket)
+        return
     folder = config.artifacts_dir
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -236,6 +240,24 @@ def check_artifacts(config: StudyConfig) -> None:
             "study.artifacts",
             f"cannot write to {folder} ({exc.strerror or type(exc).__name__})",
             'point it at a writable folder, or set keep_weights = "none"',
+        ) from None
+
+
+def _check_bucket(url: str) -> None:
+    """Write and remove one small object under the bucket URL's prefix: missing credentials, a
+    missing bucket or a refused write show now, in one line, not as weights silently not kept."""
+    from autopeft.artifact_stores import open_artifact_store
+
+    store = open_artifact_store(url)
+    probe = f".autopeft-write-check-{os.getpid()}"
+    try:
+        store.write(probe, io.BytesIO(b"ok"))
+        store.remove(probe)
+    except OSError as exc:
+        raise ConfigError(
+            "study.artifacts",
+            f"cannot write to {url} ({exc.strerror})",
+            'check the bucket and the credentials in this environment, or set keep_weights = "none"',
         ) from None
 
 

@@ -21,6 +21,7 @@ word-level tokenizer built from the rows. Each takes about a second, with no dow
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,9 +34,18 @@ from torch import nn
 
 from autopeft.blocks import ModelContext, build_context
 from autopeft.methods import PeftMethod, trainable_numel
+from autopeft.resident import BaseLender, base_fingerprint
 from autopeft.tasks import DataSection, EvalSettings, Split, Task
 
-__all__ = ["MethodConformance", "TaskConformance", "tiny_bert", "tiny_llama", "tiny_llama_lm", "TINY_MODELS"]
+__all__ = [
+    "MethodConformance",
+    "TaskConformance",
+    "tiny_bert",
+    "tiny_llama",
+    "tiny_llama_lm",
+    "TINY_MODELS",
+    "save_random_causal_lm",
+]
 
 
 #: Sizes both tiny models share: 3 blocks of hidden size 32, 4 heads, a 100-token vocabulary.
@@ -76,6 +86,32 @@ def tiny_llama_lm() -> nn.Module:
 TINY_MODELS: dict[str, Callable[[], nn.Module]] = {"bert": tiny_bert, "llama": tiny_llama, "llama-lm": tiny_llama_lm}
 
 
+def save_random_causal_lm(folder: Path, texts: list[str], config: dict[str, Any] | None = None) -> Path:
+    """A Llama-family causal LM with random weights, saved with a word-level tokenizer of ``texts``
+    as a Hugging Face folder a study file can name: a model of any shape (``config``, e.g. SmolLM2's
+    ``config.json``; default: the tiny sizes) where no checkpoint can travel, as on a GPU machine
+    without network. Its metric means nothing; its memory, speed and mechanics are the real shape's.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    settings = {**_TINY_SIZES, "num_key_value_heads": 2, **(config or {})}
+    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    special = ["<pad>", "<unk>", "<eos>"]
+    trainer = trainers.WordLevelTrainer(vocab_size=settings["vocab_size"], special_tokens=special)
+    words.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
+    settings.update(pad_token_id=0, eos_token_id=2, bos_token_id=2)
+    torch.manual_seed(0)
+    shape = {k: v for k, v in settings.items() if k not in ("architectures", "model_type", "transformers_version")}
+    model = LlamaForCausalLM(LlamaConfig(**shape))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def _is_language_model(model: nn.Module) -> bool:
     base = getattr(model, "get_base_model", lambda: model)()  # under peft's wrapper
     return type(base).__name__.endswith("ForCausalLM")
@@ -90,6 +126,10 @@ def _loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     labels = batch["labels"]
     logits = model(**inputs).logits[:, -labels.shape[1] :]
     return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
+
+
+def _apply(method: PeftMethod, model: nn.Module, *, ctx: ModelContext, config: dict[str, Any]) -> nn.Module:
+    return method.apply(model, ctx, config)
 
 
 def _batch(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -201,6 +241,30 @@ class MethodConformance:
             changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
             assert changed <= trainable, sorted(changed - trainable)[:5]
             assert changed, "a training step changed nothing"
+
+    def test_the_base_is_given_back_bit_identical(self, base: nn.Module, ctx: ModelContext) -> None:
+        """Trials apply the method to the resident base itself (:mod:`autopeft.resident`): after one
+        trained step, every base tensor must be bit-identical to before, and the next trial must
+        find the base as the first did. A method that rewrites frozen weights sets ``modifies_base``."""
+        if self.method.modifies_base:
+            return
+        resident = copy.deepcopy(base)
+        before = base_fingerprint(resident)
+        lender = BaseLender(resident)
+        counts = []
+        for _, config in list(self._configs(ctx))[:3]:
+            with lender.lend(functools.partial(_apply, self.method, ctx=ctx, config=config)) as model:
+                if type(self.method).initialize is not PeftMethod.initialize:
+                    self.method.initialize(model, [_batch(model, seed) for seed in range(2)])
+                counts.append((trainable_numel(model), self.method.count_trainable(ctx, config)))
+                trainable = [p for p in model.parameters() if p.requires_grad]
+                if trainable:
+                    optimizer = torch.optim.SGD(trainable, lr=0.5)
+                    _loss(model, _batch(model, 0)).backward()
+                    optimizer.step()
+            assert base_fingerprint(resident) == before
+            assert not any(p.requires_grad for p in resident.parameters())
+        assert all(actual == counted for actual, counted in counts), counts
 
     def test_save_load_round_trip(self, base: nn.Module, ctx: ModelContext, tmp_path: Path) -> None:
         if self._trains_nothing(base, ctx):

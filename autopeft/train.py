@@ -8,6 +8,7 @@ point but the last, and may stop a hopeless run there.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -29,6 +30,7 @@ __all__ = [
     "NonFiniteLoss",
     "TrainResult",
     "planned_steps",
+    "steps_per_epoch",
     "learning_rate_at",
     "train",
     "enable_gradient_checkpointing",
@@ -63,7 +65,7 @@ class Fidelity:
         if self.steps is not None:
             return self.steps
         if self.examples is not None:
-            return math.ceil(self.examples / settings.batch_size)
+            return math.ceil(self.examples / (settings.batch_size * settings.gradient_accumulation_steps))
         return planned_steps(train_split, settings)
 
     def report_steps(self, train_split: Split, settings: TrainSection) -> set[int]:
@@ -71,7 +73,7 @@ class Fidelity:
         total = self.total_steps(train_split, settings)
         if self.report_at is not None:
             return {s for s in self.report_at if 0 < s < total} | {total}
-        per_epoch = math.ceil(len(train_split) / settings.batch_size)
+        per_epoch = steps_per_epoch(train_split, settings)
         epochs = math.ceil(total / per_epoch)
         evals = settings.evals_per_epoch
         steps = {
@@ -120,9 +122,15 @@ class NonFiniteLoss(Exception):
         super().__init__(f"loss was {value} at step {step}")
 
 
+def steps_per_epoch(train_split: Split, settings: TrainSection) -> int:
+    """Optimizer steps of one pass over the train split: its batches, ``gradient_accumulation_steps``
+    to a step (the last step of an epoch may add up fewer)."""
+    return math.ceil(math.ceil(len(train_split) / settings.batch_size) / settings.gradient_accumulation_steps)
+
+
 def planned_steps(train_split: Split, settings: TrainSection) -> int:
     """Optimizer steps of the study's full training run."""
-    return math.ceil(len(train_split) / settings.batch_size) * settings.epochs
+    return steps_per_epoch(train_split, settings) * settings.epochs
 
 
 def learning_rate_at(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
@@ -130,6 +138,16 @@ def learning_rate_at(step: int, total_steps: int, peak: float, warmup_steps: int
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+#: Devices whose AdamW has a fused kernel: one launch a step, and the scaler's skip without a host sync.
+_FUSED_ADAMW = ("cuda", "cpu")
+
+
+def _read_every(device: torch.device) -> int:
+    """Optimizer steps between reads of the loss: 10 on an accelerator, where each read waits for
+    the device to finish its queue; every step on a CPU, where a read costs nothing."""
+    return 1 if device.type == "cpu" else 10
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -174,34 +192,44 @@ def train(
     """
     device = evaluation.device
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = optimizer or torch.optim.AdamW(params, lr=learning_rate, weight_decay=settings.weight_decay)
+    optimizer = optimizer or torch.optim.AdamW(
+        params, lr=learning_rate, weight_decay=settings.weight_decay, fused=device.type in _FUSED_ADAMW
+    )
     peaks = [group["lr"] for group in optimizer.param_groups]
-    # fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not.
-    scaler = torch.amp.GradScaler(enabled=settings.precision == "fp16" and device.type == "cuda")
+    # The scaler skips a step whose gradients are not finite, on the device, so a NaN never reaches the
+    # weights and no step waits for the host. Its scale stays 1 but for fp16 (whose range underflows
+    # small gradients).
+    fp16 = settings.precision == "fp16" and device.type == "cuda"
+    scale, growth = (2.0**16, 2000) if fp16 else (1.0, 2**30)
+    scaler = torch.amp.GradScaler(device.type, init_scale=scale, growth_interval=growth)
     if settings.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     total_steps = fidelity.total_steps(data.train, settings)
     warmup_steps = max(1, int(settings.warmup_ratio * total_steps))
     report_steps = fidelity.report_steps(data.train, settings)
+    accumulate = settings.gradient_accumulation_steps
+    read_every = _read_every(device)
+    losses = torch.zeros(total_steps, device=device)  # each step's loss, read in batches: one sync each
     shuffle = random.Random(seed)
 
-    step, tokens, train_seconds, eval_seconds, value = 0, 0, 0.0, 0.0, float("nan")
+    step, read, tokens, train_seconds, eval_seconds, value = 0, 0, 0, 0.0, 0.0, float("nan")
     model.train()
     while step < total_steps:  # one epoch a pass; a fidelity may end in the middle of one
         order = bucketed_order(data.train, settings.batch_size, shuffle) if settings.length_buckets else None
-        for batch in batches(data.train, settings.batch_size, evaluation.pad_token_id, shuffle, order=order):
+        epoch = batches(data.train, settings.batch_size, evaluation.pad_token_id, shuffle, order=order)
+        while group_of := list(itertools.islice(epoch, accumulate)):  # the batches of one optimizer step
             started = time.perf_counter()
             for group, peak in zip(optimizer.param_groups, peaks):
                 group["lr"] = learning_rate_at(step, total_steps, peak, warmup_steps)
-            batch = _to(batch, device)
-            labels = batch.pop("labels")
-            with autocast_for(device, settings.precision):
-                logits = model(**batch).logits
-            loss = task.loss(logits, labels)
-            loss_value = loss.item()  # checked before the update: a NaN must not reach the weights
-            if not math.isfinite(loss_value):
-                raise NonFiniteLoss(step, loss_value)
-            scaler.scale(loss).backward()
+            for batch in group_of:  # gradients add up over the step's batches
+                tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
+                batch = _to(batch, device)
+                labels = batch.pop("labels")
+                with autocast_for(device, settings.precision):
+                    logits = model(**batch).logits
+                loss = task.loss(logits.float(), labels)
+                losses[step] += loss.detach() / len(group_of)
+                scaler.scale(loss / len(group_of)).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             scaler.step(optimizer)
@@ -210,10 +238,14 @@ def train(
             if on_step is not None:
                 on_step(step, total_steps)
             optimizer.zero_grad(set_to_none=True)
-            tokens += int(batch["attention_mask"].sum())
             train_seconds += time.perf_counter() - started
-            if progress is not None:
-                progress(step, total_steps, loss_value)
+            if step - read >= read_every or step in report_steps or step >= total_steps:
+                for at, loss_value in enumerate(losses[read:step].tolist(), start=read):  # the one host sync
+                    if not math.isfinite(loss_value):  # its step was skipped: the weights are still finite
+                        raise NonFiniteLoss(at, loss_value)
+                    if progress is not None:
+                        progress(at + 1, total_steps, loss_value)
+                read = step
 
             if step in report_steps:
                 started = time.perf_counter()

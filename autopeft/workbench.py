@@ -2,23 +2,26 @@
 
 Loading the base model, tokenizing the data and discovering the blocks take seconds to minutes;
 a trial takes the rest. A :class:`Workbench` does the loading once per process and then trains any
-configuration of any enabled method, at any fidelity, from a pristine copy of the base model (peft's
-``get_peft_model`` changes a model in place). The search (:mod:`autopeft.objective`), ``plan``,
-``confirm``, ``export`` and the benchmarks all train through :meth:`Workbench.fit`.
+configuration of any enabled method, at any fidelity, on the base model itself, which stays resident
+on its device and is given back unchanged after every trial (:mod:`autopeft.resident`). The search
+(:mod:`autopeft.objective`), ``plan``, ``confirm``, ``export`` and the benchmarks all train through
+:meth:`Workbench.fit`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import gc
 import itertools
 import json
 import platform
 import random
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -29,19 +32,29 @@ from torch import nn
 from autopeft import __version__
 from autopeft.blocks import build_context
 from autopeft.budget import format_count, parse_budget
+from autopeft.config import StudyConfig
 from autopeft.data import batches
 from autopeft.errors import AutopeftError, BudgetError, ConfigError, ModelError, PluginError, first_line
 from autopeft.methods import PeftMethod, checked_count, plugin_call, trainable_numel
-from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
+from autopeft.models import is_quantized, load_base_model, load_tokenizer, resolve_model_name
 from autopeft.plugins import MethodInfo, ResolvedStudy, registered_methods
 from autopeft.precision import autocast_for
 from autopeft.prefix_cache import PrefixCache
 from autopeft.progress import Progress
+from autopeft.resident import BaseChanged, BaseLender
 from autopeft.tasks import EvalSettings
 from autopeft.token_cache import load_cached_task_data
 from autopeft.train import FULL, Fidelity, TrainResult, train
 
-__all__ = ["Workbench", "UNBOUNDED", "library_versions", "pick_device", "enabled_methods"]
+__all__ = [
+    "Workbench",
+    "UNBOUNDED",
+    "library_versions",
+    "pick_device",
+    "enabled_methods",
+    "peak_rss_mb",
+    "quantized_misfits",
+]
 
 #: A budget no configuration reaches: what a method samples when nothing constrains it.
 UNBOUNDED = 2**62
@@ -65,15 +78,40 @@ def library_versions() -> dict[str, str]:
 
 
 def pick_device(wanted: str = "auto", say: Callable[[str], None] = lambda line: None) -> torch.device:
-    """The device ``[train] device`` asks for: CUDA when present, else the CPU. Asking for ``cuda``
-    on a machine without one falls back to the CPU and says so through ``say``."""
+    """The device ``[train] device`` asks for: for ``auto``, CUDA when present, else Apple's MPS, else
+    the CPU. Asking for ``cuda`` or ``mps`` on a machine without one falls back to the CPU and says so
+    through ``say``."""
     if wanted == "cpu":
         return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if wanted == "cuda":
-        say("autopeft: train.device = 'cuda' but no GPU is visible here; training on the CPU")
+    has = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    for kind in ("cuda", "mps"):
+        if has[kind] and wanted in ("auto", kind):
+            return torch.device(kind)
+    if wanted != "auto":
+        say(f"autopeft: train.device = {wanted!r} but no such device is visible here; training on the CPU")
     return torch.device("cpu")
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory in MiB: ``ru_maxrss`` is KiB on Linux and bytes on macOS;
+    0 where there is no ``resource`` module (Windows)."""
+    try:
+        import resource  # Unix only: imported where it is used
+    except ImportError:
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def quantized_misfits(methods: dict[str, PeftMethod], kind: str) -> dict[str, str]:
+    """Why each of ``methods`` cannot train on a base quantized as ``kind`` (those that do not declare
+    :attr:`~autopeft.methods.PeftMethod.trains_quantized`)."""
+    return {
+        name: f"it cannot train on a quantized ({kind}) base: it trains or wraps base weights bitsandbytes stores "
+        "packed"
+        for name, method in methods.items()
+        if not method.trains_quantized
+    }
 
 
 def enabled_methods(resolved: ResolvedStudy) -> dict[str, MethodInfo]:
@@ -86,6 +124,16 @@ def enabled_methods(resolved: ResolvedStudy) -> dict[str, MethodInfo]:
             f"{', '.join(sorted(installed))} (see `autopeft plugins`)"
         )
     return {m: installed[m] for m in resolved.config.search.methods}
+
+
+def _trained_in_fp32(model: nn.Module) -> nn.Module:
+    """Every trained parameter of ``model`` in fp32, whatever the base is stored in (a bf16 head copy,
+    bf16 biases BitFit trains): updates smaller than bf16's resolution would otherwise round away.
+    The resident base's own tensors get their dtype back from :class:`~autopeft.resident.BaseLender`."""
+    for p in model.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
 
 
 class Workbench:
@@ -119,22 +167,12 @@ class Workbench:
             for name, method in self.enabled.items()
         }
 
-        self.model_source, offline = resolve_model_name(resolved.pm, config.model.name)
-        tokenizer = load_tokenizer(config.model, self.model_source, offline)
+        self.model_source, self._offline = resolve_model_name(resolved.pm, config.model.name)
+        tokenizer = load_tokenizer(config.model, self.model_source, self._offline)
+        self._pad_token_id = tokenizer.pad_token_id
         self.data, _ = load_cached_task_data(config, tokenizer, self.task, write=write_cache)
-        torch.manual_seed(config.study.seed)  # the new task head is drawn while loading: same seed, same head
-        self.base = load_base_model(
-            config.model, self.model_source, offline, self.task, self.data.label_names, tokenizer.pad_token_id
-        )
-        try:
-            self.ctx = build_context(self.base, new_head=self.task.new_head)
-        except ValueError as exc:  # no repeated blocks: nothing any method could adapt
-            raise ModelError(
-                f"model.name: found no transformer blocks in {config.model.name!r}"
-                + (f" with overrides {config.model.overrides}" if config.model.overrides else "")
-                + f" ({first_line(exc)}); check model.overrides (e.g. num_hidden_layers >= 1)"
-            ) from None
-        self.prefix = PrefixCache(self.base, self.ctx) if config.train.prefix_cache else None
+        self._load_base()
+        config = self.config  # with the base's precision
         try:
             self.budget = parse_budget(config.budget.max_trainable, self.ctx.total_params)
         except ValueError as exc:
@@ -160,10 +198,66 @@ class Workbench:
         for name in [n for n in self.methods if self.smallest[n] == 0 and self._count(n, "largest") == 0]:
             del self.methods[name]  # e.g. BitFit in a language model without biases: it would train nothing
             self.skipped[name] = "it has nothing to train in this model"
+        if config.model.quantization:
+            for name, why in quantized_misfits(self.methods, config.model.quantization).items():
+                del self.methods[name]
+                self.skipped[name] = why
         found = self.task.baseline(self.data.train, self.data.validation, config.task.metric)
         #: What a model that learned nothing scores: {"name": "majority class", "value": 0.58}, or None.
         self.baseline: dict[str, Any] | None = {"name": found[0], "value": found[1]} if found else None
         self.versions = library_versions()
+
+    def _load_base(self) -> None:
+        """Load the base model onto the device, where it stays for every trial, with what depends on
+        it: the blocks (``ctx``), the lender that gives it back after each trial, the prefix cache."""
+        config = self.config
+        torch.manual_seed(config.study.seed)  # the new task head is drawn while loading: same seed, same head
+        if config.model.dtype == "fp16" and self.device.type != "cuda":
+            raise ConfigError(
+                "model.dtype", f"fp16 needs a CUDA GPU, and training runs on the {self.device.type} here", 'use "bf16"'
+            )
+        self.base = load_base_model(
+            config.model,
+            self.model_source,
+            self._offline,
+            self.task,
+            self.data.label_names,
+            self._pad_token_id,
+            self.device,
+        )
+        self.config = config = self._with_base_precision(config)
+        self._placed = is_quantized(self.base) or config.model.device_map is not None
+        try:
+            self.ctx = build_context(self.base, new_head=self.task.new_head)
+        except ValueError as exc:  # no repeated blocks: nothing any method could adapt
+            raise ModelError(
+                f"model.name: found no transformer blocks in {config.model.name!r}"
+                + (f" with overrides {config.model.overrides}" if config.model.overrides else "")
+                + f" ({first_line(exc)}); check model.overrides (e.g. num_hidden_layers >= 1)"
+            ) from None
+        self.lender = BaseLender(self.base)
+        self.prefix = PrefixCache(self.base, self.ctx) if config.train.prefix_cache else None
+        if self.prefix is not None:
+            self.prefix.remember_base(self._probe())
+
+    def _with_base_precision(self, config: StudyConfig) -> StudyConfig:
+        """``config`` with ``[train] precision`` set to the base's own half precision when it has one
+        (``[model] dtype`` bf16 or fp16, or "auto" on a half-precision checkpoint): frozen bf16
+        weights compute in bf16, and autocast lets the fp32 trained parameters meet them.
+
+        Raises:
+            ConfigError: the study asks for another precision than the base computes in.
+        """
+        half = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(next(self.base.parameters()).dtype)
+        if half is None or config.train.precision == half:
+            return config
+        if config.train.precision != "auto":
+            raise ConfigError(
+                "train.precision",
+                f"is {config.train.precision!r}, but the base loaded in {half} (model.dtype = {config.model.dtype!r})",
+                f'remove precision, or set model.dtype = "fp32" to compute in {config.train.precision}',
+            )
+        return dataclasses.replace(config, train=dataclasses.replace(config.train, precision=half))
 
     @property
     def baseline_value(self) -> float | None:
@@ -232,8 +326,8 @@ class Workbench:
         on_trained: Callable[[nn.Module, TrainResult], None] | None = None,
         label: int | str = "",
     ) -> TrainResult:
-        """Train ``config`` of ``method`` (an instance or an enabled method's name) from a pristine copy
-        of the base model, with ``seed``, at ``fidelity``.
+        """Train ``config`` of ``method`` (an instance or an enabled method's name) on the resident
+        base model, given back unchanged afterwards, with ``seed``, at ``fidelity``.
 
         Args:
             on_report: sees ``(step, validation metric)`` at each reporting point before the last;
@@ -254,18 +348,17 @@ class Workbench:
         torch.manual_seed(seed)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        model = method.apply(copy.deepcopy(self.base).requires_grad_(False), self.ctx, config).to(self.device)
-        if type(method).initialize is not PeftMethod.initialize:
-            method.initialize(model, self.first_batches(8))
-        n = checked_count(method, self.ctx, config)
-        actual = trainable_numel(model)
-        if actual != n:
-            raise PluginError(
-                f"method {method.name!r} counted {n} trainable parameters but apply() made {actual} "
-                "trainable; fix its count_trainable"
-            )
-        setup_seconds = time.perf_counter() - started
-        try:
+        with self._trial_model(method, config) as model:
+            if type(method).initialize is not PeftMethod.initialize:
+                method.initialize(model, self.first_batches(8))
+            n = checked_count(method, self.ctx, config)
+            actual = trainable_numel(model)
+            if actual != n:
+                raise PluginError(
+                    f"method {method.name!r} counted {n} trainable parameters but apply() made {actual} "
+                    "trainable; fix its count_trainable"
+                )
+            setup_seconds = time.perf_counter() - started
             started = time.perf_counter()
             cached = self._cache_prefix(model)
             cache_seconds = time.perf_counter() - started
@@ -300,8 +393,38 @@ class Workbench:
             if on_trained is not None:
                 on_trained(model, result)
             return result
+
+    @contextlib.contextmanager
+    def _trial_model(self, method: PeftMethod, config: dict[str, Any]) -> Iterator[nn.Module]:
+        """``method`` applied to the resident base for one fit (to a copy of it when the method
+        declares ``modifies_base``), everything freed and the base given back afterwards.
+
+        Raises:
+            PluginError: the method changed a frozen base weight in place without declaring it; the
+                base is loaded again for the next fit.
+        """
+
+        def apply(base: nn.Module) -> nn.Module:
+            model = method.apply(base, self.ctx, config)
+            # What a method adds on another device joins the base, unless transformers placed it (a
+            # quantized base cannot move; a device map spans devices).
+            return model if self._placed else model.to(self.device)
+
+        try:
+            if method.modifies_base:
+                yield _trained_in_fp32(apply(copy.deepcopy(self.base).requires_grad_(False)))
+            else:
+                with self.lender.lend(apply) as model:
+                    yield _trained_in_fp32(model)
+                    del model
+        except BaseChanged as exc:
+            raise PluginError(
+                f"method {method.name!r} changed the frozen base weight {exc.names[0]!r} in place; a method that "
+                "rewrites base weights must set modifies_base = True (the base was loaded again)"
+            ) from None
         finally:
-            del model
+            if self.lender.changed:
+                self._load_base()
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -325,15 +448,20 @@ class Workbench:
         found = itertools.islice(batches(self.data.train, self.config.train.batch_size, self.data.pad_token_id), count)
         return [{name: t.to(self.device) for name, t in batch.items()} for batch in found]
 
+    def _probe(self) -> dict[str, torch.Tensor]:
+        """The first two training examples without labels, on the device: what the prefix cache
+        compares a trial's model with the base on."""
+        probe = next(batches(self.data.train, 2, self.data.pad_token_id))
+        probe.pop("labels")
+        return {n: t.to(self.device) for n, t in probe.items()}
+
     def _cache_prefix(self, model: nn.Module) -> int:
         """Blocks the prefix cache stands in for in this fit (0: none), their states computed now
         for the train and validation examples not cached yet. The test split is scored at most once
         a fit, where caching saves nothing, so it runs through the whole model."""
         if self.prefix is None:
             return 0
-        probe = next(batches(self.data.train, 2, self.data.pad_token_id))
-        probe.pop("labels")
-        k = self.prefix.usable_blocks(model, {n: t.to(self.device) for n, t in probe.items()})
+        k = self.prefix.usable_blocks(model, self._probe())
         if k:
             splits = [self.data.train, self.data.validation]
             with autocast_for(self.device, self.config.train.precision):  # the precision the prefix would train in
@@ -349,9 +477,10 @@ class Workbench:
         result.test_seconds = time.perf_counter() - started
 
     def _peak_memory_mb(self) -> float:
-        """Peak CUDA memory of this fit; on CPU, the process's peak resident memory so far."""
+        """Peak CUDA memory of this fit; on MPS, what the driver holds now; on a CPU, the process's
+        peak resident memory so far (:func:`peak_rss_mb`)."""
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        import resource  # Unix only; imported where it is used
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if self.device.type == "mps":
+            return float(torch.mps.driver_allocated_memory()) / 2**20
+        return peak_rss_mb()

@@ -51,6 +51,7 @@ class AdaLora(PeftBackedMethod):
     # 47 steps at 3e-3, benchmarks/README.md).
     default_learning_rate = 1e-2
     learning_rates = (1e-3, 5e-2)
+    trains_quantized = True  # peft's adapters sit beside bitsandbytes' packed layers (QLoRA)
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_options(options)

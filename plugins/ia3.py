@@ -32,6 +32,7 @@ class IA3(PeftBackedMethod):
     default_learning_rate = 3e-3
     # IA3 trains scaling vectors that start at one: a few thousand parameters that want large steps.
     learning_rates = (1e-3, 5e-2)
+    trains_quantized = True  # peft's adapters sit beside bitsandbytes' packed layers (QLoRA)
 
     def _block_cost(self, ctx: ModelContext, index: int, on: int, feedforward: bool) -> int:
         attention, ff = ia3_paths(ctx, index, feedforward)

@@ -50,6 +50,7 @@ class Lora(PeftBackedMethod):
     # Searches train for few steps, where LoRA wants a higher rate than in long fine-tuning runs.
     default_learning_rate = 3e-3
     learning_rates = (5e-4, 2e-2)
+    trains_quantized = True  # peft's adapters sit beside bitsandbytes' packed layers (QLoRA)
 
     def learning_rate_scale(self, config: dict[str, Any]) -> float:
         # rsLoRA scales the update by alpha/sqrt(r) where LoRA uses alpha/r: sqrt(r) times larger at the

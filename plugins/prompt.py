@@ -20,6 +20,7 @@ class PromptTuning(PeftBackedMethod):
     # Soft prompts need rates far above LoRA's (Lester et al. used 0.3).
     default_learning_rate = 3e-2
     learning_rates = (3e-3, 3e-1)
+    trains_quantized = True  # the soft prompt is its own tensor; the quantized base is only read
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         merged = super().check_options(options)

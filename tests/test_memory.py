@@ -53,9 +53,10 @@ def test_each_trials_model_and_optimizer_are_freed_before_the_next(tmp_path, min
             "lora", lora, learning_rate=1e-3, seed=seed, on_trained=lambda model, _: during.append(_live_tensor_bytes())
         )
         after = _live_tensor_bytes()
-        # while trained, the trial's copy of the model was alive: the measurement sees it
-        assert during[-1] - before > 0.9 * model_bytes
-        # afterwards the copy, its gradients and AdamW's state are gone: nothing grows trial after trial
+        # while trained, no copy of the model was alive: only the adapter, its gradients and AdamW's
+        # state (the resident base is lent to the trial, autopeft.resident)
+        assert 0 < during[-1] - before < 0.1 * model_bytes, (before, during[-1], model_bytes)
+        # afterwards they are gone too: nothing grows trial after trial
         assert after - before < 0.02 * model_bytes, (before, after, model_bytes)
 
 
@@ -107,7 +108,41 @@ def test_device_choice_falls_back_to_the_cpu(monkeypatch) -> None:
     said: list[str] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("cuda", said.append).type == "cpu"
-    assert said and "no GPU is visible" in said[0]
+    assert said and "no such device is visible" in said[0] and "'cuda'" in said[0]
     assert pick_device("auto", said.append).type == "cpu" and len(said) == 1  # auto falls back silently
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pick_device("auto").type == "cuda" and pick_device("cpu").type == "cpu"
+
+
+def test_memory_stays_flat_over_twenty_trials(tmp_path, minilm_available) -> None:
+    """Twenty trials of three methods on one resident base: the tensors alive after each are the
+    same, and the process's resident memory stops growing once the allocator has warmed up."""
+    from pathlib import Path
+
+    from autopeft.train import Fidelity
+
+    config = load_config(
+        write_study(
+            tmp_path,
+            data={"max_train_examples": 32, "max_eval_examples": 16},
+            search={"methods": ["lora", "bitfit", "unfreeze"]},
+        )
+    )
+    bench = workbench_for(config)
+    configs = [
+        ("lora", {"ranks": [8, 8], "alpha": 2, "targets": "all", "variant": "lora", "dropout": 0.0}),
+        ("bitfit", {"blocks": [True, True]}),
+        ("unfreeze", {"blocks": [False, True], "part": "attention"}),
+    ]
+
+    def rss_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+    tensors, rss = [], []
+    for i in range(20):
+        name, trial_config = configs[i % 3]
+        bench.fit(name, trial_config, learning_rate=1e-3, seed=i, fidelity=Fidelity(steps=2))
+        tensors.append(_live_tensor_bytes())
+        rss.append(rss_mb())
+    assert max(tensors) - min(tensors) < 2**20, tensors  # what is alive between trials does not grow
+    assert max(rss[5:]) - rss[5] < 64, rss  # MiB: released between trials, not accumulated

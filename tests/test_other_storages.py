@@ -95,6 +95,17 @@ def test_workers_reach_the_database_through_the_grpc_proxy(tmp_path, instant, mi
     assert len(stored.trials) == 3 and stored.user_attrs["budget"] == budget
 
 
+def test_the_proxy_serves_an_rdb_study_through_optunas_trial_cache(tmp_path, monkeypatch) -> None:
+    """Without the cache every client read is a full query of the study: 5.5 s a trial at trial
+    1,000 (benchmarks/README.md)."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    served = []
+    monkeypatch.setattr(optuna.storages, "run_grpc_proxy_server", lambda storage, **where: served.append(storage))
+    assert main(["serve-storage", str(write_study(tmp_path)), "--port", "1"]) == 0
+    assert isinstance(served[0], _CachedStorage)
+
+
 def test_a_bad_journal_or_grpc_url_is_one_line(tmp_path, capsys) -> None:
     for url, words in (("journal://", "names no file"), ("grpc://nohost", "is not grpc://host:port")):
         path = write_study(tmp_path, study={"storage": url})

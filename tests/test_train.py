@@ -225,3 +225,77 @@ def test_each_parameter_group_keeps_its_own_peak_learning_rate() -> None:
     )
     assert len(seen) == 6 and all(high == pytest.approx(16 * low) for low, high in seen)
     assert seen[0][0] == pytest.approx(learning_rate_at(0, 6, 1e-3, 1))
+
+
+def test_gradient_accumulation_matches_one_batch_of_the_same_size() -> None:
+    """Two batches of 8 added up before each step train what one batch of 16 does: the same examples
+    in the same order, the same mean loss, the same number of optimizer steps."""
+    whole, halves = _lora_model(), _lora_model()
+    for module in [*whole.modules(), *halves.modules()]:  # dropout would draw other masks for other shapes
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    one = _fit(whole, TrainSection(batch_size=16, epochs=2, precision="fp32"), n_train=48)
+    halved = TrainSection(batch_size=8, epochs=2, precision="fp32", gradient_accumulation_steps=2)
+    two = _fit(halves, halved, n_train=48)
+    assert one.steps == two.steps == 6 and one.train_tokens == two.train_tokens
+    for (name, a), b in zip(whole.named_parameters(), halves.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_partial_last_step_and_a_fidelity_count_optimizer_steps() -> None:
+    settings = TrainSection(batch_size=8, epochs=1, gradient_accumulation_steps=4)
+    assert Fidelity().total_steps(_split(40), settings) == 2  # 5 batches: a step of 4, then one of 1
+    assert Fidelity(examples=64).total_steps(_split(40), settings) == 2  # 64 examples = 2 steps of 32
+    assert _fit(_lora_model(), settings, n_train=40).steps == 2
+
+
+def test_a_non_finite_loss_never_reaches_the_weights(monkeypatch) -> None:
+    """The loss is read after the step (no host sync per step on a GPU): the scaler skipped the NaN
+    step on the device, so the weights are those before it, finite."""
+    from autopeft.train import NonFiniteLoss
+
+    model = _lora_model()
+    real, calls = SequenceClassification.loss, []
+
+    def nan_on_the_third(self, logits, labels):
+        calls.append(1)
+        loss = real(self, logits, labels)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(SequenceClassification, "loss", nan_on_the_third)
+    before: dict[str, torch.Tensor] = {}
+
+    def keep(step: int, total: int, loss: float) -> None:
+        if step == 2:
+            before.update({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+
+    with pytest.raises(NonFiniteLoss, match="at step 2"):
+        _fit(model, TrainSection(batch_size=8, epochs=1, precision="fp32"), progress=keep)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.isfinite(p).all() and torch.equal(p, before[name]), name
+
+
+def test_the_loss_is_read_in_batches_on_an_accelerator(monkeypatch) -> None:
+    """Every step's loss still reaches ``progress``, in order, but read every few steps at once (an
+    accelerator waits for each read); a CPU, where reading costs nothing, reads every step."""
+    import autopeft.train as train_module
+
+    events: list[tuple[str, int]] = []
+
+    def run() -> None:
+        events.clear()
+        _fit(
+            _lora_model(),
+            TrainSection(batch_size=4, epochs=1, precision="fp32"),
+            n_train=40,
+            on_step=lambda step, total: events.append(("step", step)),
+            progress=lambda step, total, loss: events.append(("loss", step)),
+        )
+
+    run()
+    assert events[:4] == [("step", 1), ("loss", 1), ("step", 2), ("loss", 2)]
+    monkeypatch.setattr(train_module, "_read_every", lambda device: 4)
+    run()
+    assert events[:8] == [("step", s) for s in range(1, 5)] + [("loss", s) for s in range(1, 5)]
+    assert [s for kind, s in events if kind == "loss"] == list(range(1, 11))  # all ten, the last two at the end
