@@ -22,6 +22,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -93,8 +94,13 @@ def pick_device(wanted: str = "auto", say: Callable[[str], None] = lambda line: 
 
 
 def peak_rss_mb() -> float:
-    """The process's peak resident memory in MiB: ``ru_maxrss`` is KiB on Linux and bytes on macOS;
-    0 where there is no ``resource`` module (Windows)."""
+    """The process's peak resident memory in MiB. On Linux, ``VmHWM`` of ``/proc/self/status``: the
+    ``ru_maxrss`` there survives ``exec``, so a worker started by a larger process would report its
+    parent's peak. Elsewhere ``ru_maxrss`` (bytes on macOS, KiB on other Unixes); 0 where there is
+    neither (Windows)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
     try:
         import resource  # Unix only: imported where it is used
     except ImportError:
