@@ -13,11 +13,10 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.artifacts import download_artifact, get_all_artifact_meta, upload_artifact
-from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
@@ -26,6 +25,9 @@ from autopeft.config import StudyConfig
 from autopeft.errors import AutopeftError
 from autopeft.optuna_adapter import storage_of
 from autopeft.results import metric_sign, pareto_front
+
+if TYPE_CHECKING:  # Optuna's store protocol lives in a private module: named for the type checker only
+    from optuna.artifacts._protocol import ArtifactStore
 
 __all__ = [
     "artifact_store",

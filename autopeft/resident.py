@@ -17,7 +17,7 @@ A method may not change a frozen base tensor in place (PiSSA-style initialisatio
 :attr:`~autopeft.methods.PeftMethod.modifies_base` and get a copy of their own). An undeclared change
 is caught where it shows (a tensor whose storage was replaced, or whose autograd version moved),
 named in :attr:`BaseLender.changed` and raised as :class:`BaseChanged`; the caller then loads the
-base again. (A change through ``tensor.data`` moves neither; the conformance suite,
+base again. (A copy into ``tensor.data`` moves neither; the conformance suite,
 :mod:`autopeft.testing`, compares every byte of the base before and after a trial.)
 """
 
