@@ -227,7 +227,7 @@ def check_artifacts(config: StudyConfig) -> None:
     if config.study.keep_weights == "none":
         return
     if config.artifacts_bucket:
-        _check_bucket(config.artifacts_bucket)
+        _check_bucket(config)
         return
     folder = config.artifacts_dir
     try:
@@ -243,12 +243,13 @@ def check_artifacts(config: StudyConfig) -> None:
         ) from None
 
 
-def _check_bucket(url: str) -> None:
+def _check_bucket(config: StudyConfig) -> None:
     """Write and remove one small object under the bucket URL's prefix: missing credentials, a
     missing bucket or a refused write show now, in one line, not as weights silently not kept."""
-    from autopeft.artifact_stores import open_artifact_store
+    from autopeft.artifacts import artifact_store
 
-    store = open_artifact_store(url)
+    url, store = config.artifacts_bucket, artifact_store(config)
+    assert store is not None
     probe = f".autopeft-write-check-{os.getpid()}"
     try:
         store.write(probe, io.BytesIO(b"ok"))

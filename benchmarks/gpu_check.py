@@ -35,9 +35,9 @@ from typing import Any
 
 import pandas as pd
 import torch
+from common import ROOT, STUDIES, workbench
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "studies" / "data"
+DATA = STUDIES / "data"
 #: SmolLM2-135M-Instruct's shape (its config.json, less what a random model does not need).
 SMOLLM2 = {
     "vocab_size": 49152,
@@ -91,14 +91,6 @@ def study_file(folder: Path, model_dir: Path, examples: int, **model: str) -> Pa
     path = folder / f"study-{'-'.join(model.values()) or 'fp32'}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def workbench(path: Path) -> Any:
-    from autopeft import get_plugin_manager, load_config
-    from autopeft.plugins import resolve_study
-    from autopeft.workbench import Workbench
-
-    return Workbench(resolve_study(load_config(path), get_plugin_manager()))
 
 
 def run_studies(folder: Path, model_dir: Path, examples: int, quantized: bool) -> None:
