@@ -15,7 +15,7 @@ from conftest import workbench_for, write_study
 from autopeft import ConfigError, load_config, run_study
 from autopeft.cli import main
 from autopeft.results import pareto_front
-from autopeft.search_space import SearchSpace
+from autopeft.search_space import RATE_LADDER, SearchSpace
 from autopeft.warm_start import map_to_blocks
 
 ALL = ["lora", "ia3", "adapter", "bitfit", "unfreeze", "prompt"]
@@ -132,8 +132,8 @@ def test_default_configuration_is_tried_first_only_when_it_fits(tmp_path, minilm
         return [p["method"] for p in SearchSpace(workbench_for(load_config(path))).warm_start_params()]
 
     # LoRA r=8 on query and value of 2 blocks: 2 * 8 * (384 + 384) * 2 + 770 (head) = 25,346 parameters.
-    assert warm("25346") == ["lora", "ia3"]
-    assert warm("25345") == ["ia3"]
+    assert warm("25346") == ["lora", "lora", "ia3"]  # the lead method at two rates (the rate ladder)
+    assert warm("25345") == ["ia3", "ia3"]  # IA3 leads when LoRA's default does not fit
 
 
 def test_warm_starts_are_per_method_and_off_for_random_search(tmp_path, minilm_available) -> None:
@@ -141,11 +141,25 @@ def test_warm_starts_are_per_method_and_off_for_random_search(tmp_path, minilm_a
         path = write_study(tmp_path, study={"sampler": sampler}, search={"methods": ["lora", "ia3"], **search})
         return [p["method"] for p in SearchSpace(workbench_for(load_config(path))).warm_start_params()]
 
-    assert warm("tpe") == ["lora", "ia3"]
-    assert warm("tpe", ia3={"warm_start": False}) == ["lora"]  # a method's own table turns its default off
+    assert warm("tpe") == ["lora", "lora", "ia3"]
+    assert warm("tpe", ia3={"warm_start": False}) == ["lora", "lora"]  # a method's own table turns its default off
     assert warm("random") == []  # a random search is a baseline: nothing queued unless asked for
-    assert warm("random", lora={"warm_start": True}) == ["lora"]
-    assert warm("random", warm_start=True) == ["lora", "ia3"]
+    assert warm("random", lora={"warm_start": True}) == ["lora", "lora"]
+    assert warm("random", warm_start=True) == ["lora", "lora", "ia3"]
+
+
+def test_the_lead_methods_default_is_tried_at_each_rate_of_the_ladder_within_its_range(
+    tmp_path, minilm_available
+) -> None:
+    def rates(**lora) -> list[float]:
+        path = write_study(tmp_path, search={"methods": ["lora", "ia3"], "lora": lora})
+        queued = SearchSpace(workbench_for(load_config(path))).warm_start_params()
+        assert [p["method"] for p in queued][-1] == "ia3" and queued[-1]["ia3.learning_rate"] == 3e-3  # one rate
+        return [p["lora.learning_rate"] for p in queued if p["method"] == "lora"]
+
+    assert rates() == pytest.approx([3e-3 * m for m in RATE_LADDER])  # LoRA's default rate, and 3x it
+    assert rates(learning_rate=[1e-3, 5e-3]) == pytest.approx([3e-3, 5e-3])  # the higher rung clipped to the range
+    assert rates(learning_rate=[1e-4, 1e-3]) == pytest.approx([1e-3])  # both clipped to one rate: tried once
     with pytest.raises(ConfigError, match=r"search.lora.warm_start: must be true or false"):
         load_config(write_study(tmp_path, search={"methods": ["lora"], "lora": {"warm_start": "no"}}))
 

@@ -63,9 +63,9 @@ def test_a_new_study_queues_the_proxy_choice_after_the_default(tmp_path, minilm_
         return TrainResult(0.6, 0.01, 0.01, 10, 1, 1)
 
     monkeypatch.setattr(Workbench, "fit", fit)
-    path = write_study(tmp_path, study={"n_trials": 2}, search={"methods": ["lora"]}, model={"overrides": {}})
+    path = write_study(tmp_path, study={"n_trials": 3}, search={"methods": ["lora"]}, model={"overrides": {}})
     study = run_study(path, quiet=True)
-    default, proxy = study.trials[:2]
+    default, _, proxy = study.trials[:3]  # the second is the default at a higher rate (the rate ladder)
     assert default.user_attrs.get("warm_start") and not default.user_attrs.get("proxy")
     assert proxy.user_attrs.get("proxy") and proxy.params["lora.targets"] == default.params["lora.targets"]
     ranks = [proxy.params[f"lora.r[{i}]"] for i in range(6)]
