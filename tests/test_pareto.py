@@ -155,11 +155,12 @@ def test_the_lead_methods_default_is_tried_at_each_rate_of_the_ladder_within_its
         path = write_study(tmp_path, search={"methods": ["lora", "ia3"], "lora": lora})
         queued = SearchSpace(workbench_for(load_config(path))).warm_start_params()
         assert [p["method"] for p in queued][-1] == "ia3" and queued[-1]["ia3.learning_rate"] == 3e-3  # one rate
-        return [p["lora.learning_rate"] for p in queued if p["method"] == "lora"]
+        return [p.get("lora.learning_rate", 0.0) for p in queued if p["method"] == "lora"]
 
     assert rates() == pytest.approx([3e-3 * m for m in RATE_LADDER])  # LoRA's default rate, and 3x it
     assert rates(learning_rate=[1e-3, 5e-3]) == pytest.approx([3e-3, 5e-3])  # the higher rung clipped to the range
     assert rates(learning_rate=[1e-4, 1e-3]) == pytest.approx([1e-3])  # both clipped to one rate: tried once
+    assert rates(learning_rate=1e-3) == [0.0]  # a fixed rate is no parameter: the default is tried once
     with pytest.raises(ConfigError, match=r"search.lora.warm_start: must be true or false"):
         load_config(write_study(tmp_path, search={"methods": ["lora"], "lora": {"warm_start": "no"}}))
 
