@@ -76,7 +76,10 @@ def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.B
     if config.study.sampler == "random":
         return TrialSeededRandomSampler(seed=seed)
     if config.study.sampler == "gp":  # a method's own parameters exist in its trials only: sampled at random
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+        # Optuna's 10 random trials first, not TPE's shorter start: GP counts only complete trials (the
+        # queued defaults among them) and never sees pruned ones, so after three defaults it proposed
+        # one method, pruned each time, for the rest of the study (tests/test_search.py).
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10, warn_independent_sampling=False)
     if config.study.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, config.study.n_trials // 4)))
     if config.study.sampler == "auto":
@@ -349,20 +352,30 @@ def prepare_study(
     if start_from is not None:
         _enqueue_front(study, space, start_from, progress)
     if new:
-        for params in space.warm_start_params(progress.line):
+        for params in space.warm_start_params(progress.line)[: _room(study, target)]:
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
     baseline = f"; {bench.baseline['name']} baseline {bench.baseline['value']:.4f}" if bench.baseline else ""
     progress.line(
         f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
         f"budget {bench.budget} parameters; methods {', '.join(bench.methods)}; device {bench.device}" + baseline
     )
-    if new and config.search.proxy and PROXY_ATTR not in study.user_attrs:
-        _enqueue_proxy_choice(study, bench, space, progress)
+    room = _room(study, target)
+    if new and config.search.proxy and PROXY_ATTR not in study.user_attrs and room > 0:
+        _enqueue_proxy_choice(study, bench, space, progress, room)
     return study, Objective(space, progress, target)
 
 
-def _enqueue_proxy_choice(study: optuna.Study, bench: Workbench, space: SearchSpace, progress: Progress) -> None:
-    """Score the blocks (:mod:`autopeft.proxy`), record the scores, and queue the proxy's configurations."""
+def _room(study: optuna.Study, target: int) -> int:
+    """How many more trials a study of ``target`` trials may queue: a short study (``n_trials = 2``)
+    runs the first of the known-good configurations and leaves none waiting after it."""
+    return target - len(study.get_trials(deepcopy=False, states=(*FINISHED, *PENDING)))
+
+
+def _enqueue_proxy_choice(
+    study: optuna.Study, bench: Workbench, space: SearchSpace, progress: Progress, room: int
+) -> None:
+    """Score the blocks (:mod:`autopeft.proxy`), record the scores, and queue up to ``room`` of the
+    proxy's configurations."""
     from autopeft.proxy import PROXY_ATTR, proxy_scores
 
     if not any("r" in bench.options[name] for name in bench.methods):  # no method takes per-block ranks
@@ -370,7 +383,7 @@ def _enqueue_proxy_choice(study: optuna.Study, bench: Workbench, space: SearchSp
     started = time.perf_counter()
     scores = proxy_scores(bench)
     study.set_user_attr(PROXY_ATTR, scores.as_record())
-    queued = space.proxy_params(scores.blocks)
+    queued = space.proxy_params(scores.blocks)[:room]
     for params in queued:
         study.enqueue_trial(params, user_attrs={"warm_start": True, "proxy": True}, skip_if_exists=True)
     shares = " ".join(f"{s:.2f}" for s in scores.blocks)

@@ -74,3 +74,7 @@ def test_a_new_study_queues_the_proxy_choice_after_the_default(tmp_path, minilm_
     (tmp_path / "off").mkdir()
     disabled = write_study(tmp_path / "off", search={"methods": ["lora"], "proxy": False})
     assert PROXY_ATTR not in run_study(disabled, n_trials=1, quiet=True).user_attrs
+    (tmp_path / "short").mkdir()  # two trials: the default at its two rates; no room for the proxy's choice
+    short = run_study(write_study(tmp_path / "short", study={"n_trials": 2}, search={"methods": ["lora"]}), quiet=True)
+    assert [t.state for t in short.trials] == [optuna.trial.TrialState.COMPLETE] * 2  # nothing left waiting
+    assert all(t.user_attrs.get("warm_start") for t in short.trials) and PROXY_ATTR not in short.user_attrs

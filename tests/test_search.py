@@ -177,7 +177,8 @@ def test_optunas_gp_and_nsga2_samplers_search_the_same_space(
     study = run_study(path, n_trials=14, quiet=True)
     assert isinstance(study.sampler, kind)
     done = [t for t in study.trials if t.state.is_finished()]  # the stand-in's halfway report lets some be pruned
-    assert len(done) == 14 and {t.params["method"] for t in done} == {"lora", "unfreeze", "bitfit"}
+    sampled = {t.params["method"] for t in done if "warm_start" not in t.user_attrs}
+    assert len(done) == 14 and sampled == {"lora", "unfreeze", "bitfit"}  # the queued defaults do not narrow it
     trained = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE and "infeasible" not in t.user_attrs]
     assert trained and all(t.user_attrs["trainable_params"] <= t.user_attrs["budget"] for t in trained)
 
