@@ -10,16 +10,29 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from autopeft._version import __version__
 from autopeft.hookspecs import hookimpl
 
-__version__ = "0.1.0"
+#: The modules a plugin, built-in or third-party, may import: the plugin author's API. Their paths are
+#: stable; every other module may move between releases. ``tests/test_architecture.py`` checks that the
+#: built-in plugins and the test suite's third-party plugins import nothing else.
+PLUGIN_API = (
+    "autopeft",
+    "autopeft.tasks",
+    "autopeft.methods",
+    "autopeft.peft_backed",
+    "autopeft.blocks",
+    "autopeft.budget",
+    "autopeft.errors",
+    "autopeft.testing",
+)
 
 _WHERE = {
-    "resolve_study": "autopeft.plugins",
-    "ResolvedStudy": "autopeft.plugins",
-    "Workbench": "autopeft.workbench",
-    "TrainResult": "autopeft.train",
-    "Fidelity": "autopeft.train",
+    "resolve_study": "autopeft.registry",
+    "ResolvedStudy": "autopeft.registry",
+    "Workbench": "autopeft.training.workbench",
+    "TrainResult": "autopeft.training.train",
+    "Fidelity": "autopeft.training.train",
     "Split": "autopeft.data",
     "EvalSettings": "autopeft.tasks",
     "AutopeftError": "autopeft.errors",
@@ -35,30 +48,31 @@ _WHERE = {
     "PluginError": "autopeft.errors",
     "StudyConfig": "autopeft.config",
     "Task": "autopeft.tasks",
-    "best_trial": "autopeft.results",
+    "best_trial": "autopeft.storage.results",
     "build_context": "autopeft.blocks",
-    "confirm_front": "autopeft.confirm",
-    "refit": "autopeft.confirm",
-    "winner": "autopeft.results",
+    "confirm_front": "autopeft.outputs.confirm",
+    "refit": "autopeft.outputs.confirm",
+    "winner": "autopeft.storage.results",
     "discover_blocks": "autopeft.blocks",
-    "export": "autopeft.export",
-    "get_plugin_manager": "autopeft.plugins",
+    "export": "autopeft.outputs.export",
+    "get_plugin_manager": "autopeft.registry",
     "load_config": "autopeft.config",
-    "load_model": "autopeft.export",
-    "make_plan": "autopeft.plan",
-    "open_study": "autopeft.study",
-    "pareto_front": "autopeft.results",
+    "load_model": "autopeft.outputs.export",
+    "make_plan": "autopeft.search.plan",
+    "open_study": "autopeft.search.study",
+    "pareto_front": "autopeft.storage.results",
     "parse_budget": "autopeft.budget",
-    "registered_methods": "autopeft.plugins",
-    "registered_tasks": "autopeft.plugins",
-    "run_study": "autopeft.study",
-    "run_workers": "autopeft.workers",
+    "registered_methods": "autopeft.registry",
+    "registered_tasks": "autopeft.registry",
+    "run_study": "autopeft.search.study",
+    "run_workers": "autopeft.search.workers",
     "suggest_sizes": "autopeft.budget",
     "trainable_numel": "autopeft.methods",
 }
 
 __all__ = [
     "__version__",
+    "PLUGIN_API",
     "hookimpl",
     "resolve_study",
     "ResolvedStudy",
@@ -119,16 +133,16 @@ if TYPE_CHECKING:
     from autopeft.blocks import Block, ModelContext, build_context, discover_blocks
     from autopeft.budget import parse_budget, suggest_sizes
     from autopeft.config import StudyConfig, load_config
-    from autopeft.confirm import confirm_front
     from autopeft.data import Split
     from autopeft.errors import AutopeftError, BudgetError, ConfigError, DataError, ModelError, PluginError
-    from autopeft.export import export, load_model
     from autopeft.methods import PeftMethod, trainable_numel
+    from autopeft.outputs.confirm import confirm_front
+    from autopeft.outputs.export import export, load_model
     from autopeft.peft_backed import PeftBackedMethod
-    from autopeft.plan import make_plan
-    from autopeft.plugins import ResolvedStudy, get_plugin_manager, registered_methods, registered_tasks, resolve_study
-    from autopeft.results import best_trial, pareto_front
-    from autopeft.study import open_study, run_study
+    from autopeft.registry import ResolvedStudy, get_plugin_manager, registered_methods, registered_tasks, resolve_study
+    from autopeft.search.plan import make_plan
+    from autopeft.search.study import open_study, run_study
+    from autopeft.storage.results import best_trial, pareto_front
     from autopeft.tasks import EvalSettings, Task
-    from autopeft.train import Fidelity, TrainResult
-    from autopeft.workbench import Workbench
+    from autopeft.training.train import Fidelity, TrainResult
+    from autopeft.training.workbench import Workbench

@@ -2,6 +2,6 @@
 
 import sys
 
-from autopeft.cli import main
+from autopeft.cli.command import main
 
 sys.exit(main())

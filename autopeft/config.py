@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from autopeft.artifact_stores import is_bucket_url, parse_bucket_url
+from autopeft.bucket_url import is_bucket_url, parse_bucket_url
 from autopeft.budget import parse_budget
 from autopeft.errors import ConfigError
 
@@ -174,7 +174,7 @@ class StudySection:
         Rule(lambda v: _is_int(v) and v >= 2, "must be an integer >= 2, got {value}", "e.g. {key} = 3"), default=3
     )
     seed: int = checked(Rule(_is_int, "must be an integer, got {value}", "e.g. seed = 0"), default=0)
-    # Each finished trial logged as one run of these experiment trackers (autopeft.trackers).
+    # Each finished trial logged as one run of these experiment trackers (autopeft.search.trackers).
     trackers: list[str] = checked(
         Rule(
             lambda v: isinstance(v, list) and len(set(v)) == len(v) and all(x in TRACKERS for x in v),
@@ -419,7 +419,7 @@ class SearchSection:
     warm_start: bool | None = checked(
         Rule(lambda v: v is None or isinstance(v, bool), "must be true or false", "warm_start = true"), default=None
     )
-    # A new study scores the blocks by the task loss's gradient on a few batches (autopeft.proxy) and
+    # A new study scores the blocks by the task loss's gradient on a few batches (autopeft.search.proxy) and
     # tries a LoRA configuration with ranks where those scores are high, next to the default.
     proxy: bool = checked(_flag("e.g. proxy = false"), default=True)
     # The [search.<method>] tables; each method checks its own (PeftMethod.check_options).

@@ -2,7 +2,7 @@
 
 Batches are padded dynamically to their longest example, since padding to ``max_length`` wastes
 most of the compute on short texts like review snippets. Loading and tokenizing the splits is
-:mod:`autopeft.token_cache`'s job.
+:mod:`autopeft.training.token_cache`'s job.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The plugin contract of autopeft: every hook a plugin may implement, and nothing else.
 
 Hooks are empty, typed functions; pluggy checks each implementation's argument names against them.
-Core code never calls ``pm.hook.*`` directly: it goes through :mod:`autopeft.plugins`, which checks
+Core code never calls ``pm.hook.*`` directly: it goes through :mod:`autopeft.registry`, which checks
 what the hooks return.
 """
 

@@ -113,7 +113,7 @@ class PeftMethod(ABC):
     learning_rates: ClassVar[tuple[float, float]] = (1e-4, 1e-2)
     #: Whether :meth:`apply` or :meth:`initialize` rewrites frozen base weights (PiSSA-style
     #: initialisations do). Trials apply methods to the resident base model and restore only the
-    #: tensors they train (:mod:`autopeft.resident`); a method that rewrites others gets a copy of the
+    #: tensors they train (:mod:`autopeft.training.resident`); a method that rewrites others gets a copy of the
     #: base of its own instead, at the cost of the model's size in memory per trial.
     modifies_base: ClassVar[bool] = False
     #: Whether it trains on a quantized base (``[model] quantization``, bitsandbytes): peft's LoRA

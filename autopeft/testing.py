@@ -34,8 +34,8 @@ from torch import nn
 
 from autopeft.blocks import ModelContext, build_context
 from autopeft.methods import PeftMethod, trainable_numel
-from autopeft.resident import BaseLender, base_fingerprint
 from autopeft.tasks import DataSection, EvalSettings, Split, Task
+from autopeft.training.resident import BaseLender, base_fingerprint
 
 __all__ = [
     "MethodConformance",
@@ -243,7 +243,7 @@ class MethodConformance:
             assert changed, "a training step changed nothing"
 
     def test_the_base_is_given_back_bit_identical(self, base: nn.Module, ctx: ModelContext) -> None:
-        """Trials apply the method to the resident base itself (:mod:`autopeft.resident`): after one
+        """Trials apply the method to the resident base itself (:mod:`autopeft.training.resident`): after one
         trained step, every base tensor must be bit-identical to before, and the next trial must
         find the base as the first did. A method that rewrites frozen weights sets ``modifies_base``."""
         if self.method.modifies_base:
@@ -427,7 +427,7 @@ class TaskConformance:
     def test_a_short_training_run_learns_something(self, model: nn.Module, encoded: tuple[Split, list[Any]]) -> None:
         from autopeft.config import TrainSection
         from autopeft.data import TaskData
-        from autopeft.train import Fidelity, train
+        from autopeft.training.train import Fidelity, train
 
         ctx = build_context(model, new_head=self.task.new_head)
         if self.task.new_head:

@@ -16,7 +16,7 @@ import time
 import torch
 from common import workbench
 
-from autopeft.train import train
+from autopeft.training.train import train
 
 LORA = {"ranks": [8] * 6, "alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.0}
 

@@ -33,8 +33,8 @@ import optuna
 from common import instant_fit, study
 
 from autopeft import run_study
-from autopeft.storage import mask_url
-from autopeft.workbench import Workbench
+from autopeft.storage.backends import mask_url
+from autopeft.training.workbench import Workbench
 
 ENDS: list[float] = []
 TAIL = 20  # --proxy: trials run through the proxy, at the end

@@ -27,8 +27,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from autopeft.results import FINISHED, retry_of
-from autopeft.storage import open_storage
+from autopeft.storage.backends import open_storage
+from autopeft.storage.results import FINISHED, retry_of
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "studies"

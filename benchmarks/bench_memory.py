@@ -27,7 +27,7 @@ STUDY = Path(__file__).resolve().parent.parent / "studies" / "smollm2-lm.toml"
 def child(checkpointing: bool, examples: int, batch_size: int, precision: str) -> None:
     from common import study
 
-    from autopeft.workbench import Workbench
+    from autopeft.training.workbench import Workbench
 
     resolved = study(STUDY, batch_size=batch_size, gradient_checkpointing=checkpointing, precision=precision)
     config = resolved.config

@@ -20,8 +20,8 @@ from common import study, tokenized
 
 from autopeft import run_study
 from autopeft.data import batches
-from autopeft.models import load_base_model
-from autopeft.plugins import ResolvedStudy
+from autopeft.registry import ResolvedStudy
+from autopeft.training.models import load_base_model
 
 
 def plain_loop_tokens_per_second(resolved: ResolvedStudy) -> tuple[float, float]:

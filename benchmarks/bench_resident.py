@@ -28,8 +28,8 @@ from pathlib import Path
 
 from common import STUDIES, study
 
-from autopeft.train import Fidelity
-from autopeft.workbench import Workbench, peak_rss_mb
+from autopeft.training.train import Fidelity
+from autopeft.training.workbench import Workbench, peak_rss_mb
 
 STUDY = STUDIES / "smollm2-bf16.toml"
 
@@ -92,7 +92,7 @@ def study_peak_rss(dtype: str, trials: int) -> float:
         path = Path(folder) / "study.toml"
         path.write_text(text)
         code = (
-            "import sys; from autopeft import run_study; from autopeft.workbench import peak_rss_mb; "
+            "import sys; from autopeft import run_study; from autopeft.training.workbench import peak_rss_mb; "
             f"run_study(sys.argv[1], n_trials={trials}, quiet=True); print(peak_rss_mb())"
         )
         out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)

@@ -18,7 +18,7 @@ from common import STUDIES, instant_fit
 from common import study as resolve
 
 from autopeft import run_study
-from autopeft.workbench import Workbench
+from autopeft.training.workbench import Workbench
 
 
 def _within_budget(bench: Workbench, method: object, n: int) -> None:

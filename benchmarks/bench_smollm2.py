@@ -18,7 +18,7 @@ import time
 
 from common import STUDIES, study
 
-from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
+from autopeft.training.models import load_base_model, load_tokenizer, resolve_model_name
 
 
 def main() -> None:

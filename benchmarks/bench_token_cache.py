@@ -19,8 +19,8 @@ from pathlib import Path
 from common import QUICKSTART as STUDY
 from common import study
 
-from autopeft.models import load_tokenizer, resolve_model_name
-from autopeft.token_cache import load_cached_task_data, token_cache_path
+from autopeft.training.models import load_tokenizer, resolve_model_name
+from autopeft.training.token_cache import load_cached_task_data, token_cache_path
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import optuna
 
-from autopeft.results import FINISHED
-from autopeft.storage import open_storage
+from autopeft.storage.backends import open_storage
+from autopeft.storage.results import FINISHED
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 

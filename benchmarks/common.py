@@ -17,10 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from autopeft import load_config  # noqa: E402
 from autopeft.config import StudyConfig  # noqa: E402
-from autopeft.plugins import ResolvedStudy, resolve_study  # noqa: E402
 from autopeft.progress import quiet_libraries  # noqa: E402
-from autopeft.train import TrainResult, planned_steps  # noqa: E402
-from autopeft.workbench import Workbench  # noqa: E402
+from autopeft.registry import ResolvedStudy, resolve_study  # noqa: E402
+from autopeft.training.train import TrainResult, planned_steps  # noqa: E402
+from autopeft.training.workbench import Workbench  # noqa: E402
 
 __all__ = ["ROOT", "STUDIES", "QUICKSTART", "study", "workbench", "tokenized", "instant_fit"]
 
@@ -45,8 +45,8 @@ def workbench(path: Path | str = QUICKSTART, **train: Any) -> Workbench:
 
 def tokenized(resolved: ResolvedStudy) -> tuple[Any, Any, str, bool]:
     """(tokenizer, tokenized data, model source, offline) of a study, without loading the model."""
-    from autopeft.models import load_tokenizer, resolve_model_name
-    from autopeft.token_cache import load_task_data
+    from autopeft.training.models import load_tokenizer, resolve_model_name
+    from autopeft.training.token_cache import load_task_data
 
     config = resolved.config
     source, offline = resolve_model_name(resolved.pm, config.model.name)

@@ -24,8 +24,8 @@ from common import QUICKSTART as STUDY
 from common import study as resolve
 
 from autopeft import run_study
-from autopeft.plugins import ResolvedStudy
-from autopeft.workbench import Workbench
+from autopeft.registry import ResolvedStudy
+from autopeft.training.workbench import Workbench
 
 
 def fast_config(folder: Path, precision: str) -> ResolvedStudy:

@@ -135,8 +135,8 @@ def resident_memory(folder: Path, model_dir: Path, examples: int, quantized: boo
 def base_hash_check(folder: Path, model_dir: Path, examples: int) -> None:
     import optuna
 
-    from autopeft.resident import base_fingerprint
-    from autopeft.train import Fidelity
+    from autopeft.training.resident import base_fingerprint
+    from autopeft.training.train import Fidelity
 
     bench = workbench(study_file(folder, model_dir, examples, dtype="bf16"))
     sampler = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -159,7 +159,7 @@ def throughput(folder: Path, model_dir: Path, examples: int, steps: int) -> None
     from transformers import AutoModelForCausalLM
 
     from autopeft.data import batches
-    from autopeft.train import Fidelity
+    from autopeft.training.train import Fidelity
 
     bench = workbench(study_file(folder, model_dir, examples, dtype="bf16"))
     lora = {"ranks": [8] * len(bench.ctx.blocks), "alpha": 2, "targets": "query+value", "variant": "lora"}

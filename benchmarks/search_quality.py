@@ -43,13 +43,13 @@ import optuna
 from common import STUDIES, study
 
 from autopeft import run_study
-from autopeft.confirm import confirm_seeds, refit
 from autopeft.methods import PeftMethod
-from autopeft.plugins import ResolvedStudy
-from autopeft.pruning import make_pruner, trial_fidelity
-from autopeft.results import refit_record, winner
-from autopeft.train import planned_steps
-from autopeft.workbench import Workbench
+from autopeft.outputs.confirm import confirm_seeds, refit
+from autopeft.registry import ResolvedStudy
+from autopeft.search.pruning import make_pruner, trial_fidelity
+from autopeft.storage.results import refit_record, winner
+from autopeft.training.train import planned_steps
+from autopeft.training.workbench import Workbench
 
 TASKS = {
     "sentiment": STUDIES / "quickstart.toml",
@@ -122,7 +122,7 @@ def _refit_arm(name: str, path: Path, seeds: int, searched_seconds: float) -> Ar
 
 def _degenerate(study: optuna.Study) -> tuple[int, int]:
     """(trials pruned as degenerate or completed at the baseline, trials) of a search."""
-    from autopeft.results import Standard
+    from autopeft.storage.results import Standard
 
     standard = Standard.of(study)
     trials = [t for t in study.trials if t.state.is_finished()]
@@ -236,7 +236,7 @@ def run_task(task: str, seeds: int, which: tuple[str, ...] = ARMS) -> dict[str, 
             search_seconds = time.perf_counter() - started
             extra["f_degenerate"] = _degenerate(searched)
             extra["f_search_seconds"] = search_seconds
-            from autopeft.proxy import proxy_correlation
+            from autopeft.search.proxy import proxy_correlation
 
             extra["f_proxy_spearman"] = proxy_correlation(searched)
             if "f" in chosen:

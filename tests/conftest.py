@@ -97,7 +97,7 @@ def tokenized(texts: list[str] = TEXTS) -> dict:
     """The offline MiniLM tokenizer's batch for ``texts``."""
     from transformers import AutoTokenizer
 
-    from autopeft.models import resolve_model_name
+    from autopeft.training.models import resolve_model_name
 
     source, _ = resolve_model_name(_plugin_manager(), "sentence-transformers/all-MiniLM-L6-v2")
     return dict(AutoTokenizer.from_pretrained(source)(texts, return_tensors="pt", padding=True))
@@ -109,7 +109,7 @@ def capturing_logits():
     number, from the trained model itself, before it is freed."""
     import torch
 
-    from autopeft.objective import Objective
+    from autopeft.search.objective import Objective
 
     batch, logits, original = tokenized(), {}, Objective._keeper
 
@@ -175,16 +175,16 @@ def postgres_url() -> str:
 
 
 def workbench_for(config):
-    """A :class:`~autopeft.workbench.Workbench` of a loaded study file, built-in plugins only."""
-    from autopeft.plugins import resolve_study
-    from autopeft.workbench import Workbench
+    """A :class:`~autopeft.training.workbench.Workbench` of a loaded study file, built-in plugins only."""
+    from autopeft.registry import resolve_study
+    from autopeft.training.workbench import Workbench
 
     return Workbench(resolve_study(config, _plugin_manager()))
 
 
 def objective_for(config):
     """The search objective of a loaded study file on a fresh workbench, built-in plugins only."""
-    from autopeft.objective import Objective
-    from autopeft.search_space import SearchSpace
+    from autopeft.search.objective import Objective
+    from autopeft.search.search_space import SearchSpace
 
     return Objective(SearchSpace(workbench_for(config)))

@@ -7,8 +7,8 @@ import pytest
 from conftest import write_study
 
 from autopeft import AutopeftError, ConfigError, load_config, run_study
-from autopeft.artifact_stores import open_artifact_store
-from autopeft.cli import main
+from autopeft.cli.command import main
+from autopeft.storage.artifact_stores import open_artifact_store
 
 BUCKET = "autopeft-weights"
 

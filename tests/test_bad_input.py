@@ -13,8 +13,8 @@ import pytest
 from conftest import write_study
 
 from autopeft import run_study
-from autopeft.cli import main
-from autopeft.storage import open_storage
+from autopeft.cli.command import main
+from autopeft.storage.backends import open_storage
 
 
 def _snapshot(url: str, name: str) -> tuple[list[tuple], dict]:

@@ -15,9 +15,9 @@ from conftest import write_study
 from optuna.distributions import CategoricalDistribution
 
 from autopeft import load_config, run_study
-from autopeft.cli import main
+from autopeft.cli.command import main
 from autopeft.data import Split
-from autopeft.report import build_figures, write_html
+from autopeft.outputs.report import build_figures, write_html
 from autopeft_plugins.bitfit import BitFit
 from autopeft_plugins.tasks import CausalLanguageModelling, SequenceClassification, score
 
@@ -152,12 +152,12 @@ def test_a_closed_pipe_ends_quietly(ran) -> None:
 
 
 def test_a_wrong_text_column_is_reported_before_the_plugins_load(tmp_path, monkeypatch) -> None:
-    import autopeft.plugins
+    import autopeft.registry
 
     def too_late(*args, **kwargs):
         raise AssertionError("the plugins (torch, peft, transformers) were loaded before the data was checked")
 
-    monkeypatch.setattr(autopeft.plugins, "get_plugin_manager", too_late)
+    monkeypatch.setattr(autopeft.registry, "get_plugin_manager", too_late)
     path = write_study(tmp_path, data={"text": "review"})
     assert main(["run", str(path)]) == 2
 

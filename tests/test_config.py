@@ -8,8 +8,8 @@ import pytest
 from conftest import write_study
 
 from autopeft import ConfigError, get_plugin_manager, load_config
-from autopeft.cli import main
-from autopeft.plugins import resolve_study
+from autopeft.cli.command import main
+from autopeft.registry import resolve_study
 
 
 def test_valid_study_loads_with_defaults(study_file: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from conftest import write_study
 
 from autopeft import best_trial, run_study
-from autopeft.cli import main
+from autopeft.cli.command import main
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,8 @@ def test_workers_start_from_the_same_task_head(tmp_path: Path, minilm_available)
 
 def test_text_pairs_are_tokenized_as_pairs(tmp_path: Path, minilm_available) -> None:
     from autopeft import get_plugin_manager, load_config
-    from autopeft.models import load_tokenizer, resolve_model_name
-    from autopeft.token_cache import load_task_data
+    from autopeft.training.models import load_tokenizer, resolve_model_name
+    from autopeft.training.token_cache import load_task_data
     from autopeft_plugins.tasks import SequenceClassification
 
     config = load_config(

@@ -14,8 +14,8 @@ from pathlib import Path
 import optuna
 from conftest import write_study
 
-from autopeft.results import FINISHED
-from autopeft.storage import open_storage
+from autopeft.storage.backends import open_storage
+from autopeft.storage.results import FINISHED
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

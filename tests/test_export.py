@@ -15,10 +15,10 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
 from autopeft import AutopeftError, get_plugin_manager, load_config, load_model, run_study
-from autopeft.artifacts import on_front
-from autopeft.cli import main
-from autopeft.export import PROVENANCE_FILE
-from autopeft.results import best_trial, pareto_front
+from autopeft.cli.command import main
+from autopeft.outputs.export import PROVENANCE_FILE
+from autopeft.storage.artifacts import on_front
+from autopeft.storage.results import best_trial, pareto_front
 
 ATOL = 1e-5
 
@@ -33,7 +33,7 @@ def _plain_peft(folder: Path) -> torch.nn.Module:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from autopeft.models import resolve_model_name
+    from autopeft.training.models import resolve_model_name
 
     record = json.loads((folder / PROVENANCE_FILE).read_text())
     adapter = json.loads((folder / "adapter_config.json").read_text())

@@ -15,8 +15,8 @@ from conftest import tokenized
 from optuna.trial import TrialState
 
 from autopeft import AutopeftError, load_model
-from autopeft.cli import main
-from autopeft.export import PROVENANCE_FILE
+from autopeft.cli.command import main
+from autopeft.outputs.export import PROVENANCE_FILE
 
 
 def _trial(study, method: str) -> int:

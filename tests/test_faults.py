@@ -8,8 +8,8 @@ from conftest import write_study
 from optuna.trial import TrialState
 
 from autopeft import run_study
-from autopeft.cli import main
-from autopeft.results import finished_trials
+from autopeft.cli.command import main
+from autopeft.storage.results import finished_trials
 from autopeft_plugins.bitfit import BitFit
 
 

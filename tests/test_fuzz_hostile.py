@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from autopeft import AutopeftError, load_model
-from autopeft.cli import main
+from autopeft.cli.command import main
 from autopeft.config import load_config
 from autopeft.errors import DataError
-from autopeft.export import PROVENANCE_FILE
+from autopeft.outputs.export import PROVENANCE_FILE
 
 EXAMPLES = int(os.environ.get("AUTOPEFT_FUZZ_EXAMPLES", "300"))
 SECRET = "s3cret-pw"
@@ -212,8 +212,8 @@ def data_world(tmp_path_factory):
     """The task, tokenizer and a study file whose splits each example replaces."""
     from conftest import _plugin_manager
 
-    from autopeft.models import load_tokenizer, resolve_model_name
-    from autopeft.plugins import resolve_study
+    from autopeft.registry import resolve_study
+    from autopeft.training.models import load_tokenizer, resolve_model_name
 
     folder = tmp_path_factory.mktemp("fuzz-data")
     path = write_study(folder, data={"max_length": 16})
@@ -251,8 +251,8 @@ def _write_table(columns: dict, path: Path) -> bool:
 def test_data_files(data_world, train, validation, suffix, raw) -> None:
     from dataclasses import replace
 
-    from autopeft.data_files import check_columns
-    from autopeft.token_cache import load_task_data
+    from autopeft.training.data_files import check_columns
+    from autopeft.training.token_cache import load_task_data
 
     folder, config, task, tokenizer = data_world
     example = Path(tempfile.mkdtemp(dir=folder))

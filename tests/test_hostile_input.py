@@ -14,9 +14,9 @@ from conftest import write_study
 from optuna.trial import TrialState
 
 from autopeft import PeftMethod, hookimpl
-from autopeft.cli import main
+from autopeft.cli.command import main
 from autopeft.errors import PluginError
-from autopeft.plugins import get_plugin_manager, registered_methods
+from autopeft.registry import get_plugin_manager, registered_methods
 from autopeft_plugins.bitfit import BitFit
 
 
@@ -125,7 +125,7 @@ def _plugin_module(monkeypatch) -> None:
 
     module.register_methods = register_methods  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "autopeft_incomplete", module)
-    import autopeft.plugins as plugins
+    import autopeft.registry as plugins
 
     monkeypatch.setattr(plugins, "BUILTIN_PLUGINS", (*plugins.BUILTIN_PLUGINS, "autopeft_incomplete"))
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import DATA, workbench_for, write_study
 
 from autopeft import load_config
-from autopeft.data_files import load_split
 from autopeft.errors import ConfigError
+from autopeft.training.data_files import load_split
 
 _CARD = """---
 configs:

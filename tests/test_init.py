@@ -11,8 +11,8 @@ import pytest
 from conftest import DATA
 
 from autopeft import load_config
-from autopeft.cli import main
-from autopeft.init_study import detect_columns
+from autopeft.cli.command import main
+from autopeft.cli.init import detect_columns
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -91,7 +91,7 @@ def test_a_named_column_that_is_not_there_is_one_line(tmp_path, capsys) -> None:
 
 
 def test_interactive_answers_replace_the_guesses(tmp_path, monkeypatch, minilm_available) -> None:
-    from autopeft.init_study import write_study_file
+    from autopeft.cli.init import write_study_file
 
     pd.DataFrame({"a": ["x y z"] * 4, "b": ["short"] * 4, "c": [0, 1, 0, 1]}).to_csv(tmp_path / "t.csv", index=False)
     answers = iter(["b", "c", "1%"])

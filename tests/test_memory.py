@@ -17,8 +17,8 @@ from autopeft.config import TrainSection
 from autopeft.data import Split, TaskData
 from autopeft.tasks import EvalSettings
 from autopeft.testing import tiny_bert, tiny_llama
-from autopeft.train import train
-from autopeft.workbench import pick_device
+from autopeft.training.train import train
+from autopeft.training.workbench import pick_device
 from autopeft_plugins.lora import Lora
 from autopeft_plugins.tasks import SequenceClassification
 
@@ -54,7 +54,7 @@ def test_each_trials_model_and_optimizer_are_freed_before_the_next(tmp_path, min
         )
         after = _live_tensor_bytes()
         # while trained, no copy of the model was alive: only the adapter, its gradients and AdamW's
-        # state (the resident base is lent to the trial, autopeft.resident)
+        # state (the resident base is lent to the trial, autopeft.training.resident)
         assert 0 < during[-1] - before < 0.1 * model_bytes, (before, during[-1], model_bytes)
         # afterwards they are gone too: nothing grows trial after trial
         assert after - before < 0.02 * model_bytes, (before, after, model_bytes)
@@ -119,7 +119,7 @@ def test_memory_stays_flat_over_twenty_trials(tmp_path, minilm_available) -> Non
     same, and the process's resident memory stops growing once the allocator has warmed up."""
     from pathlib import Path
 
-    from autopeft.train import Fidelity
+    from autopeft.training.train import Fidelity
 
     config = load_config(
         write_study(

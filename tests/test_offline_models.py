@@ -87,7 +87,7 @@ def test_the_hub_is_asked_through_a_configured_proxy(monkeypatch) -> None:
     import http.server
     import threading
 
-    from autopeft.models import hub_offline
+    from autopeft.training.models import hub_offline
 
     class Proxy(http.server.BaseHTTPRequestHandler):
         def do_HEAD(self) -> None:  # noqa: N802

@@ -1,6 +1,6 @@
 """What autopeft reaches into Optuna for (beyond its public API) is still there: an Optuna upgrade
 that moves it fails here, by name, instead of changing behaviour quietly. The public-API fallbacks
-of :mod:`autopeft.optuna_adapter` are tested here too, so a newer Optuna still works."""
+of :mod:`autopeft.storage.optuna_adapter` are tested here too, so a newer Optuna still works."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import optuna
 import pytest
 from optuna.storages import RDBStorage
 
-from autopeft.optuna_adapter import (
+from autopeft.storage.backends import _OutageTolerantStorage, open_storage
+from autopeft.storage.optuna_adapter import (
     RDB_PRIVATE_CALLED,
     TrialSeededRandomSampler,
     TrialSeededTPESampler,
@@ -19,7 +20,6 @@ from autopeft.optuna_adapter import (
     storage_of,
     storage_url,
 )
-from autopeft.storage import _OutageTolerantStorage, open_storage
 
 # The tests ask for trials outside Study.optimize on storages with heartbeats, which Optuna warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")

@@ -14,10 +14,10 @@ import pytest
 from conftest import write_study
 
 from autopeft import load_config, run_study
-from autopeft.cli import main
-from autopeft.coordination import fail_dead_local_trials
-from autopeft.storage import open_storage
-from autopeft.study import open_study
+from autopeft.cli.command import main
+from autopeft.search.coordination import fail_dead_local_trials
+from autopeft.search.study import open_study
+from autopeft.storage.backends import open_storage
 
 
 @pytest.fixture
@@ -25,8 +25,8 @@ def instant(monkeypatch):
     """Training replaced by a formula of the size: these tests are about where trials are stored."""
     import math
 
-    from autopeft.train import TrainResult
-    from autopeft.workbench import Workbench
+    from autopeft.training.train import TrainResult
+    from autopeft.training.workbench import Workbench
 
     def fit(self, method, config, **unused):  # type: ignore[no-untyped-def]
         method = self.enabled[method] if isinstance(method, str) else method

@@ -43,7 +43,7 @@ def test_wheel_contents(tmp_path: Path) -> None:
     }
     assert "autopeft_plugins/lora.py" in names and "autopeft/hookspecs.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "autopeft = autopeft.cli:main" in entry_points
+    assert "autopeft = autopeft.cli.command:main" in entry_points
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA"))).decode()
     assert (
         "License-Expression: Apache-2.0" in metadata and "Classifier: Programming Language :: Python :: 3" in metadata
@@ -56,7 +56,7 @@ def test_version_is_one_line(capsys) -> None:
     import pytest
 
     from autopeft import __version__
-    from autopeft.cli import main
+    from autopeft.cli.command import main
 
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
@@ -73,7 +73,7 @@ def test_every_public_name_resolves_and_the_cli_does_not_import_torch() -> None:
         assert getattr(autopeft, name) is not None, name
     # Reading a study (`trials`, `pareto`, `report`, `dashboard`) must not pay for torch, transformers, peft.
     code = (
-        "import sys, autopeft.cli, autopeft.study, autopeft.report; "
+        "import sys, autopeft.cli.command, autopeft.search.study, autopeft.outputs.report; "
         "print(sorted({'torch', 'peft', 'transformers'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

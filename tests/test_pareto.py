@@ -13,10 +13,10 @@ import pytest
 from conftest import workbench_for, write_study
 
 from autopeft import ConfigError, load_config, run_study
-from autopeft.cli import main
-from autopeft.results import pareto_front
-from autopeft.search_space import RATE_LADDER, SearchSpace
-from autopeft.warm_start import map_to_blocks
+from autopeft.cli.command import main
+from autopeft.search.search_space import RATE_LADDER, SearchSpace
+from autopeft.search.warm_start import map_to_blocks
+from autopeft.storage.results import pareto_front
 
 ALL = ["lora", "ia3", "adapter", "bitfit", "unfreeze", "prompt"]
 
@@ -83,7 +83,7 @@ def test_confirm_records_mean_and_spread_and_resumes(front_study, capsys) -> Non
 
 
 def test_confirm_takes_the_best_or_one_trial(front_study, capsys) -> None:
-    from autopeft.results import best_trial, is_feasible
+    from autopeft.storage.results import best_trial, is_feasible
 
     path, study = front_study
     best = best_trial(study)

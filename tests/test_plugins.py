@@ -15,7 +15,7 @@ from conftest import ROOT, write_study
 
 import autopeft.hookspecs as hookspecs
 from autopeft import PeftMethod, PluginError, get_plugin_manager, hookimpl, registered_methods, run_study
-from autopeft.plugins import resolve_model
+from autopeft.registry import resolve_model
 from autopeft.testing import MethodConformance
 
 HOOKS = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "autopeft_spec")]
@@ -27,11 +27,11 @@ LORAPLUS = Path(__file__).parent / "thirdparty" / "autopeft-loraplus"
 def test_every_hook_has_a_test_and_readme_heading() -> None:
     # As in datasette: a hook added without a test named after it or a documented heading fails here.
     tests = Path(__file__).read_text()
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "README.md").read_text()
     assert HOOKS == ["register_methods", "register_tasks", "resolve_model"]
     for hook in HOOKS:
         assert f"def test_hook_{hook}" in tests, hook
-        assert re.search(rf"^#+ `?{hook}\(", readme, re.MULTILINE), f"README lacks a heading for {hook}"
+        assert re.search(rf"^#+ `?{hook}\(", page, re.MULTILINE), f"README lacks a heading for {hook}"
 
 
 def test_hook_register_methods() -> None:
@@ -126,7 +126,7 @@ def lntuning_site(tmp_path_factory) -> Path:
 
 def _cli(args: list[str], site: Path, **env: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), **env}
-    return subprocess.run([sys.executable, "-m", "autopeft.cli", *args], capture_output=True, text=True, env=environ)
+    return subprocess.run([sys.executable, "-m", "autopeft", *args], capture_output=True, text=True, env=environ)
 
 
 def test_third_party_plugin_is_listed(lntuning_site: Path) -> None:

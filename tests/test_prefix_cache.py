@@ -10,8 +10,8 @@ from conftest import workbench_for, write_study
 
 from autopeft import load_config, run_study
 from autopeft.data import batches
-from autopeft.prefix_cache import PrefixCache, block_modules
-from autopeft.workbench import Workbench
+from autopeft.training.prefix_cache import PrefixCache, block_modules
+from autopeft.training.workbench import Workbench
 
 LORA = {"alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.1}
 

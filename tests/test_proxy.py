@@ -9,7 +9,7 @@ import torch
 from conftest import workbench_for, write_study
 
 from autopeft import load_config, run_study
-from autopeft.proxy import PROXY_ATTR, configuration_score, proxy_correlation, proxy_ranks, proxy_scores
+from autopeft.search.proxy import PROXY_ATTR, configuration_score, proxy_correlation, proxy_ranks, proxy_scores
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_correlation_is_spearman_over_complete_trials_and_sign_corrected() -> No
 
 def test_a_new_study_queues_the_proxy_choice_after_the_default(tmp_path, minilm_available, monkeypatch) -> None:
     from autopeft import Workbench
-    from autopeft.train import TrainResult
+    from autopeft.training.train import TrainResult
 
     def fit(self, method, config, **unused):  # instant: only the queue and the records matter here
         return TrainResult(0.6, 0.01, 0.01, 10, 1, 1)

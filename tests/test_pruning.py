@@ -8,7 +8,7 @@ import pytest
 from conftest import write_study
 
 from autopeft import ConfigError, load_config, run_study
-from autopeft.pruning import (
+from autopeft.search.pruning import (
     SizeBucketHalvingPruner,
     TrialReporter,
     make_pruner,

@@ -11,10 +11,10 @@ import pytest
 from conftest import write_study
 
 from autopeft import load_config, run_study
-from autopeft.artifacts import median_seed
-from autopeft.cli import main
+from autopeft.cli.command import main
 from autopeft.errors import ConfigError
-from autopeft.results import REFIT_PREFIX, best_trial, best_trials, refit_record, winner
+from autopeft.storage.artifacts import median_seed
+from autopeft.storage.results import REFIT_PREFIX, best_trial, best_trials, refit_record, winner
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_refit_records_the_top_trials_at_the_final_fidelity_and_resumes(searched
 
 
 def test_best_and_export_use_the_refit_winner_and_its_weights(searched, capsys, tmp_path) -> None:
-    from autopeft.export import load_model
+    from autopeft.outputs.export import load_model
 
     path, _ = searched
     assert main(["refit", str(path), "--quiet"]) == 0

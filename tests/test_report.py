@@ -19,9 +19,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from autopeft import load_config, open_study
-from autopeft.cli import main
-from autopeft.report import FIGURES, build_figures, method_table, outcome_table
-from autopeft.results import feasible_trials, pareto_front
+from autopeft.cli.command import main
+from autopeft.outputs.report import FIGURES, build_figures, method_table, outcome_table
+from autopeft.storage.results import feasible_trials, pareto_front
 
 BUDGET = 120_000  # every LoRA pattern below fits but [8, 8, 8], the infeasible trial
 CHROMIUM_ARGS = [
@@ -208,7 +208,7 @@ def test_dashboard_serves_the_study_with_autopeft_attributes(trained_study) -> N
     path, study, _ = trained_study
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "autopeft.cli", "dashboard", str(path), "--port", str(port)],
+        [sys.executable, "-m", "autopeft", "dashboard", str(path), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -13,10 +13,10 @@ import torch
 from conftest import DATA, workbench_for, write_study
 
 from autopeft import ConfigError, Fidelity, PluginError, load_config
-from autopeft.cli import main
-from autopeft.models import placement
-from autopeft.resident import BaseLender, base_fingerprint
-from autopeft.workbench import peak_rss_mb, pick_device, quantized_misfits
+from autopeft.cli.command import main
+from autopeft.training.models import placement
+from autopeft.training.resident import BaseLender, base_fingerprint
+from autopeft.training.workbench import peak_rss_mb, pick_device, quantized_misfits
 
 METHODS = ["lora", "ia3", "unfreeze", "bitfit", "adapter", "prompt", "adalora", "eva"]
 

@@ -13,9 +13,9 @@ import optuna
 import pytest
 
 from autopeft import load_config, run_study
-from autopeft.pruning import SizeAwareMedianPruner, TrialReporter
-from autopeft.train import TrainResult, planned_steps
-from autopeft.workbench import Workbench
+from autopeft.search.pruning import SizeAwareMedianPruner, TrialReporter
+from autopeft.training.train import TrainResult, planned_steps
+from autopeft.training.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,7 +186,7 @@ def test_optunas_gp_and_nsga2_samplers_search_the_same_space(
 def test_the_auto_sampler_offline_is_one_line_naming_the_fix(tmp_path, capsys, monkeypatch, minilm_available) -> None:
     import sys
 
-    from autopeft.cli import main
+    from autopeft.cli.command import main
 
     monkeypatch.setitem(sys.modules, "optunahub", None)  # not installed (CI); installed and offline fails alike
     path = _study_copy(tmp_path, "quickstart.toml", {'sampler = "tpe"': 'sampler = "auto"'})

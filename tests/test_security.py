@@ -6,7 +6,7 @@ import pytest
 
 from autopeft.config import ModelSection
 from autopeft.errors import ModelError
-from autopeft.models import load_base_model, load_tokenizer
+from autopeft.training.models import load_base_model, load_tokenizer
 from autopeft_plugins.tasks import SequenceClassification
 
 

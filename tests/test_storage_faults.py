@@ -26,10 +26,10 @@ from optuna.trial import TrialState
 from test_workers import _assert_accounted_for, _env, _load, _running_trials
 
 from autopeft import load_config, run_study
-from autopeft.cli import main
+from autopeft.cli.command import main
 from autopeft.errors import AutopeftError
-from autopeft.storage import STORAGE_ENV, _OutageTolerantStorage, mask_url
-from autopeft.study import make_sampler
+from autopeft.search.study import make_sampler
+from autopeft.storage.backends import STORAGE_ENV, _OutageTolerantStorage, mask_url
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
@@ -54,7 +54,7 @@ def test_mask_url_hides_every_form_of_password(url: str) -> None:
 def test_no_password_on_a_worker_command_line(tmp_path, monkeypatch) -> None:
     """`run --workers N --storage URL` hands the URL to its workers in their environment: a command
     line is readable by every local user through ps."""
-    import autopeft.workers as workers
+    import autopeft.search.workers as workers
 
     started: list[tuple[list[str], dict[str, str]]] = []
 
@@ -221,7 +221,7 @@ def test_a_full_study_database_is_one_line_and_the_next_run_retries_the_trial(
 ) -> None:
     """The disk under an SQLite study fills up while trial 1 runs: from then on every write to the
     database fails with SQLite's own SQLITE_FULL error, injected below SQLAlchemy."""
-    from autopeft.objective import Objective
+    from autopeft.search.objective import Objective
 
     path = _tiny(tmp_path)
     full = threading.Event()

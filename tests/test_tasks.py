@@ -20,8 +20,8 @@ from autopeft import Task, get_plugin_manager, hookimpl, load_config, run_study
 from autopeft.config import DataSection
 from autopeft.data import Split, batches
 from autopeft.errors import ConfigError, PluginError
-from autopeft.plugins import registered_tasks, resolve_study
-from autopeft.results import best_trial
+from autopeft.registry import registered_tasks, resolve_study
+from autopeft.storage.results import best_trial
 from autopeft.tasks import IGNORE_INDEX, EvalSettings
 from autopeft.testing import TaskConformance
 from autopeft_plugins.tasks import CausalLanguageModelling, SequenceClassification, TokenClassification
@@ -259,7 +259,7 @@ def test_token_classification_study_end_to_end(tmp_path: Path, minilm_available)
 
 
 def test_json_rows_stay_strict_json_with_an_infinite_value() -> None:
-    from autopeft.results import format_rows
+    from autopeft.storage.results import format_rows
 
     text = format_rows([{"number": 0, "perplexity": math.inf, "test": 12.5}], "json")
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == [
@@ -268,7 +268,7 @@ def test_json_rows_stay_strict_json_with_an_infinite_value() -> None:
 
 
 def test_cells_a_tokenizer_cannot_read_are_a_one_line_error(tmp_path: Path, minilm_available, capsys) -> None:
-    from autopeft.cli import main
+    from autopeft.cli.command import main
 
     for split in ("train", "validation"):
         rows = [{"text": 1000 + i, "label": i % 2} for i in range(8)]  # numbers, not texts

@@ -9,8 +9,8 @@ import pytest
 from conftest import write_study
 
 from autopeft import get_plugin_manager, load_config
-from autopeft.models import load_tokenizer, resolve_model_name
-from autopeft.token_cache import load_cached_task_data, token_cache_path
+from autopeft.training.models import load_tokenizer, resolve_model_name
+from autopeft.training.token_cache import load_cached_task_data, token_cache_path
 from autopeft_plugins.tasks import SequenceClassification
 
 TASK = SequenceClassification()

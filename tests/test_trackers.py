@@ -134,7 +134,7 @@ def test_unknown_or_missing_trackers_are_one_line(tmp_path, monkeypatch) -> None
 
     with pytest.raises(ConfigError, match=r"^study.trackers: must be a list of distinct names"):
         load_config(write_study(tmp_path, study={"trackers": ["neptune"]}))
-    from autopeft.trackers import make_trackers
+    from autopeft.search.trackers import make_trackers
 
     monkeypatch.setitem(sys.modules, "mlflow", None)
     monkeypatch.setitem(sys.modules, "mlflow.tracking", None)

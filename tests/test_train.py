@@ -14,7 +14,7 @@ from autopeft.data import Split, TaskData, batches, bucketed_order
 from autopeft.precision import uses_bf16
 from autopeft.tasks import EvalSettings
 from autopeft.testing import tiny_bert
-from autopeft.train import Fidelity, learning_rate_at, train
+from autopeft.training.train import Fidelity, learning_rate_at, train
 from autopeft_plugins.lora import Lora
 from autopeft_plugins.tasks import SequenceClassification, predict, score
 
@@ -252,7 +252,7 @@ def test_a_partial_last_step_and_a_fidelity_count_optimizer_steps() -> None:
 def test_a_non_finite_loss_never_reaches_the_weights(monkeypatch) -> None:
     """The loss is read after the step (no host sync per step on a GPU): the scaler skipped the NaN
     step on the device, so the weights are those before it, finite."""
-    from autopeft.train import NonFiniteLoss
+    from autopeft.training.train import NonFiniteLoss
 
     model = _lora_model()
     real, calls = SequenceClassification.loss, []
@@ -279,7 +279,7 @@ def test_a_non_finite_loss_never_reaches_the_weights(monkeypatch) -> None:
 def test_the_loss_is_read_in_batches_on_an_accelerator(monkeypatch) -> None:
     """Every step's loss still reaches ``progress``, in order, but read every few steps at once (an
     accelerator waits for each read); a CPU, where reading costs nothing, reads every step."""
-    import autopeft.train as train_module
+    import autopeft.training.train as train_module
 
     events: list[tuple[str, int]] = []
 

@@ -54,17 +54,17 @@ def test_a_methods_step_hook_runs_after_every_update(bench, monkeypatch) -> None
 
 
 def test_a_run_resolves_its_study_and_plugins_once(tmp_path, monkeypatch, minilm_available) -> None:
-    import autopeft.plugins
+    import autopeft.registry
 
     calls: dict[str, int] = {"get_plugin_manager": 0, "resolve_study": 0}
     for name in calls:
-        real = getattr(autopeft.plugins, name)
+        real = getattr(autopeft.registry, name)
 
         def counted(*args, _name=name, _real=real, **kwargs):  # type: ignore[no-untyped-def]
             calls[_name] += 1
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(autopeft.plugins, name, counted)
+        monkeypatch.setattr(autopeft.registry, name, counted)
     path = write_study(tmp_path, study={"n_trials": 2}, data={"max_train_examples": 16, "max_eval_examples": 16})
     study = run_study(path, quiet=True)
     assert len(study.trials) == 2

@@ -21,12 +21,12 @@ import pytest
 from conftest import write_study
 from optuna.trial import TrialState
 
-from autopeft.coordination import Surplus, check_not_surplus, wait_for_slot
-from autopeft.optuna_adapter import set_user_attrs
 from autopeft.progress import Progress
-from autopeft.results import FINISHED, retry_of
-from autopeft.storage import open_storage, retry_trial
-from autopeft.workers import worker_env
+from autopeft.search.coordination import Surplus, check_not_surplus, wait_for_slot
+from autopeft.search.workers import worker_env
+from autopeft.storage.backends import open_storage, retry_trial
+from autopeft.storage.optuna_adapter import set_user_attrs
+from autopeft.storage.results import FINISHED, retry_of
 
 FAULTS = Path(__file__).parent / "faults"
 # The pieces are tested with study.ask(), which warns that heartbeats are meant for study.optimize.
@@ -155,7 +155,7 @@ def test_wait_for_slot_fails_a_dead_workers_trial_and_queues_it_again(tmp_path: 
 
 
 def test_retries_stop_after_max_retries(tmp_path: Path) -> None:
-    from autopeft.storage import MAX_RETRIES
+    from autopeft.storage.backends import MAX_RETRIES
 
     study = _plain_study(tmp_path)
     number = study.ask().number
@@ -186,7 +186,7 @@ def test_sqlite_takes_parallel_writers_without_database_is_locked(tmp_path: Path
     optuna.create_study(study_name="busy", storage=open_storage(url, 1))
     code = (
         "import optuna, sys\n"
-        "from autopeft.storage import open_storage\n"
+        "from autopeft.storage.backends import open_storage\n"
         "optuna.logging.set_verbosity(optuna.logging.ERROR)\n"
         f"study = optuna.load_study(study_name='busy', storage=open_storage({url!r}, 1))\n"
         "study.optimize(lambda t: t.suggest_float('x', 0, 1), n_trials=40)\n"
@@ -363,7 +363,7 @@ def test_a_queued_retry_started_first_keeps_its_place(tmp_path: Path) -> None:
 
 
 def test_workers_refuse_an_in_memory_study(study_file: Path, capsys) -> None:
-    from autopeft.cli import main
+    from autopeft.cli.command import main
 
     assert main(["run", str(study_file), "--workers", "2", "--storage", "sqlite:///:memory:"]) == 2
     assert "cannot be shared between processes" in capsys.readouterr().err
@@ -371,7 +371,7 @@ def test_workers_refuse_an_in_memory_study(study_file: Path, capsys) -> None:
 
 def test_workers_sample_with_their_own_seeds(study_file: Path) -> None:
     from autopeft.config import load_config
-    from autopeft.study import make_sampler
+    from autopeft.search.study import make_sampler
 
     def first_draw(worker_seed: int) -> float:
         study = optuna.create_study(sampler=make_sampler(load_config(study_file), worker_seed))
@@ -385,7 +385,7 @@ def test_only_workers_count_running_trials_as_poor_results(study_file: Path) -> 
     # TPE's constant liar steers a worker away from what the others are running; a lone run has
     # nothing running elsewhere, and the liar would cost a study read per parameter group.
     from autopeft.config import load_config
-    from autopeft.study import make_sampler
+    from autopeft.search.study import make_sampler
 
     config = load_config(study_file)
     assert make_sampler(config, 0)._constant_liar is False

@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import AutopeftError, first_line
-from autopeft.results import (
+from autopeft.storage.results import (
     Standard,
     best_trial,
     feasible_trials,
@@ -90,7 +90,7 @@ def _baseline_line(fig: Any, standard: Standard) -> None:
 def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
     import plotly.graph_objects as go
 
-    from autopeft.results import CONFIRM_PREFIX, REFIT_PREFIX
+    from autopeft.storage.results import CONFIRM_PREFIX, REFIT_PREFIX
 
     fig = go.Figure()
     trials = feasible_trials(study, standard.budget)
@@ -425,7 +425,7 @@ def write_html(
     """Write the report for ``study`` to ``path``: one file; ``plotly_js``: ``"inline"`` (viewable
     offline) or ``"cdn"`` (small, needs the network).
 
-    ``storage`` is shown as given: pass it through :func:`~autopeft.storage.mask_url`."""
+    ``storage`` is shown as given: pass it through :func:`~autopeft.storage.backends.mask_url`."""
 
     standard = standard or Standard.of(study)
     figures = build_figures(study, standard)

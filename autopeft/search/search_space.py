@@ -2,7 +2,7 @@
 
 A trial's parameters are ``method``, ``<method>.learning_rate`` (when the study file gives a range)
 and what the method's ``suggest`` samples. This module is the one place that maps between those
-and what :meth:`autopeft.workbench.Workbench.fit` trains, for sampled trials, the known-good
+and what :meth:`autopeft.training.workbench.Workbench.fit` trains, for sampled trials, the known-good
 configurations tried first, and another study's front (``--from``).
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import optuna
 
 from autopeft.methods import checked_count
-from autopeft.warm_start import map_to_blocks
-from autopeft.workbench import UNBOUNDED, Workbench
+from autopeft.search.warm_start import map_to_blocks
+from autopeft.training.workbench import UNBOUNDED, Workbench
 
 __all__ = ["SearchSpace", "Sample", "RATE_LADDER"]
 
@@ -107,8 +107,8 @@ class SearchSpace:
     def proxy_params(self, scores: list[float]) -> list[dict[str, Any]]:
         """The default configuration of each method with per-block ranks (``<name>.r[i]``, as LoRA and
         EVA have), its ranks reallocated by the proxy's block ``scores`` at the default's total rank
-        (:func:`autopeft.proxy.proxy_ranks`); only those that fit the budget and differ from the default."""
-        from autopeft.proxy import proxy_ranks
+        (:func:`autopeft.search.proxy.proxy_ranks`); only those that fit the budget and differ from the default."""
+        from autopeft.search.proxy import proxy_ranks
 
         bench, found = self.bench, []
         for name, method in bench.methods.items():

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import pluggy
 
-from autopeft import hookspecs
+import autopeft.hookspecs as hookspecs
 from autopeft.config import StudyConfig, with_task
 from autopeft.errors import PluginError, first_line
 from autopeft.methods import PeftMethod
@@ -148,7 +148,7 @@ def _provenance(pm: pluggy.PluginManager, plugin: object) -> tuple[str, str, str
     dist = getattr(pm, "distributions", {}).get(name)
     if dist is not None:
         return name, dist.metadata["name"], dist.version
-    from autopeft import __version__
+    from autopeft._version import __version__
 
     return name, "autopeft", __version__
 

@@ -6,7 +6,7 @@ peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``) that
 ``provenance.json``: study, trial, metrics, configuration, budget, base model and library versions.
 :func:`load_model` rebuilds any export, peft-backed or native, from that record.
 
-The weights come from the trial's Optuna artifacts (see :mod:`autopeft.artifacts`). A trial whose
+The weights come from the trial's Optuna artifacts (see :mod:`autopeft.storage.artifacts`). A trial whose
 weights were not kept is retrained with its own seed, which reproduces it on the same machine and
 library versions; the export says so and records both metrics.
 """
@@ -30,16 +30,16 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from autopeft.artifacts import artifact_store, fetch_refit_weights, fetch_weights, plain_name
 from autopeft.blocks import build_context
 from autopeft.config import ModelSection
 from autopeft.errors import AutopeftError, PluginError, first_line
-from autopeft.plugins import ResolvedStudy, get_plugin_manager, registered_methods, registered_tasks
 from autopeft.progress import Progress
-from autopeft.results import CONFIRM_PREFIX, is_feasible, pareto_front, refit_record, winner
+from autopeft.registry import ResolvedStudy, get_plugin_manager, registered_methods, registered_tasks
+from autopeft.storage.artifacts import artifact_store, fetch_refit_weights, fetch_weights, plain_name
+from autopeft.storage.results import CONFIRM_PREFIX, is_feasible, pareto_front, refit_record, winner
 
 if TYPE_CHECKING:
-    from autopeft.workbench import Workbench
+    from autopeft.training.workbench import Workbench
 
 __all__ = ["export", "export_trial", "load_model", "PROVENANCE_FILE"]
 
@@ -146,8 +146,8 @@ def _labels(resolved: ResolvedStudy, study: optuna.Study) -> list[Any]:
     """The class names in order: recorded by ``autopeft run``, else read from the data again."""
     if "labels" in study.user_attrs:
         return list(study.user_attrs["labels"])
-    from autopeft.models import load_tokenizer, resolve_model_name
-    from autopeft.token_cache import load_task_data
+    from autopeft.training.models import load_tokenizer, resolve_model_name
+    from autopeft.training.token_cache import load_task_data
 
     config = resolved.config
     source, offline = resolve_model_name(resolved.pm, config.model.name)
@@ -167,8 +167,8 @@ def _provenance(
     storage: str,
     refit: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    from autopeft.storage import mask_url
-    from autopeft.workbench import library_versions
+    from autopeft.storage.backends import mask_url
+    from autopeft.training.workbench import library_versions
 
     config = resolved.config
     a = trial.user_attrs
@@ -351,7 +351,7 @@ def _workbench(resolved: ResolvedStudy, progress: Progress) -> Callable[[], Work
 
     @functools.cache
     def get() -> Workbench:
-        from autopeft.workbench import Workbench
+        from autopeft.training.workbench import Workbench
 
         return Workbench(resolved, progress)
 
@@ -390,7 +390,7 @@ def export(
 ) -> list[dict[str, Any]]:
     """Export the ``"best"`` trial, every ``"pareto"`` trial (one ``trial-<n>`` folder each, and
     ``pareto.json`` listing them), or the trial numbered ``which``. Returns the provenance records."""
-    from autopeft.study import file_budget, open_study, resolve
+    from autopeft.search.study import file_budget, open_study, resolve
 
     resolved = resolve(study_file)  # the task's metric names the records
     config = resolved.config
@@ -508,7 +508,7 @@ def load_model(
         AutopeftError: the folder is not an export, holds pickle files, its method is not
             installed, it needs ``trust_remote_code``, or its weights do not fit what it records.
     """
-    from autopeft.models import load_base_model, load_tokenizer, resolve_model_name
+    from autopeft.training.models import load_base_model, load_tokenizer, resolve_model_name
 
     directory = Path(directory)
     record, model_section = _read_provenance(directory)

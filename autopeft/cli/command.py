@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from autopeft.errors import AutopeftError
 from autopeft.progress import quiet_libraries
-from autopeft.results import Standard
-from autopeft.storage import STORAGE_ENV, mask_url
+from autopeft.storage.backends import STORAGE_ENV, mask_url
+from autopeft.storage.results import Standard
 
 if TYPE_CHECKING:
     import optuna
@@ -26,8 +26,8 @@ __all__ = ["main"]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from autopeft.study import best_trial, pareto_front, run_study
-    from autopeft.workers import run_workers
+    from autopeft.search.study import best_trial, pareto_front, run_study
+    from autopeft.search.workers import run_workers
 
     common = {"n_trials": args.n_trials, "storage": args.storage, "quiet": args.quiet, "start_from": args.start_from}
     study = run_workers(args.study, args.workers, **common) if args.workers > 1 else run_study(args.study, **common)
@@ -49,8 +49,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import socket
     import zlib
 
-    from autopeft.results import finished_trials
-    from autopeft.study import run_study
+    from autopeft.search.study import run_study
+    from autopeft.storage.results import finished_trials
 
     # Each worker samples with its own seed (run_study derives it from a label), or workers would try
     # the same configurations: an unlabelled worker is known by its host and process.
@@ -91,7 +91,7 @@ def _open(args: argparse.Namespace, read_only: bool = True) -> tuple[StudyConfig
     """(study file, storage URL, study) of a command's ``study`` and ``--storage`` arguments; an SQLite
     study is opened read-only unless ``read_only`` is False."""
     from autopeft.config import load_config
-    from autopeft.study import open_study
+    from autopeft.search.study import open_study
 
     config = load_config(args.study)
     url = args.storage or config.storage
@@ -100,7 +100,7 @@ def _open(args: argparse.Namespace, read_only: bool = True) -> tuple[StudyConfig
 
 def _load(args: argparse.Namespace) -> tuple[str, optuna.Study, Standard]:
     """(storage URL, study, the standard its trials are judged by: the study file's budget as it is now)."""
-    from autopeft.study import file_budget
+    from autopeft.search.study import file_budget
 
     config, url, study = _open(args)
     return url, study, Standard.of(study, file_budget(config, study))
@@ -113,7 +113,7 @@ def _spread(record: dict[str, Any]) -> str:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from autopeft.results import refit_record, winner
+    from autopeft.storage.results import refit_record, winner
 
     _, study, standard = _load(args)
     best = winner(study, budget=standard.budget)
@@ -138,7 +138,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 
 def _cmd_trials(args: argparse.Namespace) -> int:
-    from autopeft.results import format_rows, trial_row
+    from autopeft.storage.results import format_rows, trial_row
 
     _, study, standard = _load(args)
     metric = study.user_attrs.get("metric", "value")
@@ -147,7 +147,7 @@ def _cmd_trials(args: argparse.Namespace) -> int:
     if args.format == "table" and trials:
         from collections import Counter
 
-        from autopeft.results import outcome, reason
+        from autopeft.storage.results import outcome, reason
 
         counts = Counter(outcome(t) for t in trials)
         print(f"\n{len(trials)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.most_common()))
@@ -161,8 +161,8 @@ def _cmd_trials(args: argparse.Namespace) -> int:
 
 
 def _cmd_pareto(args: argparse.Namespace) -> int:
-    from autopeft.results import CONFIRM_PREFIX, REFIT_PREFIX, format_rows, trial_row
-    from autopeft.study import pareto_front
+    from autopeft.search.study import pareto_front
+    from autopeft.storage.results import CONFIRM_PREFIX, REFIT_PREFIX, format_rows, trial_row
 
     _, study, standard = _load(args)
     attrs = study.user_attrs  # one read: each is a query
@@ -191,8 +191,8 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from autopeft.plan import format_plan, make_plan
-    from autopeft.study import resolve
+    from autopeft.search.plan import format_plan, make_plan
+    from autopeft.search.study import resolve
 
     plan = make_plan(resolve(args.study), samples=args.samples)
     print(json.dumps(plan, indent=2) if args.format == "json" else format_plan(plan))
@@ -221,7 +221,7 @@ def _retraining(parser: argparse.ArgumentParser, seeds: int | None, chosen: str,
 
 
 def _cmd_confirm(args: argparse.Namespace) -> int:
-    from autopeft.confirm import confirm_front
+    from autopeft.outputs.confirm import confirm_front
 
     which = _which(args, "pareto")
     _, records = confirm_front(args.study, seeds=args.seeds, storage=args.storage, quiet=args.quiet, which=which)
@@ -233,7 +233,7 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
 def _cmd_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from autopeft.init_study import write_study_file
+    from autopeft.cli.init import write_study_file
 
     def ask(question: str, default: str) -> str:
         answer = input(f"{question} [{default}]: ").strip()
@@ -256,8 +256,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_refit(args: argparse.Namespace) -> int:
-    from autopeft.confirm import refit
-    from autopeft.results import winner
+    from autopeft.outputs.confirm import refit
+    from autopeft.storage.results import winner
 
     which = _which(args, "auto")
     study, records = refit(args.study, seeds=args.seeds, storage=args.storage, quiet=args.quiet, which=which)
@@ -272,7 +272,7 @@ def _cmd_refit(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from autopeft.export import export
+    from autopeft.outputs.export import export
     from autopeft.progress import Progress
 
     if args.trial is not None:
@@ -297,7 +297,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from autopeft.report import write_html, write_pngs
+    from autopeft.outputs.report import write_html, write_pngs
 
     url, study, standard = _load(args)
     if args.output:
@@ -309,9 +309,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from autopeft.artifacts import artifact_store
-    from autopeft.storage import open_storage
-    from autopeft.study import name_objectives
+    from autopeft.search.study import name_objectives
+    from autopeft.storage.artifacts import artifact_store
+    from autopeft.storage.backends import open_storage
 
     try:
         import optuna_dashboard
@@ -336,7 +336,7 @@ def _cmd_serve_storage(args: argparse.Namespace) -> int:
     import optuna
 
     from autopeft.config import load_config
-    from autopeft.storage import mask_url, open_storage
+    from autopeft.storage.backends import mask_url, open_storage
 
     config = load_config(args.study)
     url = args.storage or config.storage
@@ -365,7 +365,7 @@ def _cmd_serve_storage(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from autopeft.plugins import get_plugin_manager, registered_methods, registered_tasks
+    from autopeft.registry import get_plugin_manager, registered_methods, registered_tasks
 
     pm = get_plugin_manager()
     found: list[tuple[str, str, Any, object]] = [
@@ -406,7 +406,7 @@ def _storage_option(parser: argparse.ArgumentParser) -> None:
 
 def _version() -> str:
     """``autopeft 0.1.0``, and the versions a trial's result depends on are in its ``versions`` record."""
-    from autopeft import __version__
+    from autopeft._version import __version__
 
     return f"autopeft {__version__}"
 

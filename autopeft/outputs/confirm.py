@@ -21,7 +21,7 @@ from torch import nn
 
 from autopeft.errors import AutopeftError
 from autopeft.progress import Progress
-from autopeft.results import CONFIRM_PREFIX, REFIT_PREFIX, best_trial, best_trials, is_feasible, pareto_front
+from autopeft.storage.results import CONFIRM_PREFIX, REFIT_PREFIX, best_trial, best_trials, is_feasible, pareto_front
 
 __all__ = ["confirm_front", "refit", "confirm_seeds", "CONFIRM_PREFIX", "REFIT_PREFIX"]
 
@@ -88,7 +88,7 @@ def refit(
     ``which``: ``"auto"`` (the ``[final] top`` best trials of a one-objective study, the front of a
     two-objective one), ``"best"``, ``"pareto"`` or a trial number. ``seeds``: default ``[final]
     seeds``. Each record (``refit:<trial>`` in the study's user attributes) also holds the fidelity
-    and, per seed, the artifacts of its weights; :func:`autopeft.results.winner` then chooses the
+    and, per seed, the artifacts of its weights; :func:`autopeft.storage.results.winner` then chooses the
     best refit mean, and ``export``/``report`` use the refit weights and figures.
     """
     return _retrain(study_file, seeds, storage, quiet, which, final=True)
@@ -97,10 +97,10 @@ def refit(
 def _retrain(
     study_file: str | Path, seeds: int | None, storage: str | None, quiet: bool, which: str | int, final: bool
 ) -> tuple[optuna.Study, list[dict[str, Any]]]:
-    from autopeft.artifacts import keep_weights
-    from autopeft.plugins import ResolvedStudy
-    from autopeft.study import file_budget, open_study, resolve
-    from autopeft.workbench import Workbench
+    from autopeft.registry import ResolvedStudy
+    from autopeft.search.study import file_budget, open_study, resolve
+    from autopeft.storage.artifacts import keep_weights
+    from autopeft.training.workbench import Workbench
 
     resolved = resolve(study_file)
     config = resolved.config

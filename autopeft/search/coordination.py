@@ -17,10 +17,10 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-from autopeft.optuna_adapter import fail_running_trial, storage_of, storage_url
 from autopeft.progress import Progress
-from autopeft.results import FINISHED
-from autopeft.storage import retry_trial
+from autopeft.storage.backends import retry_trial
+from autopeft.storage.optuna_adapter import fail_running_trial, storage_of, storage_url
+from autopeft.storage.results import FINISHED
 
 __all__ = ["Surplus", "check_not_surplus", "wait_for_slot", "fail_dead_local_trials"]
 

@@ -3,8 +3,8 @@
 Loading the base model, tokenizing the data and discovering the blocks take seconds to minutes;
 a trial takes the rest. A :class:`Workbench` does the loading once per process and then trains any
 configuration of any enabled method, at any fidelity, on the base model itself, which stays resident
-on its device and is given back unchanged after every trial (:mod:`autopeft.resident`). The search
-(:mod:`autopeft.objective`), ``plan``, ``confirm``, ``export`` and the benchmarks all train through
+on its device and is given back unchanged after every trial (:mod:`autopeft.training.resident`). The search
+(:mod:`autopeft.search.objective`), ``plan``, ``confirm``, ``export`` and the benchmarks all train through
 :meth:`Workbench.fit`.
 """
 
@@ -30,22 +30,22 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from autopeft import __version__
+from autopeft._version import __version__
 from autopeft.blocks import build_context
 from autopeft.budget import format_count, parse_budget
 from autopeft.config import StudyConfig
 from autopeft.data import batches
 from autopeft.errors import AutopeftError, BudgetError, ConfigError, ModelError, PluginError, first_line
 from autopeft.methods import PeftMethod, checked_count, plugin_call, trainable_numel
-from autopeft.models import is_quantized, load_base_model, load_tokenizer, resolve_model_name
-from autopeft.plugins import MethodInfo, ResolvedStudy, registered_methods
 from autopeft.precision import autocast_for
-from autopeft.prefix_cache import PrefixCache
 from autopeft.progress import Progress
-from autopeft.resident import BaseChanged, BaseLender
+from autopeft.registry import MethodInfo, ResolvedStudy, registered_methods
 from autopeft.tasks import EvalSettings
-from autopeft.token_cache import load_cached_task_data
-from autopeft.train import FULL, Fidelity, TrainResult, train
+from autopeft.training.models import is_quantized, load_base_model, load_tokenizer, resolve_model_name
+from autopeft.training.prefix_cache import PrefixCache
+from autopeft.training.resident import BaseChanged, BaseLender
+from autopeft.training.token_cache import load_cached_task_data
+from autopeft.training.train import FULL, Fidelity, TrainResult, train
 
 __all__ = [
     "Workbench",
@@ -135,7 +135,7 @@ def enabled_methods(resolved: ResolvedStudy) -> dict[str, MethodInfo]:
 def _trained_in_fp32(model: nn.Module) -> nn.Module:
     """Every trained parameter of ``model`` in fp32, whatever the base is stored in (a bf16 head copy,
     bf16 biases BitFit trains): updates smaller than bf16's resolution would otherwise round away.
-    The resident base's own tensors get their dtype back from :class:`~autopeft.resident.BaseLender`."""
+    The resident base's own tensors get their dtype back from :class:`~autopeft.training.resident.BaseLender`."""
     for p in model.parameters():
         if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
             p.data = p.data.float()
@@ -146,7 +146,7 @@ class Workbench:
     """A study's model, data and methods, loaded once per worker; :meth:`fit` trains one configuration.
 
     Args:
-        resolved: the study file with its task and plugins (:func:`autopeft.plugins.resolve_study`).
+        resolved: the study file with its task and plugins (:func:`autopeft.registry.resolve_study`).
         write_cache: keep the tokenized data in the study's token cache (``autopeft plan``, which
             trains nothing, passes False: it reads a cache that is there, and writes none).
     """

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 #: The private ``RDBStorage`` methods Optuna's own storage cache calls directly; the outage wrapper
-#: of :mod:`autopeft.storage` must retry them as it retries the public ones.
+#: of :mod:`autopeft.storage.backends` must retry them as it retries the public ones.
 RDB_PRIVATE_CALLED = (
     "_create_new_trial",
     "_get_best_trial_id",
@@ -37,7 +37,7 @@ RDB_PRIVATE_CALLED = (
     "_set_trial_param",
 )
 
-#: The storage each study was opened on (by :func:`autopeft.study.open_study`): a study does not
+#: The storage each study was opened on (by :func:`autopeft.search.study.open_study`): a study does not
 #: expose it publicly, and artifacts and retries need it.
 _STORAGES: weakref.WeakKeyDictionary[optuna.Study, BaseStorage] = weakref.WeakKeyDictionary()
 

@@ -78,7 +78,7 @@ class PrefixCache:
     def remember_base(self, probe: dict[str, torch.Tensor]) -> None:
         """Capture the block inputs of the untouched base for ``probe`` (what :meth:`usable_blocks`
         is later given), in one pass. Trials apply their methods to the resident base itself
-        (:mod:`autopeft.resident`), so once one runs there is no untouched base to compare with."""
+        (:mod:`autopeft.training.resident`), so once one runs there is no untouched base to compare with."""
         captured: list[torch.Tensor] = []
 
         def grab(_module: nn.Module, args: tuple, kwargs: dict) -> None:

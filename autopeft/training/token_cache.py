@@ -1,4 +1,4 @@
-"""The study's splits read (:mod:`autopeft.data_files`), tokenized by the task, and cached on disk,
+"""The study's splits read (:mod:`autopeft.training.data_files`), tokenized by the task, and cached on disk,
 so a study tokenizes its data once, not once per worker or trial.
 
 A cache file is named by a fingerprint of everything that decides the token ids: the tokenizer
@@ -25,9 +25,9 @@ import numpy as np
 
 from autopeft.config import DATA_SUFFIXES, StudyConfig
 from autopeft.data import Split, TaskData
-from autopeft.data_files import load_split, missing_columns
 from autopeft.errors import DataError, first_line
 from autopeft.tasks import Task
+from autopeft.training.data_files import load_split, missing_columns
 
 __all__ = ["load_task_data", "load_cached_task_data", "token_cache_path"]
 

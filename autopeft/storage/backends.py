@@ -39,7 +39,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import AutopeftError, first_line
-from autopeft.optuna_adapter import RDB_PRIVATE_CALLED
+from autopeft.storage.optuna_adapter import RDB_PRIVATE_CALLED
 
 __all__ = [
     "open_storage",
@@ -297,7 +297,7 @@ def journal_path(url: str) -> str | None:
 def _journal(url: str, read_only: bool) -> BaseStorage:
     """Optuna's journal storage on one file: an append-only log many processes on one machine share
     (Optuna's recommendation there); no heartbeats, so a dead local worker's trial is found by its
-    process id (:func:`autopeft.coordination.fail_dead_local_trials`)."""
+    process id (:func:`autopeft.search.coordination.fail_dead_local_trials`)."""
     from optuna.storages.journal import JournalFileBackend
 
     path = journal_path(url)

@@ -18,8 +18,8 @@ import pluggy
 from autopeft.config import StudyConfig
 
 if TYPE_CHECKING:
-    from autopeft.plugins import ResolvedStudy
-    from autopeft.workbench import Workbench
+    from autopeft.registry import ResolvedStudy
+    from autopeft.training.workbench import Workbench
 
 __all__ = ["make_plan", "format_plan"]
 
@@ -43,7 +43,7 @@ class _RandomTrial:
 
 def _fit_shares(bench: Workbench, name: str, samples: int) -> tuple[float, float]:
     """(share of unshaped samples that fit, share of shaped samples that fit) for one method."""
-    from autopeft.workbench import UNBOUNDED
+    from autopeft.training.workbench import UNBOUNDED
 
     method, options, ctx = bench.enabled[name], bench.options[name], bench.ctx
     fits = [0, 0]
@@ -60,9 +60,9 @@ def make_plan(
 ) -> dict[str, Any]:
     """The plan of a study as a JSON-able dict (see the module docstring); ``pm``: the plugins to
     resolve a loaded study file against (the installed ones by default)."""
-    from autopeft.plugins import resolve_study
-    from autopeft.search_space import SearchSpace
-    from autopeft.workbench import UNBOUNDED, Workbench
+    from autopeft.registry import resolve_study
+    from autopeft.search.search_space import SearchSpace
+    from autopeft.training.workbench import UNBOUNDED, Workbench
 
     resolved = resolve_study(study, pm) if isinstance(study, StudyConfig) else study
     bench = Workbench(resolved, write_cache=False)

@@ -17,38 +17,16 @@ disk: the trial's result stands and its weights can be retrained.
 from __future__ import annotations
 
 import errno
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from autopeft.bucket_url import BUCKET_SCHEMES, is_bucket_url, parse_bucket_url
 from autopeft.errors import AutopeftError, first_line
 
 if TYPE_CHECKING:  # optuna's artifacts load when a store is opened: the study file's checks need none of it
     from optuna.artifacts import FileSystemArtifactStore
 
-__all__ = ["open_artifact_store", "is_bucket_url", "BUCKET_SCHEMES"]
-
-#: URL scheme -> (what the store is called, the pip extra that brings its client library)
-BUCKET_SCHEMES = {"s3": ("S3", "s3"), "gs": ("Google Cloud Storage", "gcs")}
-
-# scheme://bucket[/prefix]: bucket names as S3 and GCS allow them (no user, password or port), and a
-# prefix of plain path segments.
-_BUCKET_URL = re.compile(
-    r"(?P<scheme>s3|gs)://(?P<bucket>[a-z0-9][a-z0-9._-]{1,221}[a-z0-9])(?P<prefix>(/[\w.+=-]+)*)/?"
-)
-
-
-def is_bucket_url(value: str) -> bool:
-    """Whether ``value`` is an ``s3://`` or ``gs://`` URL (well formed or not): it names a bucket, not a folder."""
-    return value.split("://", 1)[0] in BUCKET_SCHEMES and "://" in value
-
-
-def parse_bucket_url(url: str) -> tuple[str, str, str] | None:
-    """(scheme, bucket, prefix) of a well-formed bucket URL, else None."""
-    match = _BUCKET_URL.fullmatch(url)
-    if match is None or any(part in (".", "..") for part in match["prefix"].split("/")):
-        return None
-    return match["scheme"], match["bucket"], match["prefix"].strip("/")
+__all__ = ["open_artifact_store"]
 
 
 class _Prefixed:

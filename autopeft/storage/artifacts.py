@@ -2,7 +2,7 @@
 
 A trial's weights are what its method's ``save`` writes (a peft adapter folder, or
 ``trained.safetensors``); each file becomes one artifact of the trial, under its own file name, in
-the store ``[study] artifacts`` names (:mod:`autopeft.artifact_stores`: a folder or a bucket). Optuna
+the store ``[study] artifacts`` names (:mod:`autopeft.storage.artifact_stores`: a folder or a bucket). Optuna
 records the artifact's metadata in the trial's system attributes, so the study database says which
 trials have weights, and optuna-dashboard lists and serves them.
 """
@@ -20,11 +20,11 @@ from optuna.artifacts import download_artifact, get_all_artifact_meta, upload_ar
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
-from autopeft.artifact_stores import open_artifact_store
 from autopeft.config import StudyConfig
 from autopeft.errors import AutopeftError
-from autopeft.optuna_adapter import storage_of
-from autopeft.results import metric_sign, pareto_front
+from autopeft.storage.artifact_stores import open_artifact_store
+from autopeft.storage.optuna_adapter import storage_of
+from autopeft.storage.results import metric_sign, pareto_front
 
 if TYPE_CHECKING:  # Optuna's store protocol lives in a private module: named for the type checker only
     from optuna.artifacts._protocol import ArtifactStore

@@ -27,7 +27,7 @@ from autopeft.precision import autocast_for
 if TYPE_CHECKING:
     import optuna
 
-    from autopeft.workbench import Workbench
+    from autopeft.training.workbench import Workbench
 
 __all__ = ["ProxyScores", "proxy_scores", "proxy_ranks", "configuration_score", "proxy_correlation", "PROXY_ATTR"]
 
@@ -125,7 +125,7 @@ def proxy_correlation(study: optuna.Study) -> tuple[float, int] | None:
     trials it is over; None before the proxy ran or with fewer than 3 trials."""
     from scipy.stats import spearmanr
 
-    from autopeft.results import feasible_trials, metric_sign
+    from autopeft.storage.results import feasible_trials, metric_sign
 
     record = study.user_attrs.get(PROXY_ATTR)
     if not isinstance(record, dict):

@@ -18,8 +18,8 @@ import optuna
 
 from autopeft.errors import AutopeftError, Interrupted
 from autopeft.progress import Progress
-from autopeft.storage import STORAGE_ENV
-from autopeft.study import prepare_study, resolve
+from autopeft.search.study import prepare_study, resolve
+from autopeft.storage.backends import STORAGE_ENV
 
 __all__ = ["run_workers", "worker_env"]
 

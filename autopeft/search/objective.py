@@ -1,7 +1,7 @@
 """One trial, from ask to tell: sample, count, (maybe) fit, record.
 
-The model, data and methods are the :class:`~autopeft.workbench.Workbench`'s; the mapping from
-parameters to configurations is the :class:`~autopeft.search_space.SearchSpace`'s. What is left
+The model, data and methods are the :class:`~autopeft.training.workbench.Workbench`'s; the mapping from
+parameters to configurations is the :class:`~autopeft.search.search_space.SearchSpace`'s. What is left
 here is Optuna's side of a trial: its attributes, its constraint, reports to the pruner, and how
 a failure is recorded.
 """
@@ -18,19 +18,19 @@ import optuna
 import torch
 from torch import nn
 
-from autopeft.artifacts import keep_if_wanted
 from autopeft.blocks import trainable_per_block
 from autopeft.budget import format_count
-from autopeft.coordination import Surplus, check_not_surplus
 from autopeft.errors import AutopeftError, changed_choices, first_line
 from autopeft.methods import PeftMethod, checked_count
-from autopeft.optuna_adapter import set_user_attrs
 from autopeft.progress import Progress
-from autopeft.pruning import TrialReporter, own_pruner, trial_fidelity
-from autopeft.results import beats_best
-from autopeft.search_space import SearchSpace
-from autopeft.storage import storage_failure
-from autopeft.train import NonFiniteLoss, TrainResult, planned_steps
+from autopeft.search.coordination import Surplus, check_not_surplus
+from autopeft.search.pruning import TrialReporter, own_pruner, trial_fidelity
+from autopeft.search.search_space import SearchSpace
+from autopeft.storage.artifacts import keep_if_wanted
+from autopeft.storage.backends import storage_failure
+from autopeft.storage.optuna_adapter import set_user_attrs
+from autopeft.storage.results import beats_best
+from autopeft.training.train import NonFiniteLoss, TrainResult, planned_steps
 
 __all__ = ["Objective"]
 

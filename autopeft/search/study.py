@@ -17,19 +17,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.budget import parse_budget
 from autopeft.config import StudyConfig, load_config
-from autopeft.coordination import wait_for_slot
 from autopeft.errors import AutopeftError, ConfigError, Interrupted, first_line
-from autopeft.optuna_adapter import remember_storage, storage_url
 from autopeft.progress import Progress
-from autopeft.results import FINISHED, PENDING, best_trial, finished_trials, pareto_front
-from autopeft.storage import mask_url, open_storage, retry_trial, sqlite_path, storage_failure
-from autopeft.trackers import Tracker, make_trackers
+from autopeft.search.coordination import wait_for_slot
+from autopeft.search.trackers import Tracker, make_trackers
+from autopeft.storage.backends import mask_url, open_storage, retry_trial, sqlite_path, storage_failure
+from autopeft.storage.optuna_adapter import remember_storage, storage_url
+from autopeft.storage.results import FINISHED, PENDING, best_trial, finished_trials, pareto_front
 
 if TYPE_CHECKING:
-    from autopeft.objective import Objective
-    from autopeft.plugins import ResolvedStudy
-    from autopeft.search_space import SearchSpace
-    from autopeft.workbench import Workbench
+    from autopeft.registry import ResolvedStudy
+    from autopeft.search.objective import Objective
+    from autopeft.search.search_space import SearchSpace
+    from autopeft.training.workbench import Workbench
 
 __all__ = [
     "run_study",
@@ -69,7 +69,7 @@ def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.B
     on one study (which share the seed) get different trial numbers, so they do not train the same
     configurations in lockstep, and a lone run stays reproducible.
     """
-    from autopeft.optuna_adapter import TrialSeededRandomSampler, TrialSeededTPESampler
+    from autopeft.storage.optuna_adapter import TrialSeededRandomSampler, TrialSeededTPESampler
 
     seed = (config.study.seed + worker_seed) % 2**32  # numpy's seed range
     startup = min(10, max(3, config.study.n_trials // 3))
@@ -249,7 +249,7 @@ def check_artifacts(config: StudyConfig) -> None:
 def _check_bucket(config: StudyConfig) -> None:
     """Write and remove one small object under the bucket URL's prefix: missing credentials, a
     missing bucket or a refused write show now, in one line, not as weights silently not kept."""
-    from autopeft.artifacts import artifact_store
+    from autopeft.storage.artifacts import artifact_store
 
     url, store = config.artifacts_bucket, artifact_store(config)
     assert store is not None
@@ -313,7 +313,7 @@ def prepare_study(
     already queued, so workers that start together do not try the defaults twice. Returns the
     objective, or None when the study already has ``target`` finished trials.
     """
-    from autopeft.data_files import check_columns
+    from autopeft.training.data_files import check_columns
 
     config = resolved.config
     check_columns(config, resolved.task.columns(config.data))  # the task's columns, before the model loads
@@ -322,12 +322,12 @@ def prepare_study(
     if existing is not None and done >= target:
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
         return existing, None
-    from autopeft.objective import Objective
-    from autopeft.proxy import PROXY_ATTR
-    from autopeft.pruning import make_pruner
-    from autopeft.search_space import SearchSpace
-    from autopeft.train import planned_steps
-    from autopeft.workbench import Workbench
+    from autopeft.search.objective import Objective
+    from autopeft.search.proxy import PROXY_ATTR
+    from autopeft.search.pruning import make_pruner
+    from autopeft.search.search_space import SearchSpace
+    from autopeft.training.train import planned_steps
+    from autopeft.training.workbench import Workbench
 
     bench = Workbench(resolved, progress)
     bench.require_a_fit()
@@ -374,9 +374,9 @@ def _room(study: optuna.Study, target: int) -> int:
 def _enqueue_proxy_choice(
     study: optuna.Study, bench: Workbench, space: SearchSpace, progress: Progress, room: int
 ) -> None:
-    """Score the blocks (:mod:`autopeft.proxy`), record the scores, and queue up to ``room`` of the
+    """Score the blocks (:mod:`autopeft.search.proxy`), record the scores, and queue up to ``room`` of the
     proxy's configurations."""
-    from autopeft.proxy import PROXY_ATTR, proxy_scores
+    from autopeft.search.proxy import PROXY_ATTR, proxy_scores
 
     if not any("r" in bench.options[name] for name in bench.methods):  # no method takes per-block ranks
         return
@@ -442,8 +442,8 @@ def resolve(study: str | Path | StudyConfig | ResolvedStudy, check_data: bool = 
     ``check_data``: check the data files' text columns first (commands that train): every task reads
     them, and a typo there should not wait for the plugins (torch, peft) to import.
     """
-    from autopeft.data_files import check_columns
-    from autopeft.plugins import ResolvedStudy, resolve_study
+    from autopeft.registry import ResolvedStudy, resolve_study
+    from autopeft.training.data_files import check_columns
 
     if isinstance(study, ResolvedStudy):
         return study

@@ -38,7 +38,7 @@ class Detected:
 def _table(path: str) -> Any:
     """The train split as a pyarrow table: a local file, or ``hub/name[:split]`` through ``datasets``."""
     from autopeft.config import DATA_SUFFIXES
-    from autopeft.data_files import read_local
+    from autopeft.training.data_files import read_local
 
     if path.endswith(DATA_SUFFIXES):
         if not Path(path).is_file():
@@ -102,8 +102,8 @@ def count_model(name: str, classes: int) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from autopeft.models import resolve_model_name
-    from autopeft.plugins import get_plugin_manager
+    from autopeft.registry import get_plugin_manager
+    from autopeft.training.models import resolve_model_name
 
     source, offline = resolve_model_name(get_plugin_manager(), name)
     try:

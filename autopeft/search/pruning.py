@@ -31,8 +31,8 @@ import optuna
 from optuna.trial import TrialState
 
 from autopeft.config import StudyConfig
-from autopeft.results import feasible_trials, metric_sign
-from autopeft.train import FULL, Fidelity
+from autopeft.storage.results import feasible_trials, metric_sign
+from autopeft.training.train import FULL, Fidelity
 
 __all__ = [
     "SizeAwareMedianPruner",

@@ -17,7 +17,7 @@ from torch import nn
 
 from autopeft.config import ModelSection
 from autopeft.errors import ConfigError, ModelError, first_line
-from autopeft.plugins import resolve_model
+from autopeft.registry import resolve_model
 from autopeft.tasks import Task
 
 __all__ = ["hub_offline", "resolve_model_name", "load_tokenizer", "load_base_model", "placement", "is_quantized"]
