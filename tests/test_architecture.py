@@ -195,4 +195,4 @@ def test_the_task_and_the_plugins_are_resolved_in_one_place() -> None:
     # A plugin manager is built where a command starts without a study to resolve (plugins, load_model,
     # init's model count) and, by default, in resolve_study.
     managers = sorted(c.split(":")[0] for c in _calls("get_plugin_manager"))
-    assert managers == ["cli.command", "cli.init", "outputs.export", "registry"], managers
+    assert managers == ["cli.init", "cli.service_commands", "outputs.export", "registry"], managers

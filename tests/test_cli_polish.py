@@ -113,6 +113,30 @@ def test_every_study_argument_has_help(command, capsys) -> None:
     assert "path of the study file (TOML)" in capsys.readouterr().out
 
 
+def test_every_command_that_writes_a_file_takes_the_same_output_option() -> None:
+    # `report -o` and `init --out` once differed; -o/--output is now every such command's, old spellings kept.
+    from autopeft.cli.command import _parser
+
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    writers = {}
+    for name, parser in sub.choices.items():  # type: ignore[union-attr]
+        for action in parser._actions:
+            if action.dest == "output":
+                writers[name] = action.option_strings
+    assert set(writers) == {"init", "report"}, writers
+    assert all(strings[:2] == ["-o", "--output"] for strings in writers.values()), writers
+    assert writers["init"] == ["-o", "--output", "--out"]
+
+
+def test_each_subcommand_declares_its_arguments_beside_the_function_that_runs_it() -> None:
+    from autopeft.cli.command import COMMANDS
+
+    names = [c.name for c in COMMANDS]
+    assert len(names) == len(set(names)) == 14
+    for command in COMMANDS:
+        assert command.run.__module__ == command.arguments.__module__, command.name
+
+
 def test_plan_prints_the_classes_and_writes_nothing(tmp_path, capsys, minilm_available) -> None:
     path = write_study(tmp_path, task={"metric": "f1"}, data={"cache_tokens": True})
     before = sorted(p.name for p in tmp_path.iterdir())

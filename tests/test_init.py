@@ -61,7 +61,7 @@ def test_string_labels_and_extra_columns_are_told_apart(tmp_path, capsys, minilm
         "--validation",
         str(tmp_path / "valid.csv"),
     ]
-    assert main([*args, "--budget", "50k", "--out", str(out)]) == 0
+    assert main([*args, "--budget", "50k", "-o", str(out)]) == 0
     config = load_config(out)
     assert (config.data.text, config.data.label, config.budget.max_trainable) == ("review", "verdict", "50k")
     assert main(["plan", str(out)]) == 0

@@ -28,7 +28,7 @@ from test_workers import _assert_accounted_for, _env, _load, _running_trials
 from autopeft import load_config, run_study
 from autopeft.cli.command import main
 from autopeft.errors import AutopeftError
-from autopeft.search.study import make_sampler
+from autopeft.search.samplers import make_sampler
 from autopeft.storage.backends import STORAGE_ENV, _OutageTolerantStorage, mask_url
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")

@@ -371,7 +371,7 @@ def test_workers_refuse_an_in_memory_study(study_file: Path, capsys) -> None:
 
 def test_workers_sample_with_their_own_seeds(study_file: Path) -> None:
     from autopeft.config import load_config
-    from autopeft.search.study import make_sampler
+    from autopeft.search.samplers import make_sampler
 
     def first_draw(worker_seed: int) -> float:
         study = optuna.create_study(sampler=make_sampler(load_config(study_file), worker_seed))
@@ -385,7 +385,7 @@ def test_only_workers_count_running_trials_as_poor_results(study_file: Path) -> 
     # TPE's constant liar steers a worker away from what the others are running; a lone run has
     # nothing running elsewhere, and the liar would cost a study read per parameter group.
     from autopeft.config import load_config
-    from autopeft.search.study import make_sampler
+    from autopeft.search.samplers import make_sampler
 
     config = load_config(study_file)
     assert make_sampler(config, 0)._constant_liar is False

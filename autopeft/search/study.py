@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import os
-import time
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
@@ -20,15 +17,17 @@ from autopeft.config import StudyConfig, load_config
 from autopeft.errors import AutopeftError, ConfigError, Interrupted, first_line
 from autopeft.progress import Progress
 from autopeft.search.coordination import wait_for_slot
+from autopeft.search.samplers import make_sampler
 from autopeft.search.trackers import Tracker, make_trackers
+from autopeft.search.warm_start import queue_known_good, queue_proxy_choice
+from autopeft.storage.artifacts import check_writable
 from autopeft.storage.backends import mask_url, open_storage, retry_trial, sqlite_path, storage_failure
 from autopeft.storage.optuna_adapter import remember_storage, storage_url
-from autopeft.storage.results import FINISHED, PENDING, best_trial, finished_trials, pareto_front
+from autopeft.storage.results import FINISHED, best_trial, finished_trials, pareto_front
 
 if TYPE_CHECKING:
     from autopeft.registry import ResolvedStudy
     from autopeft.search.objective import Objective
-    from autopeft.search.search_space import SearchSpace
     from autopeft.training.workbench import Workbench
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "best_trial",
     "pareto_front",
     "mask_url",
-    "make_sampler",
     "file_budget",
     "front_params",
     "StudyNotFound",
@@ -52,69 +50,6 @@ class StudyNotFound(AutopeftError):
 
 #: Consecutive failed trials after which a study stops: a fault that fails every trial is not retried forever.
 MAX_FAILURES_IN_A_ROW = 5
-
-
-def make_sampler(config: StudyConfig, worker_seed: int = 0) -> optuna.samplers.BaseSampler:
-    """Seeded sampler. TPE is multivariate and grouped, so each method's conditional parameters are
-    modelled jointly with the method choice instead of falling back to independent sampling.
-
-    ``worker_seed`` is added to the study's seed: workers sharing a study with one seed would draw
-    the same configurations at the same time (found with three workers: the same random start four
-    times over). Workers (a seed other than 0) also get TPE's constant liar, which counts other
-    workers' running trials as poor results so that they are not drawn again; a lone run has no
-    such trials, and without the liar TPE reads the study once a trial instead of once per
-    parameter group (``benchmarks/bench_driver.py``). Either way a lone run samples the same.
-
-    The draws for trial ``n`` are seeded with the seed plus ``n``: two ``autopeft run`` processes
-    on one study (which share the seed) get different trial numbers, so they do not train the same
-    configurations in lockstep, and a lone run stays reproducible.
-    """
-    from autopeft.storage.optuna_adapter import TrialSeededRandomSampler, TrialSeededTPESampler
-
-    seed = (config.study.seed + worker_seed) % 2**32  # numpy's seed range
-    startup = min(10, max(3, config.study.n_trials // 3))
-    if config.study.sampler == "random":
-        return TrialSeededRandomSampler(seed=seed)
-    if config.study.sampler == "gp":  # a method's own parameters exist in its trials only: sampled at random
-        # Optuna's 10 random trials first, not TPE's shorter start: GP counts only complete trials (the
-        # queued defaults among them) and never sees pruned ones, so after three defaults it proposed
-        # one method, pruned each time, for the rest of the study (tests/test_search.py).
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10, warn_independent_sampling=False)
-    if config.study.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, config.study.n_trials // 4)))
-    if config.study.sampler == "auto":
-        return _auto_sampler(seed)
-    with warnings.catch_warnings():  # multivariate and group are marked experimental, and are what we need
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return TrialSeededTPESampler(
-            seed=seed,
-            multivariate=True,
-            group=True,
-            n_startup_trials=startup,
-            constant_liar=worker_seed != 0,
-        )
-
-
-def _auto_sampler(seed: int) -> optuna.samplers.BaseSampler:
-    """OptunaHub's AutoSampler, which OptunaHub downloads from GitHub when it is loaded.
-
-    Raises:
-        ConfigError: optunahub is not installed, or the module cannot be fetched (offline).
-    """
-    try:
-        import optunahub
-    except ImportError:
-        raise ConfigError(
-            "study.sampler", '"auto" needs OptunaHub', "pip install 'autopeft[auto]', or use sampler = \"tpe\""
-        ) from None
-    try:
-        return optunahub.load_module("samplers/auto_sampler").AutoSampler(seed=seed)  # type: ignore[no-any-return]
-    except Exception as exc:  # offline, a moved module, a missing dependency of it
-        raise ConfigError(
-            "study.sampler",
-            f'"auto" could not load OptunaHub\'s AutoSampler ({type(exc).__name__}: {first_line(exc)})',
-            'it is downloaded from GitHub on use: run with network access, or use sampler = "tpe"',
-        ) from None
 
 
 def open_study(
@@ -221,50 +156,6 @@ def _existing(resolved: ResolvedStudy, storage: str | None, worker_seed: int) ->
         return None
 
 
-def check_artifacts(config: StudyConfig) -> None:
-    """Fail now, not after trials were trained, when the artifact store cannot be written.
-
-    Raises:
-        ConfigError: naming the folder and the reason.
-    """
-    if config.study.keep_weights == "none":
-        return
-    if config.artifacts_bucket:
-        _check_bucket(config)
-        return
-    folder = config.artifacts_dir
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".autopeft-write-check-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(
-            "study.artifacts",
-            f"cannot write to {folder} ({exc.strerror or type(exc).__name__})",
-            'point it at a writable folder, or set keep_weights = "none"',
-        ) from None
-
-
-def _check_bucket(config: StudyConfig) -> None:
-    """Write and remove one small object under the bucket URL's prefix: missing credentials, a
-    missing bucket or a refused write show now, in one line, not as weights silently not kept."""
-    from autopeft.storage.artifacts import artifact_store
-
-    url, store = config.artifacts_bucket, artifact_store(config)
-    assert store is not None
-    probe = f".autopeft-write-check-{os.getpid()}"
-    try:
-        store.write(probe, io.BytesIO(b"ok"))
-        store.remove(probe)
-    except OSError as exc:
-        raise ConfigError(
-            "study.artifacts",
-            f"cannot write to {url} ({exc.strerror})",
-            'check the bucket and the credentials in this environment, or set keep_weights = "none"',
-        ) from None
-
-
 def _method_choices(study: optuna.Study, bench: Workbench, progress: Progress) -> list[str]:
     """The choices of the study's ``method`` parameter: the ones its trials recorded, else the
     methods that fit the budget now.
@@ -323,7 +214,6 @@ def prepare_study(
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
         return existing, None
     from autopeft.search.objective import Objective
-    from autopeft.search.proxy import PROXY_ATTR
     from autopeft.search.pruning import make_pruner
     from autopeft.search.search_space import SearchSpace
     from autopeft.training.train import planned_steps
@@ -331,7 +221,7 @@ def prepare_study(
 
     bench = Workbench(resolved, progress)
     bench.require_a_fit()
-    check_artifacts(config)
+    check_writable(config)
     study = existing or open_study(config, storage, worker_seed=worker_seed, directions=resolved.directions)
     # The pruner needs the full run's length, which the data decides: known once the workbench is loaded.
     study.pruner = make_pruner(config, planned_steps(bench.data.train, config.train))
@@ -348,49 +238,16 @@ def prepare_study(
             study.set_user_attr(key, value)
     # A new study (or one whose only trials failed, e.g. interrupted) starts from the known-good
     # configurations: another study's front first when asked for, then each method's default.
-    new = not study.get_trials(deepcopy=False, states=(*FINISHED, *PENDING))
-    if start_from is not None:
-        _enqueue_front(study, space, start_from, progress)
-    if new:
-        for params in space.warm_start_params(progress.line)[: _room(study, target)]:
-            study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
+    front = front_params(start_from) if start_from is not None else None
+    new = queue_known_good(study, space, target, progress, front)
     baseline = f"; {bench.baseline['name']} baseline {bench.baseline['value']:.4f}" if bench.baseline else ""
     progress.line(
         f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
         f"budget {bench.budget} parameters; methods {', '.join(bench.methods)}; device {bench.device}" + baseline
     )
-    room = _room(study, target)
-    if new and config.search.proxy and PROXY_ATTR not in study.user_attrs and room > 0:
-        _enqueue_proxy_choice(study, bench, space, progress, room)
+    if new:
+        queue_proxy_choice(study, bench, space, target, progress)
     return study, Objective(space, progress, target)
-
-
-def _room(study: optuna.Study, target: int) -> int:
-    """How many more trials a study of ``target`` trials may queue: a short study (``n_trials = 2``)
-    runs the first of the known-good configurations and leaves none waiting after it."""
-    return target - len(study.get_trials(deepcopy=False, states=(*FINISHED, *PENDING)))
-
-
-def _enqueue_proxy_choice(
-    study: optuna.Study, bench: Workbench, space: SearchSpace, progress: Progress, room: int
-) -> None:
-    """Score the blocks (:mod:`autopeft.search.proxy`), record the scores, and queue up to ``room`` of the
-    proxy's configurations."""
-    from autopeft.search.proxy import PROXY_ATTR, proxy_scores
-
-    if not any("r" in bench.options[name] for name in bench.methods):  # no method takes per-block ranks
-        return
-    started = time.perf_counter()
-    scores = proxy_scores(bench)
-    study.set_user_attr(PROXY_ATTR, scores.as_record())
-    queued = space.proxy_params(scores.blocks)[:room]
-    for params in queued:
-        study.enqueue_trial(params, user_attrs={"warm_start": True, "proxy": True}, skip_if_exists=True)
-    shares = " ".join(f"{s:.2f}" for s in scores.blocks)
-    progress.line(
-        f"proxy: block scores {shares} ({time.perf_counter() - started:.1f}s); "
-        f"{len(queued)} configuration(s) with ranks where they are high queued after the defaults"
-    )
 
 
 def run_study(
@@ -592,19 +449,3 @@ def front_params(study_file: str | Path, storage: str | None = None) -> tuple[st
     if not front:
         raise AutopeftError(f"--from: study {config.study.name!r} has no feasible complete trial to start from")
     return config.study.name, [dict(t.params) for t in front]
-
-
-def _enqueue_front(study: optuna.Study, space: SearchSpace, other: str | Path, progress: Progress) -> None:
-    """Enqueue another study's Pareto configurations, mapped onto this model, unless already done."""
-    name, front = front_params(other)
-    if any(t.user_attrs.get("started_from") == name for t in study.get_trials(deepcopy=False)):
-        return
-    adopted = [p for p in (space.adopt(params) for params in front) if p is not None]
-    if not adopted:
-        raise AutopeftError(
-            f"--from: none of the {len(front)} Pareto configurations of study {name!r} uses a method and choices "
-            "this study enables; enable its methods under [search] or start without --from"
-        )
-    for params in adopted:
-        study.enqueue_trial(params, user_attrs={"started_from": name}, skip_if_exists=True)
-    progress.line(f"trying first {len(adopted)} of the {len(front)} Pareto configurations of study {name!r}")

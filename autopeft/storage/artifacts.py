@@ -9,6 +9,8 @@ trials have weights, and optuna-dashboard lists and serves them.
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import tempfile
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial
 
 from autopeft.config import StudyConfig
-from autopeft.errors import AutopeftError
+from autopeft.errors import AutopeftError, ConfigError
 from autopeft.storage.artifact_stores import open_artifact_store
 from autopeft.storage.optuna_adapter import storage_of
 from autopeft.storage.results import metric_sign, pareto_front
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # Optuna's store protocol lives in a private module: named fo
     from optuna.artifacts._protocol import ArtifactStore
 
 __all__ = [
+    "check_writable",
     "artifact_store",
     "keep_weights",
     "keep_if_wanted",
@@ -179,3 +182,45 @@ def fetch_weights(store: ArtifactStore | None, study: optuna.Study, trial: Froze
             (directory / meta.filename).unlink(missing_ok=True)
         return False
     return True
+
+
+def check_writable(config: StudyConfig) -> None:
+    """Fail now, not after trials were trained, when the artifact store cannot be written.
+
+    Raises:
+        ConfigError: naming the folder and the reason.
+    """
+    if config.study.keep_weights == "none":
+        return
+    if config.artifacts_bucket:
+        _check_bucket(config)
+        return
+    folder = config.artifacts_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".autopeft-write-check-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            "study.artifacts",
+            f"cannot write to {folder} ({exc.strerror or type(exc).__name__})",
+            'point it at a writable folder, or set keep_weights = "none"',
+        ) from None
+
+
+def _check_bucket(config: StudyConfig) -> None:
+    """Write and remove one small object under the bucket URL's prefix: missing credentials, a
+    missing bucket or a refused write show now, in one line, not as weights silently not kept."""
+    url, store = config.artifacts_bucket, artifact_store(config)
+    assert store is not None
+    probe = f".autopeft-write-check-{os.getpid()}"
+    try:
+        store.write(probe, io.BytesIO(b"ok"))
+        store.remove(probe)
+    except OSError as exc:
+        raise ConfigError(
+            "study.artifacts",
+            f"cannot write to {url} ({exc.strerror})",
+            'check the bucket and the credentials in this environment, or set keep_weights = "none"',
+        ) from None

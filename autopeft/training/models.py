@@ -1,4 +1,5 @@
-"""Resolving a study's model name (hub id, path, or an offline copy) and loading it once."""
+"""Resolving a study's model name (hub id, path, or an offline copy), loading it once, and the precision
+its weights set for the study's training."""
 
 from __future__ import annotations
 
@@ -8,19 +9,32 @@ import os
 import socket
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import pluggy
 from torch import nn
 
-from autopeft.config import ModelSection
+from autopeft.config import ModelSection, StudyConfig
 from autopeft.errors import ConfigError, ModelError, first_line
 from autopeft.registry import resolve_model
 from autopeft.tasks import Task
 
-__all__ = ["hub_offline", "resolve_model_name", "load_tokenizer", "load_base_model", "placement", "is_quantized"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "hub_offline",
+    "resolve_model_name",
+    "load_tokenizer",
+    "load_base_model",
+    "load_study_base",
+    "with_base_precision",
+    "placement",
+    "is_quantized",
+]
 
 
 @functools.cache
@@ -183,3 +197,54 @@ def load_base_model(
     elif "device_map" not in where:
         base = base.to(device)
     return base.requires_grad_(False)
+
+
+def load_study_base(
+    config: StudyConfig,
+    source: str,
+    offline: bool,
+    task: Task,
+    labels: list[Any],
+    pad_token_id: int | None,
+    device: torch.device,
+) -> tuple[nn.Module, StudyConfig]:
+    """The study's base model on ``device`` (:func:`load_base_model`), and the study config with the
+    precision it trains in (:func:`with_base_precision`).
+
+    The new task head is drawn while loading, so the study's seed is set first: same seed, same head.
+
+    Raises:
+        ConfigError: fp16 weights without a CUDA GPU, or a precision the base cannot compute in.
+        ModelError: the model does not load.
+    """
+    import torch
+
+    torch.manual_seed(config.study.seed)
+    if config.model.dtype == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            "model.dtype", f"fp16 needs a CUDA GPU, and training runs on the {device.type} here", 'use "bf16"'
+        )
+    base = load_base_model(config.model, source, offline, task, labels, pad_token_id, device)
+    return base, with_base_precision(config, base)
+
+
+def with_base_precision(config: StudyConfig, base: nn.Module) -> StudyConfig:
+    """``config`` with ``[train] precision`` set to the base's own half precision when it has one
+    (``[model] dtype`` bf16 or fp16, or "auto" on a half-precision checkpoint): frozen bf16
+    weights compute in bf16, and autocast lets the fp32 trained parameters meet them.
+
+    Raises:
+        ConfigError: the study asks for another precision than the base computes in.
+    """
+    import torch
+
+    half = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(next(base.parameters()).dtype)
+    if half is None or config.train.precision == half:
+        return config
+    if config.train.precision != "auto":
+        raise ConfigError(
+            "train.precision",
+            f"is {config.train.precision!r}, but the base loaded in {half} (model.dtype = {config.model.dtype!r})",
+            f'remove precision, or set model.dtype = "fp32" to compute in {config.train.precision}',
+        )
+    return replace(config, train=replace(config.train, precision=half))

@@ -166,6 +166,27 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def _grad_scaler(settings: TrainSection, device: torch.device) -> torch.amp.GradScaler:
+    """The scaler skips a step whose gradients are not finite, on the device, so a NaN never reaches the
+    weights and no step waits for the host. Its scale stays 1 but for fp16 (whose range underflows
+    small gradients)."""
+    fp16 = settings.precision == "fp16" and device.type == "cuda"
+    scale, growth = (2.0**16, 2000) if fp16 else (1.0, 2**30)
+    return torch.amp.GradScaler(device.type, init_scale=scale, growth_interval=growth)
+
+
+def _read_losses(
+    losses: torch.Tensor, read: int, step: int, progress: Callable[[int, int, float], None] | None
+) -> None:
+    """Read the losses of steps ``read`` to ``step`` off the device (the loop's one host sync), and stop
+    at a non-finite one: its step was skipped, so the weights are still finite."""
+    for at, loss_value in enumerate(losses[read:step].tolist(), start=read):
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(at, loss_value)
+        if progress is not None:
+            progress(at + 1, len(losses), loss_value)
+
+
 def train(
     model: nn.Module,
     task: Task,
@@ -196,12 +217,7 @@ def train(
         params, lr=learning_rate, weight_decay=settings.weight_decay, fused=device.type in _FUSED_ADAMW
     )
     peaks = [group["lr"] for group in optimizer.param_groups]
-    # The scaler skips a step whose gradients are not finite, on the device, so a NaN never reaches the
-    # weights and no step waits for the host. Its scale stays 1 but for fp16 (whose range underflows
-    # small gradients).
-    fp16 = settings.precision == "fp16" and device.type == "cuda"
-    scale, growth = (2.0**16, 2000) if fp16 else (1.0, 2**30)
-    scaler = torch.amp.GradScaler(device.type, init_scale=scale, growth_interval=growth)
+    scaler = _grad_scaler(settings, device)
     if settings.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     total_steps = fidelity.total_steps(data.train, settings)
@@ -240,11 +256,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             train_seconds += time.perf_counter() - started
             if step - read >= read_every or step in report_steps or step >= total_steps:
-                for at, loss_value in enumerate(losses[read:step].tolist(), start=read):  # the one host sync
-                    if not math.isfinite(loss_value):  # its step was skipped: the weights are still finite
-                        raise NonFiniteLoss(at, loss_value)
-                    if progress is not None:
-                        progress(at + 1, total_steps, loss_value)
+                _read_losses(losses, read, step, progress)
                 read = step
 
             if step in report_steps:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import functools
 import gc
 import itertools
@@ -33,7 +32,6 @@ from torch import nn
 from autopeft._version import __version__
 from autopeft.blocks import build_context
 from autopeft.budget import format_count, parse_budget
-from autopeft.config import StudyConfig
 from autopeft.data import batches
 from autopeft.errors import AutopeftError, BudgetError, ConfigError, ModelError, PluginError, first_line
 from autopeft.methods import PeftMethod, checked_count, plugin_call, trainable_numel
@@ -41,7 +39,7 @@ from autopeft.precision import autocast_for
 from autopeft.progress import Progress
 from autopeft.registry import MethodInfo, ResolvedStudy, registered_methods
 from autopeft.tasks import EvalSettings
-from autopeft.training.models import is_quantized, load_base_model, load_tokenizer, resolve_model_name
+from autopeft.training.models import is_quantized, load_study_base, load_tokenizer, resolve_model_name
 from autopeft.training.prefix_cache import PrefixCache
 from autopeft.training.resident import BaseChanged, BaseLender
 from autopeft.training.token_cache import load_cached_task_data
@@ -216,14 +214,8 @@ class Workbench:
     def _load_base(self) -> None:
         """Load the base model onto the device, where it stays for every trial, with what depends on
         it: the blocks (``ctx``), the lender that gives it back after each trial, the prefix cache."""
-        config = self.config
-        torch.manual_seed(config.study.seed)  # the new task head is drawn while loading: same seed, same head
-        if config.model.dtype == "fp16" and self.device.type != "cuda":
-            raise ConfigError(
-                "model.dtype", f"fp16 needs a CUDA GPU, and training runs on the {self.device.type} here", 'use "bf16"'
-            )
-        self.base = load_base_model(
-            config.model,
+        self.base, self.config = load_study_base(
+            self.config,
             self.model_source,
             self._offline,
             self.task,
@@ -231,7 +223,7 @@ class Workbench:
             self._pad_token_id,
             self.device,
         )
-        self.config = config = self._with_base_precision(config)
+        config = self.config
         self._placed = is_quantized(self.base) or config.model.device_map is not None
         try:
             self.ctx = build_context(self.base, new_head=self.task.new_head)
@@ -245,25 +237,6 @@ class Workbench:
         self.prefix = PrefixCache(self.base, self.ctx) if config.train.prefix_cache else None
         if self.prefix is not None:
             self.prefix.remember_base(self._probe())
-
-    def _with_base_precision(self, config: StudyConfig) -> StudyConfig:
-        """``config`` with ``[train] precision`` set to the base's own half precision when it has one
-        (``[model] dtype`` bf16 or fp16, or "auto" on a half-precision checkpoint): frozen bf16
-        weights compute in bf16, and autocast lets the fp32 trained parameters meet them.
-
-        Raises:
-            ConfigError: the study asks for another precision than the base computes in.
-        """
-        half = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(next(self.base.parameters()).dtype)
-        if half is None or config.train.precision == half:
-            return config
-        if config.train.precision != "auto":
-            raise ConfigError(
-                "train.precision",
-                f"is {config.train.precision!r}, but the base loaded in {half} (model.dtype = {config.model.dtype!r})",
-                f'remove precision, or set model.dtype = "fp32" to compute in {config.train.precision}',
-            )
-        return dataclasses.replace(config, train=dataclasses.replace(config.train, precision=half))
 
     @property
     def baseline_value(self) -> float | None:
