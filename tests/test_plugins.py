@@ -24,14 +24,14 @@ VERA = Path(__file__).parent / "thirdparty" / "autopeft-vera"
 LORAPLUS = Path(__file__).parent / "thirdparty" / "autopeft-loraplus"
 
 
-def test_every_hook_has_a_test_and_readme_heading() -> None:
+def test_every_hook_has_a_test_and_a_heading_on_the_plugin_page() -> None:
     # As in datasette: a hook added without a test named after it or a documented heading fails here.
     tests = Path(__file__).read_text()
-    page = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "plugins.md").read_text()
     assert HOOKS == ["register_methods", "register_tasks", "resolve_model"]
     for hook in HOOKS:
         assert f"def test_hook_{hook}" in tests, hook
-        assert re.search(rf"^#+ `?{hook}\(", page, re.MULTILINE), f"README lacks a heading for {hook}"
+        assert re.search(rf"^#+ `?{hook}\(", page, re.MULTILINE), f"docs/plugins.md lacks a heading for {hook}"
 
 
 def test_hook_register_methods() -> None:
