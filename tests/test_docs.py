@@ -17,6 +17,8 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 from conftest import ROOT, write_study
 
@@ -31,6 +33,16 @@ _TESTED = re.compile(r"^<!-- test:[^\n]*-->\n```(\w+)\n(.*?)^```[ \t]*$", re.MUL
 def _tested_blocks(page: str, language: str = "python") -> list[str]:
     """The code of each ``language`` block of ``docs/<page>`` that a ``<!-- test: ... -->`` line marks."""
     return [m.group(2) for m in _TESTED.finditer((DOCS / page).read_text(encoding="utf-8")) if m.group(1) == language]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread while a test trains tiny models: their steps gain nothing from more, and
+    lose several times over when another process shares the cores (OpenMP threads spin waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _nav_pages(nav: list) -> list[str]:
@@ -134,10 +146,12 @@ def _documented_conformance() -> type[MethodConformance]:
     return suite
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 class TestTheDocumentedConformanceSuite(_documented_conformance()):  # type: ignore[misc]
     """The suite the plugin page tells authors to run, run on the page's example plugin."""
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_the_python_api_examples_run(tmp_path: Path, monkeypatch, minilm_available) -> None:
     blocks = _tested_blocks("python-api.md")
     assert len(blocks) == 2, "searching and reading the results; training one configuration"
