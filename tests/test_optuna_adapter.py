@@ -71,7 +71,7 @@ def test_set_user_attrs_falls_back_to_one_public_call_each(tmp_path, monkeypatch
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}", 30))
     trial = study.ask()
     calls = []
-    from autopeft import optuna_adapter
+    from autopeft.storage import optuna_adapter
 
     assert optuna_adapter._batched_writer(trial) is not None  # this Optuna has the private statement...
     monkeypatch.setattr(optuna_adapter, "_batched_writer", lambda trial: None)  # ...a newer one may not
