@@ -103,9 +103,18 @@ def _flag(fix: str = "e.g. {key} = {default}", problem: str = "must be true or f
     return Rule(lambda v: isinstance(v, bool), problem, fix)
 
 
-def _data_file(v: Any, config: StudyConfig) -> bool:
-    """A local data file (by its suffix) must exist; a hub dataset name is checked when it loads."""
-    return not (isinstance(v, str) and v.endswith(DATA_SUFFIXES)) or Path(config.data_path(v)).is_file()
+def _data_file(v: Any, config: StudyConfig) -> bool | str:
+    """A local data file (by its suffix) must exist, and be a file; a hub dataset name is checked when it loads."""
+    if not (isinstance(v, str) and v.endswith(DATA_SUFFIXES)):
+        return True
+    path = Path(config.data_path(v))
+    if path.is_dir():
+        try:
+            empty = not any(path.iterdir())
+        except OSError:  # an unreadable folder
+            empty = False
+        return f"{path} is {'an empty folder' if empty else 'a folder'}, not a data file"
+    return path.is_file()
 
 
 def _budget_form(v: Any) -> bool | str:
@@ -331,6 +340,9 @@ class DataSection:
         Rule(lambda v: v is None or _positive_int(v), _POSITIVE.problem, "remove it or set e.g. {key} = 1000"),
         default=None,
     )
+    # Rows with an empty or missing text or label: "drop" them, saying how many from which split, or
+    # "error": refuse the split, naming the first such row.
+    on_missing: str = checked(_one_of(("drop", "error")), default="drop")
     # Tokenized splits kept in <name>.cache/ beside the study file, shared by workers.
     cache_tokens: bool = checked(_flag("e.g. cache_tokens = true"), default=True)
     # causal-lm: texts concatenated and cut into max_length sequences (no padding).

@@ -9,15 +9,29 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 
-__all__ = ["Split", "TaskData", "IGNORE_INDEX", "batches", "bucketed_order"]
+__all__ = [
+    "Split",
+    "TaskData",
+    "IGNORE_INDEX",
+    "MIN_VALIDATION_EXAMPLES",
+    "SMALL_VALIDATION_EXAMPLES",
+    "batches",
+    "bucketed_order",
+]
 
 #: Label of a position the loss and the metric skip (padding, a word's later sub-tokens).
 IGNORE_INDEX = -100
+#: A validation split with fewer examples is warned about: a metric on it is mostly noise (one
+#: example scores accuracy 0 or 1), and the search would pick its best trial by chance.
+MIN_VALIDATION_EXAMPLES = 30
+#: Below this many validation examples, each trial's line shows its metric's standard error
+#: (:meth:`autopeft.tasks.Task.standard_error`), so that close trials are not read as different.
+SMALL_VALIDATION_EXAMPLES = 1000
 
 
 @dataclass
@@ -33,13 +47,18 @@ class Split:
 
 @dataclass
 class TaskData:
-    """The tokenized splits and the label names, index = class id ([] for a task without classes)."""
+    """The tokenized splits and the label names, index = class id ([] for a task without classes).
+
+    ``notes`` are the warnings loading found (rows dropped, a class train never shows, a tiny
+    validation split): one line each, said once when a worker loads the data, cached with it.
+    """
 
     train: Split
     validation: Split
     test: Split | None
     label_names: list[Any]
     pad_token_id: int
+    notes: list[str] = field(default_factory=list)
 
 
 def bucketed_order(split: Split, batch_size: int, generator: random.Random, window: int = 50) -> list[int]:

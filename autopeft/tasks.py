@@ -14,6 +14,7 @@ Lifecycle, as the driver calls it::
     loss     = task.loss(logits, labels)               # in every training step
     value    = task.evaluate(model, split, metric, settings)  # the study metric on a split
     baseline = task.baseline(train, validation, metric)  # what a model that learned nothing scores
+    error    = task.standard_error(validation, metric, value)  # shown beside a small split's metric
 
 This module is the whole surface a task plugin needs: it re-exports :class:`Split`,
 :class:`DataSection` and :class:`DataError`, so a plugin imports from ``autopeft.tasks`` (and
@@ -91,9 +92,16 @@ class Task(ABC):
         """
         return None
 
+    def standard_error(self, split: Split, metric: str, value: float) -> float | None:
+        """The standard error of ``value``, ``metric`` measured on ``split``, or None where the task
+        has no estimate. Each trial's line shows it when the validation split is small
+        (:data:`autopeft.data.SMALL_VALIDATION_EXAMPLES`): two trials closer than it are a tie."""
+        return None
+
     @abstractmethod
     def columns(self, data: DataSection) -> list[str]:
-        """The columns every split must have (from ``[data]``); rows missing one are dropped."""
+        """The columns every split must have (from ``[data]``); rows missing one are dropped
+        (``data.on_missing = "drop"``, saying how many) or refused (``"error"``)."""
 
     def label_names(self, train_rows: dict[str, list[Any]], data: DataSection) -> list[Any]:
         """Class names in id order (``data.labels`` or the train split's), or [] for a task without classes."""

@@ -87,6 +87,16 @@ def entity_f1(truth: list[list[str]], predicted: list[list[str]]) -> float:
 
 
 def _class_names(values: list[Any], data: DataSection, what: str) -> list[Any]:
+    if data.labels is not None:
+        seen: list[Any] = []  # a list, not a set: a label from the study file may be unhashable
+        for label in data.labels:
+            if label in seen:
+                times = data.labels.count(label)
+                raise DataError(
+                    f"data.labels: {data.labels!r} lists the label {label!r} "
+                    f"{'twice' if times == 2 else f'{times} times'}; list each label once, one per class"
+                )
+            seen.append(label)
     names = list(data.labels) if data.labels is not None else sorted(set(values), key=str)
     if len(names) < 2:
         raise DataError(f"data.label: the train split has only the {what} {names!r}; a classifier needs at least two")
@@ -125,6 +135,19 @@ class _Classification(Task):
 
     def worst(self, metric: str) -> float:
         return _LOWEST[metric]
+
+    def standard_error(self, split: Split, metric: str, value: float) -> float | None:
+        """A share's binomial standard error over the split's scored labels (examples, or words),
+        Agresti-Coull adjusted (two hits and two misses added) so that a perfect score on a handful
+        of examples is not shown as certain: exact in form for accuracy, a rough guide for F1 and
+        MCC (MCC read on its [-1, 1] scale)."""
+        n = len(_flat_labels(split))
+        if n == 0 or not math.isfinite(value):
+            return None
+        scale = 2.0 if metric == "mcc" else 1.0
+        share = (value + 1) / 2 if metric == "mcc" else value
+        adjusted = (min(max(share, 0.0), 1.0) * n + 2) / (n + 4)
+        return scale * math.sqrt(adjusted * (1 - adjusted) / (n + 4))
 
     def baseline(self, train: Split, validation: Split, metric: str) -> tuple[str, float] | None:
         """Always predicting the train split's most common class."""

@@ -34,7 +34,7 @@ def finished_folder(tmp_path_factory, minilm_available) -> Path:
         folder,
         study={"name": "kept", "n_trials": 1},
         search={"methods": ["bitfit"]},
-        data={"max_train_examples": 16, "max_eval_examples": 16},
+        data={"max_train_examples": 16, "max_eval_examples": 32},
     )
     run_study(path, quiet=True)
     return folder
@@ -44,7 +44,7 @@ def _rewrite(folder: Path, **sections: dict) -> None:
     base = {
         "study": {"name": "kept", "n_trials": 1},
         "search": {"methods": ["bitfit"]},
-        "data": {"max_train_examples": 16, "max_eval_examples": 16},
+        "data": {"max_train_examples": 16, "max_eval_examples": 32},
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
@@ -61,6 +61,23 @@ def _unseen_string_label(folder: Path) -> None:
 def _empty_validation(folder: Path) -> None:
     _rewrite(folder)
     pd.read_parquet(folder / "validation.parquet").head(0).to_parquet(folder / "validation.parquet")
+
+
+def _column_named_twice(folder: Path) -> None:
+    _rewrite(folder, data={"train": "train.csv"})
+    (folder / "train.csv").write_text("text,label,label\ngood,1,1\nbad,0,0\n")
+
+
+def _folder_as_data_file(folder: Path) -> None:
+    _rewrite(folder, data={"train": "rows.csv"})
+    (folder / "rows.csv").mkdir()
+
+
+def _missing_text_refused(folder: Path) -> None:
+    _rewrite(folder, data={"on_missing": "error"})
+    frame = pd.read_parquet(folder / "train.parquet")
+    frame.loc[[5, 9], "text"] = None
+    frame.to_parquet(folder / "train.parquet")
 
 
 CASES: dict[str, tuple[Callable[[Path], None], str]] = {
@@ -82,6 +99,17 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         "budget.max_trainable: 10 parameters fit no configuration; the smallest is bitfit",
     ),
     "mistyped field": (lambda f: _rewrite(f, train={"epochs": "two"}), "train.epochs"),
+    "column named twice": (_column_named_twice, "data.train: column 'label' appears 2 times (columns: text, label"),
+    "labels listed twice": (
+        lambda f: _rewrite(f, data={"labels": [0, 0]}),
+        "data.labels: [0, 0] lists the label 0 twice; list each label once",
+    ),
+    "folder as data file": (_folder_as_data_file, "rows.csv is an empty folder, not a data file; fix the path"),
+    "missing text refused": (
+        _missing_text_refused,
+        "data.train: 2 of 120 rows of 'train.parquet' have an empty or missing value (text: 2), the first at data "
+        'row 6; fill in or remove those rows, or set data.on_missing = "drop"',
+    ),
 }
 
 

@@ -419,3 +419,107 @@ def test_load_model_on_malformed_exports(export_world, edits, config_edit, weigh
         event("loaded")
         assert not model.training
     assert not _new(before, _snapshot(out, folder))
+
+# -- issue 27: duplicated and oddly encoded columns; values at and beyond the model's limits ----------
+
+_header_name = st.sampled_from(["text", "label", "Text", "label ", "tëxt", "\ufefftext", "名前", "extra", ""])
+_csv_cell = st.sampled_from(["good", "bad", "0", "1", "", " ", "ünïcödé", '"q,uoted"', "NaN", "1.5", "\u0000"])
+
+
+@FUZZ
+@given(
+    header=st.lists(_header_name, min_size=1, max_size=5),
+    rows=st.lists(st.lists(_csv_cell, min_size=0, max_size=6), min_size=0, max_size=6),
+    encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1", "cp1252"]),
+    form=st.sampled_from(["csv", "jsonl", "parquet"]),
+)
+def test_duplicated_and_oddly_encoded_columns(data_world, header, rows, encoding, form) -> None:
+    """A header naming a column twice (``label,label``), in any encoding and form: one line, never the
+    ``KeyError: Field "label" exists 2 times in schema`` of pyarrow."""
+    from dataclasses import replace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from autopeft.training.data_files import check_columns
+    from autopeft.training.token_cache import load_task_data
+
+    folder, config, task, tokenizer = data_world
+    example = Path(tempfile.mkdtemp(dir=folder))
+    train = example / f"train.{form}"
+    cells = [(row + [""] * len(header))[: len(header)] for row in rows]
+    if form == "csv":
+        lines = [",".join(header), *(",".join(row) for row in cells)]
+        train.write_bytes("\n".join(lines).encode(encoding, errors="replace"))
+    elif form == "jsonl":  # JSON objects keep duplicated keys as written
+        train.write_bytes(
+            "\n".join(
+                "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in zip(header, row)) + "}" for row in cells
+            ).encode(encoding, errors="replace")
+        )
+    else:  # Parquet allows two columns of one name
+        columns = [pa.array([row[i] for row in cells], type=pa.string()) for i in range(len(header))]
+        pq.write_table(pa.Table.from_arrays(columns, names=header), train)
+    config = replace(config, data=replace(config.data, train=str(train)))
+    before = _snapshot(example, folder)
+    try:
+        check_columns(config, task.columns(config.data))
+        data = load_task_data(config, tokenizer, task)
+    except DataError as exc:
+        event("one-line DataError")
+        assert "\n" not in str(exc) and str(exc).startswith("data."), str(exc)
+        if header.count("label") > 1 and "text" in header and encoding in ("utf-8", "utf-8-sig") and rows:
+            assert "appears" in str(exc) or "cannot load" in str(exc), str(exc)  # named, not a later symptom
+    else:
+        event("loaded")
+        assert header.count("text") == 1 or header.count("\ufefftext") == 1
+        assert len(data.train) > 0 and len(data.label_names) >= 2
+    assert not _new(before, _snapshot(example, folder))
+
+
+_lengths = st.sampled_from([8, 9, 16, 511, 512, 513, 4096, 10**9, 2**63 - 1])
+_batches = st.sampled_from([1, 16, 10**6, 2**31, 2**62])
+
+
+@settings(FUZZ, max_examples=max(EXAMPLES // 10, 10))
+@given(max_length=_lengths, batch=_batches, eval_batch=_batches, checkpointing=st.booleans())
+def test_values_at_and_beyond_the_model_limits(data_world, max_length, batch, eval_batch, checkpointing) -> None:
+    """Whatever ``data.max_length`` and the batch sizes: the length is cut to the model's own limit,
+    no tokenized example is longer than it, and the memory estimate is a number to compare (huge
+    values are refused by the comparison, never by an overflow or a crash)."""
+    from dataclasses import replace
+
+    from autopeft.training.models import resolve_model_name
+    from autopeft.training.token_cache import load_task_data
+    from autopeft.training.workbench import _model_config, model_length_limit, step_memory_bytes
+
+    folder, config, task, tokenizer = data_world
+    source, offline = resolve_model_name(_plugin_manager_for_limits(), config.model.name)
+    model_config = _model_config(config.model, source, offline)
+    limit, where = model_length_limit(tokenizer, model_config)
+    assert limit == 512 and where.endswith("max_position_embeddings")  # MiniLM's, from its own config
+    capped = replace(config, data=replace(config.data, max_length=min(max_length, limit)))
+    data = load_task_data(capped, tokenizer, task)
+    longest = max(len(f["input_ids"]) for f in data.train.features)
+    assert longest <= min(max_length, limit)
+    for training, size in ((True, batch), (False, eval_batch)):
+        need = step_memory_bytes(
+            min(size, len(data.train)),
+            longest,
+            model_config.hidden_size,
+            model_config.num_hidden_layers,
+            model_config.num_attention_heads,
+            2,
+            trainable=10**6,
+            checkpointing=checkpointing,
+            training=training,
+        )
+        assert isinstance(need, int) and need > 0
+    assert step_memory_bytes(batch, max_length, 384, 2, 12, 2) >= step_memory_bytes(1, 8, 384, 2, 12, 2)
+
+
+def _plugin_manager_for_limits():
+    from conftest import _plugin_manager
+
+    return _plugin_manager()
+

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 from conftest import write_study
 from optuna.trial import TrialState
 
@@ -218,3 +219,142 @@ def test_a_changed_choice_list_stops_at_the_first_trial_with_one_line(tmp_path, 
     )
     study = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path / 'c.db'}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]  # not five failures in a row
+
+
+# -- issue 27: folders as data files, columns and labels named twice, limits and memory ---------------
+
+
+@pytest.mark.parametrize(
+    "value,content,expected",
+    [
+        ("train.csv", [], "data.train: {folder}/train.csv is an empty folder, not a data file; fix the path"),
+        ("rows.parquet", ["part-0.parquet"], "data.train: {folder}/rows.parquet is a folder, not a data file"),
+        ("emptydir", [], "data.train: 'emptydir' is an empty folder, not a data file; name a file ending in .csv"),
+    ],
+    ids=["empty-folder-named-csv", "folder-named-parquet", "empty-folder-without-suffix"],
+)
+def test_a_folder_given_as_a_data_file_is_called_a_folder(tmp_path, capsys, value, content, expected) -> None:
+    (tmp_path / value).mkdir()
+    for name in content:
+        (tmp_path / value / name).write_bytes(b"")
+    path = write_study(tmp_path, data={"train": value})
+    line = _assert_fails_in_one_line(capsys, ["run", str(path)], expected.format(folder=tmp_path))
+    assert "not found" not in line and "Hub" not in line  # the cause, not a missing file or the network
+    assert not (tmp_path / "tiny.db").exists()
+
+
+def test_labels_listed_twice_name_the_duplicate(tmp_path, capsys, minilm_available) -> None:
+    path = write_study(tmp_path, data={"labels": [0, 0]})
+    line = _assert_fails_in_one_line(
+        capsys, ["plan", str(path)], "data.labels: [0, 0] lists the label 0 twice; list each label once"
+    )
+    assert "not among the train labels" not in line
+
+
+def test_a_csv_with_a_column_named_twice_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "train.csv").write_text("text,label,label\ngood,1,1\nbad,0,0\n")
+    path = write_study(tmp_path, data={"train": "train.csv"})
+    _assert_fails_in_one_line(capsys, ["run", str(path)], "data.train: column 'label' appears 2 times")
+    assert not (tmp_path / "tiny.db").exists()
+
+
+def test_the_model_limit_is_read_from_whichever_of_its_tokenizer_and_config_states_one() -> None:
+    from autopeft.training.workbench import model_length_limit
+
+    def tokenizer(limit):
+        return types.SimpleNamespace(model_max_length=limit)
+
+    def config(**fields):
+        return types.SimpleNamespace(**fields)
+
+    unlimited = int(1e30)  # what transformers sets where a tokenizer states no limit
+    assert model_length_limit(tokenizer(512), config(max_position_embeddings=512))[0] == 512  # BERT
+    assert model_length_limit(tokenizer(512), config(max_position_embeddings=514)) == (
+        512,
+        "the tokenizer's model_max_length",
+    )  # RoBERTa: two positions are reserved
+    assert model_length_limit(tokenizer(unlimited), config(n_positions=1024)) == (
+        1024,
+        "the model config's n_positions",
+    )  # GPT-2
+    assert model_length_limit(tokenizer(unlimited), config(max_position_embeddings=8192, n_positions=4)) == (
+        8192,
+        "the model config's max_position_embeddings",
+    )
+    assert model_length_limit(tokenizer(512), config(d_model=512)) == (512, "the tokenizer's model_max_length")
+    assert model_length_limit(tokenizer(unlimited), None) is None  # nothing stated: nothing capped
+
+
+def test_the_memory_estimate_grows_with_batch_and_length_and_checkpointing_lowers_it() -> None:
+    from autopeft.training.workbench import available_memory, step_memory_bytes
+
+    shape = {"width": 384, "layers": 6, "heads": 12, "outputs": 2}
+    base = step_memory_bytes(16, 128, **shape)
+    assert step_memory_bytes(32, 128, **shape) > base and step_memory_bytes(16, 256, **shape) > base
+    assert step_memory_bytes(16, 128, **shape, checkpointing=True) < base
+    assert step_memory_bytes(16, 128, **shape, training=False) < base
+    assert step_memory_bytes(16, 128, **shape, trainable=1000) == base + 16_000  # weight, gradient, Adam's two
+    # The issue's case: 10**9 tokens a batch is refused by any machine, not attempted.
+    assert step_memory_bytes(16, 10**9, **shape) > 2**60
+    free, what = available_memory(torch.device("cpu"))
+    assert free > 0 and what == "available RAM"
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused_before_the_first_trial(
+    tmp_path, capsys, monkeypatch, minilm_available
+) -> None:
+    import autopeft.training.workbench as workbench
+
+    path = write_study(tmp_path, search={"methods": ["bitfit"]})
+    monkeypatch.setattr(workbench, "available_memory", lambda device: (2**20, "available RAM"))
+    line = _assert_fails_in_one_line(capsys, ["run", str(path)], "train.batch_size: a training step needs about")
+    assert "more than the 0.0 GiB of available RAM left" in line
+    assert line.endswith(
+        "lower train.batch_size (16) or data.max_length (32), or set train.gradient_checkpointing = true"
+    )
+    if (tmp_path / "tiny.db").exists():  # refused before any trial: none recorded, none lost
+        assert not optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}").trials
+
+    real = workbench.step_memory_bytes
+    monkeypatch.setattr(workbench, "available_memory", lambda device: (2**30, "free GPU memory"))
+    monkeypatch.setattr(
+        workbench, "step_memory_bytes", lambda *a, training=True, **k: 1 if training else real(*a, **k) + 2**31
+    )
+    _assert_fails_in_one_line(
+        capsys,
+        ["run", str(path)],
+        "train.eval_batch_size: an evaluation batch needs about",
+    )
+
+
+def test_a_small_study_says_each_warning_once_and_shows_the_standard_error(tmp_path, capsys, minilm_available) -> None:
+    import pandas as pd
+
+    path = write_study(
+        tmp_path,
+        study={"n_trials": 1},
+        data={"max_length": 10**9, "labels": [0, 1, 2]},
+        search={"methods": ["bitfit"]},
+    )
+    frame = pd.read_parquet(tmp_path / "train.parquet")
+    frame.loc[[1, 2], "text"] = None
+    frame.to_parquet(tmp_path / "train.parquet")
+    pd.read_parquet(tmp_path / "validation.parquet").head(5).to_parquet(tmp_path / "validation.parquet")
+    assert main(["run", str(path)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    expected = [
+        "autopeft: data.max_length = 1000000000 is more than the 512 tokens the model takes (the model config's "
+        "max_position_embeddings); training with 512: set data.max_length = 512 or less to silence this",
+        "autopeft: data.train: dropped 2 of 120 rows of 'train.parquet' with an empty or missing value (text: 2); "
+        'set data.on_missing = "error" to refuse such a file',
+        "autopeft: data.train: the class 2 of the labels [0, 1, 2] never occurs in the train split, so the model "
+        "cannot learn it; add train examples or remove it from data.labels",
+        "autopeft: data.validation: only 5 examples, fewer than the minimum of 30: its metric is mostly noise and "
+        "the best trial wins by chance; add validation examples (each trial's line shows its standard error)",
+    ]
+    for line in expected:
+        assert err.count(line) == 1, err  # each said once
+    [scored] = [line for line in err if line.startswith("[trial 0] accuracy ")]
+    assert " ± 0." in scored and "(standard error)" in scored, scored
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
+    assert 0 < study.trials[0].user_attrs["metric_se"] < 0.5

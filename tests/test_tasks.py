@@ -362,3 +362,39 @@ def test_token_classification_scores_entity_f1_per_sentence(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="needs the label names"):
         task.evaluate(Perfect(), split, "entity_f1", EvalSettings(0, 2, torch.device("cpu"), "fp32"))
     assert task.baseline(split, split, "entity_f1") is None and task.worst("entity_f1") == 0.0
+
+
+# -- issue 27: labels listed twice, the metric's standard error ----------------------------------------
+
+
+@pytest.mark.parametrize("task", [SequenceClassification(), TokenClassification()], ids=lambda t: t.name)
+def test_a_label_listed_twice_is_named_not_reported_as_unseen(task) -> None:
+    from autopeft.errors import DataError
+
+    per_word = task.name.startswith("token")
+    rows = {"text": [["a"], ["b"]], "label": [[0], [1]]} if per_word else {"text": ["a", "b"], "label": [0, 1]}
+    with pytest.raises(DataError) as caught:
+        task.label_names(rows, _data(labels=[0, 0]))
+    message = str(caught.value)
+    assert message == "data.labels: [0, 0] lists the label 0 twice; list each label once, one per class"
+    assert "not among the train labels" not in message
+    with pytest.raises(DataError, match=r"lists the label 'neg' 3 times"):
+        task.label_names(rows, _data(labels=["neg", "pos", "neg", "neg"]))
+    assert task.label_names(rows, _data(labels=[1, 0])) == [1, 0]
+
+
+def test_the_standard_error_of_a_share_is_never_zero_on_few_examples() -> None:
+    task = SequenceClassification()
+    one = Split([{"input_ids": [1]}], [1])
+    thousand = Split([{"input_ids": [1]}] * 1000, [1] * 1000)
+    # One example scored right: accuracy 1.0, yet nothing is known; Agresti-Coull: sqrt(.6 * .4 / 5).
+    assert task.standard_error(one, "accuracy", 1.0) == pytest.approx(math.sqrt(0.6 * 0.4 / 5))
+    # Many examples: close to the plain binomial sqrt(p (1 - p) / n).
+    assert task.standard_error(thousand, "accuracy", 0.7) == pytest.approx(math.sqrt(0.7 * 0.3 / 1000), rel=0.01)
+    # MCC lives on [-1, 1]: twice the error of the share it maps to.
+    assert task.standard_error(thousand, "mcc", 0.4) == pytest.approx(
+        2 * task.standard_error(thousand, "accuracy", 0.7), rel=1e-9
+    )
+    words = Split([{"input_ids": [1, 2, 3]}] * 2, [[IGNORE_INDEX, 0, 1], [IGNORE_INDEX, 1, 1]])
+    assert TokenClassification().standard_error(words, "accuracy", 0.5) == pytest.approx(math.sqrt(0.25 / 8))
+    assert CausalLanguageModelling().standard_error(one, "perplexity", 12.0) is None  # no estimate: none shown

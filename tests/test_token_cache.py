@@ -9,6 +9,7 @@ import pytest
 from conftest import write_study
 
 from autopeft import get_plugin_manager, load_config
+from autopeft.errors import DataError
 from autopeft.training.models import load_tokenizer, resolve_model_name
 from autopeft.training.token_cache import load_cached_task_data, token_cache_path
 from autopeft_plugins.tasks import SequenceClassification
@@ -73,3 +74,91 @@ def test_per_token_labels_round_trip(tmp_path, tokenizer) -> None:
     assert (hit, hit_again) == (False, True)
     assert cached == fresh and isinstance(cached.train.labels[0], list)
     assert token_cache_path(config, tokenizer) != token_cache_path(load_config(write_study(tmp_path)), tokenizer)
+
+
+# -- what loading says about the rows it keeps (issue 27) -------------------------------------------
+
+
+def _spoil(folder, split: str, rows: dict[int, dict]) -> None:
+    """Blank the given cells (row -> {column: None}) of ``split``'s parquet file."""
+    frame = pd.read_parquet(folder / f"{split}.parquet")
+    for row, cells in rows.items():
+        for column, value in cells.items():
+            frame.loc[row, column] = value
+    frame.to_parquet(folder / f"{split}.parquet")
+
+
+def test_dropped_rows_are_counted_per_split_and_column_and_survive_the_cache(tmp_path, tokenizer) -> None:
+    config = load_config(write_study(tmp_path))
+    _spoil(tmp_path, "train", {3: {"text": None}, 7: {"label": None}, 9: {"text": "   ", "label": None}})
+    _spoil(tmp_path, "validation", {0: {"label": None}})
+    fresh, hit = load_cached_task_data(config, tokenizer, TASK)
+    assert not hit and (len(fresh.train), len(fresh.validation)) == (117, 59)
+    assert fresh.notes == [
+        "autopeft: data.train: dropped 3 of 120 rows of 'train.parquet' with an empty or missing value "
+        '(text: 2, label: 2); set data.on_missing = "error" to refuse such a file',
+        "autopeft: data.validation: dropped 1 of 60 rows of 'validation.parquet' with an empty or missing value "
+        '(label: 1); set data.on_missing = "error" to refuse such a file',
+    ]
+    cached, hit = load_cached_task_data(config, tokenizer, TASK)
+    assert hit and cached.notes == fresh.notes  # a worker that reads the cache says the same
+
+
+def test_on_missing_error_refuses_the_split_naming_the_first_row(tmp_path, tokenizer) -> None:
+    config = load_config(write_study(tmp_path, data={"on_missing": "error"}))
+    _spoil(tmp_path, "validation", {4: {"text": None}, 11: {"text": ""}})
+    with pytest.raises(DataError) as caught:
+        load_cached_task_data(config, tokenizer, TASK)
+    assert str(caught.value) == (
+        "data.validation: 2 of 60 rows of 'validation.parquet' have an empty or missing value (text: 2), "
+        'the first at data row 5; fill in or remove those rows, or set data.on_missing = "drop"'
+    )
+    (tmp_path / "clean").mkdir()
+    clean = load_config(write_study(tmp_path / "clean", data={"on_missing": "error"}))
+    assert load_cached_task_data(clean, tokenizer, TASK)[0].notes == []  # complete files: no word, no error
+
+
+def test_a_configured_class_absent_from_train_is_warned(tmp_path, tokenizer) -> None:
+    config = load_config(write_study(tmp_path, data={"labels": [0, 1, 2]}))
+    data, _ = load_cached_task_data(config, tokenizer, TASK)
+    assert data.label_names == [0, 1, 2]
+    assert data.notes == [
+        "autopeft: data.train: the class 2 of the labels [0, 1, 2] never occurs in the train split, so the model "
+        "cannot learn it; add train examples or remove it from data.labels"
+    ]
+    both = load_config(write_study(tmp_path, data={"labels": [0, 1, 2, 3]}))
+    assert (
+        "the classes 2, 3 of the labels [0, 1, 2, 3] never occur"
+        in load_cached_task_data(both, tokenizer, TASK)[0].notes[0]
+    )
+
+
+def test_a_validation_split_below_the_minimum_is_warned(tmp_path, tokenizer) -> None:
+    from autopeft.data import MIN_VALIDATION_EXAMPLES
+
+    one = load_config(write_study(tmp_path, data={"max_eval_examples": 1}))
+    assert load_cached_task_data(one, tokenizer, TASK)[0].notes == [
+        f"autopeft: data.validation: only 1 example, fewer than the minimum of {MIN_VALIDATION_EXAMPLES}: its "
+        "metric is mostly noise and the best trial wins by chance; add validation examples (each trial's line "
+        "shows its standard error)"
+    ]
+    at = load_config(write_study(tmp_path, data={"max_eval_examples": MIN_VALIDATION_EXAMPLES}))
+    assert load_cached_task_data(at, tokenizer, TASK)[0].notes == []
+
+
+def test_a_column_named_twice_is_one_line_before_and_while_loading(tmp_path, tokenizer) -> None:
+    from autopeft.training.data_files import check_columns
+
+    (tmp_path / "train.csv").write_text("text,label,label\ngood,1,1\nbad,0,0\nfine,1,0\n")
+    config = load_config(write_study(tmp_path, data={"train": "train.csv"}))
+    expected = (
+        "data.train: column 'label' appears 2 times (columns: text, label, label); rename or remove the extra "
+        "ones, so that each column name is unique"
+    )
+    with pytest.raises(DataError) as before_the_model:
+        check_columns(config, TASK.columns(config.data))
+    with pytest.raises(DataError) as loading:
+        load_cached_task_data(config, tokenizer, TASK)
+    assert str(before_the_model.value) == str(loading.value) == expected
+    (tmp_path / "train.csv").write_text("text,label,extra,extra\ngood,1,a,b\nbad,0,c,d\n")  # not a column it reads
+    assert len(load_cached_task_data(config, tokenizer, TASK)[0].train) == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,11 @@ def load_split(config: StudyConfig, key: str) -> Any:
             import datasets
 
             hub = config.dataset_source()
+            if hub is None and (folder := _local_folder(config, source)) is not None:
+                raise DataError(
+                    f"data.{key}: {value!r} is {folder}, not a data file; name a file ending in "
+                    f"{', '.join(DATA_SUFFIXES)}, or set data.dataset to a datasets folder and data.{key} to its split"
+                )
             if hub is not None:  # [data] dataset: the value is a split of it, maybe a slice ("train[:90%]")
                 found = datasets.load_dataset(hub, config.data.subset, split=value, revision=config.data.revision)
             else:
@@ -72,16 +78,42 @@ def load_split(config: StudyConfig, key: str) -> Any:
                 found = datasets.load_dataset(name, split=split or key)
             table = found.with_format("arrow")[:]
         table.column_names  # noqa: B018 - decoded here, so that a header that is not UTF-8 fails here
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow and datasets raise many types for unreadable or unreachable sources
         if local and Path(source).is_file() and _has_no_rows(Path(source)):
             raise DataError(f"data.{key}: {value!r} has no rows; point it at a file with examples") from None
-        raise DataError(
-            f"data.{key}: cannot load {value!r} ({type(exc).__name__}: {first_line(exc)}); "
-            "check the path, or the hub name and your connection"
-        ) from None
+        if local and (twice := _KEY_TWICE.search(str(exc))) is not None:  # a JSON record naming a key twice
+            raise DataError(
+                f"data.{key}: column {twice.group(1)!r} appears twice in record {int(twice.group(2)) + 1} of "
+                f"{value!r}; rename or remove the extra one, so that each column name is unique"
+            ) from None
+        fix = (
+            "check that it is a UTF-8 CSV, JSON, JSON Lines or Parquet file as its suffix says"
+            if local and Path(source).is_file()
+            else "check the path, or the hub name and your connection"
+        )
+        raise DataError(f"data.{key}: cannot load {value!r} ({type(exc).__name__}: {first_line(exc)}); {fix}") from None
     if table.num_rows == 0:
         raise DataError(f"data.{key}: {value!r} has no rows; point it at a file with examples")
     return table
+
+
+#: pyarrow's words for a JSON record with a key twice: "Column(/label) was specified twice in row 0".
+_KEY_TWICE = re.compile(r"Column\(/(.*?)\) was specified twice in row (\d+)")
+
+
+def _local_folder(config: StudyConfig, source: str) -> str | None:
+    """ "an empty folder" or "a folder" where ``source`` (no data-file suffix) names a folder beside the
+    study file, which is never a hub dataset's name; None otherwise."""
+    name = source.partition(":")[0]
+    path = config.path.parent / name
+    try:
+        if not name or not path.is_dir():
+            return None
+        return "a folder" if any(path.iterdir()) else "an empty folder"
+    except (OSError, ValueError):  # an unreadable folder, a name the file system cannot hold
+        return None
 
 
 def _has_no_rows(path: Path) -> bool:
@@ -105,9 +137,17 @@ def check_columns(config: StudyConfig, needed: list[str]) -> None:
 
 
 def missing_columns(table: Any, needed: list[str], key: str) -> None:
+    """Raise a one-line DataError when a ``needed`` column is missing from the split, or named twice
+    in it (a CSV header ``text,label,label``): which of the two to read cannot be guessed."""
+    names = list(table.column_names)
     for column in needed:
-        if column not in table.column_names:
+        if column not in names:
             raise DataError(
-                f"data.{key}: column {column!r} not found (columns: {', '.join(table.column_names)}); "
+                f"data.{key}: column {column!r} not found (columns: {', '.join(names)}); "
                 f"set data.text / data.label to existing columns"
+            )
+        if (count := names.count(column)) > 1:
+            raise DataError(
+                f"data.{key}: column {column!r} appears {count} times (columns: {', '.join(names)}); "
+                "rename or remove the extra ones, so that each column name is unique"
             )

@@ -19,30 +19,36 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from autopeft.config import DATA_SUFFIXES, StudyConfig
-from autopeft.data import Split, TaskData
+from autopeft.data import MIN_VALIDATION_EXAMPLES, Split, TaskData
 from autopeft.errors import DataError, first_line
 from autopeft.tasks import Task
 from autopeft.training.data_files import load_split, missing_columns
 
 __all__ = ["load_task_data", "load_cached_task_data", "token_cache_path"]
 
-_FORMAT = 2  # bump when the file layout changes
+_FORMAT = 3  # bump when the file layout changes
 
 
-def _rows(config: StudyConfig, key: str, needed: list[str], limit: int | None, seed: int) -> dict[str, list[Any]]:
-    """Column -> values of one split, rows with an empty needed value dropped, ``limit`` sampled."""
+def _rows(
+    config: StudyConfig, key: str, needed: list[str], limit: int | None, seed: int, notes: list[str]
+) -> dict[str, list[Any]]:
+    """Column -> values of one split, rows with an empty needed value dropped (said in ``notes``, or
+    refused with ``data.on_missing = "error"``), ``limit`` sampled."""
     table = load_split(config, key)
     missing_columns(table, needed, key)
     try:
         columns = table.select(needed).to_pydict()  # whole columns to Python lists: per-row access is ~100x slower
     except (ValueError, TypeError, UnicodeDecodeError) as exc:  # cells pyarrow read but Python cannot hold
         raise DataError(f"data.{key}: cannot read the {', '.join(needed)} columns ({first_line(exc)})") from None
-    keep = [i for i in range(table.num_rows) if all(_usable(columns[c][i]) for c in needed)]
+    usable = {c: [_usable(v) for v in columns[c]] for c in needed}
+    keep = [i for i in range(table.num_rows) if all(usable[c][i] for c in needed)]
+    if dropped := table.num_rows - len(keep):
+        _say_dropped(config, key, table.num_rows, dropped, usable, keep, notes)
     if limit is not None and len(keep) > limit:
         keep = sorted(random.Random(seed).sample(keep, limit))
     if not keep:
@@ -50,6 +56,32 @@ def _rows(config: StudyConfig, key: str, needed: list[str], limit: int | None, s
             f"data.{key}: the split has no usable rows (empty texts or labels); point it at a non-empty file"
         )
     return {c: [columns[c][i] for i in keep] for c in needed}
+
+
+def _say_dropped(
+    config: StudyConfig,
+    key: str,
+    total: int,
+    dropped: int,
+    usable: dict[str, list[bool]],
+    keep: list[int],
+    notes: list[str],
+) -> None:
+    """Note how many rows of split ``key`` lack a value, per column; with ``data.on_missing = "error"``
+    (or when no row is left) refuse the split instead."""
+    value = getattr(config.data, key)
+    per_column = ", ".join(f"{c}: {n}" for c, flags in usable.items() if (n := flags.count(False)))
+    if config.data.on_missing == "error":
+        first = next(i for i in range(total) if not all(flags[i] for flags in usable.values()))
+        raise DataError(
+            f"data.{key}: {dropped} of {total} rows of {value!r} have an empty or missing value ({per_column}), "
+            f'the first at data row {first + 1}; fill in or remove those rows, or set data.on_missing = "drop"'
+        )
+    if keep:
+        notes.append(
+            f"autopeft: data.{key}: dropped {dropped} of {total} rows of {value!r} with an empty or missing value "
+            f'({per_column}); set data.on_missing = "error" to refuse such a file'
+        )
 
 
 def _usable(value: Any) -> bool:
@@ -70,18 +102,46 @@ def load_task_data(config: StudyConfig, tokenizer: Any, task: Task) -> TaskData:
     """
     d, seed = config.data, config.study.seed
     needed = task.columns(d)
+    notes: list[str] = []
     raw = {
-        "train": _rows(config, "train", needed, d.max_train_examples, seed),
-        "validation": _rows(config, "validation", needed, d.max_eval_examples, seed),
+        "train": _rows(config, "train", needed, d.max_train_examples, seed, notes),
+        "validation": _rows(config, "validation", needed, d.max_eval_examples, seed, notes),
     }
     if d.test is not None:
-        raw["test"] = _rows(config, "test", needed, d.max_eval_examples, seed)
+        raw["test"] = _rows(config, "test", needed, d.max_eval_examples, seed, notes)
     names = task.label_names(raw["train"], d)
     splits = {key: _encode(task, rows, tokenizer, config, names, key) for key, rows in raw.items()}
     for key, split in splits.items():
         if not len(split):
             raise DataError(f"data.{key}: no example left after tokenizing; check data.text and data.max_length")
-    return TaskData(splits["train"], splits["validation"], splits.get("test"), names, tokenizer.pad_token_id)
+    notes += _absent_classes(splits["train"], names)
+    if (n := len(splits["validation"])) < MIN_VALIDATION_EXAMPLES:
+        notes.append(
+            f"autopeft: data.validation: only {n} example{'s' if n != 1 else ''}, fewer than the minimum of "
+            f"{MIN_VALIDATION_EXAMPLES}: its metric is mostly noise and the best trial wins by chance; "
+            "add validation examples (each trial's line shows its standard error)"
+        )
+    return TaskData(splits["train"], splits["validation"], splits.get("test"), names, tokenizer.pad_token_id, notes)
+
+
+def _absent_classes(train: Split, names: list[Any]) -> list[str]:
+    """A note naming the classes (ids into ``names``) that no train label is: a model never shown
+    one cannot learn to predict it, and ``data.labels`` may list a class the data lacks."""
+    if not names:
+        return []
+    labels = train.labels
+    flat = [x for row in labels for x in row] if labels and isinstance(labels[0], list) else labels
+    present = set(cast(list[int], flat))
+    absent = [name for i, name in enumerate(names) if i not in present]
+    if not absent:
+        return []
+    which = ", ".join(repr(name) for name in absent)
+    return [
+        f"autopeft: data.train: the class{'es' if len(absent) > 1 else ''} {which} of the labels {names} never "
+        f"occur{'' if len(absent) > 1 else 's'} in the train split, so the model cannot learn "
+        f"{'them' if len(absent) > 1 else 'it'}; add train examples or remove {'them' if len(absent) > 1 else 'it'} "
+        "from data.labels"
+    ]
 
 
 def _encode(
@@ -133,7 +193,11 @@ def token_cache_path(config: StudyConfig, tokenizer: Any) -> Path:
 
 
 def _pack(data: TaskData) -> dict[str, np.ndarray]:
-    arrays = {"label_names": np.array(json.dumps(data.label_names)), "pad_token_id": np.array(data.pad_token_id)}
+    arrays = {
+        "label_names": np.array(json.dumps(data.label_names)),
+        "pad_token_id": np.array(data.pad_token_id),
+        "notes": np.array(json.dumps(data.notes)),
+    }
     for name, split in (("train", data.train), ("validation", data.validation), ("test", data.test)):
         if split is None:
             continue
@@ -169,6 +233,7 @@ def _unpack(arrays: Any) -> TaskData:
         splits.get("test"),
         json.loads(str(arrays["label_names"])),
         int(arrays["pad_token_id"]),
+        json.loads(str(arrays["notes"])),
     )
 
 

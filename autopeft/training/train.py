@@ -104,6 +104,7 @@ class TrainResult:
     test_metric: float | None = None  # the test split's metric, when the caller asked for it
     test_seconds: float = 0.0  # scoring the test split
     trained_count: int | None = None  # PeftMethod.trained_count: what carries the update (AdaLoRA's pruned ranks)
+    metric_se: float | None = None  # the metric's standard error on a small validation split (set by the caller)
 
     def measurements(self) -> dict[str, float]:
         """What a trial records of its fit (its user attributes): timings, throughput, memory, test metric."""
@@ -111,6 +112,7 @@ class TrainResult:
         found = {key: getattr(self, key) for key in (*keys, "cache_seconds", "test_seconds")}
         found["tokens_per_second"] = self.train_tokens / max(self.train_seconds, 1e-9)
         found |= {"test_metric": self.test_metric} if self.test_metric is not None else {}
+        found |= {"metric_se": self.metric_se} if self.metric_se is not None else {}
         return found | ({"trained_count": self.trained_count} if self.trained_count is not None else {})
 
 
