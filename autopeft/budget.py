@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -16,30 +17,42 @@ _SHARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
 
 
-def parse_budget(value: int | float | str, total_params: int) -> int:
+#: The model size :func:`parse_budget` assumes for a share when the model is not known yet.
+_NOMINAL_TOTAL = 10**15
+
+
+def parse_budget(value: int | float | str, total_params: int | None) -> int:
     """The largest allowed number of trainable parameters.
 
     Args:
         value: a count (``150000``, ``"150k"``, ``"1.5M"``) or a share of the model (``"0.5%"``).
-        total_params: parameters of the loaded model, task head included.
+        total_params: parameters of the loaded model, task head included; None checks the form
+            alone (a study file read before its model is loaded).
 
     Raises:
-        ValueError: for anything else, or a budget that is not positive.
+        ValueError: for anything else, a budget that is not positive, a share above 100%, or a
+            count above ``total_params`` (as a share above 100% is refused, so is a count that
+            more than the whole model could never bind).
     """
     if isinstance(value, bool):
         raise ValueError(f"expected a count or a percentage, got {value!r}")
+    total = _NOMINAL_TOTAL if total_params is None else total_params
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite count like 150000, got {value!r}")
         count = int(value)
     elif (share := _SHARE.match(value)) is not None:
         if float(share.group(1)) > 100:
             raise ValueError(f"a share of the model is at most 100%, got {value!r}")
-        count = int(float(share.group(1)) / 100 * total_params)
+        count = int(float(share.group(1)) / 100 * total)
     elif (number := _COUNT.match(value)) is not None:
         count = int(float(number.group(1)) * _SCALE[number.group(2).lower()])
     else:
         raise ValueError(f"expected a count like 150000 or '150k', or a share like '0.5%', got {value!r}")
     if count <= 0:
         raise ValueError(f"must be positive, got {value!r}")
+    if total_params is not None and count > total_params:
+        raise ValueError(f"{value!r} is more than the model's {total_params:,} parameters")
     return count
 
 

@@ -59,12 +59,13 @@ class Rule:
     """One check of a study-file field, declared beside the field (see :func:`checked`).
 
     ``check(value)`` (or ``check(value, config)`` with ``needs_config``) returns True when the value
-    is right, False when not, or a string saying what is wrong. In ``problem`` and ``fix``,
+    is right, False when not, a string saying what is wrong, or a (problem, fix) pair when the fix
+    depends on the value. In ``problem`` and ``fix``,
     ``{value}`` becomes the value's repr, ``{key}`` the field's name, ``{default}`` its default and
     ``{file}`` the path a data file resolves to.
     """
 
-    check: Callable[..., bool | str]
+    check: Callable[..., bool | str | tuple[str, str]]
     problem: str
     fix: str
     needs_config: bool = False
@@ -117,9 +118,42 @@ def _data_file(v: Any, config: StudyConfig) -> bool | str:
     return path.is_file()
 
 
+#: Loading arguments autopeft passes itself, by the setting that decides each: as a config override
+#: they would be passed twice (a TypeError deep in transformers) or fight the setting.
+RESERVED_OVERRIDES = {
+    "trust_remote_code": ("[model] trust_remote_code", "set trust_remote_code = {value} under [model] instead"),
+    "revision": ("[model] revision", 'set revision = "..." under [model] instead'),
+    "dtype": ("[model] dtype", 'set dtype = "bf16" (or "fp32", "fp16", "auto") under [model] instead'),
+    "torch_dtype": ("[model] dtype", 'set dtype = "bf16" (or "fp32", "fp16", "auto") under [model] instead'),
+    "quantization_config": ("[model] quantization", 'set quantization = "nf4" or "int8" under [model] instead'),
+    "device_map": ("[model] device_map", 'set device_map = "auto" under [model] instead'),
+    "local_files_only": ("HF_HUB_OFFLINE", "set HF_HUB_OFFLINE=1 in the environment instead"),
+    "num_labels": ("[data] labels", "set labels = [...] under [data] instead, or let the train split decide them"),
+    "id2label": ("[data] labels", "set labels = [...] under [data] instead, or let the train split decide them"),
+    "label2id": ("[data] labels", "set labels = [...] under [data] instead, or let the train split decide them"),
+}
+
+
+def reserved_override(overrides: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(problem, fix) for the first key of ``overrides`` that autopeft passes to ``from_pretrained``
+    itself, or None: as an override it would be passed twice, or fight the setting that decides it."""
+    key = next((k for k in overrides if k in RESERVED_OVERRIDES), None)
+    if key is None:
+        return None
+    where, instead = RESERVED_OVERRIDES[key]
+    value = overrides[key]
+    instead = instead.replace("{value}", _toml(value) if isinstance(value, bool) else "true")
+    return f"{key!r} is not a config override: autopeft sets it from {where}", f"remove it from overrides and {instead}"
+
+
+def _not_reserved(v: Any) -> bool | tuple[str, str]:
+    found = reserved_override(v) if isinstance(v, dict) else None
+    return True if found is None else found
+
+
 def _budget_form(v: Any) -> bool | str:
     try:
-        parse_budget(v, 10**15)  # the form and the share's range; the count needs the model
+        parse_budget(v, None)  # the form and the share's range; the count is checked once the model loads
     except ValueError as exc:
         return str(exc)
     return True
@@ -209,7 +243,11 @@ class StudySection:
     # or "gs://bucket/prefix" (the gcs extra); credentials come from the environment, never this file.
     artifacts: str | None = checked(
         Rule(
-            lambda v: v is None or (parse_bucket_url(v) is not None if is_bucket_url(v) else _is_path(v)),
+            lambda v: (
+                v is None
+                or isinstance(v, str)
+                and (parse_bucket_url(v) is not None if is_bucket_url(v) else _is_path(v))
+            ),
             "must be a directory path or a bucket URL (s3://bucket/prefix, gs://bucket/prefix)",
             'e.g. artifacts = "/shared/my-study.artifacts" or artifacts = "s3://my-bucket/studies/sst2"',
         ),
@@ -243,6 +281,7 @@ class ModelSection:
     # config kwargs, e.g. num_hidden_layers
     overrides: dict[str, Any] = checked(
         Rule(lambda v: isinstance(v, dict), "must be a table", "e.g. overrides = { num_hidden_layers = 2 }"),
+        Rule(lambda v: _not_reserved(v), "", ""),
         default_factory=dict,
     )
     # The frozen base weights' dtype: "fp32", "bf16" (half the memory; the model then computes in bf16),
@@ -608,7 +647,10 @@ def _validate(config: StudyConfig) -> None:
                 words = {"{value}": repr(value), "{key}": f.name, "{default}": _toml(default)}
                 if rule.needs_config:
                     words["{file}"] = config.data_path(value)
-                problem, fix = verdict if isinstance(verdict, str) else rule.problem, rule.fix
+                if isinstance(verdict, tuple):
+                    problem, fix = verdict
+                else:
+                    problem, fix = verdict if isinstance(verdict, str) else rule.problem, rule.fix
                 for token, text in words.items():
                     problem, fix = problem.replace(token, text), fix.replace(token, text)
                 raise ConfigError(f"{section_name}.{f.name}", problem, fix)
@@ -633,6 +675,51 @@ def _validate(config: StudyConfig) -> None:
         )
 
 
+#: Byte-order marks of the encodings a study file must not be in: TOML is UTF-8.
+_WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+
+
+def _study_text(path: Path, data: bytes) -> str:
+    """A study file's bytes as text: UTF-8 (a UTF-8 byte-order mark, which Windows editors write,
+    is dropped).
+
+    Raises:
+        ConfigError: the file is UTF-16 or UTF-32, binary, or not UTF-8, saying where and what to do.
+    """
+    wide = next((name for bom, name in _WIDE_BOMS if data.startswith(bom)), None)
+    halves = sorted((data[0::2].count(0) / max(1, len(data[0::2])), data[1::2].count(0) / max(1, len(data[1::2]))))
+    if wide is None and len(data) >= 4 and halves[0] < 0.1 and halves[1] > 0.9:
+        wide = "UTF-16"  # ASCII text in UTF-16 without a byte-order mark: every other byte NUL
+    if wide is not None:
+        raise ConfigError(
+            str(path),
+            f"is {wide} text, and a study file is UTF-8 TOML",
+            f"save it as UTF-8 (e.g. iconv -f {wide} -t UTF-8 {path.name} > {path.stem}-utf8.toml)",
+        )
+    if b"\x00" in data:
+        raise ConfigError(
+            str(path),
+            f"is a binary file, not a TOML study file (a NUL byte at offset {data.index(0)})",
+            "give the path of the study's .toml file",
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        start = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # the codec counts after the mark
+        line = data[:start].count(b"\n") + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise ConfigError(
+            str(path),
+            f"is not UTF-8 text: byte 0x{data[start]:02x} at line {line}, column {column} (offset {start})",
+            "save it as UTF-8, or give the path of the study's .toml file",
+        ) from None
+
+
 def load_config(path: str | Path) -> StudyConfig:
     """Read and validate a study file.
 
@@ -641,12 +728,12 @@ def load_config(path: str | Path) -> StudyConfig:
     """
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(_study_text(path, path.read_bytes()))
     except FileNotFoundError:
         raise ConfigError(str(path), "study file not found", "check the path") from None
     except IsADirectoryError:
         raise ConfigError(str(path), "is a folder, not a study file", "give the path of a .toml file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except tomllib.TOMLDecodeError as exc:  # its message gives the line and column
         raise ConfigError(str(path), f"not valid TOML ({exc})", "fix the syntax at the position shown") from None
     except RecursionError:
         raise ConfigError(str(path), "nests tables or arrays too deeply to read", "flatten it") from None

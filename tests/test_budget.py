@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 from conftest import write_study
 
@@ -11,7 +12,7 @@ from autopeft.budget import fit_sizes, format_count
 
 @pytest.mark.parametrize(
     "value,expected",
-    [(150000, 150000), ("150k", 150000), ("1.5M", 1500000), ("0.5%", 5000), ("2 %", 20000), (" 42 ", 42)],
+    [(150000, 150000), ("150k", 150000), ("0.75M", 750000), ("0.5%", 5000), ("2 %", 20000), (" 42 ", 42)],
 )
 def test_parse_budget(value, expected) -> None:
     assert parse_budget(value, total_params=1_000_000) == expected
@@ -61,3 +62,58 @@ def test_over_budget_configurations_are_never_trained(tmp_path, minilm_available
     assert all("train_seconds" not in t.user_attrs for t in infeasible)
     assert all(t.user_attrs["trainable_params"] <= 20_000 for t in trained)
     assert study.best_trial.user_attrs["trainable_params"] <= 20_000
+
+
+def test_a_count_above_the_models_size_is_refused_as_a_share_above_100_percent_is() -> None:
+    assert parse_budget(1_000_000, total_params=1_000_000) == 1_000_000  # the whole model: allowed
+    for value in (1_000_001, 10**18, "1.5M", "2B"):
+        with pytest.raises(ValueError, match=r"is more than the model's 1,000,000 parameters"):
+            parse_budget(value, total_params=1_000_000)
+    assert parse_budget(10**18, total_params=None) == 10**18  # the form alone, before the model is known
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="expected a finite count"):
+            parse_budget(value, total_params=None)
+
+
+def test_a_budget_above_the_model_is_one_line_before_any_trial(tmp_path, capsys, minilm_available) -> None:
+    from autopeft.cli.command import main
+
+    path = write_study(tmp_path, budget={"max_trainable": 10**18})
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("autopeft: error: budget.max_trainable: 1000000000000000000 is more than the model's ")
+    assert err[0].endswith('parameters; use e.g. "0.5%" or "150k"'), err[0]
+    assert not (tmp_path / "tiny.db").exists()
+
+
+def test_a_method_whose_whole_space_exceeds_the_budget_is_one_line_at_the_start(
+    tmp_path, capsys, minilm_available
+) -> None:
+    from autopeft.cli.command import main
+
+    small = {"max_train_examples": 16}
+    path = write_study(
+        tmp_path,
+        study={"n_trials": 1},
+        data=small,
+        search={"methods": ["lora", "bitfit"], "lora": {"r": [1_000_000]}},
+    )
+    assert main(["run", str(path), "--quiet"]) == 0  # said even with --quiet: it is about the study file
+    err = capsys.readouterr().err.strip().splitlines()
+    skipped = [line for line in err if "skipped" in line]
+    assert skipped == [err[0]] and skipped[0].startswith(
+        "autopeft: method 'lora' skipped: its smallest configuration ("
+    ), err
+    assert "exceeds the budget" in skipped[0]
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
+    assert [t.user_attrs["method"] for t in study.trials] == ["bitfit"]
+    # the only method: an error, before a study exists
+    (tmp_path / "only").mkdir()
+    only = write_study(tmp_path / "only", data=small, search={"methods": ["lora"], "lora": {"r": [1_000_000]}})
+    assert main(["run", str(only)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "budget.max_trainable: 78.1k parameters fit no configuration; the smallest is lora" in err[0]
+    )
+    assert not (tmp_path / "only" / "tiny.db").exists()

@@ -174,3 +174,90 @@ def test_rule_messages_name_the_field_the_value_and_the_fix(tmp_path: Path, sect
     with pytest.raises(ConfigError) as info:
         load_config(write_study(tmp_path, **{section: {key: value}}))
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem", "fix"),
+    [
+        (
+            '[study]\nname = "x"\n'.encode("utf-16"),
+            "is UTF-16 text, and a study file is UTF-8 TOML",
+            "save it as UTF-8",
+        ),
+        (
+            '[study]\nname = "x"\n'.encode("utf-16-le"),
+            "is UTF-16 text",
+            "iconv -f UTF-16 -t UTF-8 s.toml > s-utf8.toml",
+        ),
+        ('[study]\nname = "x"\n'.encode("utf-32"), "is UTF-32 text", "save it as UTF-8"),
+        (
+            b"\x7fELF\x02\x01\x01\x00\x00\x00",
+            "is a binary file, not a TOML study file (a NUL byte at offset 7)",
+            ".toml",
+        ),
+        (b'[study]\nname = "caf\xe9"\n', "is not UTF-8 text: byte 0xe9 at line 2, column 12 (offset 19)", "UTF-8"),
+    ],
+)
+def test_a_study_file_in_another_encoding_or_binary_names_what_it_is(tmp_path: Path, content, problem, fix) -> None:
+    """Not "fix the syntax at the position shown" with no position: what the file is, and how to fix it."""
+    path = tmp_path / "s.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {problem}") and fix in message and "\n" not in message, message
+    assert "fix the syntax" not in message
+
+
+def test_a_utf8_byte_order_mark_is_read_as_utf8(tmp_path: Path) -> None:
+    path = write_study(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # what Windows editors write
+    assert load_config(path).study.name == "tiny"
+    path.write_bytes(b"\xef\xbb\xbf[study\n")
+    with pytest.raises(
+        ConfigError, match=r"not valid TOML \(.*\(at line 1, column 7\)\); fix the syntax at the position shown"
+    ):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fix"),
+    [
+        ("trust_remote_code", True, "remove it from overrides and set trust_remote_code = true under [model] instead"),
+        ("trust_remote_code", False, "set trust_remote_code = false under [model]"),
+        ("revision", "main", 'set revision = "..." under [model]'),
+        ("torch_dtype", "bfloat16", 'set dtype = "bf16"'),
+        ("device_map", "auto", 'set device_map = "auto" under [model]'),
+        ("local_files_only", True, "HF_HUB_OFFLINE=1"),
+        ("num_labels", 3, "set labels = [...] under [data]"),
+    ],
+)
+def test_an_override_autopeft_sets_itself_names_its_setting(tmp_path: Path, capsys, key, value, fix) -> None:
+    """Not "got multiple values for keyword argument ...; install its offline package": the setting to use."""
+    path = write_study(tmp_path, model={"overrides": {"num_hidden_layers": 2, key: value}})
+    assert main(["best", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"autopeft: error: model.overrides: {key!r} is not a config override"), (
+        err
+    )
+    assert fix in err[0] and "multiple values" not in err[0] and "install" not in err[0], err[0]
+    assert not (tmp_path / "tiny.db").exists()
+
+
+def test_an_override_passed_twice_by_a_task_plugin_is_one_line(tmp_path: Path, minilm_available) -> None:
+    """A key the task's own load_model passes (not one autopeft knows) is caught where the model loads."""
+    from autopeft.config import ModelSection
+    from autopeft.training.models import load_base_model, resolve_model_name
+    from autopeft_plugins.tasks import SequenceClassification
+
+    class Pinned(SequenceClassification):
+        def load_model(self, source, label_names, **kwargs):
+            return super().load_model(source, label_names, output_hidden_states=False, **kwargs)
+
+    section = ModelSection(name="sentence-transformers/all-MiniLM-L6-v2", overrides={"output_hidden_states": True})
+    source, offline = resolve_model_name(get_plugin_manager(autoload=False), section.name)
+    with pytest.raises(ConfigError) as info:
+        load_base_model(section, source, offline, Pinned(), ["a", "b"], 0)
+    message = str(info.value)
+    assert message.startswith("model.overrides: 'output_hidden_states' reached from_pretrained twice"), message
+    assert message.endswith("remove output_hidden_states from overrides") and "install" not in message

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tokenized
+from conftest import tokenized, write_study
 from optuna.trial import TrialState
 
 from autopeft import AutopeftError, load_model
@@ -208,3 +208,57 @@ def test_a_good_export_still_loads_with_the_trained_logits(trained_study, tmp_pa
     with torch.no_grad():
         got = load_model(out)(**tokenized()).logits
     torch.testing.assert_close(got, logits[_trial(study, "adapter")], atol=1e-5, rtol=0)
+
+
+def _provenance(folder: Path, **model) -> Path:
+    record = {
+        "method": "lora",
+        "config": {},
+        "labels": [0, 1],
+        "model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "revision": None, "overrides": {}, **model},
+    }
+    (folder / PROVENANCE_FILE).write_text(json.dumps(record))
+    return folder
+
+
+def test_an_extra_key_in_an_exported_model_record_is_named_alone(tmp_path) -> None:
+    """Not "'model' has unknown fields ['evil', 'name', 'overrides', ...]": only the unknown one, and the known."""
+    with pytest.raises(AutopeftError) as info:
+        load_model(_provenance(tmp_path, evil=1, trust_remote_code=False))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path}/{PROVENANCE_FILE}: 'model' has unknown field 'evil' (known: name, "), message
+    assert "'name'" not in message and "'overrides'" not in message
+    assert message.endswith("remove it, or export a trial with `autopeft export`"), message
+    with pytest.raises(AutopeftError, match=r"unknown fields 'evil', 'x' \(known: name, revision, trust_remote_code"):
+        load_model(_provenance(tmp_path, evil=1, x=2))
+
+
+def test_an_exported_record_whose_overrides_autopeft_sets_itself_is_refused(tmp_path) -> None:
+    with pytest.raises(AutopeftError) as info:
+        load_model(_provenance(tmp_path, overrides={"trust_remote_code": True}))
+    message = str(info.value)
+    assert "'model' overrides 'trust_remote_code' is not a config override" in message, message
+    assert "multiple values" not in message and "install" not in message
+
+
+def test_an_export_whose_plugin_saves_nothing_fails_naming_the_plugin(
+    tmp_path, capsys, monkeypatch, minilm_available
+) -> None:
+    from autopeft_plugins.bitfit import BitFit
+
+    monkeypatch.setattr(BitFit, "save", lambda self, model, directory: None)  # a plugin bug: writes nothing
+    path = write_study(
+        tmp_path,
+        study={"n_trials": 1, "keep_weights": "all"},
+        data={"max_train_examples": 16},
+        search={"methods": ["bitfit"]},
+    )
+    assert main(["run", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "[trial 0] weights not kept: its method's save() wrote no file (a bug in the method's plugin)" in err
+    out = tmp_path / "out"
+    assert main(["export", str(path), "--best", str(out), "--quiet"]) == 2
+    line = _one_line(capsys)
+    assert line.startswith("autopeft: error: export: method 'bitfit' (plugin bitfit from autopeft "), line
+    assert "saved no weights for trial 0: its save() wrote nothing into the folder it was given" in line
+    assert not (out / PROVENANCE_FILE).exists() and not [p for p in out.iterdir()]  # nothing exported

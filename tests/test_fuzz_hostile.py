@@ -420,6 +420,7 @@ def test_load_model_on_malformed_exports(export_world, edits, config_edit, weigh
         assert not model.training
     assert not _new(before, _snapshot(out, folder))
 
+
 # -- issue 27: duplicated and oddly encoded columns; values at and beyond the model's limits ----------
 
 _header_name = st.sampled_from(["text", "label", "Text", "label ", "tëxt", "\ufefftext", "名前", "extra", ""])
@@ -523,3 +524,102 @@ def _plugin_manager_for_limits():
 
     return _plugin_manager()
 
+
+# -- records in the study database: confirm and refit records with keys missing or of the wrong type --
+
+_RECORD_KEYS = ["trial", "seeds", "values", "mean", "std", "test_values", "test_mean", "test_std"]
+_RECORD_KEYS += ["fidelity", "weights"]
+
+
+@pytest.fixture(scope="module")
+def record_world(trained_study, study_base: Path) -> tuple[Path, int]:
+    """The finished study's copy with its kept weights beside it, and the number of its winner: the
+    trial whose records each example tampers with, so best, pareto, report and export all read them."""
+    import shutil
+
+    from autopeft.storage.results import winner
+
+    path, study, _ = trained_study
+    shutil.copytree(path.parent / "trained.artifacts", study_base / "trained.artifacts", dirs_exist_ok=True)
+    return study_base, winner(study).number
+
+
+@settings(FUZZ, max_examples=max(20, EXAMPLES // 5))  # each example runs a whole command
+@given(
+    prefix=st.sampled_from(["refit:", "confirm:"]),
+    dropped=st.lists(st.sampled_from(_RECORD_KEYS), max_size=3, unique=True),
+    replaced=st.lists(st.tuples(st.sampled_from(_RECORD_KEYS), _json_values), max_size=2),
+    whole=st.one_of(st.none(), _json_values),
+    command=st.sampled_from(["best", "best-json", "pareto", "pareto-json", "report", "export"]),
+)
+def test_tampered_study_records(record_world, capsys, prefix, dropped, replaced, whole, command) -> None:
+    """A confirm or refit record an old version or another hand wrote: success, with at most one
+    warning line naming the record, or one error line; never a traceback, never a write elsewhere."""
+    import shutil
+    import sqlite3
+
+    import optuna
+
+    from autopeft.storage import results
+
+    base, number = record_world
+    folder = Path(tempfile.mkdtemp(dir=base))
+    for name in ("train.parquet", "validation.parquet"):
+        shutil.copy(base / name, folder / name)
+    with sqlite3.connect(base / "trained.db") as source, sqlite3.connect(folder / "trained.db") as copy:
+        source.backup(copy)
+    good = {
+        "trial": number,
+        "seeds": [11, 12],
+        "values": [0.61, 0.63],
+        "mean": 0.62,
+        "std": 0.014,
+        "test_values": [0.6, 0.62],
+        "test_mean": 0.61,
+        "test_std": 0.014,
+        "fidelity": {"epochs": 1, "max_train_examples": None},
+        "weights": {"11": [], "12": []},
+    }
+    record = {k: v for k, v in good.items() if k not in dropped} | dict(replaced)
+    study = optuna.load_study(study_name="trained", storage=f"sqlite:///{folder / 'trained.db'}")
+    study.set_user_attr(f"{prefix}{number}", record if whole is None else whole)
+    tables: dict = {
+        "study": {
+            "name": "trained",
+            "n_trials": 4,
+            "objectives": ["accuracy", "trainable_params"],
+            "artifacts": str(base / "trained.artifacts"),
+        },
+        "model": {"name": "sentence-transformers/all-MiniLM-L6-v2", "overrides": {"num_hidden_layers": 2}},
+        "data": {"train": "train.parquet", "validation": "validation.parquet", "test": "validation.parquet"},
+        "budget": {"max_trainable": "0.5%"},
+        "search": {"methods": ["lora", "ia3", "adapter"]},
+    }
+    path = folder / "study.toml"
+    path.write_text(_toml(tables), encoding="utf-8")
+    args = {
+        "best": ["best", str(path)],
+        "best-json": ["best", str(path), "--format", "json"],
+        "pareto": ["pareto", str(path)],
+        "pareto-json": ["pareto", str(path), "--format", "json"],
+        "report": ["report", str(path), "-o", str(folder / "report.html")],
+        "export": ["export", str(path), "--best", str(folder / "out"), "--quiet"],
+    }[command]
+    results._said.clear()  # a warning is said once per command, as once per process
+    before = _snapshot(folder, base.parent)
+    capsys.readouterr()
+    code = main(args)
+    out, err = capsys.readouterr()
+    problem = results.record_problem(record if whole is None else whole, refit=prefix == "refit:")
+    event(f"exit {code}: {'warned' if 'warning' in err else 'clean'}")
+    assert code in (0, 2), (code, err)
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    if code == 2:
+        assert len(lines) == 1 and lines[0].startswith("autopeft: error: "), err
+    else:
+        assert len(lines) <= 1 and all(line.startswith("autopeft: warning: ") for line in lines), err
+        assert not lines or f"({prefix}{number}: {problem})" in lines[0], (lines, problem)
+    written = {str(folder / "report.html"), str(folder / "out")}
+    changed = {p for p in _new(before, _snapshot(folder, base.parent)) if not p.startswith(str(folder / "out") + "/")}
+    assert all(p in written or p.startswith(str(folder / "trained.db-")) for p in changed), changed

@@ -83,13 +83,13 @@ def test_winner_is_the_best_refit_mean_not_the_luckiest_search_trial() -> None:
         study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"trainable_params": 100}))
     lucky, steady, _ = study.trials
     assert best_trial(study).number == lucky.number and winner(study).number == lucky.number  # nothing refit
-    study.set_user_attr(f"{REFIT_PREFIX}{steady.number}", {"seeds": [4], "values": [0.95], "mean": 0.95})
+    study.set_user_attr(f"{REFIT_PREFIX}{steady.number}", {"seeds": [4], "values": [0.95], "mean": 0.95, "std": 0.0})
     assert winner(study).number == lucky.number  # the best search trial was not refit: it stays the winner
     study.set_user_attr(
-        f"{REFIT_PREFIX}{lucky.number}", {"seeds": [1, 2, 3], "values": [0.6, 0.9, 0.5], "mean": 0.6667}
+        f"{REFIT_PREFIX}{lucky.number}", {"seeds": [1, 2, 3], "values": [0.6, 0.9, 0.5], "mean": 0.6667, "std": 0.2}
     )
     study.set_user_attr(
-        f"{REFIT_PREFIX}{steady.number}", {"seeds": [4, 5, 6], "values": [0.8, 0.79, 0.81], "mean": 0.8}
+        f"{REFIT_PREFIX}{steady.number}", {"seeds": [4, 5, 6], "values": [0.8, 0.79, 0.81], "mean": 0.8, "std": 0.01}
     )
     assert winner(study).number == steady.number
     assert median_seed({"seeds": [1, 2, 3], "values": [0.6, 0.9, 0.5]}) == "1"
@@ -103,3 +103,66 @@ def test_final_section_is_checked(tmp_path) -> None:
     final = config.at_final_fidelity()
     assert final.train.epochs == 3 and final.data.max_train_examples == config.data.max_train_examples
     assert load_config(write_study(tmp_path)).at_final_fidelity().train.epochs == 1
+
+
+def _recorded_study(tmp_path: Path) -> tuple[Path, optuna.Study]:
+    """A two-objective study of two complete trials, built directly (no training)."""
+    from autopeft import open_study
+
+    path = write_study(tmp_path, study={"objectives": ["accuracy", "trainable_params"]})
+    study = open_study(load_config(path), directions=["maximize", "minimize"])
+    study.set_user_attr("metric", "accuracy")
+    for value, n in ((0.8, 9000), (0.7, 5000)):
+        attrs = {"trainable_params": n, "method": "bitfit", "config": '{"blocks": [1, 1]}', "learning_rate": 1e-3}
+        study.add_trial(optuna.trial.create_trial(values=[value, n], user_attrs=attrs))
+    return path, study
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        ({"seeds": [1], "values": [0.9], "std": 0.0}, "'mean' is missing"),
+        ({"seeds": [1], "values": [0.9], "mean": "0.9", "std": 0.0}, "'mean' is '0.9', not a number"),
+        ({"seeds": [1, 2], "values": [0.9], "mean": 0.9, "std": 0.0}, "2 seeds for 1 values"),
+        (
+            {"seeds": [1], "values": [0.9], "mean": 0.9, "std": 0.0, "weights": {"1": "x"}},
+            "'weights' is not a table of seed -> [[artifact id, file name], ...]",
+        ),
+        ("refit me", "a str, not a table"),
+    ],
+)
+def test_a_bad_refit_record_is_skipped_with_one_warning_by_every_reader(
+    tmp_path, capsys, monkeypatch, record, problem
+) -> None:
+    """Not `KeyError: 'mean'` from best, pareto, report and export: the record is skipped, said once."""
+    from autopeft.storage import results
+
+    path, study = _recorded_study(tmp_path)
+    study.set_user_attr(f"{REFIT_PREFIX}0", record)
+    warning = (
+        f"autopeft: warning: study 'tiny': skipping the refit record of trial 0 (refit:0: {problem}); "
+        "run `autopeft refit --trial 0` to record it again"
+    )
+    for args in (["best"], ["best", "--format", "json"], ["pareto"], ["pareto", "--format", "json"]):
+        monkeypatch.setattr(results, "_said", set())  # once per command, as a new process would
+        assert main([*args, str(path)]) == 0, args
+        captured = capsys.readouterr()
+        assert captured.err.strip().splitlines() == [warning], (args, captured.err)
+        assert "refit" not in captured.out.replace("autopeft refit", "") or args[-1] == "json", captured.out
+    monkeypatch.setattr(results, "_said", set())
+    assert main(["report", str(path), "-o", str(tmp_path / "report.html")]) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [warning]
+    assert winner(study).number == 0 and refit_record(study, study.trials[0]) is None  # as if never refit
+
+
+def test_a_good_refit_or_confirm_record_is_read_as_written(tmp_path) -> None:
+    from autopeft.storage.results import confirm_record, record_problem
+
+    _, study = _recorded_study(tmp_path)
+    good = {"trial": 1, "seeds": [1, 2], "values": [0.6, 0.7], "mean": 0.65, "std": 0.07, "test_mean": 0.6}
+    assert record_problem(good) == "'test_mean' and 'test_std' come as a pair"
+    good["test_std"] = 0.01
+    study.set_user_attr("confirm:1", good)
+    study.set_user_attr(f"{REFIT_PREFIX}1", {**good, "fidelity": {"epochs": 2, "max_train_examples": None}})
+    assert confirm_record(study, study.trials[1]) == good
+    assert refit_record(study, study.trials[1])["fidelity"]["epochs"] == 2

@@ -82,7 +82,7 @@ def _trials(args: argparse.Namespace) -> int:
 
 def _pareto(args: argparse.Namespace) -> int:
     from autopeft.search.study import pareto_front
-    from autopeft.storage.results import CONFIRM_PREFIX, REFIT_PREFIX, format_rows, trial_row
+    from autopeft.storage.results import confirm_record, format_rows, refit_record, trial_row
 
     _, study, standard = load_study(args)
     attrs = study.user_attrs  # one read: each is a query
@@ -91,12 +91,12 @@ def _pareto(args: argparse.Namespace) -> int:
     for t in pareto_front(study, budget=standard.budget):
         row = trial_row(t, metric, standard)
         del row["state"], row["train_seconds"]
-        confirmed = attrs.get(f"{CONFIRM_PREFIX}{t.number}")
+        confirmed = confirm_record(study, t, attrs)  # a bad record is skipped, with a warning
         if confirmed or args.format != "table":
             row["confirmed_mean"] = confirmed and confirmed["mean"]
             row["confirmed_std"] = confirmed and confirmed["std"]
             row["confirmed_seeds"] = confirmed and len(confirmed["seeds"])
-        refit = attrs.get(f"{REFIT_PREFIX}{t.number}")
+        refit = refit_record(study, t, attrs)
         if refit or args.format != "table":
             row["refit_mean"] = refit and refit["mean"]
             row["refit_std"] = refit and refit["std"]

@@ -21,7 +21,16 @@ from torch import nn
 
 from autopeft.errors import AutopeftError
 from autopeft.progress import Progress
-from autopeft.storage.results import CONFIRM_PREFIX, REFIT_PREFIX, best_trial, best_trials, is_feasible, pareto_front
+from autopeft.storage.results import (
+    CONFIRM_PREFIX,
+    REFIT_PREFIX,
+    best_trial,
+    best_trials,
+    confirm_record,
+    is_feasible,
+    pareto_front,
+    refit_record,
+)
 
 __all__ = ["confirm_front", "refit", "confirm_seeds", "CONFIRM_PREFIX", "REFIT_PREFIX"]
 
@@ -119,7 +128,8 @@ def _retrain(
     records = []
     for position, trial in enumerate(chosen, 1):
         key = f"{prefix}{trial.number}"
-        record: dict[str, Any] = dict(study.user_attrs.get(key) or {"trial": trial.number, "seeds": [], "values": []})
+        found = (refit_record if final else confirm_record)(study, trial)  # a bad record: warned of, begun again
+        record: dict[str, Any] = dict(found or {"trial": trial.number, "seeds": [], "values": []})
         if final and record.get("fidelity", fidelity) != fidelity:  # another [final]: start again
             record = {"trial": trial.number, "seeds": [], "values": []}
         method, method_config = bench.method_of(trial, to=f"{verb} it")

@@ -14,6 +14,7 @@ library versions; the export says so and records both metrics.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import json
@@ -31,12 +32,12 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from autopeft.blocks import build_context
-from autopeft.config import ModelSection
+from autopeft.config import ModelSection, reserved_override
 from autopeft.errors import AutopeftError, PluginError, first_line
 from autopeft.progress import Progress
 from autopeft.registry import ResolvedStudy, get_plugin_manager, registered_methods, registered_tasks
 from autopeft.storage.artifacts import artifact_store, fetch_refit_weights, fetch_weights, plain_name
-from autopeft.storage.results import CONFIRM_PREFIX, is_feasible, pareto_front, refit_record, winner
+from autopeft.storage.results import confirm_record, is_feasible, pareto_front, refit_record, winner
 
 if TYPE_CHECKING:
     from autopeft.training.workbench import Workbench
@@ -190,7 +191,7 @@ def _provenance(
             "values": trial.values,
             "validation_metric": trial.values[0],
             "test_metric": a.get("test_metric"),
-            "confirmed": study.user_attrs.get(f"{CONFIRM_PREFIX}{trial.number}"),
+            "confirmed": confirm_record(study, trial),
             "refit": _without_weights(refit),
             "params": trial.params,
             "seed": a.get("seed"),
@@ -246,6 +247,7 @@ def export_trial(
         else:
             bench = workbench() if workbench is not None else _workbench(resolved, progress)()
             weights = _retrain(bench, trial, staging, progress)
+        _check_saved(resolved, trial, staging)
         _portable_adapter_config(staging, resolved)
         weights["files"] = sorted({*(p.name for p in staging.iterdir()), MODEL_CARD})
         record = _provenance(resolved, study, trial, weights, storage or config.storage, refit)
@@ -253,6 +255,23 @@ def export_trial(
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
         _publish(staging, out)
     return record
+
+
+def _check_saved(resolved: ResolvedStudy, trial: FrozenTrial, staging: Path) -> None:
+    """An export holds weights: refuse one whose method's ``save`` wrote no file, naming its plugin.
+
+    Raises:
+        PluginError: ``staging`` holds no file.
+    """
+    if any(p.is_file() and p.stat().st_size > 0 for p in staging.iterdir()):
+        return
+    name = str(trial.user_attrs.get("method"))
+    info = registered_methods(resolved.pm).get(name)
+    where = f"plugin {info.plugin} from {info.distribution} {info.version}" if info else "its plugin"
+    raise PluginError(
+        f"export: method {name!r} ({where}) saved no weights for trial {trial.number}: its save() wrote nothing "
+        "into the folder it was given; fix the plugin's save() (see docs/plugins.md), nothing was exported"
+    )
 
 
 def _portable_adapter_config(folder: Path, resolved: ResolvedStudy) -> None:
@@ -453,12 +472,17 @@ def _read_provenance(directory: Path) -> tuple[dict[str, Any], ModelSection]:
         if not isinstance(record.get(key), kind):
             raise AutopeftError(f"{directory}/{PROVENANCE_FILE}: {key!r} is missing or not a {kind.__name__}; {fix}")
     model = record["model"]
-    try:
-        section = ModelSection(**model)
-    except TypeError:
+    known = [f.name for f in dataclasses.fields(ModelSection)]
+    unknown = sorted(str(k) for k in model if k not in known)
+    if unknown:
         raise AutopeftError(
-            f"{directory}/{PROVENANCE_FILE}: 'model' has unknown fields {sorted(model)}; {fix}"
-        ) from None
+            f"{directory}/{PROVENANCE_FILE}: 'model' has unknown field{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))} (known: {', '.join(known)}); remove "
+            f"{'them' if len(unknown) > 1 else 'it'}, or {fix}"
+        )
+    if "name" not in model:
+        raise AutopeftError(f"{directory}/{PROVENANCE_FILE}: 'model' has no 'name'; {fix}")
+    section = ModelSection(**model)
     if not (
         isinstance(section.name, str)
         and section.name
@@ -467,6 +491,8 @@ def _read_provenance(directory: Path) -> tuple[dict[str, Any], ModelSection]:
         and isinstance(section.overrides, dict)
     ):
         raise AutopeftError(f"{directory}/{PROVENANCE_FILE}: 'model' has a field of the wrong type; {fix}")
+    if (reserved := reserved_override(section.overrides)) is not None:
+        raise AutopeftError(f"{directory}/{PROVENANCE_FILE}: 'model' overrides {reserved[0]}; {fix}")
     return record, section
 
 

@@ -90,7 +90,7 @@ def _baseline_line(fig: Any, standard: Standard) -> None:
 def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
     import plotly.graph_objects as go
 
-    from autopeft.storage.results import CONFIRM_PREFIX, REFIT_PREFIX
+    from autopeft.storage.results import confirm_record
 
     fig = go.Figure()
     trials = feasible_trials(study, standard.budget)
@@ -115,7 +115,7 @@ def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
             )
     front = pareto_front(study, budget=standard.budget)
     attrs = study.user_attrs  # one read: each is a query
-    confirmed = [attrs.get(f"{CONFIRM_PREFIX}{t.number}") for t in front]
+    confirmed = [confirm_record(study, t, attrs) for t in front]  # a bad record is skipped, with a warning
     fig.add_trace(
         go.Scatter(
             x=[t.user_attrs["trainable_params"] for t in front],
@@ -128,7 +128,7 @@ def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
             hoverinfo="text",
         )
     )
-    refit = [attrs.get(f"{REFIT_PREFIX}{t.number}") for t in trials]
+    refit = [refit_record(study, t, attrs) for t in trials]
     for records, points, symbol, name in (
         (confirmed, front, "diamond-open", "confirmed mean ± std"),
         (refit, trials, "star-open", "refit mean ± std (validation)"),

