@@ -26,7 +26,7 @@ from autopeft.progress import Progress
 from autopeft.search.coordination import Surplus, check_not_surplus
 from autopeft.search.pruning import TrialReporter, own_pruner, trial_fidelity
 from autopeft.search.search_space import SearchSpace
-from autopeft.storage.artifacts import keep_if_wanted
+from autopeft.storage.artifacts import SAVED_NOTHING, keep_if_wanted
 from autopeft.storage.backends import storage_failure
 from autopeft.storage.optuna_adapter import set_user_attrs
 from autopeft.storage.results import beats_best
@@ -141,7 +141,8 @@ class Objective:
             trial.set_user_attr("block_params", trainable_per_block(model, self.bench.ctx))
             save = lambda directory: method.save(model, directory)  # noqa: E731
             why = keep_if_wanted(self.config, trial, result.metric, n, self.bench.budget, save)
-            if why is not None:
-                self.progress.line(f"[trial {trial.number}] weights not kept: {why}; `autopeft export` retrains it")
+            if why is not None:  # a full disk's trial is retrained at export; one whose plugin saves nothing is not
+                then = "fix the plugin's save()" if why == SAVED_NOTHING else "`autopeft export` retrains it"
+                self.progress.line(f"[trial {trial.number}] weights not kept: {why}; {then}")
 
         return keep

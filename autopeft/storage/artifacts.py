@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # Optuna's store protocol lives in a private module: named fo
     from optuna.artifacts._protocol import ArtifactStore
 
 __all__ = [
+    "SAVED_NOTHING",
     "check_writable",
     "artifact_store",
     "keep_weights",
@@ -97,6 +98,10 @@ def keep_weights(
         ]
 
 
+#: Why a trial's weights were not kept when its method's ``save`` wrote nothing: retraining would not help.
+SAVED_NOTHING = "its method's save() wrote no file (a bug in the method's plugin)"
+
+
 def keep_if_wanted(
     config: StudyConfig, trial: optuna.Trial, metric: float, n: int, budget: int, save: Callable[[Path], None]
 ) -> str | None:
@@ -117,9 +122,8 @@ def keep_if_wanted(
         trial.set_user_attr("weights_not_kept", why)
         return why
     if not kept:  # a plugin bug: say so now, not first at export
-        why = "its method's save() wrote no file (a bug in the method's plugin)"
-        trial.set_user_attr("weights_not_kept", why)
-        return why
+        trial.set_user_attr("weights_not_kept", SAVED_NOTHING)
+        return SAVED_NOTHING
     return None
 
 
