@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -185,6 +186,37 @@ def test_report_of_a_real_study(trained_study, tmp_path) -> None:
     small = (tmp_path / "cdn.html").read_text()
     assert len(small.encode()) < 500_000 and '<script src="https://cdn.plot.ly/plotly-' in small
     assert small.count("<div class='plot'") == (tmp_path / "r.html").read_text().count("<div class='plot'")
+
+
+@pytest.mark.parametrize(
+    "tampered",
+    [
+        {"trainable_params": "lots"},
+        {"method": None, "config": [1]},
+        {"learning_rate": "fast", "block_params": "x"},
+        {"trainable_params": 1.5, "method": ["lora"]},
+    ],
+    ids=["size", "method-and-config", "rate-and-blocks", "float-size-list-method"],
+)
+def test_readers_of_a_study_with_a_tampered_trial_record_draw_what_they_can(synthetic, tmp_path, capsys, tampered):
+    path, study = synthetic
+    _add(study, 23, "lora", 0.99, [8, 8, 8])
+    # As an old release or a hand edit might leave it: Optuna cannot change a finished trial, SQL can.
+    with sqlite3.connect(load_config(path).storage.removeprefix("sqlite:///")) as db:
+        for key, value in tampered.items():
+            db.execute(
+                "UPDATE trial_user_attributes SET value_json = ? WHERE key = ? AND trial_id = ?",
+                (json.dumps(value), key, study.trials[23]._trial_id),
+            )
+    for command in (["best"], ["trials"], ["pareto"], ["pareto", "--format", "csv"], ["report", "-o", "r.html"]):
+        args = [command[0], str(path), *command[1:]]
+        if command[0] == "report":
+            args[-1] = str(tmp_path / "r.html")
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 0 and "Traceback" not in err, (command, err)
+    if "trainable_params" in tampered:  # a size that is not a count is never the best or on the front
+        assert 23 not in {t.number for t in pareto_front(study)}
 
 
 def test_report_needs_an_output(synthetic, capsys) -> None:

@@ -46,8 +46,14 @@ FIGURES = {
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
+def _method(trial: FrozenTrial) -> str:
+    """A trial's method as its name, whatever the record holds (an old or tampered one may hold
+    anything): the report draws what it can instead of failing on one trial."""
+    return str(trial.user_attrs.get("method"))
+
+
 def _colors(study: optuna.Study) -> dict[str, str]:
-    methods = sorted({t.user_attrs["method"] for t in study.get_trials(deepcopy=False) if "method" in t.user_attrs})
+    methods = sorted({_method(t) for t in study.get_trials(deepcopy=False) if "method" in t.user_attrs})
     return {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(methods)}
 
 
@@ -56,7 +62,7 @@ def _hover(t: FrozenTrial, metric: str) -> str:
     assert t.values is not None
     return (
         f"trial {t.number} · {a['method']}<br>{metric} {t.values[0]:.4f} · {a['trainable_params']:,} params"
-        f"<br>lr {a.get('learning_rate', 0):.2e}<br>{html.escape(a.get('config', ''))}"
+        f"<br>lr {a.get('learning_rate', 0):.2e}<br>{html.escape(str(a.get('config', '')))}"
     )
 
 
@@ -98,7 +104,7 @@ def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
         return _empty(fig, "no feasible complete trial yet")
     colors = _colors(study)
     for method, color in colors.items():
-        groups = _same_point([t for t in trials if t.user_attrs["method"] == method])
+        groups = _same_point([t for t in trials if _method(t) == method])
         if groups:
             fig.add_trace(
                 go.Scatter(
@@ -122,7 +128,7 @@ def _pareto(study: optuna.Study, metric: str, standard: Standard) -> Any:
             y=[t.values[0] for t in front if t.values],
             mode="lines+markers",
             line={"shape": "hv", "color": "black", "width": 1.5},
-            marker={"color": [colors[t.user_attrs["method"]] for t in front], "size": 13, "line": {"width": 2}},
+            marker={"color": [colors[_method(t)] for t in front], "size": 13, "line": {"width": 2}},
             name="Pareto front",
             hovertext=[_hover(t, metric) for t in front],
             hoverinfo="text",
@@ -172,7 +178,7 @@ def _history(study: optuna.Study, metric: str, standard: Standard) -> Any:
     if not trials:
         return _empty(fig, "no feasible complete trial yet")
     for method, color in _colors(study).items():
-        mine = [t for t in trials if t.user_attrs["method"] == method]
+        mine = [t for t in trials if _method(t) == method]
         if mine:
             fig.add_trace(
                 go.Scatter(
@@ -234,7 +240,7 @@ def _importances(study: optuna.Study, standard: Standard) -> dict[str, dict[str,
     result = {}
     by_method: dict[str, list[FrozenTrial]] = {}
     for t in feasible_trials(study, standard.budget):
-        by_method.setdefault(t.user_attrs["method"], []).append(t)
+        by_method.setdefault(_method(t), []).append(t)
     for method, trials in sorted(by_method.items()):
         names = sorted({n for t in trials for n in t.params if n != "method"})
         if len(trials) < 4 or len(names) < 2:
@@ -331,7 +337,13 @@ def build_figures(study: optuna.Study, standard: Standard | None = None) -> dict
     }
     figures = {}
     for name, build in builders.items():
-        fig = build()
+        try:
+            fig = build()
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a trial record of the wrong shape
+            import plotly.graph_objects as go
+
+            why = f"{type(exc).__name__}: {exc}"[:160]
+            fig = _empty(go.Figure(), f"not drawn: a trial's record is not as autopeft writes it ({why})")
         fig.update_layout(title=FIGURES[name], template="plotly_white", height=460, margin={"t": 70})
         figures[name] = fig
     return figures
@@ -344,10 +356,10 @@ def method_table(study: optuna.Study, standard: Standard | None = None) -> list[
     standard = standard or Standard.of(study)
     rows = []
     trials = [t for t in study.get_trials(deepcopy=False) if "method" in t.user_attrs]
-    for method in sorted({t.user_attrs["method"] for t in trials}):
-        mine = [t for t in trials if t.user_attrs["method"] == method]
+    for method in sorted({_method(t) for t in trials}):
+        mine = [t for t in trials if _method(t) == method]
         outcomes = Counter(outcome(t) for t in mine)
-        feasible = [t for t in feasible_trials(study, standard.budget) if t.user_attrs["method"] == method]
+        feasible = [t for t in feasible_trials(study, standard.budget) if _method(t) == method]
         best = best_trial(study, feasible, standard.budget)
         seconds = [t.user_attrs["train_seconds"] for t in mine if "train_seconds" in t.user_attrs]
         rows.append(

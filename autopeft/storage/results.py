@@ -61,13 +61,14 @@ def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def is_feasible(trial: FrozenTrial, budget: int | None = None) -> bool:
-    """Whether a trial completed, was trained within the budget of its time, and fits ``budget``."""
-    return (
-        trial.state == TrialState.COMPLETE
-        and all(v <= 0 for v in trial.constraints.values())
-        and "trainable_params" in trial.user_attrs
-        and (budget is None or trial.user_attrs["trainable_params"] <= budget)
-    )
+    """Whether a trial completed, was trained within the budget of its time, and fits ``budget``.
+
+    A trial whose recorded size is not a count (an old or tampered record) is not: it cannot be
+    placed against the budget or on the front."""
+    n = trial.user_attrs.get("trainable_params")
+    if trial.state != TrialState.COMPLETE or not isinstance(n, int) or isinstance(n, bool):
+        return False
+    return all(v <= 0 for v in trial.constraints.values()) and (budget is None or n <= budget)
 
 
 def study_budget(study: optuna.Study) -> int | None:
