@@ -3,6 +3,7 @@ written outside the study's folder, and no study database left behind by a file 
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from pathlib import Path
@@ -341,7 +342,9 @@ def test_a_small_study_says_each_warning_once_and_shows_the_standard_error(tmp_p
     frame.to_parquet(tmp_path / "train.parquet")
     pd.read_parquet(tmp_path / "validation.parquet").head(5).to_parquet(tmp_path / "validation.parquet")
     assert main(["run", str(path)]) == 0
-    err = capsys.readouterr().err.splitlines()
+    out, err = capsys.readouterr()
+    assert re.search(r"^best trial 0: accuracy 0\.\d{4} ± 0\.\d{4} \(standard error\)", out, re.MULTILINE), out
+    err = err.splitlines()
     expected = [
         "autopeft: data.max_length = 1000000000 is more than the 512 tokens the model takes (the model config's "
         "max_position_embeddings); training with 512: set data.max_length = 512 or less to silence this",

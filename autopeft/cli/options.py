@@ -101,6 +101,7 @@ def print_best(best: FrozenTrial, metric: str, standard: Standard, refit: dict[s
     assert best.values is not None
     print(
         f"best trial {best.number}: {metric} {best.values[0]:.4f}"
+        + (f" ± {se:.4f} (standard error)" if isinstance(se := attrs.get("metric_se"), float) else "")
         + (f" (test {attrs['test_metric']:.4f})" if "test_metric" in attrs else "")
         + (f"; {standard.describe_baseline()} without learning" if standard.baseline is not None else "")
     )
