@@ -490,14 +490,14 @@ def test_values_at_and_beyond_the_model_limits(data_world, max_length, batch, ev
     values are refused by the comparison, never by an overflow or a crash)."""
     from dataclasses import replace
 
-    from autopeft.training.models import resolve_model_name
+    from autopeft.training.memory import step_memory_bytes
+    from autopeft.training.models import model_config, model_length_limit, resolve_model_name
     from autopeft.training.token_cache import load_task_data
-    from autopeft.training.workbench import _model_config, model_length_limit, step_memory_bytes
 
     folder, config, task, tokenizer = data_world
     source, offline = resolve_model_name(_plugin_manager_for_limits(), config.model.name)
-    model_config = _model_config(config.model, source, offline)
-    limit, where = model_length_limit(tokenizer, model_config)
+    stated = model_config(config.model, source, offline)
+    limit, where = model_length_limit(tokenizer, stated)
     assert limit == 512 and where.endswith("max_position_embeddings")  # MiniLM's, from its own config
     capped = replace(config, data=replace(config.data, max_length=min(max_length, limit)))
     data = load_task_data(capped, tokenizer, task)
@@ -507,9 +507,9 @@ def test_values_at_and_beyond_the_model_limits(data_world, max_length, batch, ev
         need = step_memory_bytes(
             min(size, len(data.train)),
             longest,
-            model_config.hidden_size,
-            model_config.num_hidden_layers,
-            model_config.num_attention_heads,
+            stated.hidden_size,
+            stated.num_hidden_layers,
+            stated.num_attention_heads,
             2,
             trainable=10**6,
             checkpointing=checkpointing,

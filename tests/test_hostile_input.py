@@ -260,7 +260,7 @@ def test_a_csv_with_a_column_named_twice_is_one_line(tmp_path, capsys) -> None:
 
 
 def test_the_model_limit_is_read_from_whichever_of_its_tokenizer_and_config_states_one() -> None:
-    from autopeft.training.workbench import model_length_limit
+    from autopeft.training.models import model_length_limit
 
     def tokenizer(limit):
         return types.SimpleNamespace(model_max_length=limit)
@@ -287,7 +287,7 @@ def test_the_model_limit_is_read_from_whichever_of_its_tokenizer_and_config_stat
 
 
 def test_the_memory_estimate_grows_with_batch_and_length_and_checkpointing_lowers_it() -> None:
-    from autopeft.training.workbench import available_memory, step_memory_bytes
+    from autopeft.training.memory import available_memory, step_memory_bytes
 
     shape = {"width": 384, "layers": 6, "heads": 12, "outputs": 2}
     base = step_memory_bytes(16, 128, **shape)
@@ -304,10 +304,10 @@ def test_the_memory_estimate_grows_with_batch_and_length_and_checkpointing_lower
 def test_a_step_that_cannot_fit_in_memory_is_refused_before_the_first_trial(
     tmp_path, capsys, monkeypatch, minilm_available
 ) -> None:
-    import autopeft.training.workbench as workbench
+    import autopeft.training.memory as memory
 
     path = write_study(tmp_path, search={"methods": ["bitfit"]})
-    monkeypatch.setattr(workbench, "available_memory", lambda device: (2**20, "available RAM"))
+    monkeypatch.setattr(memory, "available_memory", lambda device: (2**20, "available RAM"))
     line = _assert_fails_in_one_line(capsys, ["run", str(path)], "train.batch_size: a training step needs about")
     assert "more than the 0.0 GiB of available RAM left" in line
     assert line.endswith(
@@ -316,10 +316,10 @@ def test_a_step_that_cannot_fit_in_memory_is_refused_before_the_first_trial(
     if (tmp_path / "tiny.db").exists():  # refused before any trial: none recorded, none lost
         assert not optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}").trials
 
-    real = workbench.step_memory_bytes
-    monkeypatch.setattr(workbench, "available_memory", lambda device: (2**30, "free GPU memory"))
+    real = memory.step_memory_bytes
+    monkeypatch.setattr(memory, "available_memory", lambda device: (2**30, "free GPU memory"))
     monkeypatch.setattr(
-        workbench, "step_memory_bytes", lambda *a, training=True, **k: 1 if training else real(*a, **k) + 2**31
+        memory, "step_memory_bytes", lambda *a, training=True, **k: 1 if training else real(*a, **k) + 2**31
     )
     _assert_fails_in_one_line(
         capsys,

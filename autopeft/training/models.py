@@ -20,6 +20,7 @@ from torch import nn
 
 from autopeft.config import ModelSection, StudyConfig, reserved_override
 from autopeft.errors import ConfigError, ModelError, first_line
+from autopeft.progress import Progress
 from autopeft.registry import resolve_model
 from autopeft.tasks import Task
 
@@ -32,6 +33,9 @@ __all__ = [
     "load_tokenizer",
     "load_base_model",
     "load_study_base",
+    "model_config",
+    "model_length_limit",
+    "within_model_limit",
     "with_base_precision",
     "placement",
     "is_quantized",
@@ -268,3 +272,53 @@ def with_base_precision(config: StudyConfig, base: nn.Module) -> StudyConfig:
             f'remove precision, or set model.dtype = "fp32" to compute in {config.train.precision}',
         )
     return replace(config, train=replace(config.train, precision=half))
+
+
+#: Where a model's config states the longest input it takes, by family (BERT and Llama, GPT-2, ...).
+_LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+#: ``model_max_length`` of a tokenizer that states no limit is a sentinel (``int(1e30)``).
+_NO_LIMIT = 10**12
+
+
+def model_length_limit(tokenizer: Any, model_config: Any) -> tuple[int, str] | None:
+    """(the longest input the model takes, where that is stated), or None where neither its
+    tokenizer nor its config says: the smaller of the tokenizer's ``model_max_length`` and the
+    config's position count (``max_position_embeddings``, ``n_positions``...), whichever are real."""
+    found: list[tuple[int, str]] = []
+    stated = getattr(tokenizer, "model_max_length", None)
+    if isinstance(stated, int) and 0 < stated < _NO_LIMIT:
+        found.append((stated, "the tokenizer's model_max_length"))
+    for name in _LENGTH_FIELDS:
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_LIMIT:
+            found.append((value, f"the model config's {name}"))
+            break
+    return min(found) if found else None
+
+
+def model_config(model: Any, source: str, offline: bool) -> Any:
+    """The base model's config with ``[model] overrides`` applied (a JSON file read, no weights), or
+    None where ``transformers`` cannot read one: the limits then come from the tokenizer alone."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, **_common(model, offline), **model.overrides)
+    except Exception:  # a plugin's own format, a bad override: the base's loading reports those
+        return None
+
+
+def within_model_limit(
+    config: StudyConfig, tokenizer: Any, source: str, offline: bool, progress: Progress
+) -> StudyConfig:
+    """The study config with ``data.max_length`` cut to the longest input the model takes
+    (:func:`model_length_limit`), saying so once: longer inputs fail in the position embeddings,
+    or grow memory without bound."""
+    found = model_length_limit(tokenizer, model_config(config.model, source, offline))
+    if found is None or config.data.max_length <= found[0]:
+        return config
+    limit, where = found
+    progress.line(
+        f"autopeft: data.max_length = {config.data.max_length} is more than the {limit} tokens the model "
+        f"takes ({where}); training with {limit}: set data.max_length = {limit} or less to silence this"
+    )
+    return replace(config, data=replace(config.data, max_length=limit))

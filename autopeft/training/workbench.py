@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import functools
 import gc
 import itertools
@@ -34,15 +33,21 @@ from torch import nn
 from autopeft._version import __version__
 from autopeft.blocks import build_context
 from autopeft.budget import format_count, parse_budget
-from autopeft.config import StudyConfig
 from autopeft.data import SMALL_VALIDATION_EXAMPLES, batches
 from autopeft.errors import AutopeftError, BudgetError, ConfigError, ModelError, PluginError, first_line
 from autopeft.methods import PeftMethod, checked_count, plugin_call, trainable_numel
-from autopeft.precision import autocast_for, uses_bf16
+from autopeft.precision import autocast_for
 from autopeft.progress import Progress
 from autopeft.registry import MethodInfo, ResolvedStudy, registered_methods
 from autopeft.tasks import EvalSettings
-from autopeft.training.models import is_quantized, load_study_base, load_tokenizer, resolve_model_name
+from autopeft.training.memory import require_memory
+from autopeft.training.models import (
+    is_quantized,
+    load_study_base,
+    load_tokenizer,
+    resolve_model_name,
+    within_model_limit,
+)
 from autopeft.training.prefix_cache import PrefixCache
 from autopeft.training.resident import BaseChanged, BaseLender
 from autopeft.training.token_cache import load_cached_task_data
@@ -177,7 +182,7 @@ class Workbench:
         self.model_source, self._offline = resolve_model_name(resolved.pm, config.model.name)
         tokenizer = load_tokenizer(config.model, self.model_source, self._offline)
         self._pad_token_id = tokenizer.pad_token_id
-        self.config = config = self._within_model_limit(tokenizer)
+        self.config = config = within_model_limit(config, tokenizer, self.model_source, self._offline, self.progress)
         self.data, _ = load_cached_task_data(config, tokenizer, self.task, write=write_cache)
         for note in self.data.notes:  # rows dropped, a class train lacks, a tiny validation split
             self.progress.line(note)
@@ -195,7 +200,7 @@ class Workbench:
             tuple(str(name) for name in self.data.label_names),
         )
 
-        self.smallest = {n: self._count(n, "smallest") for n in self.enabled}
+        self.smallest = {n: self.count(n, "smallest") for n in self.enabled}
         #: The enabled methods whose smallest configuration fits the budget, and that train something here.
         self.methods = {n: m for n, m in self.enabled.items() if self.smallest[n] <= self.budget}
         #: Why each enabled method that is not searched was left out.
@@ -205,7 +210,7 @@ class Workbench:
             for name in self.enabled
             if name not in self.methods
         }
-        for name in [n for n in self.methods if self.smallest[n] == 0 and self._count(n, "largest") == 0]:
+        for name in [n for n in self.methods if self.smallest[n] == 0 and self.count(n, "largest") == 0]:
             del self.methods[name]  # e.g. BitFit in a language model without biases: it would train nothing
             self.skipped[name] = "it has nothing to train in this model"
         if config.model.quantization:
@@ -216,7 +221,7 @@ class Workbench:
         #: What a model that learned nothing scores: {"name": "majority class", "value": 0.58}, or None.
         self.baseline: dict[str, Any] | None = {"name": found[0], "value": found[1]} if found else None
         self.versions = library_versions()
-        self._require_memory()
+        require_memory(self)
 
     def _load_base(self) -> None:
         """Load the base model onto the device, where it stays for every trial, with what depends on
@@ -245,97 +250,12 @@ class Workbench:
         if self.prefix is not None:
             self.prefix.remember_base(self._probe())
 
-    def _within_model_limit(self, tokenizer: Any) -> StudyConfig:
-        """The study config with ``data.max_length`` cut to the longest input the model takes
-        (:func:`model_length_limit`), saying so once: longer inputs fail in the position embeddings,
-        or grow memory without bound."""
-        config = self.config
-        found = model_length_limit(tokenizer, _model_config(config.model, self.model_source, self._offline))
-        if found is None or config.data.max_length <= found[0]:
-            return config
-        limit, where = found
-        self.progress.line(
-            f"autopeft: data.max_length = {config.data.max_length} is more than the {limit} tokens the model "
-            f"takes ({where}); training with {limit}: set data.max_length = {limit} or less to silence this"
-        )
-        return dataclasses.replace(config, data=dataclasses.replace(config.data, max_length=limit))
-
-    def _require_memory(self) -> None:
-        """Refuse, before the first trial, a batch that cannot fit the memory left on the device
-        once the base is loaded (:func:`step_memory_bytes` against :func:`available_memory`).
-
-        Raises:
-            ConfigError: naming the setting to lower (``train.batch_size`` or
-                ``train.eval_batch_size``, and ``data.max_length``).
-        """
-        found = available_memory(self.device)
-        if found is None:
-            return
-        free, what = found
-        settings, data = self.config.train, self.data
-        model_config = getattr(self.base, "config", None)
-        heads = next(
-            (
-                v
-                for name in ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")
-                if isinstance(v := getattr(model_config, name, None), int) and v > 0
-            ),
-            max(self.ctx.embedding_dim // 64, 1),
-        )
-        width, layers = max(self.ctx.embedding_dim, 1), max(len(self.ctx.blocks), 1)
-        if self.task.new_head:
-            outputs = max(len(data.label_names), 1)
-        else:  # a language model's logits span its vocabulary
-            embed = getattr(self.base, "get_input_embeddings", None)
-            embeddings = embed() if callable(embed) else None
-            outputs = int(getattr(embeddings, "num_embeddings", 0) or getattr(model_config, "vocab_size", 1) or 1)
-        half = settings.precision in ("bf16", "fp16") or uses_bf16(self.device, settings.precision)
-        largest = [self._count(n, "largest") for n in self.methods]
-        trainable = min(self.budget, max(largest, default=0))
-        copied = 0
-        if any(m.modifies_base for m in self.methods.values()):  # such a method trains a copy of the base
-            copied = sum(p.numel() * p.element_size() for p in self.base.parameters())
-        longest = max(len(f["input_ids"]) for f in data.train.features)
-        need = step_memory_bytes(
-            min(settings.batch_size, len(data.train)),
-            longest,
-            width,
-            layers,
-            heads,
-            outputs,
-            2 if half else 4,
-            trainable,
-            settings.gradient_checkpointing,
-            copied_base_bytes=copied,
-        )
-        shape = f"{min(settings.batch_size, len(data.train))} × {longest} tokens × {layers} blocks of width {width}"
-        if need > free:
-            raise ConfigError(
-                "train.batch_size",
-                f"a training step needs about {_gib(need)} ({shape}, a coarse estimate), more than the "
-                f"{_gib(free)} of {what} left",
-                f"lower train.batch_size ({settings.batch_size}) or data.max_length ({self.config.data.max_length})"
-                + ("" if settings.gradient_checkpointing else ", or set train.gradient_checkpointing = true"),
-            )
-        scored = [s for s in (data.validation, data.test) if s is not None]
-        batch = min(settings.eval_batch_size, max(len(s) for s in scored))
-        longest = max(len(f["input_ids"]) for s in scored for f in s.features)
-        need = step_memory_bytes(batch, longest, width, layers, heads, outputs, 2 if half else 4, training=False)
-        if need > free:
-            raise ConfigError(
-                "train.eval_batch_size",
-                f"an evaluation batch needs about {_gib(need)} ({batch} × {longest} tokens, a coarse estimate), "
-                f"more than the {_gib(free)} of {what} left",
-                f"lower train.eval_batch_size ({settings.eval_batch_size}) or data.max_length "
-                f"({self.config.data.max_length})",
-            )
-
     @property
     def baseline_value(self) -> float | None:
         """The baseline's metric alone, or None where the task has none."""
         return None if self.baseline is None else float(self.baseline["value"])
 
-    def _count(self, name: str, which: str) -> int:
+    def count(self, name: str, which: str) -> int:
         """The trainable count of method ``name``'s ``"smallest"`` or ``"largest"`` configuration; a
         plugin that fails here is one line."""
         method = self.enabled[name]
@@ -569,125 +489,3 @@ class Workbench:
         if self.device.type == "mps":
             return float(torch.mps.driver_allocated_memory()) / 2**20
         return peak_rss_mb()
-
-
-#: Where a model's config states the longest input it takes, by family (BERT and Llama, GPT-2, ...).
-_LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-#: ``model_max_length`` of a tokenizer that states no limit is a sentinel (``int(1e30)``).
-_NO_LIMIT = 10**12
-
-
-def model_length_limit(tokenizer: Any, model_config: Any) -> tuple[int, str] | None:
-    """(the longest input the model takes, where that is stated), or None where neither its
-    tokenizer nor its config says: the smaller of the tokenizer's ``model_max_length`` and the
-    config's position count (``max_position_embeddings``, ``n_positions``...), whichever are real."""
-    found: list[tuple[int, str]] = []
-    stated = getattr(tokenizer, "model_max_length", None)
-    if isinstance(stated, int) and 0 < stated < _NO_LIMIT:
-        found.append((stated, "the tokenizer's model_max_length"))
-    for name in _LENGTH_FIELDS:
-        value = getattr(model_config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_LIMIT:
-            found.append((value, f"the model config's {name}"))
-            break
-    return min(found) if found else None
-
-
-def _model_config(model: Any, source: str, offline: bool) -> Any:
-    """The base model's config with ``[model] overrides`` applied (a JSON file read, no weights), or
-    None where ``transformers`` cannot read one: the limits then come from the tokenizer alone."""
-    from transformers import AutoConfig
-
-    from autopeft.training.models import _common
-
-    try:
-        return AutoConfig.from_pretrained(source, **_common(model, offline), **model.overrides)
-    except Exception:  # a plugin's own format, a bad override: the base's loading reports those
-        return None
-
-
-def step_memory_bytes(
-    batch: int,
-    length: int,
-    width: int,
-    layers: int,
-    heads: int,
-    outputs: int,
-    element_bytes: int = 4,
-    trainable: int = 0,
-    checkpointing: bool = False,
-    training: bool = True,
-    copied_base_bytes: int = 0,
-) -> int:
-    """A coarse estimate of a step's peak memory beyond the loaded base, in bytes.
-
-    Training keeps each block's activations for the backward pass: ``34·b·s·h + 5·a·b·s²`` bytes a
-    block at 2 bytes an element (Korthikanti et al., 2022, "Reducing activation recomputation in large
-    transformer models"), for ``b`` examples of ``s`` tokens, width ``h`` and ``a`` attention heads;
-    with gradient checkpointing only each block's input is kept, plus one block's activations. The
-    logits (``outputs`` per token: the vocabulary of a language model) are held in fp32 with their
-    softmax and gradient, and every trainable parameter costs 16 bytes (fp32 weight, gradient and
-    Adam's two moments); a method that rewrites base weights trains a copy of the base
-    (``copied_base_bytes``). Evaluation (``training=False``) keeps one block's activations at a time.
-    """
-    per_block = (34 * batch * length * width + 5 * heads * batch * length**2) * element_bytes // 2
-    logits = 3 * batch * length * outputs * 4
-    if not training:
-        return per_block + logits
-    if checkpointing:
-        kept = layers * batch * length * width * element_bytes + per_block
-    else:
-        kept = layers * per_block
-    return kept + logits + 16 * trainable + copied_base_bytes
-
-
-def available_memory(device: torch.device) -> tuple[int, str] | None:
-    """(bytes a step can still use on ``device``, what they are), or None where that cannot be read:
-    CUDA's free memory plus what PyTorch holds unused; on a CPU, ``MemAvailable`` of
-    ``/proc/meminfo`` (``os.sysconf`` elsewhere), or a container's cgroup limit less its use when
-    that is smaller."""
-    if device.type == "cuda":
-        with contextlib.suppress(Exception):  # a mocked or vanished device: no estimate, never a crash
-            free, _ = torch.cuda.mem_get_info(device)
-            spare = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-            return int(free + spare), "free GPU memory"
-        return None
-    if device.type == "mps":
-        with contextlib.suppress(Exception):  # older PyTorch lacks these
-            return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()), "MPS memory"
-        return None
-    found = [v for v in (_ram_available(), _cgroup_available()) if v is not None]
-    return (min(found), "available RAM") if found else None
-
-
-def _ram_available() -> int | None:
-    with contextlib.suppress(OSError, ValueError, StopIteration, IndexError):
-        lines = Path("/proc/meminfo").read_text().splitlines()
-        return int(next(line for line in lines if line.startswith("MemAvailable:")).split()[1]) * 1024
-    import os
-
-    with contextlib.suppress(AttributeError, ValueError, OSError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return None
-
-
-def _cgroup_available() -> int | None:
-    """A cgroup's memory limit less what it uses (its reclaimable page cache counted as free): what
-    the kernel lets this container grow by before it kills a process (exit 137)."""
-    for limit_file, usage_file, stat_file, cache_key in (
-        ("memory.max", "memory.current", "memory.stat", "inactive_file"),  # cgroup v2
-        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
-    ):
-        root = Path("/sys/fs/cgroup")
-        with contextlib.suppress(OSError, ValueError):
-            limit_text = (root / limit_file).read_text().strip()
-            if limit_text == "max" or int(limit_text) >= 2**60:  # no limit
-                return None
-            used = int((root / usage_file).read_text())
-            stats = dict(line.split() for line in (root / stat_file).read_text().splitlines() if line.count(" ") == 1)
-            return max(int(limit_text) - used + int(stats.get(cache_key, 0)), 0)
-    return None
-
-
-def _gib(count: int) -> str:
-    return f"{count / 2**30:.1f} GiB"
