@@ -623,3 +623,89 @@ def test_tampered_study_records(record_world, capsys, prefix, dropped, replaced,
     written = {str(folder / "report.html"), str(folder / "out")}
     changed = {p for p in _new(before, _snapshot(folder, base.parent)) if not p.startswith(str(folder / "out") + "/")}
     assert all(p in written or p.startswith(str(folder / "trained.db-")) for p in changed), changed
+
+
+# -- storage URLs with reserved characters in their credentials, and studies created at once -------
+
+_URL_LETTERS = "QXZJKVW"  # no hex digits, and no run of them in any message autopeft prints
+_credential = st.text(alphabet=_URL_LETTERS + "@:/?#%_", min_size=0, max_size=12)
+
+
+def _password_pieces(password: str) -> set[str]:
+    """Every run of four or more characters of ``password`` (with two of its letters, so that
+    pieces such as ``:///`` that every URL holds are left out), as typed and percent-encoded."""
+    from urllib.parse import quote
+
+    pieces = set()
+    for form in {password, quote(password, safe="")}:
+        for i in range(len(form)):
+            for j in range(i + 4, len(form) + 1):
+                if sum(c in _URL_LETTERS for c in form[i:j]) >= 2:
+                    pieces.add(form[i:j])
+    return pieces
+
+
+@settings(FUZZ, max_examples=max(EXAMPLES // 5, 20))
+@given(
+    user=st.text(alphabet="uvw@/?#%_", min_size=1, max_size=8),  # not the password's letters: it is not secret
+    password=_credential,
+    scheme=st.sampled_from(["postgresql", "postgresql+psycopg", "mysql"]),
+    command=st.sampled_from(["trials", "report", "run", "worker"]),
+    given_as=st.sampled_from(["--storage", "environment", "study file"]),
+)
+def test_storage_urls_with_reserved_characters_in_the_credentials(
+    tmp_path_factory, monkeypatch, capsys, user, password, scheme, command, given_as
+) -> None:
+    from autopeft.storage.backends import STORAGE_ENV
+
+    folder = tmp_path_factory.mktemp("url")
+    url = f"{scheme}://{user}:{password}@127.0.0.1:1/nowhere"
+    path = write_study(folder, study={"storage": url} if given_as == "study file" else {})
+    with monkeypatch.context() as env:
+        env.delenv(STORAGE_ENV, raising=False)
+        if given_as == "environment":
+            env.setenv(STORAGE_ENV, url)
+        args = [command, str(path), *(["--storage", url] if given_as == "--storage" else [])]
+        args += {"report": ["-o", str(folder / "r.html")], "run": ["--quiet"], "worker": ["--quiet"]}.get(command, [])
+        capsys.readouterr()
+        code = main(args)
+    out, err = capsys.readouterr()
+    refused = "percent-encode" in err
+    event("refused" if refused else "reached the driver")
+    assert code == 2, (code, err)
+    assert "Traceback" not in out + err
+    [line] = err.strip().splitlines()
+    assert line.startswith("autopeft: error: study.storage: "), line
+    leaked = sorted(p for p in _password_pieces(password) if p in out + err)
+    assert not leaked, (line, leaked)
+    assert not (folder / "tiny.db").exists()
+
+
+_OPEN_AT_ONCE = """
+import dataclasses, pathlib, sys, time
+from autopeft.config import load_config
+from autopeft.search.study import open_study
+config, url, name, start = load_config(sys.argv[1]), sys.argv[2], sys.argv[3], pathlib.Path(sys.argv[4])
+(start.parent / f"ready-{sys.argv[5]}").write_text("")
+while not start.exists():
+    time.sleep(0.001)
+config = dataclasses.replace(config, study=dataclasses.replace(config.study, name=name.replace("N", sys.argv[5])))
+open_study(config, url, directions=["maximize"]).set_user_attr("opened_by", sys.argv[5])
+"""
+
+
+@pytest.mark.parametrize("names", ["one study", "a study each"])
+def test_studies_created_at_once_on_a_new_sqlite_file(tmp_path, names) -> None:
+    """Three processes open a study on an SQLite file that does not exist yet, released within a
+    millisecond of each other: one study they all join, or one study each in one file. Every
+    process succeeds; none sees a traceback."""
+    import optuna
+    from test_workers import _start_together
+
+    path = write_study(tmp_path)
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    done = _start_together(tmp_path, 3, _OPEN_AT_ONCE, path, url, "s" if names == "one study" else "sN")
+    assert [r.returncode for r in done] == [0, 0, 0], [r.stderr for r in done]
+    assert not any("Traceback" in r.stderr for r in done)
+    expected = ["s"] if names == "one study" else ["s0", "s1", "s2"]
+    assert sorted(s.study_name for s in optuna.get_all_study_summaries(url)) == expected

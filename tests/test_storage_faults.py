@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy
 from conftest import write_study
 from optuna.trial import TrialState
-from test_workers import _assert_accounted_for, _env, _load, _running_trials
+from test_workers import _assert_accounted_for, _env, _held, _hold_dir, _load, _running_trials
 
 from autopeft import load_config, run_study
 from autopeft.cli.command import main
@@ -41,6 +41,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning
         "postgresql://:s3cret@db.example.org/autopeft",  # an empty user name
         "postgresql://user@db.example.org/autopeft?password=s3cret&sslmode=require",
         "postgresql+psycopg://user:p@ss@s3cret@db.example.org:5432/autopeft",  # "@" in the password
+        "postgresql://user:ab/s3cret?x#y@db.example.org/autopeft",  # "/", "?" and "#" in the password
+        "postgresql://us/er:s3cret@db.example.org/autopeft",  # "/" in the user name
+        "user:s3cret@db.example.org/autopeft",  # no scheme: a URL missing its postgresql://
         "mysql://user@db/autopeft?sslpassword=s3cret",
         "host=db.example.org user=autopeft password=s3cret dbname=autopeft",
     ],
@@ -180,11 +183,24 @@ def test_an_outage_longer_than_the_window_ends_in_one_line(monkeypatch) -> None:
 
     def refused() -> None:
         calls.append(1)
-        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+        try:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+        except sqlalchemy.exc.OperationalError as exc:  # how Optuna's sessions wrap a lost connection
+            raise optuna.exceptions.StorageInternalError(
+                "An exception is raised during the commit. This typically happens due to invalid data in the "
+                "commit, e.g. exceeding max length. "
+            ) from exc
 
     with pytest.raises(AutopeftError, match="has been unreachable for") as caught:
         storage.call_retrying("get_all_studies", refused)
     assert 2 <= len(calls) <= 4 and "s3cret" not in str(caught.value) and "s3cret" not in lines[0]
+    # The outage is named as one (the driver's own words), not as Optuna's guess about invalid data
+    for said in (str(caught.value), lines[0]):
+        assert "invalid data" not in said and "max length" not in said, said
+        assert "(connection lost or refused: connection refused)" in said, said
+    assert "check that the database server is running and reachable, then run the same command again" in str(
+        caught.value
+    )
     with pytest.raises(AutopeftError):  # the outage goes on: the next call fails at once, not after another window
         storage.call_retrying("get_all_studies", refused)
     assert len(calls) <= 5
@@ -223,7 +239,7 @@ def test_a_full_study_database_is_one_line_and_the_next_run_retries_the_trial(
     database fails with SQLite's own SQLITE_FULL error, injected below SQLAlchemy."""
     from autopeft.search.objective import Objective
 
-    path = _tiny(tmp_path)
+    path = _tiny(tmp_path, heartbeat_seconds=1)
     full = threading.Event()
     real_trial = Objective._trial
 
@@ -244,6 +260,12 @@ def test_a_full_study_database_is_one_line_and_the_next_run_retries_the_trial(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "database or disk is full" in err[0] and "run the same command again" in err[0], err
     assert "Traceback" not in err[0]
+    # Trial 1 was sampled, and the disk filled before its first parameter or its worker was written:
+    # the line says that the next run finds it by its heartbeat, and that its retry is a new draw.
+    assert err[0].endswith(
+        "trial 1 could not be marked failed: the next run fails it once its heartbeat is 2 s old and queues it "
+        "again (its configuration was never written, so the retry draws a new one)"
+    ), err
 
     full.clear()  # space freed
     monkeypatch.undo()
@@ -251,8 +273,49 @@ def test_a_full_study_database_is_one_line_and_the_next_run_retries_the_trial(
     study = optuna.load_study(study_name="disk", storage=f"sqlite:///{tmp_path / 'disk.db'}")
     _assert_accounted_for(study, 3)
     assert study.trials[0].state == TrialState.COMPLETE  # the trial before the disk filled is intact
-    assert study.trials[1].state == TrialState.FAIL  # the one it stopped: failed, and run again
+    assert study.trials[1].state == TrialState.FAIL and study.trials[1].params == {}  # nothing of it was written
     assert any(t.system_attrs.get("failed_trial") == 1 and t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_a_disk_full_in_mid_training_says_the_next_run_repeats_the_configuration(
+    tmp_path, monkeypatch, capsys, minilm_available
+) -> None:
+    """The disk fills once trial 1's configuration and worker are written: the line says the next run
+    fails it at once (its process is gone) and queues its configuration, and the next run does so."""
+    from autopeft.training.workbench import Workbench
+
+    path = _tiny(tmp_path, n_trials=2, heartbeat_seconds=3600)
+    real_fit = Workbench.fit
+
+    def refuse_writes(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    def fit(self, *args, **kwargs):
+        if kwargs.get("label") == 1:  # every engine's writes fail from here on
+            sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", refuse_writes)
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Workbench, "fit", fit)
+    try:
+        assert main(["run", str(path), "--quiet"]) == 2
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", refuse_writes)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "database or disk is full" in err[0], err
+    assert err[0].endswith(
+        "trial 1 could not be marked failed: the next run fails it at once (its process is gone) and queues its "
+        "configuration again"
+    ), err
+    monkeypatch.undo()
+    started = time.monotonic()
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert time.monotonic() - started < 300  # at once: not after the 2-hour heartbeat
+    study = optuna.load_study(study_name="disk", storage=f"sqlite:///{tmp_path / 'disk.db'}")
+    trials = _assert_accounted_for(study, 2)
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
+    assert trials[1].state == TrialState.FAIL and trials[1].params
+    assert retry.state == TrialState.COMPLETE and retry.params == trials[1].params  # the same configuration
 
 
 def test_a_full_artifact_disk_keeps_the_trial_and_says_so(tmp_path, monkeypatch, minilm_available) -> None:
@@ -297,11 +360,10 @@ def test_a_dead_local_process_s_trial_is_retried_at_once(tmp_path, minilm_availa
     """A process killed in mid-trial leaves its trial running; on one machine the next run sees at
     once that its process is gone, instead of waiting out the heartbeat (60 s by default)."""
     path = _tiny(tmp_path, n_trials=2, heartbeat_seconds=3600)
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "autopeft", "run", str(path), "--quiet"], env=_env(step_seconds=2.0)
-    )
+    hold = _hold_dir(tmp_path)  # its trial waits in mid-run until it is killed
+    victim = subprocess.Popen([sys.executable, "-m", "autopeft", "run", str(path), "--quiet"], env=_env(hold=hold))
     url = f"sqlite:///{tmp_path / 'disk.db'}"
-    [killed] = _running_trials(url, "disk")
+    [killed] = _held(hold, procs=(victim,))  # type: ignore[arg-type]
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     started = time.monotonic()
@@ -385,3 +447,115 @@ def test_two_runs_of_one_study_draw_different_configurations(tmp_path, sampler) 
         again.tell(trial, 0.5)
     assert replay[:2] == drawn[:2]
     del study
+
+
+# -- storages that cannot be opened: the cause and the fix --------------------------------------------
+
+
+def test_a_zero_byte_database_file_is_named_empty(tmp_path, capsys) -> None:
+    path = write_study(tmp_path)
+    (tmp_path / "tiny.db").write_bytes(b"")
+    for args in (["trials", str(path)], ["report", str(path), "-o", str(tmp_path / "r.html")], ["best", str(path)]):
+        assert main(args) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line == (
+            f"autopeft: error: study.storage: {tmp_path / 'tiny.db'} is empty (0 bytes): no study was ever written "
+            "to it; run `autopeft run` to create the study there, or pass --storage with the study's database "
+            "(sqlite:///path/to/study.db)"
+        ), line
+        assert "readonly" not in line
+    assert (tmp_path / "tiny.db").read_bytes() == b""  # nothing written by the readers
+
+
+def test_a_file_that_is_not_a_study_database_is_named(tmp_path, capsys) -> None:
+    path = write_study(tmp_path)
+    (tmp_path / "tiny.db").write_text("a text file, not SQLite")
+    assert main(["trials", str(path)]) == 2
+    assert "tiny.db is not an SQLite database; pass --storage with the study's database" in capsys.readouterr().err
+    with sqlite3.connect(tmp_path / "other.db") as connection:
+        connection.execute("CREATE TABLE notes (x)")
+    assert main(["trials", str(path), "--storage", f"sqlite:///{tmp_path / 'other.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert "other.db is an SQLite database without a study in it (no Optuna tables); run `autopeft run`" in err
+
+
+def _read_only_folder(monkeypatch, folder: Path) -> None:
+    """``folder`` as a read-only folder is for a user who is not root: ``os.access`` says it cannot be
+    written, and SQLite cannot open a database in it for writing (the tests run as root, whom
+    permission bits do not stop)."""
+    real_access, real_connect = os.access, sqlite3.connect
+
+    def access(path, mode, *args, **kwargs):
+        if Path(path) == folder and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    def connect(database, *args, **kwargs):
+        if (
+            str(database).startswith(str(folder))
+            and "mode=ro" not in str(database)
+            and "immutable" not in str(database)
+        ):
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    monkeypatch.setattr(sqlite3.dbapi2, "connect", connect)  # what SQLAlchemy's SQLite dialect calls
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_read_only_folder_is_named_with_the_fix(tmp_path, monkeypatch, capsys, existing) -> None:
+    path = write_study(tmp_path, study={"name": "ro", "n_trials": 1})
+    if existing:  # a study copied onto a read-only folder, which `run` would write to
+        optuna.create_study(study_name="ro", storage=f"sqlite:///{tmp_path / 'ro.db'}", directions=["maximize"])
+    _read_only_folder(monkeypatch, tmp_path)
+    assert main(["run", str(path), "--quiet"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        f"autopeft: error: study.storage: the folder {tmp_path} is read-only: SQLite writes the study database "
+        "and its -wal and -shm files there"
+    ), line
+    assert "run from a copy in a writable folder, or point --storage at one" in line
+    assert "credentials" not in line and "server" not in line
+    assert existing or not (tmp_path / "ro.db").exists()
+
+
+def test_a_missing_folder_is_named_before_the_model_loads(tmp_path, monkeypatch, capsys) -> None:
+    import autopeft.training.workbench as workbench
+
+    path = write_study(tmp_path)
+    monkeypatch.setattr(workbench, "Workbench", None)  # loading the model would fail differently
+    assert main(["run", str(path), "--quiet", "--storage", f"sqlite:///{tmp_path / 'nowhere' / 's.db'}"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"autopeft: error: study.storage: the folder {tmp_path / 'nowhere'} does not exist, so SQLite cannot "
+        "create s.db in it; create the folder, or fix the path (sqlite:///relative/path.db, "
+        "sqlite:////absolute/path.db)"
+    ), line
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        (
+            "mysql://autopeft:s3cret@127.0.0.1:1/db",
+            "no database driver for mysql://autopeft:***@127.0.0.1:1/db is installed (no module named 'MySQLdb'); "
+            "pip install mysqlclient for mysql://, or pip install pymysql and write mysql+pymysql://",
+        ),
+        (
+            "mysql+pymysql://autopeft@127.0.0.1:1/db",
+            "no database driver for mysql+pymysql://autopeft@127.0.0.1:1/db is installed (no module named 'pymysql')",
+        ),
+        ("nosuchdb://h/db", "nosuchdb://h/db names no database SQLAlchemy knows ('nosuchdb'); use e.g. sqlite:///"),
+    ],
+)
+def test_a_missing_driver_names_the_right_package(tmp_path, capsys, url, said) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("MySQLdb") or importlib.util.find_spec("pymysql"):
+        pytest.fail("the test environment must not have a MySQL driver")
+    path = write_study(tmp_path)
+    assert main(["trials", str(path), "--storage", url]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert said in line and "autopeft[postgres]" not in line and "s3cret" not in line, line

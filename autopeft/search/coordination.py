@@ -15,14 +15,14 @@ import time
 import warnings
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.progress import Progress
 from autopeft.storage.backends import retry_trial
 from autopeft.storage.optuna_adapter import fail_running_trial, storage_of, storage_url
 from autopeft.storage.results import FINISHED
 
-__all__ = ["Surplus", "check_not_surplus", "wait_for_slot", "fail_dead_local_trials"]
+__all__ = ["Surplus", "check_not_surplus", "wait_for_slot", "fail_dead_local_trials", "found_dead_at_once"]
 
 
 class Surplus(Exception):
@@ -58,18 +58,35 @@ def fail_dead_local_trials(study: optuna.Study) -> None:
     and the journal's file lock need a local disk), so a host name cannot be shared with another
     machine. (A journal has no heartbeats: this is how its dead workers' trials are found.)
     """
-    if not (storage_url(study).startswith("sqlite") or isinstance(storage_of(study), optuna.storages.JournalStorage)):
+    if not _local(study):
         return
-    host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
         # This process's own trials count too: between its trials (where this runs) none of them is running.
-        if worker_host != host or not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+        if not _of_a_dead_local_process(trial):
             continue
         # Only the process whose write failed it queues the retry: one retry when several notice.
         failed = fail_running_trial(study, trial)
         if failed is not None:
             retry_trial(study, failed)
+
+
+def found_dead_at_once(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Whether the next run on this machine fails ``trial`` at once when its process is gone
+    (:func:`fail_dead_local_trials`): a local storage, and the trial recorded its worker. Otherwise
+    only its heartbeat, 2 × ``heartbeat_seconds`` old, says that it died."""
+    worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    return _local(study) and worker_host == socket.gethostname() and pid.isdigit()
+
+
+def _local(study: optuna.Study) -> bool:
+    return storage_url(study).startswith("sqlite") or isinstance(storage_of(study), optuna.storages.JournalStorage)
+
+
+def _of_a_dead_local_process(trial: FrozenTrial) -> bool:
+    worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    if worker_host != socket.gethostname() or not pid.isdigit():
+        return False
+    return int(pid) == os.getpid() or not _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:

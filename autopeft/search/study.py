@@ -16,12 +16,20 @@ from autopeft.budget import parse_budget
 from autopeft.config import StudyConfig, load_config
 from autopeft.errors import AutopeftError, ConfigError, Interrupted, first_line
 from autopeft.progress import Progress
-from autopeft.search.coordination import wait_for_slot
+from autopeft.search.coordination import found_dead_at_once, wait_for_slot
 from autopeft.search.samplers import make_sampler
 from autopeft.search.trackers import Tracker, make_trackers
 from autopeft.search.warm_start import queue_known_good, queue_proxy_choice
 from autopeft.storage.artifacts import check_writable
-from autopeft.storage.backends import mask_url, open_storage, retry_trial, sqlite_path, storage_failure
+from autopeft.storage.backends import (
+    check_sqlite_folder,
+    mask_url,
+    open_failure,
+    open_storage,
+    retry_trial,
+    sqlite_path,
+    storage_failure,
+)
 from autopeft.storage.optuna_adapter import remember_storage, storage_url
 from autopeft.storage.results import FINISHED, best_trial, finished_trials, pareto_front
 
@@ -100,16 +108,8 @@ def open_study(
         raise StudyNotFound(
             f"study {config.study.name!r} not found in {mask_url(url)}; run `autopeft run` first"
         ) from None
-    except ImportError:
-        raise AutopeftError(
-            f"study.storage: no database driver for {mask_url(url)} is installed; "
-            'pip install one (pip install "autopeft[postgres]" for postgresql://)'
-        ) from None
-    except Exception as exc:  # sqlalchemy raises many types for bad URLs and unreachable servers
-        message = mask_url(first_line(exc, limit=1000))
-        raise AutopeftError(
-            f"study.storage: cannot open {mask_url(url)} ({message}); check the URL, server and credentials"
-        ) from None
+    except Exception as exc:  # sqlalchemy raises many types for bad URLs, missing drivers and unreachable servers
+        raise open_failure(url, exc) from None
     remember_storage(study, rdb)
     if create and study.metric_names is None:
         name_objectives(study, config)
@@ -149,6 +149,7 @@ def _existing(resolved: ResolvedStudy, storage: str | None, worker_seed: int) ->
     config = resolved.config
     path = sqlite_path(storage or config.storage)
     if path is not None and not Path(path).exists():
+        check_sqlite_folder(storage or config.storage)  # before the model loads, not after
         return None
     try:
         return open_study(config, storage, create=False, worker_seed=worker_seed, directions=resolved.directions)
@@ -419,11 +420,41 @@ def _raise_storage_failure(exc: BaseException, study: optuna.Study, number: int 
         try:
             if not _finished(study, number):
                 study.tell(number, state=TrialState.FAIL)
-            retry_trial(study, study.get_trials(deepcopy=False)[number])
-            recorded = f"; trial {number} was marked failed and queued again"
-        except Exception:  # the database is still out of reach: the next worker's heartbeat check retries it
-            recorded = f"; trial {number} is retried by the next run"
+            before = len(study.get_trials(deepcopy=False))
+            trial = study.get_trials(deepcopy=False)[number]
+            retry_trial(study, trial)
+            queued = len(study.get_trials(deepcopy=False)) > before
+            if not queued:
+                recorded = f"; trial {number} was marked failed (retried too often to be queued again)"
+            elif _configuration_kept(trial):
+                recorded = f"; trial {number} was marked failed and its configuration queued again"
+            else:
+                recorded = f"; trial {number} was marked failed and queued again ({_NEW_DRAW})"
+        except Exception:  # the database is still out of reach: a later run fails and retries the trial
+            recorded = "; " + _left_running(study, number, config)
     raise AutopeftError(message + recorded) from None
+
+
+def _configuration_kept(trial: FrozenTrial) -> bool:
+    """Whether the database holds ``trial``'s configuration for its retry to repeat: a trial stopped
+    before its first parameter was written has none (a queued one keeps its queued parameters)."""
+    return bool(trial.params or trial.system_attrs.get("fixed_params"))
+
+
+_NEW_DRAW = "its configuration was never written, so the retry draws a new one"
+
+
+def _left_running(study: optuna.Study, number: int, config: StudyConfig) -> str:
+    """What happens to trial ``number`` that the full (or unreachable) database still shows running,
+    as far as the database says: when the next run fails it, and what its retry runs."""
+    aged = f"once its heartbeat is {2 * config.study.heartbeat_seconds} s old"
+    try:
+        trial = study.get_trials(deepcopy=False)[number]
+    except Exception:  # not even readable
+        return f"trial {number} could not be marked failed: the next run fails it {aged} and queues it again"
+    when = "at once (its process is gone)" if found_dead_at_once(study, trial) else aged
+    what = "queues its configuration again" if _configuration_kept(trial) else f"queues it again ({_NEW_DRAW})"
+    return f"trial {number} could not be marked failed: the next run fails it {when} and {what}"
 
 
 def _interrupted(study: optuna.Study, number: int | None) -> str:

@@ -24,6 +24,8 @@ read-only mount can still be listed, reported and exported.
 from __future__ import annotations
 
 import importlib.util
+import os
+import random
 import re
 import sqlite3
 import sys
@@ -44,6 +46,9 @@ from autopeft.storage.optuna_adapter import RDB_PRIVATE_CALLED
 __all__ = [
     "open_storage",
     "mask_url",
+    "check_credentials",
+    "open_failure",
+    "check_sqlite_folder",
     "retry_trial",
     "storage_failure",
     "sqlite_path",
@@ -71,21 +76,62 @@ _INHERITED = ("warm_start", "started_from")
 _EARNED = ("constraints", "artifacts:")
 
 
-# user:password@ in a URL's authority; the password may itself hold "@" (unescaped), so it runs to the
-# last "@" before the host. The user name may be empty (postgresql://:secret@host/db).
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^\s:/@]*):(?P<secret>[^\s@]*(?:@[^\s@/]*(?=@))*)@")
+# scheme://user:password@ in a URL: the user information runs to the last "@" of the URL (a password may
+# hold an unescaped "@"), the password from the first ":" in it. A URL with such characters is refused
+# before it reaches a driver (:func:`check_credentials`); masking stays greedy for any message that quotes one.
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://)(?P<userinfo>[^\s'\"<>]*)@")
+# user:password@host with no scheme (a URL missing its "postgresql://"), at the start of a word.
+_BARE_USERINFO = re.compile(r"(?P<head>(?:^|(?<=[\s'\"(=]))[\w.+-]+):(?!//)(?P<secret>[^\s'\"<>]*)@(?=[\w\[])")
 # password=... as a URL query parameter (?password=, &sslpassword=) or a libpq key=value pair.
 _SECRET_PARAM = re.compile(r"(?i)(?P<head>\b(?:password|passwd|pwd|sslpassword)\s*=\s*)(?P<secret>[^\s&;#'\"]+)")
+# What must be percent-encoded in a URL's user name or password: the driver splits the URL at them.
+_RESERVED = "@/?#"
+_PERCENT_CODES = "'@' as %40, ':' as %3A, '/' as %2F, '?' as %3F, '#' as %23, '%' as %25"
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    user, colon, _ = match["userinfo"].partition(":")
+    return f"{match['head']}{user}:***@" if colon else match[0]
 
 
 def mask_url(text: str) -> str:
     """``text`` (a storage URL, or a message quoting one) with every password replaced by ``***``.
 
-    Covers ``user:password@``, an empty user name (``://:password@``) and ``password=`` query or
-    key=value parameters: the places SQLAlchemy and libpq accept one.
+    Covers ``user:password@`` (to the URL's last ``@``, so a password holding ``@``, ``/`` or ``?``
+    is masked whole), an empty user name (``://:password@``), ``user:password@host`` without a
+    scheme, and ``password=`` query or key=value parameters: the places SQLAlchemy and libpq accept one.
     """
-    text = _USERINFO.sub(lambda m: f"{m['head']}:***@", text)
+    text = _USERINFO.sub(_mask_userinfo, text)
+    text = _BARE_USERINFO.sub(lambda m: f"{m['head']}:***@", text)
     return _SECRET_PARAM.sub(lambda m: f"{m['head']}***", text)
+
+
+def check_credentials(url: str) -> None:
+    """Refuse a URL whose user name or password holds an unencoded ``@``, ``/``, ``?``, ``#`` or a
+    ``%`` that starts no escape (a ``:`` in the user name ends it, so it cannot be told apart).
+
+    SQLAlchemy splits a URL at its first ``@``: ``postgresql://u:S3cr@t@host/db`` connects to host
+    ``t@host`` with password ``S3cr``, and the driver's error then quotes the rest of the password. The
+    line names neither the user name nor the password.
+
+    Raises:
+        AutopeftError: such a character, and how to percent-encode it.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest or rest.startswith("/") and scheme.startswith(("sqlite", "journal")):
+        return  # no credentials, or a file's path (sqlite:///path/with@sign.db)
+    userinfo, _, host = rest.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    for part, what in ((user, "user name"), (password, "password")):
+        bad = next((c for c in part if c in _RESERVED), None)
+        if bad is None and re.search(r"%(?![0-9A-Fa-f]{2})", part):
+            bad = "%"
+        if bad is not None:
+            raise AutopeftError(
+                f"study.storage: the {what} in {scheme}://***@{mask_url(host)} "
+                f"holds an unencoded {bad!r}, which the database driver reads as part of the address; "
+                f"percent-encode the {what} ({_PERCENT_CODES}), e.g. urllib.parse.quote(value, safe='')"
+            )
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -146,20 +192,33 @@ class StorageUnavailable(AutopeftError):
     """The study's database stayed unreachable for longer than :data:`OUTAGE_SECONDS`."""
 
 
-def _is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) says the connection to the server was lost or refused,
-    as opposed to a statement the database rejected. Optuna wraps most of these in
-    ``StorageInternalError``."""
+def _outage(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain that says the connection to the server was lost or refused, as
+    opposed to a statement the database rejected; None for the latter. Optuna wraps most of these in
+    ``StorageInternalError``, whose own message ("invalid data in the commit, e.g. exceeding max
+    length") is a guess that is wrong for an outage: the lines quote the driver's error instead."""
     for _ in range(20):  # a chain of causes, never a cycle
         if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return True
+            return exc
         if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-            return True
+            return exc
         if isinstance(exc, sqlalchemy.exc.DisconnectionError):
-            return True
+            return exc
         if (exc := exc.__cause__ or exc.__context__) is None:  # type: ignore[assignment]
-            return False
-    return False
+            return None
+    return None
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return _outage(exc) is not None
+
+
+def _driver_error(exc: BaseException) -> str:
+    """The driver's own first line for a SQLAlchemy error (without SQLAlchemy's ``(Background on
+    this error at: ...)`` and the statement), masked."""
+    orig = getattr(exc, "orig", None)
+    text = first_line(orig) if orig is not None else first_line(exc)
+    return mask_url(text)
 
 
 def storage_failure(exc: BaseException) -> BaseException | None:
@@ -201,20 +260,22 @@ class _OutageTolerantStorage(RDBStorage):
             try:
                 result = call()
             except Exception as exc:
-                if not _is_outage(exc):
+                lost = _outage(exc)
+                if lost is None:
                     raise
                 now = time.monotonic()
                 if self._outage_since is None:
                     self._outage_since = now
                     self.say(
-                        f"autopeft: storage {mask_url(self.url)} unreachable ({mask_url(first_line(exc))}); "
-                        f"retrying for up to {self.outage_seconds:.0f} s"
+                        f"autopeft: storage {mask_url(self.url)} unreachable (connection lost or refused: "
+                        f"{_driver_error(lost)}); retrying for up to {self.outage_seconds:.0f} s"
                     )
                 if now + delay - self._outage_since > self.outage_seconds:
                     raise StorageUnavailable(
                         f"study.storage: {mask_url(self.url)} has been unreachable for "
-                        f"{now - self._outage_since:.0f} s ({mask_url(first_line(exc))}); the running trial is "
-                        "retried by the next worker; check the server and run the same command again"
+                        f"{now - self._outage_since:.0f} s (connection lost or refused: {_driver_error(lost)}); "
+                        "the running trial is retried by the next worker; check that the database server is "
+                        "running and reachable, then run the same command again"
                     ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
@@ -265,6 +326,7 @@ def open_storage(
         Whatever SQLAlchemy raises for a bad URL, a missing driver or an unreachable server; the
             caller turns it into one line with the password masked.
     """
+    check_credentials(url)
     if url.startswith(("journal:", "grpc:")):
         return _journal(url, read_only) if url.startswith("journal:") else _grpc(url)
     engine_kwargs: dict[str, Any] = {}
@@ -321,29 +383,170 @@ def _grpc(url: str) -> BaseStorage:
         raise AutopeftError("study.storage: grpc:// needs grpcio; pip install 'autopeft[grpc]'") from None
 
 
+#: How often creating a new database's tables is tried again when another process created them first.
+CREATION_ATTEMPTS = 8
+
+
+def _creation_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is what two processes creating one new database's tables at once run into:
+    the same table created twice, or Optuna's schema version (Alembic's) recorded twice."""
+    for _ in range(20):
+        if isinstance(exc, sqlalchemy.exc.IntegrityError):
+            return True
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError)):
+            return "already exists" in str(exc)
+        if (exc := exc.__cause__ or exc.__context__) is None:  # type: ignore[assignment]
+            return False
+    return False
+
+
 def _rdb(
     url: str, heartbeat_seconds: int, engine_kwargs: dict[str, Any], cls: type[RDBStorage] | None = None
 ) -> RDBStorage:
-    with warnings.catch_warnings():  # heartbeats are marked experimental, and are what we need
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return (cls or _OutageTolerantStorage)(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_seconds,
-            grace_period=2 * heartbeat_seconds,
-            heartbeat_stale_trial_callback=retry_trial,
+    """Optuna's RDB storage on ``url``, creating its tables on a new database.
+
+    Optuna creates them without a lock: workers started together on a new SQLite file (or an empty
+    PostgreSQL database) race, and the losers fail with "table ... already exists" or "UNIQUE
+    constraint failed: alembic_version.version_num". Opening again finds the winner's tables.
+    """
+    for attempt in range(1, CREATION_ATTEMPTS + 1):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental, and are what we need
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return (cls or _OutageTolerantStorage)(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_seconds,
+                    grace_period=2 * heartbeat_seconds,
+                    heartbeat_stale_trial_callback=retry_trial,
+                )
+        except Exception as exc:
+            if attempt == CREATION_ATTEMPTS or not _creation_race(exc):
+                raise
+            time.sleep(0.05 * attempt * (1 + random.random()))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_ANOTHER_FILE = "pass --storage with the study's database (sqlite:///path/to/study.db)"
+
+
+def _check_is_a_study_database(path: str) -> None:
+    """Refuse, in one line, a file a reader cannot take for a study: empty, or not SQLite at all."""
+    with open(path, "rb") as file:
+        header = file.read(len(_SQLITE_HEADER))
+    if not header:
+        raise AutopeftError(
+            f"study.storage: {path} is empty (0 bytes): no study was ever written to it; run `autopeft run` "
+            f"to create the study there, or {_ANOTHER_FILE}"
         )
+    if header != _SQLITE_HEADER:
+        raise AutopeftError(f"study.storage: {path} is not an SQLite database; {_ANOTHER_FILE}")
 
 
 def _read_only_storage(path: str, heartbeat_seconds: int, engine_kwargs: dict[str, Any]) -> RDBStorage:
     """The SQLite study at ``path``, opened so that nothing is written: ``mode=ro``, or
     ``immutable=1`` when that fails (a WAL database on read-only media has no shared-memory file)."""
+    _check_is_a_study_database(path)
     try:
-        storage = _rdb(_read_only_url(path, immutable=False), heartbeat_seconds, engine_kwargs, RDBStorage)
-        storage.get_all_studies()  # mode=ro connects lazily: fail here, not in the middle of a command
-        return storage
-    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
-        return _rdb(_read_only_url(path, immutable=True), heartbeat_seconds, engine_kwargs, RDBStorage)
+        try:
+            storage = _rdb(_read_only_url(path, immutable=False), heartbeat_seconds, engine_kwargs, RDBStorage)
+            storage.get_all_studies()  # mode=ro connects lazily: fail here, not in the middle of a command
+            return storage
+        except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
+            return _rdb(_read_only_url(path, immutable=True), heartbeat_seconds, engine_kwargs, RDBStorage)
+    except sqlalchemy.exc.OperationalError as exc:
+        # A database without Optuna's tables: Optuna creates them, which a read-only connection cannot.
+        if "readonly database" in str(exc):
+            raise AutopeftError(
+                f"study.storage: {path} is an SQLite database without a study in it (no Optuna tables); "
+                f"run `autopeft run` to create the study there, or {_ANOTHER_FILE}"
+            ) from None
+        raise
+
+
+def open_failure(url: str, exc: BaseException) -> AutopeftError:
+    """One line for a storage that failed to open: what is wrong with it and what to do, the
+    password masked. SQLite's errors are worded for its C API ("unable to open database file");
+    this looks at the file and its folder to say which it is."""
+    shown = mask_url(url)
+    scheme = url.partition("://")[0].partition("+")[0].lower()
+    if isinstance(exc, ImportError):
+        missing = next((e.name for e in _chain(exc) if isinstance(e, ImportError) and e.name), None)
+        got = f" (no module named {missing!r})" if missing else ""
+        if scheme in ("postgresql", "postgres"):
+            fix = 'pip install "autopeft[postgres]" (psycopg 3)'
+        elif scheme in ("mysql", "mariadb"):
+            fix = (
+                "pip install mysqlclient for mysql://, or pip install pymysql and write mysql+pymysql:// "
+                "(autopeft is tested on SQLite and PostgreSQL)"
+            )
+        else:
+            fix = f"pip install a {scheme} driver SQLAlchemy supports (autopeft is tested on SQLite and PostgreSQL)"
+        return AutopeftError(f"study.storage: no database driver for {shown} is installed{got}; {fix}")
+    if isinstance(exc, sqlalchemy.exc.NoSuchModuleError):
+        return AutopeftError(
+            f"study.storage: {shown} names no database SQLAlchemy knows ({scheme!r}); use e.g. sqlite:///study.db, "
+            "postgresql://user@host/db, journal:///path/study.log or grpc://host:port"
+        )
+    path = sqlite_path(url) if scheme == "sqlite" else None
+    driver = _driver_error(next((e for e in _chain(exc) if isinstance(e, sqlalchemy.exc.DBAPIError)), exc))
+    if path is not None:
+        return AutopeftError(_sqlite_failure(path, driver))
+    if scheme == "sqlite":
+        return AutopeftError(f"study.storage: cannot open {shown} ({driver}); check the path in the URL")
+    return AutopeftError(f"study.storage: cannot open {shown} ({driver}); check the URL, server and credentials")
+
+
+def check_sqlite_folder(url: str) -> None:
+    """Refuse, before anything loads, an SQLite URL for writing whose folder is missing or read-only.
+
+    Raises:
+        AutopeftError: the folder, what is wrong with it, and what to do.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return
+    folder = Path(path).parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise AutopeftError(_sqlite_failure(path, "unable to open database file"))
+
+
+def _sqlite_failure(path: str, driver: str) -> str:
+    file = Path(path)
+    folder = file.parent
+    if "file is not a database" in driver:
+        return (
+            f"study.storage: {path} is not an SQLite database ({driver}); {_ANOTHER_FILE}, "
+            "or move the file away to create a new study there"
+        )
+    if not folder.is_dir():
+        return (
+            f"study.storage: the folder {folder} does not exist, so SQLite cannot create {file.name} in it; "
+            "create the folder, or fix the path (sqlite:///relative/path.db, sqlite:////absolute/path.db)"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (
+            f"study.storage: the folder {folder} is read-only: SQLite writes the study database and its "
+            f"-wal and -shm files there ({driver}); run from a copy in a writable folder, or point --storage "
+            "at one (commands that only read, such as `autopeft trials`, work on a read-only folder)"
+        )
+    if file.exists() and not os.access(file, os.W_OK):
+        return (
+            f"study.storage: {path} is read-only ({driver}); make it writable (chmod u+w) or run from a copy "
+            "(commands that only read, such as `autopeft trials`, work on a read-only file)"
+        )
+    return f"study.storage: SQLite cannot open {path} ({driver}); check the path, and that its folder can be written"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, nearest first."""
+    found: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(found) < 20:
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
 
 
 def _sqlite_synchronous_normal(connection: Any, _record: Any) -> None:
