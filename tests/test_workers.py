@@ -1,7 +1,8 @@
 """Many workers on one study: exactly n_trials, dead workers' trials retried, Ctrl-C resumable.
 
 Workers are real processes (``python -m autopeft``), on SQLite and on the PostgreSQL server
-``.ci/run`` starts. ``tests/faults`` slows their training steps down so a test can stop one in mid-trial.
+``.ci/run`` starts. ``tests/faults`` holds their trials in mid-run until the test has sent its signal
+(``AUTOPEFT_TEST_HOLD_DIR``), so a test stops one in mid-trial however busy the machine.
 """
 
 from __future__ import annotations
@@ -33,25 +34,60 @@ FAULTS = Path(__file__).parent / "faults"
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
 
-def _env(step_seconds: float = 0.0) -> dict[str, str]:
-    return {
+def _env(step_seconds: float = 0.0, hold: Path | None = None) -> dict[str, str]:
+    """The environment of a worker process: the fault hooks on PYTHONPATH; ``hold``: every trial's
+    fit waits in mid-trial until the test writes ``hold/release`` (see :func:`_held`)."""
+    env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(FAULTS), os.environ.get("PYTHONPATH", "")]),
         "AUTOPEFT_TEST_STEP_SECONDS": str(step_seconds),
     }
+    env.pop("AUTOPEFT_TEST_HOLD_DIR", None)
+    return {**env, "AUTOPEFT_TEST_HOLD_DIR": str(hold)} if hold is not None else env
 
 
-def _autopeft(*args: object, step_seconds: float = 0.0, background: bool = False) -> subprocess.Popen[str]:
-    """``python -m autopeft ARGS``; ``background``: with SIGINT ignored, as a shell starts ``cmd &``."""
+def _autopeft(
+    *args: object, step_seconds: float = 0.0, background: bool = False, hold: Path | None = None
+) -> subprocess.Popen[str]:
+    """``python -m autopeft ARGS``; ``background``: with SIGINT ignored, as a shell starts ``cmd &``;
+    ``hold``: its trials wait in mid-trial until released (:func:`_held`)."""
     return subprocess.Popen(
         [sys.executable, "-m", "autopeft", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(step_seconds),
+        env=_env(step_seconds, hold),
         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None,
     )
+
+
+def _hold_dir(tmp_path: Path) -> Path:
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    return hold
+
+
+def _held(hold: Path, count: int = 1, timeout: float = 300, procs: tuple[subprocess.Popen[str], ...] = ()) -> list[int]:
+    """Numbers of ``count`` trials held in mid-run by the fault hook (``AUTOPEFT_TEST_HOLD_DIR``):
+    each is inside its fit and stays there until ``hold/release`` exists, so a signal sent now lands
+    in mid-trial however slow the machine. Fails early if one of ``procs`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = sorted(int(f.read_text()) for f in hold.glob("held-*"))
+        if len(held) >= count:
+            return held
+        exited = [p for p in procs if p.poll() is not None]
+        if exited:
+            raise AssertionError(
+                f"exited with {exited[0].returncode} before {count} trials were held: {exited[0].communicate()}"
+            )
+        time.sleep(0.1)
+    raise AssertionError(f"no {count} trials held within {timeout} s")
+
+
+def _release(hold: Path) -> None:
+    (hold / "release").write_text("")
 
 
 def _study(
@@ -230,13 +266,13 @@ def test_user_attributes_set_together_are_stored_and_seen(tmp_path: Path, reques
 
 def test_run_with_local_workers_finishes_exactly_n_trials(tmp_path: Path, minilm_available) -> None:
     path, url, name = _study(tmp_path, 4)
-    run = subprocess.run(
-        [sys.executable, "-m", "autopeft", "run", str(path), "--workers", "2"],
-        capture_output=True,
-        text=True,
-        env=_env(step_seconds=1.0),  # trials of 2 s or more: one worker cannot finish all 4 before the other starts
-        timeout=600,
-    )
+    hold = _hold_dir(tmp_path)
+    # Each worker's first trial waits until both are in mid-trial: one cannot finish all 4 alone.
+    run = _autopeft("run", path, "--workers", "2", hold=hold)
+    _held(hold, count=2, procs=(run,))
+    _release(hold)
+    out, err = run.communicate(timeout=600)
+    run = subprocess.CompletedProcess(run.args, run.returncode, out, err)
     assert run.returncode == 0, run.stderr
     assert "starting 2 workers, 1 CPU threads each" in run.stderr
     assert "[w1] " in run.stderr and "[w2] " in run.stderr and "best trial" in run.stdout
@@ -247,7 +283,10 @@ def test_run_with_local_workers_finishes_exactly_n_trials(tmp_path: Path, minilm
 
 def test_three_workers_share_one_postgresql_study(tmp_path: Path, postgres_url: str, minilm_available) -> None:
     path, url, name = _study(tmp_path, 5)  # the study file names no storage: each worker is told
-    workers = [_autopeft("worker", path, "--storage", postgres_url, "--label", f"m{i}") for i in range(3)]
+    hold = _hold_dir(tmp_path)  # the first trials wait until two workers are in mid-trial
+    workers = [_autopeft("worker", path, "--storage", postgres_url, "--label", f"m{i}", hold=hold) for i in range(3)]
+    _held(hold, count=2, procs=tuple(workers))
+    _release(hold)
     results = [w.communicate(timeout=600) for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], [err for _, err in results]
     assert all("worker done" in out for out, _ in results)
@@ -261,8 +300,9 @@ def test_three_workers_share_one_postgresql_study(tmp_path: Path, postgres_url: 
 def test_a_killed_worker_s_trial_is_failed_and_retried(tmp_path: Path, request, backend, minilm_available) -> None:
     storage = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
     path, url, name = _study(tmp_path, 3, storage)
-    victim = _autopeft("worker", path, step_seconds=2.0)
-    [killed] = _running_trials(url, name)
+    hold = _hold_dir(tmp_path)
+    victim = _autopeft("worker", path, hold=hold)  # its trial waits in mid-run until it is killed
+    [killed] = _held(hold, procs=(victim,))
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     survivor = _autopeft("worker", path)
@@ -285,8 +325,9 @@ def test_a_killed_worker_s_trial_is_failed_and_retried(tmp_path: Path, request, 
 
 def test_ctrl_c_marks_the_trial_and_the_same_command_resumes(tmp_path: Path, minilm_available) -> None:
     path, url, name = _study(tmp_path, 2)
-    run = _autopeft("run", path, step_seconds=4.0)  # trials of 8 s or more: the signal lands in mid-trial
-    [stopped] = _running_trials(url, name)
+    hold = _hold_dir(tmp_path)
+    run = _autopeft("run", path, hold=hold)  # its trial waits in mid-run until the signal: never finished first
+    [stopped] = _held(hold, procs=(run,))
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 130, err
@@ -308,8 +349,9 @@ def test_ctrl_c_marks_the_trial_and_the_same_command_resumes(tmp_path: Path, min
 def test_sigterm_stops_local_workers_and_the_same_command_resumes(tmp_path: Path, minilm_available) -> None:
     path, url, name = _study(tmp_path, 3)
     # Started the way `nohup autopeft run ... &` is (SIGINT ignored, and inherited by the workers)
-    run = _autopeft("run", path, "--workers", "2", step_seconds=2.0, background=True)
-    stopped = _running_trials(url, name, count=2)
+    hold = _hold_dir(tmp_path)  # both workers' trials wait in mid-run until the signal
+    run = _autopeft("run", path, "--workers", "2", background=True, hold=hold)
+    stopped = _held(hold, count=2, procs=(run,))
     run.send_signal(signal.SIGTERM)  # what a scheduler sends; Ctrl-C takes the same path
     _, err = run.communicate(timeout=180)
     assert run.returncode == 130, err
@@ -390,3 +432,70 @@ def test_only_workers_count_running_trials_as_poor_results(study_file: Path) -> 
     config = load_config(study_file)
     assert make_sampler(config, 0)._constant_liar is False
     assert make_sampler(config, 12345)._constant_liar is True
+
+
+# -- creating a study at once ----------------------------------------------------------------------
+
+_CREATE_AT_ONCE = """
+import pathlib, sys, time
+from autopeft.config import load_config
+from autopeft.search.study import open_study
+config, url, start = load_config(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])
+(start.parent / f"ready-{sys.argv[4]}").write_text("")
+while not start.exists():
+    time.sleep(0.001)
+study = open_study(config, url, directions=["maximize"])
+study.set_user_attr("opened_by", sys.argv[4])
+print(study.study_name)
+"""
+
+
+def _start_together(tmp_path: Path, count: int, code: str, *args: object) -> list[subprocess.CompletedProcess[str]]:
+    """``count`` processes running ``code``, each waiting until all are ready and ``start`` appears:
+    they reach the line after the wait within a millisecond or so of each other."""
+    start = tmp_path / "start"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, *map(str, args), str(start), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for i in range(count)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    start.write_text("")
+    results = [p.communicate(timeout=120) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(procs, results)]
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_runs_started_together_on_a_new_sqlite_file_all_open_the_study(tmp_path: Path, attempt: int) -> None:
+    """Optuna creates a new database's tables without a lock: before autopeft retried, all but one of
+    processes started together failed with "table ... already exists" or "UNIQUE constraint failed:
+    alembic_version.version_num" (in 13 of 24 such processes tried)."""
+    path = write_study(tmp_path, study={"name": "together", "n_trials": 1})
+    url = f"sqlite:///{tmp_path / 'together.db'}"
+    done = _start_together(tmp_path, 4, _CREATE_AT_ONCE, path, url)
+    assert [r.returncode for r in done] == [0, 0, 0, 0], [r.stderr for r in done]
+    assert all(r.stdout.strip() == "together" and "Traceback" not in r.stderr for r in done)
+    [study] = optuna.get_all_study_summaries(url)
+    assert study.study_name == "together" and study.user_attrs["opened_by"] in {"0", "1", "2", "3"}
+
+
+def test_two_workers_started_together_on_a_new_sqlite_file_finish_the_study(tmp_path: Path, minilm_available) -> None:
+    """What the issue saw: local workers launched together on a study that does not exist yet. Each
+    is held in its first trial until both are in one, so both create (or join) the study and train."""
+    path, url, name = _study(tmp_path, 2, methods=("bitfit",))
+    hold = _hold_dir(tmp_path)
+    workers = [_autopeft("worker", path, "--label", f"w{i}", "--quiet", hold=hold) for i in range(2)]
+    _held(hold, count=2, procs=tuple(workers))
+    _release(hold)
+    results = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err for _, err in results]
+    assert not any("Traceback" in err or "error" in err for _, err in results), results
+    trials = _assert_accounted_for(_load(url, name), 2)
+    assert len({t.user_attrs["worker"] for t in trials if t.state in FINISHED}) == 2
