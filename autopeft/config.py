@@ -35,6 +35,7 @@ __all__ = [
     "PRUNERS",
     "DATA_SUFFIXES",
     "KEEP_WEIGHTS",
+    "folder_kind",
 ]
 
 SAMPLERS = ("tpe", "random", "gp", "nsga2", "auto")
@@ -109,13 +110,20 @@ def _data_file(v: Any, config: StudyConfig) -> bool | str:
     if not (isinstance(v, str) and v.endswith(DATA_SUFFIXES)):
         return True
     path = Path(config.data_path(v))
-    if path.is_dir():
-        try:
-            empty = not any(path.iterdir())
-        except OSError:  # an unreadable folder
-            empty = False
-        return f"{path} is {'an empty folder' if empty else 'a folder'}, not a data file"
+    if (kind := folder_kind(path)) is not None:
+        return f"{path} is {kind}, not a data file"
     return path.is_file()
+
+
+def folder_kind(path: Path) -> str | None:
+    """ "an empty folder" or "a folder" where ``path`` is one (a data file's path that names a folder
+    is reported as such, not as a missing file or a hub name), else None."""
+    try:
+        if not path.is_dir():
+            return None
+        return "a folder" if any(path.iterdir()) else "an empty folder"
+    except OSError:  # an unreadable folder
+        return "a folder"
 
 
 #: Loading arguments autopeft passes itself, by the setting that decides each: as a config override

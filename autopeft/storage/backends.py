@@ -197,20 +197,14 @@ def _outage(exc: BaseException) -> BaseException | None:
     opposed to a statement the database rejected; None for the latter. Optuna wraps most of these in
     ``StorageInternalError``, whose own message ("invalid data in the commit, e.g. exceeding max
     length") is a guess that is wrong for an outage: the lines quote the driver's error instead."""
-    for _ in range(20):  # a chain of causes, never a cycle
-        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return exc
-        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-            return exc
-        if isinstance(exc, sqlalchemy.exc.DisconnectionError):
-            return exc
-        if (exc := exc.__cause__ or exc.__context__) is None:  # type: ignore[assignment]
-            return None
+    for cause in _chain(exc):
+        if isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return cause
+        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+            return cause
+        if isinstance(cause, sqlalchemy.exc.DisconnectionError):
+            return cause
     return None
-
-
-def _is_outage(exc: BaseException) -> bool:
-    return _outage(exc) is not None
 
 
 def _driver_error(exc: BaseException) -> str:
@@ -390,13 +384,11 @@ CREATION_ATTEMPTS = 8
 def _creation_race(exc: BaseException) -> bool:
     """Whether ``exc`` is what two processes creating one new database's tables at once run into:
     the same table created twice, or Optuna's schema version (Alembic's) recorded twice."""
-    for _ in range(20):
-        if isinstance(exc, sqlalchemy.exc.IntegrityError):
+    for cause in _chain(exc):
+        if isinstance(cause, sqlalchemy.exc.IntegrityError):
             return True
-        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError)):
-            return "already exists" in str(exc)
-        if (exc := exc.__cause__ or exc.__context__) is None:  # type: ignore[assignment]
-            return False
+        if isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError)):
+            return "already exists" in str(cause)
     return False
 
 

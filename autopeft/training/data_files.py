@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from autopeft.config import DATA_SUFFIXES, StudyConfig
+from autopeft.config import DATA_SUFFIXES, StudyConfig, folder_kind
 from autopeft.errors import DataError, first_line
 
 __all__ = ["load_split", "read_local", "check_columns", "missing_columns"]
@@ -99,21 +99,15 @@ def load_split(config: StudyConfig, key: str) -> Any:
     return table
 
 
+def _local_folder(config: StudyConfig, source: str) -> str | None:
+    """What ``source`` (no data-file suffix) is where it names a folder beside the study file, which is
+    never a hub dataset's name (:func:`autopeft.config.folder_kind`); None otherwise."""
+    name = source.partition(":")[0]
+    return folder_kind(config.path.parent / name) if name else None
+
+
 #: pyarrow's words for a JSON record with a key twice: "Column(/label) was specified twice in row 0".
 _KEY_TWICE = re.compile(r"Column\(/(.*?)\) was specified twice in row (\d+)")
-
-
-def _local_folder(config: StudyConfig, source: str) -> str | None:
-    """ "an empty folder" or "a folder" where ``source`` (no data-file suffix) names a folder beside the
-    study file, which is never a hub dataset's name; None otherwise."""
-    name = source.partition(":")[0]
-    path = config.path.parent / name
-    try:
-        if not name or not path.is_dir():
-            return None
-        return "a folder" if any(path.iterdir()) else "an empty folder"
-    except (OSError, ValueError):  # an unreadable folder, a name the file system cannot hold
-        return None
 
 
 def _has_no_rows(path: Path) -> bool:

