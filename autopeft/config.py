@@ -481,6 +481,15 @@ class SearchSection:
     # A new study scores the blocks by the task loss's gradient on a few batches (autopeft.search.proxy) and
     # tries a LoRA configuration with ranks where those scores are high, next to the default.
     proxy: bool = checked(_flag("e.g. proxy = false"), default=True)
+    # A one-objective study races the incumbent (LoRA r=8 on query and value) and a portfolio of
+    # candidates, each at a few rates, on paired seeds up rungs of fidelity (autopeft.search.racing),
+    # instead of sampling n_trials; false: the sampler's n_trials, as before (tests, small studies).
+    race: bool = checked(_flag("e.g. race = false"), default=True)
+    # The race's budget in full trainings of the incumbent, its final rung included.
+    trainings: float = checked(
+        Rule(lambda v: _is_number(v) and v > 0, "must be a positive number, got {value}", "e.g. trainings = 12"),
+        default=12.0,
+    )
     # The [search.<method>] tables; each method checks its own (PeftMethod.check_options).
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -614,7 +623,7 @@ def _section(name: str, cls: type, table: Any) -> Any:
     known = [f.name for f in fields(cls) if not f.metadata.get("derived")]
     values = dict(table)
     if cls is SearchSection:  # [search.lora] etc. are method option tables
-        known = ["methods", "warm_start", "proxy"]
+        known = [f.name for f in fields(cls) if f.name != "options"]
         values = {k: v for k, v in table.items() if not isinstance(v, dict)}
     for key in values:
         if key not in known:

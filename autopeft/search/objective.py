@@ -25,24 +25,22 @@ from autopeft.methods import PeftMethod, checked_count
 from autopeft.progress import Progress
 from autopeft.search.coordination import Surplus, check_not_surplus
 from autopeft.search.pruning import TrialReporter, own_pruner, trial_fidelity
+from autopeft.search.racing import Claim, RacePlan, race_training
 from autopeft.search.search_space import SearchSpace
 from autopeft.storage.artifacts import SAVED_NOTHING, keep_if_wanted
 from autopeft.storage.backends import storage_failure
 from autopeft.storage.optuna_adapter import set_user_attrs
 from autopeft.storage.results import beats_best
-from autopeft.training.train import NonFiniteLoss, TrainResult, planned_steps
+from autopeft.training.train import FULL, NonFiniteLoss, TrainResult, planned_steps
 
 __all__ = ["Objective"]
 
 
 class Objective:
-    """The callable Optuna optimizes; one instance per worker process.
-
-    Faults inside a trial end that trial, recorded, and never the study: a NaN or infinite loss
-    prunes it (``pruned_reason``); any other exception, out-of-memory included, fails it with
-    ``error``, ``error_plugin`` and ``traceback`` attributes. Ctrl-C (not an ``Exception``) still
-    stops the study; the trial is marked ``interrupted``.
-    """
+    """The callable Optuna optimizes; one instance per worker process. Faults inside a trial end that
+    trial, recorded, and never the study: a NaN or infinite loss prunes it (``pruned_reason``); any
+    other exception, out-of-memory included, fails it with ``error``, ``error_plugin`` and
+    ``traceback``. Ctrl-C (not an ``Exception``) still stops the study, the trial marked ``interrupted``."""
 
     def __init__(self, space: SearchSpace, progress: Progress | None = None, target: int | None = None) -> None:
         self.space, self.bench, self.config = space, space.bench, space.bench.config
@@ -50,12 +48,11 @@ class Objective:
         self.target = target  # trials the study should finish: one started beyond it is surplus (None: no check)
         self.pruner = own_pruner(self.config)  # two objectives: autopeft's; one: the study's Optuna pruner
         self.fidelity = trial_fidelity(self.config, planned_steps(self.bench.data.train, self.config.train))
-        #: A problem of the study file found inside a trial, which every later trial would hit too.
-        self.fatal: AutopeftError | None = None
-        #: Which machine and process ran a trial, for teams spreading a study over machines.
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        #: Number of the trial this worker runs or last ran, for the Ctrl-C handler; None before the first.
-        self.current: int | None = None
+        self.fatal: AutopeftError | None = None  # a study file's problem that every later trial would hit too
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"  # which machine and process ran a trial
+        self.current: int | None = None  # the trial this worker runs or last ran, for the Ctrl-C handler
+        self.race: RacePlan | None = None  # the race this worker runs (None: a plain search) ...
+        self.claim: Claim | None = None  # ... and the training its next trial takes (a retry keeps its own)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.current = trial.number
@@ -98,17 +95,20 @@ class Objective:
 
     def _trial(self, trial: optuna.Trial) -> float | tuple[float, float]:
         bench = self.bench
-        name, learning_rate, config = self.space.suggest(trial)
+        if self.race is not None:  # a race trial trains what the race needs (autopeft.search.racing)
+            name, learning_rate, config, seed, fidelity, tag = race_training(trial, self.race, self.claim)
+        else:
+            (name, learning_rate, config), fidelity, tag = self.space.suggest(trial), self.fidelity, ""
+            seed = self.config.study.seed + trial.number
         method = bench.enabled[name]
         n = checked_count(method, bench.ctx, config)
-        seed = self.config.study.seed + trial.number
         about = {"method": name, "config": json.dumps(config, sort_keys=True), "trainable_params": n}
         about |= {"trainable_share": n / bench.ctx.total_params, "budget": bench.budget, "seed": seed}
         about |= {"learning_rate": learning_rate, "versions": bench.versions, "device": str(bench.device)}
         set_user_attrs(trial, {**about, "worker": self.worker})
         trial.set_constraint("trainable_params", float(n - bench.budget))
         what = f"{name} {method.describe(config)} lr={learning_rate:.2e}"
-        label = f"[trial {trial.number}] {what} {format_count(n)} params"
+        label = f"[trial {trial.number}] {tag}{what} {format_count(n)} params"
         if n > bench.budget:  # never trained: told to Optuna as infeasible through the constraint
             trial.set_user_attr("infeasible", True)
             self.progress.line(f"{label}: over budget ({format_count(bench.budget)}), not trained")
@@ -120,10 +120,10 @@ class Objective:
             config,
             learning_rate=learning_rate,
             seed=seed,
-            fidelity=self.fidelity,
-            on_report=report,
+            fidelity=fidelity,
+            on_report=report if self.race is None else None,  # a race compares whole rungs
             on_loss=report.loss,
-            test=lambda value: beats_best(trial.study, value, n),
+            test=fidelity is FULL if self.race else lambda value: beats_best(trial.study, value, n),
             on_trained=self._keeper(trial, method, n),
             label=trial.number,
         )

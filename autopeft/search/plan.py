@@ -8,6 +8,7 @@ the data, so it also checks the study file end to end in seconds.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
@@ -116,7 +117,32 @@ def make_plan(
         "methods": methods,
         "objectives": bench.config.objectives,
         "samples": samples,
+        "race": _race(space),
     }
+
+
+def _race(space: Any) -> dict[str, Any] | None:
+    """The race ``autopeft run`` would run (without the proxy's candidate, whose ranks come from
+    gradients the run computes), or None where the study is not raced."""
+    from autopeft.errors import ConfigError
+    from autopeft.search.racing import make_race_plan
+    from autopeft.search.study import races
+    from autopeft.training.train import planned_steps
+
+    bench = space.bench
+    if not races(bench.config) or bench.no_fit() is not None:
+        return None
+    steps = planned_steps(bench.data.train, bench.config.at_final_fidelity().train)
+    try:
+        plan = make_race_plan(space, bench.config.search.trainings, steps)
+    except ConfigError as exc:
+        return {"error": str(exc)}
+    record = plan.as_record()
+    for rung, row in enumerate(record["rungs"]):
+        row["steps"] = plan.steps(rung)
+    for entrant in record["entrants"]:
+        entrant["describe"] = bench.enabled[entrant["method"]].describe(json.loads(entrant["config_json"]))
+    return record | {"cost": plan.schedule.cost}
 
 
 _METRIC_MEANING = {
@@ -164,4 +190,28 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"{100 * m['share_fitting_unshaped']:5.1f}% / {100 * m['share_fitting_sampled']:5.1f}%{note}"
         )
     lines.append(f"(shares from {plan['samples']} random samples per method; ! = default exceeds the budget)")
-    return "\n".join(lines)
+    return "\n".join(lines + _race_lines(plan.get("race")))
+
+
+def _race_lines(race: dict[str, Any] | None) -> list[str]:
+    from autopeft.budget import format_count
+
+    if race is None:
+        return ["no race: [search] race = false (or two objectives): the sampler runs n_trials trials"]
+    if "error" in race:
+        return [f"race: {race['error']}"]
+    lines = [f"race: {len(race['entrants'])} entrants, {race['cost']:.1f} of {race['budget']:g} full trainings"]
+    for e in race["entrants"]:
+        mark = "  (incumbent)" if e["incumbent"] else ""
+        lines.append(
+            f"  {e['key']:<22} {e['method']} {e['describe']}, {format_count(e['trainable'])} params, "
+            f"lr {e['learning_rate']:.1e}{mark}"
+        )
+    for i, r in enumerate(race["rungs"], 1):
+        cost = r["entrants"] * r["seeds"] * r["fraction"]
+        lines.append(
+            f"  rung {i}: {r['entrants']} entrants x {r['seeds']} paired seed(s) at {r['steps']} steps "
+            f"({r['fraction']:.3g} of a training): {cost:.1f} trainings"
+        )
+    lines.append("  the final rung adds the incumbent at its best rate; a challenger must beat it by 2 standard errors")
+    return lines

@@ -17,6 +17,7 @@ from autopeft.config import StudyConfig, load_config
 from autopeft.errors import AutopeftError, ConfigError, Interrupted, first_line
 from autopeft.progress import Progress
 from autopeft.search.coordination import found_dead_at_once, wait_for_slot
+from autopeft.search.race_loop import race_plan, run_race
 from autopeft.search.samplers import make_sampler
 from autopeft.search.trackers import Tracker, make_trackers
 from autopeft.search.warm_start import queue_known_good, queue_proxy_choice
@@ -211,7 +212,12 @@ def prepare_study(
     check_columns(config, resolved.task.columns(config.data))  # the task's columns, before the model loads
     existing = _existing(resolved, storage, worker_seed)
     done = len(finished_trials(existing)) if existing is not None else 0
-    if existing is not None and done >= target:
+    racing = races(config)
+    if racing and config.at_final_fidelity() is not config:  # the race's full training is the final one
+        from autopeft.registry import ResolvedStudy
+
+        resolved = ResolvedStudy(config.at_final_fidelity(), resolved.task, resolved.pm)
+    if existing is not None and not racing and done >= target:
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
         return existing, None
     from autopeft.search.objective import Objective
@@ -242,16 +248,27 @@ def prepare_study(
             study.set_user_attr(key, value)
     # A new study (or one whose only trials failed, e.g. interrupted) starts from the known-good
     # configurations: another study's front first when asked for, then each method's default.
+    baseline = f"; {bench.baseline['name']} baseline {bench.baseline['value']:.4f}" if bench.baseline else ""
+    where = f"study {config.study.name!r} on {mask_url(storage or config.storage)}: "
+    about = f"budget {bench.budget} parameters; methods {', '.join(bench.methods)}; device {bench.device}" + baseline
+    if racing:
+        if start_from is not None:
+            raise AutopeftError("--from: a race starts from its portfolio; set [search] race = false to use --from")
+        progress.line(where + f"{done} trainings done; " + about)
+        objective = Objective(space, progress)
+        objective.race = race_plan(study, space, planned_steps(bench.data.train, bench.config.train), progress)
+        return study, objective
     front = front_params(start_from) if start_from is not None else None
     new = queue_known_good(study, space, target, progress, front)
-    baseline = f"; {bench.baseline['name']} baseline {bench.baseline['value']:.4f}" if bench.baseline else ""
-    progress.line(
-        f"study {config.study.name!r} on {mask_url(storage or config.storage)}: {done} of {target} trials done; "
-        f"budget {bench.budget} parameters; methods {', '.join(bench.methods)}; device {bench.device}" + baseline
-    )
+    progress.line(where + f"{done} of {target} trials done; " + about)
     if new:
         queue_proxy_choice(study, bench, space, target, progress)
     return study, Objective(space, progress, target)
+
+
+def races(config: StudyConfig) -> bool:
+    """Whether ``autopeft run`` races this study (one objective, ``[search] race`` on) rather than sampling it."""
+    return config.search.race and not config.multi_objective
 
 
 def run_study(
@@ -292,7 +309,10 @@ def run_study(
     if worker_seed is None:
         worker_seed = zlib.crc32(label.encode()) if label else 0
     study, objective = prepare_study(resolved, target, storage, progress, start_from, worker_seed)
-    if objective is not None:
+    if objective is not None and objective.race is not None:
+        failed = run_race(study, objective, progress, _tracked(objective, progress), _guarded_optimize)
+        raise_if_stuck(objective, failed)
+    elif objective is not None:
         _optimize(study, objective, target, progress)
     return study
 
@@ -329,11 +349,15 @@ def _tracking(tracker: Tracker, progress: Progress) -> Callable[[optuna.Study, F
     return log
 
 
+def _tracked(objective: Objective, progress: Progress) -> list[Callable[[optuna.Study, FrozenTrial], None]]:
+    return [_tracking(tracker, progress) for tracker in make_trackers(objective.config)]
+
+
 def _optimize(study: optuna.Study, objective: Objective, target: int, progress: Progress) -> None:
     config, budget = objective.config, objective.bench.budget
     poll = min(5.0, config.study.heartbeat_seconds / 2)
     failed_in_a_row: list[FrozenTrial] = []
-    tracked = [_tracking(tracker, progress) for tracker in make_trackers(config)]
+    tracked = _tracked(objective, progress)
     written: dict[str, int] = {}  # study attributes as this worker last wrote them: a write is a commit
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -364,29 +388,20 @@ def _optimize(study: optuna.Study, objective: Objective, target: int, progress: 
 
     if not wait_for_slot(study, target, progress, poll):
         return
-    while True:
-        try:
-            # No n_trials: failed trials are retried, and other workers finish trials too; after_trial
-            # decides when the study has its n_trials.
-            study.optimize(objective, callbacks=[after_trial, *tracked], catch=(Exception,))
+    # No n_trials: failed trials are retried, and other workers finish trials too; after_trial
+    # decides when the study has its n_trials.
+    while not _guarded_optimize(study, objective, [after_trial, *tracked], progress, None):
+        if not wait_for_slot(study, target, progress, poll):
             break
-        except KeyboardInterrupt:
-            raise Interrupted(_interrupted(study, objective.current)) from None
-        except AutopeftError:
-            raise
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
-            # Optuna cannot record a trial that another worker already marked failed: its heartbeats
-            # came too late (an overloaded machine, a long database lock). Its retry is queued; go on.
-            number = objective.current
-            if storage_failure(exc) is not None or number is None or not _finished(study, number):
-                _raise_storage_failure(exc, study, objective.current, config)
-                raise
-            progress.line(f"[trial {number}] was marked failed by another worker (late heartbeats); retried there")
-            if not wait_for_slot(study, target, progress, poll):
-                break
-        except Exception as exc:
-            _raise_storage_failure(exc, study, objective.current, config)
-            raise
+    raise_if_stuck(objective, failed_in_a_row)
+
+
+def raise_if_stuck(objective: Objective, failed_in_a_row: list[FrozenTrial]) -> None:
+    """Raise the study file's problem a trial found, or the fault that failed the last trials in a row.
+
+    Raises:
+        AutopeftError: either.
+    """
     if objective.fatal is not None:
         raise objective.fatal
     if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW:
@@ -394,8 +409,43 @@ def _optimize(study: optuna.Study, objective: Objective, target: int, progress: 
         raise AutopeftError(
             f"{len(failed_in_a_row)} trials in a row failed, the last in {last.get('error_plugin', 'autopeft')}: "
             f"{last.get('error', 'no reason recorded')}; fix it and run again "
-            f"(details: `autopeft trials {config.path}`)"
+            f"(details: `autopeft trials {objective.config.path}`)"
         )
+
+
+def _guarded_optimize(
+    study: optuna.Study,
+    objective: Objective,
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
+    progress: Progress,
+    n_trials: int | None,
+) -> bool:
+    """``study.optimize``, with what stops it turned into one line; False when a trial was found
+    failed by another worker (late heartbeats), which the caller goes on from.
+
+    Raises:
+        Interrupted: Ctrl-C or SIGTERM.
+        AutopeftError: the storage failed, or a problem of the study file.
+    """
+    try:
+        study.optimize(objective, n_trials=n_trials, callbacks=callbacks, catch=(Exception,))
+        return True
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted(study, objective.current)) from None
+    except AutopeftError:
+        raise
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+        # Optuna cannot record a trial that another worker already marked failed: its heartbeats
+        # came too late (an overloaded machine, a long database lock). Its retry is queued; go on.
+        number = objective.current
+        if storage_failure(exc) is not None or number is None or not _finished(study, number):
+            _raise_storage_failure(exc, study, objective.current, objective.config)
+            raise
+        progress.line(f"[trial {number}] was marked failed by another worker (late heartbeats); retried there")
+        return False
+    except Exception as exc:
+        _raise_storage_failure(exc, study, objective.current, objective.config)
+        raise
 
 
 def _finished(study: optuna.Study, number: int) -> bool:

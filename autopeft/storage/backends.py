@@ -71,7 +71,7 @@ STORAGE_ENV = "AUTOPEFT_STORAGE"
 #: by the next worker, through its stale heartbeat).
 OUTAGE_SECONDS = 120.0
 #: User attributes a retry inherits: how the trial came to be queued. Its results and errors it earns itself.
-_INHERITED = ("warm_start", "started_from")
+_INHERITED = ("warm_start", "started_from", "race")
 #: System attributes a retry does not inherit: its own constraint and kept weights it records itself.
 _EARNED = ("constraints", "artifacts:")
 

@@ -258,12 +258,19 @@ def record_problem(record: Any, refit: bool = False) -> str | None:
 
 
 def winner(study: optuna.Study, budget: int | None = None) -> FrozenTrial | None:
-    """The study's answer: the best refit mean on validation among the refit trials (a figure that
+    """The study's answer. A raced study's is the race's decision (its chosen entrant's first final
+    training). Otherwise the best refit mean on validation among the refit trials (a figure that
     survives re-seeding), once the best search trial is among them; else the best search trial (a
     refit of some other trial alone, ``refit --trial N``, does not make it the winner). Test figures
     never choose."""
     trials = _feasible(study, None, budget)
     attrs = study.user_attrs
+    decided = attrs.get("race_decision")
+    if isinstance(decided, dict):  # a raced study: the chosen entrant's first final training
+        numbers = [n for n in decided.get("trials", []) if _is_plain_int(n)]
+        chosen = [t for t in trials if numbers and t.number == numbers[0]]
+        if chosen:
+            return chosen[0]
     refit = [(t, r) for t in trials if (r := refit_record(study, t, attrs)) is not None]
     best = best_trial(study, trials, budget)
     if best is None or best.number not in {t.number for t, _ in refit}:
@@ -352,7 +359,21 @@ def trial_row(trial: FrozenTrial, metric: str, standard: Standard | None = None)
         "config": a.get("config"),
         "reason": reason(trial, standard),
         "retry_of": retry_of(trial),
+        **_race_columns(a),
     }
+
+
+def _race_columns(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A race trial's rung and paired seed (both from 1) and entrant; nothing for other trials."""
+    race = attrs.get("race")
+    if not isinstance(race, dict):
+        return {}
+    rung, seed = _plus_one(race.get("rung")), _plus_one(race.get("seed"))
+    return {"rung": rung, "seed_index": seed, "entrant": race.get("entrant")}
+
+
+def _plus_one(value: Any) -> int | None:
+    return value + 1 if _is_plain_int(value) else None
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
@@ -368,6 +389,8 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
         return json.dumps(finite, indent=2, allow_nan=False)
     if not rows:
         return ""
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # a race's trials add columns the others lack
+    rows = [{k: r.get(k) for k in keys} for r in rows]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")

@@ -1,0 +1,152 @@
+"""What the race runs: the incumbent a user would type, and a portfolio of different candidates at the budget.
+
+A random space over method × structure × rate, judged on one seed a trial, cannot beat a user's
+default in the dozen trainings people give a search (benchmarks/README.md). So the race starts from
+a few candidates known to be strong and different, each at a few rates of its own:
+
+- the **incumbent**, LoRA r=8 on query and value (alpha 16) at LoRA's rate: what a user types. If
+  it exceeds the budget, the largest uniform rank on query and value that fits; if no LoRA fits,
+  the smallest method's default;
+- LoRA on **every linear** and on the **MLP only**, at the rank whose size is closest to the
+  incumbent's (the literature's matched comparison: attention-only LoRA loses to LoRA with the MLP);
+- **DoRA** on every linear at that rank;
+- the **proxy's** per-block ranks: the incumbent's total rank moved to the blocks whose gradients
+  are largest (:mod:`autopeft.search.proxy`);
+- every other enabled method at its own default (its :meth:`~autopeft.methods.PeftMethod.warm_start`
+  configuration, else the largest that fits): IA3, BitFit, unfreezing, a third-party method.
+
+Which of them race is :data:`PORTFOLIO`'s choice, made from measurements on the benchmark tasks
+(benchmarks/README.md, "Choosing the portfolio"); the catalogue here builds every one, for the
+benchmark to measure. Every name is built from the model's own blocks and the method plugins, never
+from one model family's module names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from autopeft.methods import checked_count
+
+if TYPE_CHECKING:
+    from autopeft.search.search_space import SearchSpace
+
+__all__ = ["Candidate", "PORTFOLIO", "catalogue", "incumbent", "rate_prior", "short_run_scale"]
+
+#: The candidates that race beside the incumbent, in the order they are listed (catalogue names).
+PORTFOLIO = ("lora-all", "lora-mlp", "dora-all", "proxy", "ia3", "bitfit", "unfreeze")
+
+#: LoRA's scale: lora_alpha = alpha × r; alpha 2 is the alpha 16 at r=8 people type.
+_ALPHA = 2
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration of one method; its race entrants are this at each rate of its bracket."""
+
+    name: str  # "incumbent", a catalogue name ("lora-all") or the method's name for its default
+    method: str
+    config_json: str  # the configuration, as JSON (hashable, and what a trial records)
+    prior: float  # the learning rate its bracket is centred on, before the short-run scale
+    trainable: int
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(json.loads(self.config_json))
+
+
+def _candidate(space: SearchSpace, name: str, method: str, config: dict[str, Any]) -> Candidate | None:
+    """The candidate, or None where it exceeds the budget or trains nothing beyond the head."""
+    bench = space.bench
+    n = checked_count(bench.enabled[method], bench.ctx, config)
+    if n > bench.budget or n <= bench.ctx.head_params:
+        return None
+    prior = bench.enabled[method].default_learning_rate
+    rates = space.rates(method)
+    if isinstance(rates, float):  # the study file fixed the method's rate: the bracket is centred there
+        prior = rates
+    return Candidate(name, method, json.dumps(config, sort_keys=True), prior, n)
+
+
+def _lora(space: SearchSpace, rank: int, targets: str, variant: str = "lora") -> dict[str, Any]:
+    options = space.bench.options["lora"]
+    blocks = len(space.bench.ctx.blocks)
+    dropout = options.get("dropout", 0.0)
+    return {"ranks": [rank] * blocks, "alpha": _ALPHA, "targets": targets, "variant": variant, "dropout": dropout}
+
+
+def incumbent(space: SearchSpace) -> Candidate:
+    """The configuration a user would type, within the budget (see the module's docstring).
+
+    Raises:
+        ValueError: no enabled method has a configuration within the budget (the workbench says so
+            before a race is planned).
+    """
+    if "lora" in space.bench.enabled:
+        for rank in range(8, 0, -1):
+            found = _candidate(space, "incumbent", "lora", _lora(space, rank, "query+value"))
+            if found is not None:
+                return found
+    defaults = [c for c in (_default(space, name) for name in space.bench.methods) if c is not None]
+    if not defaults:
+        raise ValueError("no enabled method has a configuration within the budget")
+    smallest = min(defaults, key=lambda c: c.trainable)
+    return Candidate("incumbent", smallest.method, smallest.config_json, smallest.prior, smallest.trainable)
+
+
+def _default(space: SearchSpace, name: str) -> Candidate | None:
+    """Method ``name``'s known-good configuration, else its largest that fits, else its smallest."""
+    bench = space.bench
+    method, options = bench.enabled[name], bench.options[name]
+    params = method.warm_start(bench.ctx, options)
+    configs = [space.config_of({"method": name, **params})[1]] if params is not None else []
+    configs += [method.largest(bench.ctx, options), method.smallest(bench.ctx, options)]
+    return next((c for c in (_candidate(space, name, name, config) for config in configs) if c is not None), None)
+
+
+def _matched(space: SearchSpace, name: str, targets: str, variant: str, size: int) -> Candidate | None:
+    """LoRA on ``targets`` at the uniform rank whose size is closest to ``size``, within the budget."""
+    fits = [c for r in range(1, 65) if (c := _candidate(space, name, "lora", _lora(space, r, targets, variant)))]
+    return min(fits, key=lambda c: (abs(c.trainable - size), c.trainable)) if fits else None
+
+
+def catalogue(space: SearchSpace, proxy_blocks: list[float] | None = None) -> list[Candidate]:
+    """Every candidate the module's docstring lists that the study enables and the budget holds,
+    incumbent first, without two of the same configuration."""
+    from autopeft.search.proxy import proxy_ranks
+
+    bench = space.bench
+    first = incumbent(space)
+    found: list[Candidate | None] = [first]
+    if "lora" in bench.methods:
+        found += [
+            _matched(space, "lora-all", "all", "lora", first.trainable),
+            _matched(space, "lora-mlp", "mlp", "lora", first.trainable),
+            _matched(space, "dora-all", "all", "dora", first.trainable),
+        ]
+        if proxy_blocks is not None and first.method == "lora":
+            config = first.config
+            choices = sorted({*bench.options["lora"].get("r", [4, 8, 16]), max(config["ranks"])})
+            ranks = proxy_ranks(proxy_blocks, choices, max(config["ranks"]))
+            found.append(_candidate(space, "proxy", "lora", {**config, "ranks": ranks}))
+    found += [_default(space, name) for name in bench.methods if name != "lora"]
+    unique: dict[tuple[str, str], Candidate] = {}
+    for c in found:
+        if c is not None and (c.method, c.config_json) not in unique:
+            unique[(c.method, c.config_json)] = c
+    return list(unique.values())
+
+
+def short_run_scale(steps: int) -> float:
+    """How much higher than its default a rate is centred for a run of ``steps`` optimizer steps: 1
+    from 200 steps up, rising as √(200/steps) to 3 for the shortest runs. Adapters' best rates rise
+    as runs shorten (LoRA's is about 10× full fine-tuning's, more under 100 steps: "LoRA Without
+    Regret", 2025); the defaults were set for runs of a few hundred steps."""
+    return min(3.0, max(1.0, math.sqrt(200 / max(steps, 1))))
+
+
+def rate_prior(candidate: Candidate, steps: int) -> float:
+    """The rate ``candidate``'s bracket is centred on, for a run of ``steps`` steps."""
+    return candidate.prior * short_run_scale(steps)

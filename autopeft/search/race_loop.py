@@ -1,0 +1,170 @@
+"""A worker's part in a race: read the plan from the storage, take the next training, decide at the end.
+
+Every worker of a raced study runs :func:`run_race`. It keeps no state of its own between trainings:
+each turn it reads the study's trials (:class:`~autopeft.search.racing.RaceState`), takes the first
+training of the lowest unfinished rung that no trial holds, and trains it as one Optuna trial. When
+the rest of a rung is running on other workers it waits, failing the trials of dead workers so that
+their retries are queued. Once the final rung has finished, the decision is written into the study
+(by every worker that sees it: the same decision from the same trials).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft.budget import format_count
+from autopeft.progress import Progress
+from autopeft.search.coordination import fail_dead_local_trials
+from autopeft.search.racing import DECISION_ATTR, PLAN_ATTR, RacePlan, RaceState, make_race_plan
+from autopeft.storage.results import FINISHED
+
+if TYPE_CHECKING:
+    from autopeft.search.objective import Objective
+    from autopeft.search.search_space import SearchSpace
+
+__all__ = ["race_plan", "race_state", "run_race", "describe_decision"]
+
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+#: Consecutive failed race trainings after which the race stops: a fault that fails every one.
+MAX_FAILURES_IN_A_ROW = 5
+
+
+def race_plan(study: optuna.Study, space: SearchSpace, total_steps: int, progress: Progress) -> RacePlan:
+    """The study's race: the one its storage holds, else a new plan, written there first.
+
+    Two workers that plan at once may both write; each then reads back what the storage holds, so
+    from their first training on they race the same plan.
+    """
+    from autopeft.search.proxy import PROXY_ATTR, proxy_scores
+
+    recorded = study.user_attrs.get(PLAN_ATTR)
+    if isinstance(recorded, dict):
+        plan = RacePlan.from_record(recorded)
+        progress.line(f"race: resuming the race the study planned ({_schedule_line(plan)})")
+        return plan
+    bench = space.bench
+    blocks = None
+    if bench.config.search.proxy and "lora" in bench.methods:
+        proxy = study.user_attrs.get(PROXY_ATTR)
+        if not isinstance(proxy, dict):
+            proxy = proxy_scores(bench).as_record()
+            study.set_user_attr(PROXY_ATTR, proxy)
+        blocks = list(proxy["blocks"])
+    plan = make_race_plan(space, bench.config.search.trainings, total_steps, blocks)
+    study.set_user_attr(PLAN_ATTR, plan.as_record())
+    plan = RacePlan.from_record(study.user_attrs[PLAN_ATTR])
+    progress.line(f"race: {_schedule_line(plan)}")
+    for entrant in plan.entrants:
+        method = bench.enabled[entrant.method]
+        what = method.describe(entrant.config)
+        progress.line(f"  {entrant.key}: {entrant.method} {what}, {format_count(entrant.trainable)} params")
+    return plan
+
+
+def _schedule_line(plan: RacePlan) -> str:
+    rungs = ", ".join(
+        f"{r.entrants} x {len(r.seeds)} seed{'s' * (len(r.seeds) > 1)} at {plan.steps(i)} steps"
+        for i, r in enumerate(plan.schedule.rungs)
+    )
+    return f"{len(plan.entrants)} entrants, rungs {rungs}: {plan.schedule.cost:.1f} of {plan.budget:g} trainings"
+
+
+def race_state(study: optuna.Study, plan: RacePlan, worst: float) -> RaceState:
+    sign = -1 if study.directions[0] == StudyDirection.MINIMIZE else 1
+    return RaceState(plan, study.get_trials(deepcopy=False), sign, worst)
+
+
+def run_race(
+    study: optuna.Study,
+    objective: Objective,
+    progress: Progress,
+    callbacks: list[Callback],
+    optimize: Callable[[optuna.Study, Objective, list[Callback], Progress, int | None], bool],
+) -> list[FrozenTrial]:
+    """Train the race's trainings until it is decided, and record the decision; returns the
+    trainings that failed in a row at the end (the caller raises when there are too many)."""
+    plan = objective.race
+    assert plan is not None
+    worst = objective.bench.task.worst(objective.config.task.metric)
+    poll = min(5.0, objective.config.study.heartbeat_seconds / 2)
+    failed: list[FrozenTrial] = []
+
+    def after(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus"):
+            failed.append(trial)
+        elif trial.state in FINISHED:
+            failed.clear()
+
+    said: set[int] = set()
+    while objective.fatal is None and len(failed) < MAX_FAILURES_IN_A_ROW:
+        state = race_state(study, plan, worst)
+        rung = state.current_rung()
+        if rung is None:
+            break
+        objective.claim = state.next_claim()
+        waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        if objective.claim is None and not waiting:  # the rest of the rung runs on other workers
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            fail_dead_local_trials(study)
+            time.sleep(poll)
+            continue
+        if rung not in said:
+            said.add(rung)
+            r = plan.schedule.rungs[rung]
+            progress.line(
+                f"race rung {rung + 1}/{len(plan.schedule.rungs)}: {len(state.members(rung) or [])} entrants, "
+                f"{len(r.seeds)} paired seed(s), {plan.steps(rung)} steps each"
+            )
+        optimize(study, objective, [after, *callbacks], progress, 1)
+    state = race_state(study, plan, worst)
+    decision = state.decision()
+    if decision is not None:
+        record = state.decision_record(decision)
+        if study.user_attrs.get(DECISION_ATTR) != record:
+            study.set_user_attr(DECISION_ATTR, record)
+        for line in describe_decision(study, plan):
+            progress.line(line)
+    return failed
+
+
+def describe_decision(study: optuna.Study, plan: RacePlan | None = None) -> list[str]:
+    """The race's last lines: what it recommends, its paired margin over the incumbent at its best
+    rate with the 95% interval, and its test score; nothing before the race is decided."""
+    record = study.user_attrs.get(DECISION_ATTR)
+    if not isinstance(record, dict):
+        return []
+    plan = plan or RacePlan.from_record(study.user_attrs[PLAN_ATTR])
+    metric = study.user_attrs.get("metric", "value")
+    chosen, best, incumbent = record["chosen"], record["best"], record["incumbent"]
+    seeds = len(plan.schedule.rungs[-1].seeds)
+    tests = record.get("test_means", {})
+
+    def about(key: str) -> str:
+        e = plan.entrant(key)
+        test = f", test {tests[key]:.4f}" if key in tests else ""
+        what = f"{key} ({e.method}, {format_count(e.trainable)} params, lr {e.learning_rate:.1e})"
+        return f"{what}: {metric} {record['means'][key]:.4f} over {seeds} seeds{test}"
+
+    lines = [f"race decided: recommends {about(chosen)}"]
+    diff = record.get("difference")
+    if diff is not None:
+        low, high = (f"{x:+.4f}" if x is not None else "?" for x in diff["interval"])
+        margin = f"{diff['mean']:+.4f} [95% interval {low}, {high}] over {diff['n']} paired seeds"
+        if record["displaced"]:
+            lines.append(f"  it beats the incumbent {about(incumbent)} by {margin}")
+        else:
+            lines.append(f"  the incumbent stands: the best challenger {about(best)} was {margin},")
+            lines.append("  within noise (a challenger must beat it by more than 2 standard errors of the difference)")
+    else:
+        lines.append("  the incumbent at its best rate beat every challenger on the paired seeds")
+    return lines

@@ -1,0 +1,366 @@
+"""The race on a study: its plan, which training each worker takes next, and the decision at the end.
+
+``autopeft run`` on a study with ``[search] race = true`` (the default) plans a race of the
+incumbent and the portfolio (:mod:`autopeft.search.portfolio`), each candidate at the rates of its
+bracket, within ``[search] trainings`` full trainings (:func:`autopeft.search.race.plan_race`), and
+runs it as Optuna trials. Every training of the race is one trial with a ``race`` attribute naming
+its rung, entrant and paired seed, so ``autopeft trials``, the report and export read it like any
+other trial, and the storage is the race's only state:
+
+- the plan is written into the study once (``race_plan``) and read back by every worker, so
+  workers that start together race the same entrants;
+- the members of a rung follow from the scores of the rung below, which every worker reads from the
+  storage; a worker takes the first member and seed of the lowest unfinished rung that no trial
+  holds (:meth:`RaceState.next_claim`), and of two that take the same one at once the later gives way;
+- a trial that failed (a dead worker, an interrupt) is retried with its ``race`` attribute; a
+  member that failed more often than the storage retries is scored as the metric's worst;
+- a race stopped halfway therefore resumes where it stopped: finished trainings are kept.
+
+The decision (:func:`autopeft.search.race.decide`) is recorded as ``race_decision``, and the
+study's winner (:func:`autopeft.storage.results.winner`) is the chosen entrant's first final trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft.errors import ConfigError
+from autopeft.search.coordination import Surplus
+from autopeft.search.portfolio import PORTFOLIO, Candidate, catalogue, incumbent, rate_prior
+from autopeft.search.race import Decision, Schedule, decide, plan_race, rank, rate_bracket
+from autopeft.storage.backends import MAX_RETRIES
+from autopeft.storage.results import FINISHED
+from autopeft.training.train import FULL, Fidelity
+
+if TYPE_CHECKING:
+    from autopeft.search.search_space import SearchSpace
+
+__all__ = [
+    "DECISION_ATTR",
+    "PLAN_ATTR",
+    "RACE_ATTR",
+    "Claim",
+    "claim_of",
+    "RaceEntrant",
+    "RacePlan",
+    "RaceState",
+    "make_race_plan",
+    "race_seed",
+    "race_training",
+]
+
+#: A race trial's user attribute: {"rung", "entrant", "seed"} (the seed's index among the paired seeds).
+RACE_ATTR = "race"
+#: The study's user attribute holding the race's plan (:meth:`RacePlan.as_record`).
+PLAN_ATTR = "race_plan"
+#: The study's user attribute holding the decision (:meth:`RaceState.decision_record`).
+DECISION_ATTR = "race_decision"
+
+#: Rates in each candidate's bracket, and how far apart (a factor).
+BRACKET_SIZE, BRACKET_SPREAD = 3, 3.0
+#: Each rung keeps the best 1/ETA of its entrants and trains ETA times longer than the one below.
+ETA = 3
+#: The shortest rung, as a share of a full training: shorter ones rank at random (benchmarks/README.md,
+#: "How early a rung ranks like a full training").
+MIN_FRACTION = 1 / 9
+
+
+def race_seed(study_seed: int, index: int) -> int:
+    """The ``index``-th paired seed: every entrant trains with it, distinct from search trials' seeds."""
+    return study_seed + 7_000 + index
+
+
+@dataclass(frozen=True)
+class RaceEntrant:
+    """A candidate at one rate of its bracket: what a race trial trains."""
+
+    key: str  # "lora-all@9.0e-03"
+    candidate: str
+    method: str
+    config_json: str
+    learning_rate: float
+    trainable: int
+    incumbent: bool
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(json.loads(self.config_json))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One training the race needs: ``entrant`` at rung ``rung`` with paired seed number ``seed``."""
+
+    rung: int
+    entrant: str
+    seed: int
+
+    def as_record(self) -> dict[str, Any]:
+        return {"rung": self.rung, "entrant": self.entrant, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class RacePlan:
+    """The race planned before its first training: entrants (incumbent's first), rungs, and the
+    optimizer steps of a full training that the rungs' shares are of."""
+
+    entrants: tuple[RaceEntrant, ...]
+    schedule: Schedule
+    total_steps: int
+    budget: float
+    seed: int  # the study's [study] seed, from which the paired seeds follow
+
+    def steps(self, rung: int) -> int:
+        """Optimizer steps of a training at rung ``rung``."""
+        return max(1, round(self.schedule.rungs[rung].fraction * self.total_steps))
+
+    def entrant(self, key: str) -> RaceEntrant:
+        return next(e for e in self.entrants if e.key == key)
+
+    def as_record(self) -> dict[str, Any]:
+        rungs = [{"fraction": r.fraction, "seeds": len(r.seeds), "entrants": r.entrants} for r in self.schedule.rungs]
+        return {
+            "entrants": [asdict(e) for e in self.entrants],
+            "rungs": rungs,
+            "total_steps": self.total_steps,
+            "budget": self.budget,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RacePlan:
+        from autopeft.search.race import Rung
+
+        rungs = tuple(Rung(r["fraction"], tuple(range(r["seeds"])), r["entrants"]) for r in record["rungs"])
+        entrants = tuple(RaceEntrant(**e) for e in record["entrants"])
+        return cls(entrants, Schedule(rungs), int(record["total_steps"]), float(record["budget"]), int(record["seed"]))
+
+
+def _entrants(space: SearchSpace, candidate: Candidate, steps: int, is_incumbent: bool) -> list[RaceEntrant]:
+    method = space.bench.enabled[candidate.method]
+    rates = space.rates(candidate.method)
+    if isinstance(rates, float):  # the study file fixed the rate: one entrant
+        bracket: tuple[float, ...] = (rates,)
+    else:
+        bracket = rate_bracket(rate_prior(candidate, steps), BRACKET_SIZE, BRACKET_SPREAD, *rates)
+    scale = method.learning_rate_scale(candidate.config)
+    return [
+        RaceEntrant(
+            f"{candidate.name}@{rate * scale:.1e}",
+            candidate.name,
+            candidate.method,
+            candidate.config_json,
+            rate * scale,
+            candidate.trainable,
+            is_incumbent,
+        )
+        for rate in bracket
+    ]
+
+
+def make_race_plan(
+    space: SearchSpace, budget: float, total_steps: int, proxy_blocks: list[float] | None = None
+) -> RacePlan:
+    """The incumbent's bracket and as many of the portfolio's candidates (in :data:`PORTFOLIO`'s
+    order, whole brackets) as a race within ``budget`` full trainings holds.
+
+    Raises:
+        ConfigError: not even the incumbent's bracket can race within the budget (the fix names the
+            least budget that can).
+    """
+    first = incumbent(space)
+    others = {c.name: c for c in catalogue(space, proxy_blocks) if c.name != "incumbent"}
+    chosen = [others[name] for name in PORTFOLIO if name in others]
+    config = space.bench.config
+    seeds = max(3, config.final.seeds)
+    base = _entrants(space, first, total_steps, True)
+    while True:
+        entrants = base + [e for c in chosen for e in _entrants(space, c, total_steps, False)]
+        try:
+            schedule = plan_race(len(entrants), budget, ETA, seeds, MIN_FRACTION)
+        except ValueError as exc:
+            if chosen:
+                chosen.pop()
+                continue
+            raise ConfigError(
+                "search.trainings", f"{exc}", "raise [search] trainings, or set [search] race = false"
+            ) from None
+        return RacePlan(tuple(entrants), schedule, total_steps, budget, config.study.seed)
+
+
+class RaceState:
+    """The race as the storage holds it: each entrant's scores by rung and seed, from ``trials``.
+
+    ``sign`` is 1 where the metric is maximized, -1 where minimized; ``worst`` the score of a
+    training that could not finish (a non-finite loss, or failed more often than retried).
+    """
+
+    def __init__(self, plan: RacePlan, trials: list[FrozenTrial], sign: int, worst: float) -> None:
+        self.plan, self.sign, self.worst = plan, sign, worst
+        self.scores: list[dict[str, dict[int, float]]] = [{} for _ in plan.schedule.rungs]
+        self.final_trials: dict[str, list[int]] = {}
+        self.test: dict[str, list[float]] = {}
+        self.held: set[Claim] = set()
+        failures: dict[Claim, int] = {}
+        for t in trials:
+            claim = claim_of(t.user_attrs)
+            if claim is None or claim.rung >= len(self.scores):
+                continue
+            if t.state == TrialState.COMPLETE and t.values is not None:
+                self._score(claim, float(t.values[0]), t)
+            elif t.state == TrialState.PRUNED:
+                self._score(claim, worst, t)
+            elif t.state in (TrialState.RUNNING, TrialState.WAITING):
+                self.held.add(claim)
+            elif t.state == TrialState.FAIL and not t.user_attrs.get("surplus"):
+                failures[claim] = failures.get(claim, 0) + 1
+        for claim, count in failures.items():
+            if count > MAX_RETRIES and claim not in self.held:
+                self._score(claim, worst, None)
+
+    def _score(self, claim: Claim, value: float, trial: FrozenTrial | None) -> None:
+        by_seed = self.scores[claim.rung].setdefault(claim.entrant, {})
+        if claim.seed in by_seed:  # a duplicate of two workers' simultaneous claims: the first counts
+            return
+        by_seed[claim.seed] = value
+        if trial is not None and claim.rung == len(self.scores) - 1:
+            self.final_trials.setdefault(claim.entrant, []).append(trial.number)
+            if isinstance(test := trial.user_attrs.get("test_metric"), float):
+                self.test.setdefault(claim.entrant, []).append(test)
+
+    def members(self, rung: int) -> list[str] | None:
+        """The entrants of ``rung``, or None while the rung below has not finished."""
+        rungs = self.plan.schedule.rungs
+        if rung == 0:
+            return [e.key for e in self.plan.entrants]
+        below = self.members(rung - 1)
+        if below is None or not self._complete(rung - 1, below):
+            return None
+        ranked = rank({k: self.scores[rung - 1][k] for k in below}, rungs[rung - 1].seeds, self.sign)
+        wanted = rungs[rung].entrants
+        if rung < len(rungs) - 1:
+            return ranked[:wanted]
+        best_incumbent = self._best_incumbent_below(rung)
+        top = [k for k in ranked if k != best_incumbent][: wanted - 1]
+        return [best_incumbent, *top]
+
+    def _best_incumbent_below(self, rung: int) -> str:
+        """The incumbent's best entrant at the highest rung below ``rung`` that one of them reached:
+        the final rung trains it whether or not it survived the cuts."""
+        for lower in range(rung - 1, -1, -1):
+            mine = {k: v for k, v in self.scores[lower].items() if self.plan.entrant(k).incumbent}
+            ranked = rank(mine, self.plan.schedule.rungs[lower].seeds, self.sign)
+            if ranked:
+                return ranked[0]
+        return next(e.key for e in self.plan.entrants if e.incumbent)
+
+    def _complete(self, rung: int, members: list[str]) -> bool:
+        seeds = self.plan.schedule.rungs[rung].seeds
+        return all(s in self.scores[rung].get(k, {}) for k in members for s in seeds)
+
+    def current_rung(self) -> int | None:
+        """The lowest rung not finished, or None once the final rung is."""
+        for rung in range(len(self.plan.schedule.rungs)):
+            members = self.members(rung)
+            if members is None or not self._complete(rung, members):
+                return rung
+        return None
+
+    def next_claim(self) -> Claim | None:
+        """The first training of the current rung that no trial has finished or holds, or None
+        (the race is decided, or the rest of the rung is running elsewhere)."""
+        rung = self.current_rung()
+        if rung is None:
+            return None
+        members = self.members(rung) or []
+        for seed in self.plan.schedule.rungs[rung].seeds:
+            for key in members:
+                claim = Claim(rung, key, seed)
+                if seed not in self.scores[rung].get(key, {}) and claim not in self.held:
+                    return claim
+        return None
+
+    def decision(self) -> Decision | None:
+        """The final rung's recommendation, once it has finished."""
+        if self.current_rung() is not None:
+            return None
+        final = len(self.plan.schedule.rungs) - 1
+        seeds = self.plan.schedule.rungs[final].seeds
+        scores = {k: self.scores[final][k] for k in self.members(final) or []}
+        return decide(scores, self.incumbent(), seeds, self.sign)
+
+    def incumbent(self) -> str:
+        """The incumbent at its best rate: the best of its entrants in the final rung."""
+        final = len(self.plan.schedule.rungs) - 1
+        members = self.members(final) or []
+        ranked = rank({k: self.scores[final][k] for k in members}, self.plan.schedule.rungs[final].seeds, self.sign)
+        return next(k for k in ranked if self.plan.entrant(k).incumbent)
+
+    def decision_record(self, decision: Decision) -> dict[str, Any]:
+        """What ``race_decision`` holds: the chosen, best and incumbent entrants, the paired
+        difference with its 95% interval, the final means, and the chosen entrant's final trials."""
+        final = self.scores[-1]
+        members = self.members(len(self.scores) - 1) or []
+        diff = decision.difference
+        return {
+            "chosen": decision.chosen,
+            "best": decision.best,
+            "incumbent": self.incumbent(),
+            "displaced": decision.displaced,
+            "difference": None
+            if diff is None
+            else {"mean": diff.mean, "sd": diff.sd, "n": diff.n, "interval": list(_finite(diff.interval()))},
+            "means": {k: statistics.fmean(final[k].values()) for k in members},
+            "test_means": {k: statistics.fmean(v) for k, v in self.test.items() if k in members},
+            "trials": self.final_trials.get(str(decision.chosen), []),
+        }
+
+
+def _finite(pair: tuple[float, float]) -> tuple[float | None, float | None]:
+    return tuple(None if not math.isfinite(x) else x for x in pair)  # type: ignore[return-value]
+
+
+def race_training(
+    trial: optuna.Trial, plan: RacePlan, claim: Claim | None
+) -> tuple[str, float, dict[str, Any], int, Fidelity, str]:
+    """(method, learning rate, configuration, seed, fidelity, label) of the race training ``claim``,
+    which ``trial`` then trains, recorded in its ``race`` attribute: a retried trial's own claim,
+    else the one the race loop gave this worker.
+
+    Raises:
+        Surplus: there is no claim (the race needs no training now), or a trial numbered lower
+            already holds it (two workers took it at once: the earlier trains it).
+    """
+    claim = claim_of(trial.user_attrs) or claim
+    if claim is None:
+        trial.set_user_attr("surplus", True)
+        raise Surplus("not run: the race needs no training now")
+    trial.set_user_attr(RACE_ATTR, claim.as_record())
+    for other in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)):
+        if other.number < trial.number and claim_of(other.user_attrs) == claim:
+            trial.set_user_attr("surplus", True)
+            raise Surplus(f"not run: trial {other.number} trains the same race member")
+    entrant = plan.entrant(claim.entrant)
+    steps = plan.steps(claim.rung)
+    fidelity = FULL if steps >= plan.total_steps else Fidelity(steps=steps)
+    label = f"rung {claim.rung + 1}/{len(plan.schedule.rungs)} seed {claim.seed + 1} {entrant.candidate}: "
+    seed = race_seed(plan.seed, claim.seed)
+    return entrant.method, entrant.learning_rate, entrant.config, seed, fidelity, label
+
+
+def claim_of(user_attrs: dict[str, Any]) -> Claim | None:
+    """The race training a trial (its ``user_attrs``) is, or None for a trial outside the race."""
+    record = user_attrs.get(RACE_ATTR)
+    if not isinstance(record, dict):
+        return None
+    try:
+        return Claim(int(record["rung"]), str(record["entrant"]), int(record["seed"]))
+    except (KeyError, TypeError, ValueError):
+        return None

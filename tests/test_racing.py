@@ -1,0 +1,180 @@
+"""The race run on a study: its state read from trials, a run that ends in a recommendation, a race
+resumed after an interrupt, and two workers racing one study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import write_study
+from optuna.trial import TrialState, create_trial
+
+from autopeft.search.race import Rung, Schedule
+from autopeft.search.racing import DECISION_ATTR, PLAN_ATTR, Claim, RaceEntrant, RacePlan, RaceState, claim_of
+from autopeft.storage.backends import MAX_RETRIES
+
+
+def _plan(keys: list[str], rungs: list[tuple[float, int, int]]) -> RacePlan:
+    entrants = tuple(RaceEntrant(k, k.split("@")[0], "lora", "{}", 1e-3, 10, k.startswith("inc")) for k in keys)
+    schedule = Schedule(tuple(Rung(f, tuple(range(s)), n) for f, s, n in rungs))
+    return RacePlan(entrants, schedule, total_steps=90, budget=12, seed=0)
+
+
+def _trial(rung: int, entrant: str, seed: int, value: float | None, state: TrialState = TrialState.COMPLETE, **attrs):
+    user_attrs = {"race": {"rung": rung, "entrant": entrant, "seed": seed}, **attrs}
+    return create_trial(state=state, value=value if state == TrialState.COMPLETE else None, user_attrs=user_attrs)
+
+
+KEYS = ["inc@1", "inc@3", "a@1", "a@3", "b@1", "b@3", "c@1", "c@3", "d@1"]
+RUNGS = [(1 / 9, 1, 9), (1 / 3, 2, 3), (1.0, 3, 2)]
+
+
+def test_the_first_rung_is_every_entrant_and_the_next_waits_for_it() -> None:
+    plan = _plan(KEYS, RUNGS)
+    state = RaceState(plan, [_trial(0, "inc@1", 0, 0.5)], 1, 0.0)
+    assert state.members(0) == KEYS and state.members(1) is None
+    assert state.current_rung() == 0
+    assert state.next_claim() == Claim(0, "inc@3", 0)
+    held = _trial(0, "inc@3", 0, None, TrialState.RUNNING)
+    assert RaceState(plan, [_trial(0, "inc@1", 0, 0.5), held], 1, 0.0).next_claim() == Claim(0, "a@1", 0)
+    assert plan.steps(0) == 10 and plan.steps(2) == 90
+
+
+def test_survivors_are_the_best_third_and_the_final_rung_adds_the_incumbent_at_its_best_rate() -> None:
+    plan = _plan(KEYS, RUNGS)
+    first = [0.50, 0.55, 0.70, 0.60, 0.80, 0.40, 0.65, 0.30, 0.20]
+    trials = [_trial(0, k, 0, v) for k, v in zip(KEYS, first)]
+    state = RaceState(plan, trials, 1, 0.0)
+    assert state.members(1) == ["b@1", "a@1", "c@1"]
+    second = {"b@1": (0.8, 0.7), "a@1": (0.9, 0.9), "c@1": (0.5, 0.5)}
+    trials += [_trial(1, k, s, v[s]) for k, v in second.items() for s in (0, 1)]
+    state = RaceState(plan, trials, 1, 0.0)
+    # inc@3 (0.55) beat inc@1 at the first rung: it is the incumbent at its best rate, with a@1
+    assert state.members(2) == ["inc@3", "a@1"]
+    assert state.next_claim() == Claim(2, "inc@3", 0)
+    assert state.decision() is None
+
+
+def test_a_clear_paired_margin_displaces_the_incumbent_and_noise_does_not() -> None:
+    plan = _plan(["inc@1", "a@1"], [(1.0, 3, 2)])
+    clear = [_trial(0, "inc@1", s, v) for s, v in enumerate([0.70, 0.72, 0.71])]
+    clear += [_trial(0, "a@1", s, v) for s, v in enumerate([0.75, 0.76, 0.77])]
+    state = RaceState(plan, clear, 1, 0.0)
+    decision = state.decision()
+    assert decision is not None and decision.displaced and decision.chosen == "a@1"
+    record = state.decision_record(decision)
+    assert record["incumbent"] == "inc@1" and record["difference"]["interval"][0] > 0
+    noisy = clear[:3] + [_trial(0, "a@1", s, v) for s, v in enumerate([0.80, 0.66, 0.72])]
+    decision = RaceState(plan, noisy, 1, 0.0).decision()
+    assert decision is not None and decision.best == "a@1" and not decision.displaced and decision.chosen == "inc@1"
+    # a loss is minimized: the same numbers the other way round keep the incumbent
+    assert RaceState(plan, clear, -1, 9.0).decision().chosen == "inc@1"
+
+
+def test_a_pruned_training_and_one_failed_more_than_retried_score_the_worst_and_duplicates_count_once() -> None:
+    plan = _plan(["inc@1", "a@1", "b@1"], [(1 / 3, 1, 3), (1.0, 3, 2)])
+    trials = [
+        _trial(0, "inc@1", 0, 0.6),
+        _trial(0, "inc@1", 0, 0.1),  # a duplicate of two workers' claims: the first counts
+        _trial(0, "a@1", 0, None, TrialState.PRUNED),
+        *[_trial(0, "b@1", 0, None, TrialState.FAIL) for _ in range(MAX_RETRIES + 1)],
+        _trial(0, "b@1", 0, None, TrialState.FAIL, surplus=True),
+    ]
+    state = RaceState(plan, trials, 1, 0.0)
+    assert state.scores[0] == {"inc@1": {0: 0.6}, "a@1": {0: 0.0}, "b@1": {0: 0.0}}
+    assert state.current_rung() == 1
+    # fewer failures than retries: the member waits for its retry
+    assert RaceState(plan, trials[:4], 1, 0.0).current_rung() == 0
+
+
+def test_a_plan_survives_its_record_and_a_broken_race_attribute_is_no_claim() -> None:
+    plan = _plan(KEYS, RUNGS)
+    assert RacePlan.from_record(json.loads(json.dumps(plan.as_record()))) == plan
+    assert claim_of({"race": {"rung": "x"}}) is None and claim_of({}) is None
+
+
+def _race_study(folder: Path, **search) -> Path:
+    return write_study(
+        folder,
+        study={"name": "raced", "seed": 0},
+        data={"test": "validation.parquet"},
+        search={"methods": ["lora", "bitfit"], "race": True, "trainings": 7, "proxy": False, **search},
+    )
+
+
+def _complete(study: optuna.Study) -> list:
+    return [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+
+
+def test_a_run_races_and_ends_in_a_recommendation(tmp_path, capsys, minilm_available) -> None:
+    from autopeft import load_config, open_study, winner
+    from autopeft.cli.command import main
+
+    path = _race_study(tmp_path)
+    assert main(["run", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "race decided: recommends" in out and "over 3 seeds" in out
+    study = open_study(load_config(path), create=False)
+    plan = RacePlan.from_record(study.user_attrs[PLAN_ATTR])
+    decided = study.user_attrs[DECISION_ATTR]
+    assert plan.schedule.cost <= 7 and plan.entrants[0].incumbent
+    claims = [claim_of(t.user_attrs) for t in _complete(study)]
+    assert len(claims) == len(set(claims)) == sum(r.entrants * len(r.seeds) for r in plan.schedule.rungs)
+    assert [t.user_attrs["race"]["entrant"] for t in study.get_trials() if t.number in decided["trials"]] == [
+        decided["chosen"]
+    ] * 3
+    best = winner(study)
+    assert best is not None and best.number == decided["trials"][0] and "test_metric" in best.user_attrs
+    assert main(["trials", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "rung" in table.splitlines()[0] and "entrant" in table.splitlines()[0]
+    # run again: the race is decided, nothing trains
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert len(_complete(open_study(load_config(path), create=False))) == len(claims)
+
+
+def test_a_race_stopped_halfway_resumes_from_the_storage(tmp_path, monkeypatch, minilm_available) -> None:
+    from autopeft import load_config, open_study, run_study
+    from autopeft.errors import Interrupted
+    from autopeft.training.workbench import Workbench
+
+    path = _race_study(tmp_path)
+    fit, calls = Workbench.fit, []
+
+    def interrupted_at_the_fifth(self, *args, **kwargs):
+        calls.append(kwargs["seed"])
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Workbench, "fit", interrupted_at_the_fifth)
+    with pytest.raises(Interrupted):
+        run_study(path, quiet=True)
+    study = open_study(load_config(path), create=False)
+    before = {claim_of(t.user_attrs) for t in _complete(study)}
+    assert len(before) == 4
+    monkeypatch.setattr(Workbench, "fit", fit)
+    study = run_study(path, quiet=True)
+    after = [claim_of(t.user_attrs) for t in _complete(study)]
+    assert len(after) == len(set(after)) and before < set(after)  # nothing trained twice
+    assert DECISION_ATTR in study.user_attrs
+    interrupted = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and claim_of(interrupted[0].user_attrs) in set(after)
+
+
+def test_two_workers_race_one_study_and_train_each_member_once(tmp_path, capsys, minilm_available) -> None:
+    from autopeft import load_config, open_study
+    from autopeft.cli.command import main
+
+    path = _race_study(tmp_path)
+    assert main(["run", str(path), "--workers", "2"]) == 0
+    assert "race decided: recommends" in capsys.readouterr().out
+    study = open_study(load_config(path), create=False)
+    complete = _complete(study)
+    claims = [claim_of(t.user_attrs) for t in complete]
+    plan = RacePlan.from_record(study.user_attrs[PLAN_ATTR])
+    assert len(claims) == len(set(claims)) == sum(r.entrants * len(r.seeds) for r in plan.schedule.rungs)
+    assert len({t.user_attrs["worker"] for t in complete}) == 2
+    assert DECISION_ATTR in study.user_attrs
