@@ -37,7 +37,17 @@ from autopeft.data import IGNORE_INDEX, Split, batches
 from autopeft.errors import DataError
 from autopeft.precision import autocast_for
 
-__all__ = ["Task", "Direction", "EvalSettings", "IGNORE_INDEX", "Split", "DataSection", "DataError", "eval_logits"]
+__all__ = [
+    "Task",
+    "Direction",
+    "EvalSettings",
+    "IGNORE_INDEX",
+    "Split",
+    "DataSection",
+    "DataError",
+    "eval_logits",
+    "validation_loss",
+]
 
 Direction = Literal["maximize", "minimize"]
 
@@ -139,6 +149,17 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, split: Split, metric: str, settings: EvalSettings) -> float:
         """``metric`` of ``model`` on ``split``; :func:`eval_logits` does the forward passes."""
+
+
+def validation_loss(task: Task, model: nn.Module, split: Split, settings: EvalSettings) -> float:
+    """The task's loss over ``split``, averaged over examples: a score that moves before the metric
+    does (a classifier's accuracy stays at the majority class until its logits cross; their loss falls
+    from the first steps), so a race's short rungs rank by it (:mod:`autopeft.search.racing`)."""
+    total, count = 0.0, 0
+    for indices, logits, labels in eval_logits(model, split, settings):
+        total += float(task.loss(logits, labels)) * len(indices)
+        count += len(indices)
+    return total / max(count, 1)
 
 
 def eval_logits(

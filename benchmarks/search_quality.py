@@ -10,20 +10,25 @@ the same budget, every arm ends in configurations trained with the same new seed
 **test** split:
 
 - (a) the default: LoRA r=8 on query and value, alpha 16, at LoRA's default learning rate;
-- (a') the default with only its learning rate searched (``--arms lr``): as many trials as the
-  study, the same pruner, the same refit;
+- (a') the default with only its learning rate searched (``--arms lr``): TPE over the rate at the
+  study's fidelity and pruner, then its ``[final] top`` rates refit with 3 seeds, the whole within the
+  wall time (f) took;
 - (b) LoRA on every linear of every block, at the largest uniform rank that fits the budget;
 - (c) AdaLoRA from the largest initial rank that fits on query and value, pruned to r=8 (the
   default's size at the end: a matched final budget);
 - (d) EVA-initialised LoRA r=8 on query and value;
-- (e) random search (no warm starts, no proxy) for as long as (f)'s search took, the same pruner and refit;
-- (f) autopeft: the study as shipped, then ``autopeft refit``; the winner is the best refit mean on
-  validation.
+- (e) random search (no race, no warm starts, no proxy), the same pruner and refit, within the wall
+  time (f) took;
+- (f) autopeft: ``autopeft run`` on the study as shipped, which races the incumbent and the portfolio
+  on paired seeds and recommends one entrant (its final rung included in its time).
 
-Each arm's row is the mean ± sd and the median of its test metric over the seeds. Searches ((a'), (e),
-(f)) run in a temporary copy of the study, so nothing in ``studies/`` changes. The cost of each arm is
-given in full-fidelity trainings of the default: the median of its fits' wall times, as the first
-fit also does the one-time work (tokenizing, warming kernels) that every later fit reuses.
+Every arm's final configuration is then trained again with new test seeds, not counted in its cost:
+``--seeds`` (default 5) paired seeds for (a), (a') and (f), the same seeds for each, and the first 3
+of them for (b) to (e). Each arm's row is the mean ± sd and the median of its test metric; the paired
+differences (f) - (a') and (f) - (a) come with their 95% interval (Student's t). Searches ((a'),
+(e), (f)) run in a temporary copy of the study, so nothing in ``studies/`` changes. The cost of each
+arm is given in full-fidelity trainings of the default: the median of its fits' wall times, as the
+first fit also does the one-time work (tokenizing, warming kernels) that every later fit reuses.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from autopeft.methods import PeftMethod
 from autopeft.outputs.confirm import confirm_seeds, refit
 from autopeft.registry import ResolvedStudy
 from autopeft.search.pruning import make_pruner, trial_fidelity
-from autopeft.storage.results import refit_record, winner
+from autopeft.storage.results import winner
 from autopeft.training.train import planned_steps
 from autopeft.training.workbench import Workbench
 
@@ -94,31 +99,42 @@ def _copy(path: Path, folder: Path, edit: Callable[[str], str] = lambda text: te
     return target
 
 
-def _fixed(bench: Workbench, name: str, method: PeftMethod, config: dict[str, Any], seeds: list[int]) -> Arm:
-    """``config`` trained once per seed at ``method``'s default learning rate, at ``bench``'s fidelity."""
+def _fixed(
+    bench: Workbench,
+    name: str,
+    method: PeftMethod,
+    config: dict[str, Any],
+    seeds: list[int],
+    learning_rate: float | None = None,
+) -> Arm:
+    """``config`` trained once per seed at ``learning_rate`` (default: ``method``'s default), at
+    ``bench``'s fidelity."""
     results, fit_seconds = [], []
+    rate = method.default_learning_rate if learning_rate is None else learning_rate
     for s in seeds:
         started = time.perf_counter()
-        results.append(bench.fit(method, config, learning_rate=method.default_learning_rate, seed=s, test=True))
+        results.append(bench.fit(method, config, learning_rate=rate, seed=s, test=True))
         fit_seconds.append(time.perf_counter() - started)
     what = f"{method.describe(config)}, {method.count_trainable(bench.ctx, config):,} params"
     test, validation = [float(r.test_metric or 0.0) for r in results], [r.metric for r in results]
     return Arm(name, what, test, sum(fit_seconds), validation, fit_seconds)
 
 
-def _refit_arm(name: str, path: Path, seeds: int, searched_seconds: float) -> Arm:
-    """``autopeft refit`` of a searched study copy; the winner's refit test values."""
+def _refit_arm(name: str, path: Path, seeds: int, searched_seconds: float, full: Workbench, test: list[int]) -> Arm:
+    """``autopeft refit`` of a searched study copy with ``seeds`` seeds; its winner trained again on
+    the ``test`` seeds (not counted in the arm's cost)."""
     started = time.perf_counter()
     done, _ = refit(path, seeds=seeds, quiet=True)
     chosen = winner(done)
     assert chosen is not None
-    record = refit_record(done, chosen)
-    assert record is not None
-    a = chosen.user_attrs
-    what = f"trial {chosen.number}: {a['method']} {a['config']}, {a['trainable_params']:,} params"
-    what += f", lr {a['learning_rate']:.2e}"
     seconds = searched_seconds + time.perf_counter() - started
-    return Arm(name, what, record["test_values"], seconds, record["values"])
+    a = chosen.user_attrs
+    method = full.enabled[a["method"]]
+    arm = _fixed(full, name, method, json.loads(a["config"]), test, a["learning_rate"])
+    arm.what = f"trial {chosen.number}: {a['method']} {a['config']}, {a['trainable_params']:,} params"
+    arm.what += f", lr {a['learning_rate']:.2e}"
+    arm.seconds = seconds
+    return arm
 
 
 def _degenerate(study: optuna.Study) -> tuple[int, int]:
@@ -131,9 +147,12 @@ def _degenerate(study: optuna.Study) -> tuple[int, int]:
     return len(bad), len(trials)
 
 
-def _learning_rate_only(resolved: ResolvedStudy, bench: Workbench, n_trials: int, seeds: int, full: Workbench) -> Arm:
-    """(a'): the default LoRA with only its learning rate searched (TPE, the study's pruner), then the
-    ``[final] top`` rates refit with new seeds; the winner is the best refit mean on validation."""
+def _learning_rate_only(
+    resolved: ResolvedStudy, bench: Workbench, seconds: float, training: float, full: Workbench, test_seeds: list[int]
+) -> Arm:
+    """(a'): the default LoRA with only its learning rate searched (TPE, the study's pruner) while
+    the time left holds its refit, then the ``[final] top`` rates refit with 3 new seeds; the winner
+    (the best refit mean on validation) is trained again on ``test_seeds``."""
     config = resolved.config
     method = bench.enabled["lora"]
     lora = {"ranks": [8] * len(bench.ctx.blocks), **DEFAULT_LORA}
@@ -150,7 +169,8 @@ def _learning_rate_only(resolved: ResolvedStudy, bench: Workbench, n_trials: int
     fidelity = trial_fidelity(config, total)
     started = time.perf_counter()
     search.enqueue_trial({"lr": method.default_learning_rate})
-    for _ in range(n_trials):
+    refit_seconds = config.final.top * 3 * training
+    while time.perf_counter() - started + refit_seconds < seconds or not search.trials:
         trial = search.ask()
         lr = trial.suggest_float("lr", low, high, log=True)
 
@@ -167,47 +187,90 @@ def _learning_rate_only(resolved: ResolvedStudy, bench: Workbench, n_trials: int
             search.tell(trial, result.metric)
     complete = [t for t in search.trials if t.state == optuna.trial.TrialState.COMPLETE]
     top = sorted(complete, key=lambda t: -sign * float(t.value or 0.0))[: config.final.top]
-    best: tuple[float, list[float], list[float], float] | None = None
+    best: tuple[float, float] | None = None
     for t in top:
         results = [
-            full.fit(method, lora, learning_rate=t.params["lr"], seed=s, test=True)
-            for s in confirm_seeds(config.study.seed, t.number, seeds)
+            full.fit(method, lora, learning_rate=t.params["lr"], seed=s)
+            for s in confirm_seeds(config.study.seed, t.number, 3)
         ]
         mean = statistics.fmean(r.metric for r in results)
         if best is None or sign * mean > sign * best[0]:
-            best = (mean, [float(r.test_metric or 0.0) for r in results], [r.metric for r in results], t.params["lr"])
+            best = (mean, t.params["lr"])
     assert best is not None
-    return Arm(
-        "(a') learning rate only",
-        f"lora r=8 query+value, lr {best[3]:.2e}",
-        best[1],
-        time.perf_counter() - started,
-        best[2],
+    spent = time.perf_counter() - started
+    arm = _fixed(full, "(a') learning rate only", method, lora, test_seeds, best[1])
+    arm.what = f"lora r=8 query+value, lr {best[1]:.2e} ({len(search.trials)} trials)"
+    arm.seconds = spent
+    return arm
+
+
+def _raced(path: Path, full: Workbench, test_seeds: list[int], extra: dict[str, Any]) -> Arm:
+    """(f): ``autopeft run`` on the study as shipped (the race), its recommendation trained again on
+    ``test_seeds``; the arm's cost is the run's wall time."""
+    from autopeft.search.racing import DECISION_ATTR, PLAN_ATTR, RacePlan
+
+    started = time.perf_counter()
+    raced = run_study(path, quiet=True)
+    seconds = time.perf_counter() - started
+    plan = RacePlan.from_record(raced.user_attrs[PLAN_ATTR])
+    decided = raced.user_attrs[DECISION_ATTR]
+    chosen = plan.entrant(decided["chosen"])
+    extra["f_degenerate"] = _degenerate(raced)
+    extra["f_decision"] = decided
+    extra["f_plan_cost"] = plan.schedule.cost
+    arm = _fixed(
+        full, "(f) autopeft race", full.enabled[chosen.method], chosen.config, test_seeds, chosen.learning_rate
     )
+    arm.what = f"{chosen.key}: {arm.what}" + (" (displaced the incumbent)" if decided["displaced"] else "")
+    arm.seconds = seconds
+    return arm
 
 
 #: The arms besides the default, which always runs (its training time is the unit of cost).
 ARMS = ("f", "lr", "b", "c", "d", "e")
 
 
-def _random_search(path: Path, folder: Path, seeds: int, seconds: float, extra: dict[str, Any]) -> Arm:
-    """(e): random search (no warm starts, no proxy) for ``seconds``, the same pruner, then refit."""
+def _random_search(
+    path: Path,
+    folder: Path,
+    seconds: float,
+    training: float,
+    extra: dict[str, Any],
+    full: Workbench,
+    test: list[int],
+    seeds: int = 3,
+) -> Arm:
+    """(e): random search (no race, no warm starts, no proxy), the same pruner, while the time left
+    holds its refit (``[final] top`` trials x ``seeds``), then that refit."""
     rand = _copy(
         path,
         folder / "e",
         lambda text: text.replace('sampler = "tpe"', 'sampler = "random"').replace(
-            "[search]\n", "[search]\nproxy = false\n", 1
+            "[search]\n", "[search]\nproxy = false\nrace = false\n", 1
         ),
     )
     started = time.perf_counter()
     n = 0
     random_study = None
-    while time.perf_counter() - started < seconds:
+    refit_seconds = study(rand).config.final.top * seeds * training
+    while time.perf_counter() - started + refit_seconds < seconds or n == 0:
         n += 1
         random_study = run_study(rand, n_trials=n, quiet=True)
     extra["e_trials"] = n
     extra["e_degenerate"] = _degenerate(random_study) if random_study else None
-    return _refit_arm("(e) random search, same wall time + refit", rand, seeds, time.perf_counter() - started)
+    spent = time.perf_counter() - started
+    return _refit_arm("(e) random search, same wall time + refit", rand, seeds, spent, full, test)
+
+
+def paired(a: list[float], b: list[float], sign: int) -> dict[str, float]:
+    """The paired difference ``a - b`` seed by seed, in the metric's better direction: mean, sd and
+    the 95% interval (Student's t with n - 1 degrees of freedom)."""
+    from scipy.stats import t as student
+
+    diffs = [sign * (x - y) for x, y in zip(a, b)]
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = float(student.ppf(0.975, len(diffs) - 1)) * sd / len(diffs) ** 0.5
+    return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "n": len(diffs)}
 
 
 def run_task(task: str, seeds: int, which: tuple[str, ...] = ARMS) -> dict[str, Any]:
@@ -217,7 +280,8 @@ def run_task(task: str, seeds: int, which: tuple[str, ...] = ARMS) -> dict[str, 
     sign = 1 if resolved.directions[0] == "maximize" else -1
     full = Workbench(ResolvedStudy(config.at_final_fidelity(), resolved.task, resolved.pm))
     bench = Workbench(resolved)
-    test_seeds = confirm_seeds(config.study.seed, 10_000, seeds)  # new seeds, the same for every fixed arm
+    test_seeds = confirm_seeds(config.study.seed, 10_000, seeds)  # new seeds, the same for every arm
+    few = test_seeds[:3]  # (b) to (e)
     blocks = len(full.ctx.blocks)
     chosen = set(which)
     arms: list[Arm] = []
@@ -229,23 +293,16 @@ def run_task(task: str, seeds: int, which: tuple[str, ...] = ARMS) -> dict[str, 
     extra: dict[str, Any] = {"full_training_seconds": training, "default_fit_seconds": default.fit_seconds}
 
     with tempfile.TemporaryDirectory() as folder:
-        # (f) autopeft's search + refit; (e) needs its search time
-        if "f" in chosen or "e" in chosen:
-            ours = _copy(path, Path(folder) / "f")
-            started = time.perf_counter()
-            searched = run_study(ours, quiet=True)
-            search_seconds = time.perf_counter() - started
-            extra["f_degenerate"] = _degenerate(searched)
-            extra["f_search_seconds"] = search_seconds
-            from autopeft.search.proxy import proxy_correlation
+        # (f) the race; (a') and (e) get its wall time
+        raced = _raced(_copy(path, Path(folder) / "f"), full, test_seeds, extra)
+        search_seconds = raced.seconds
+        extra["f_seconds"] = search_seconds
+        if "f" in chosen:
+            arms.append(raced)
 
-            extra["f_proxy_spearman"] = proxy_correlation(searched)
-            if "f" in chosen:
-                arms.append(_refit_arm("(f) autopeft search + refit", ours, seeds, search_seconds))
-
-        # (a') the learning rate alone, same number of trials
+        # (a') the learning rate alone, same wall time
         if "lr" in chosen:
-            arms.append(_learning_rate_only(resolved, bench, config.study.n_trials, seeds, full))
+            arms.append(_learning_rate_only(resolved, bench, search_seconds, training, full, test_seeds))
 
         # (b) LoRA on all linears at the largest uniform rank that fits
         lora = full.enabled["lora"]
@@ -256,7 +313,7 @@ def run_task(task: str, seeds: int, which: tuple[str, ...] = ARMS) -> dict[str, 
         ]
         if fits and "b" in chosen:
             config_b = {"ranks": [max(fits)] * blocks, **DEFAULT_LORA, "targets": "all"}
-            arms.append(_fixed(full, "(b) LoRA on all linears", lora, config_b, test_seeds))
+            arms.append(_fixed(full, "(b) LoRA on all linears", lora, config_b, few))
 
         # (c) AdaLoRA: the largest init_r on query+value that fits, pruned to the default's r=8
         from autopeft_plugins.adalora import AdaLora
@@ -270,19 +327,23 @@ def run_task(task: str, seeds: int, which: tuple[str, ...] = ARMS) -> dict[str, 
         ]
         if inits and "c" in chosen:
             config_c = {"init_r": max(inits), "target_r": 8, "targets": "query+value"}
-            arms.append(_fixed(full, "(c) AdaLoRA", adalora, config_c, test_seeds))
+            arms.append(_fixed(full, "(c) AdaLoRA", adalora, config_c, few))
         # (d) EVA LoRA r=8 query+value
         if "d" in chosen:
             config_d = {"ranks": [8] * blocks, **DEFAULT_LORA}
-            arms.append(_fixed(full, "(d) EVA LoRA", EvaLora(), config_d, test_seeds))
+            arms.append(_fixed(full, "(d) EVA LoRA", EvaLora(), config_d, few))
 
         # (e) random search for as long as (f) searched
         if "e" in chosen:
-            arms.append(_random_search(path, Path(folder), seeds, search_seconds, extra))
+            arms.append(_random_search(path, Path(folder), search_seconds, training, extra, full, few))
 
     rows = [arm.summary(sign) for arm in arms]
     for row in rows:
         row["trainings"] = row["seconds"] / training
+    by_arm = {row["arm"][:4]: row["test"] for row in rows}
+    for other in ("(a')", "(a) "):
+        if "(f) " in by_arm and other in by_arm:
+            extra[f"f_minus_{other.strip('() ')}"] = paired(by_arm["(f) "], by_arm[other], sign)
     return {
         "task": task,
         "study": str(path.relative_to(STUDIES.parent)),
@@ -302,6 +363,13 @@ def print_table(result: dict[str, Any]) -> None:
             f"| {r['arm']} | {r['what']} | {r['test_mean']:.4f} ± {r['test_sd']:.4f} | {r['test_median']:.4f} | "
             f"{r['trainings']:.1f} |"
         )
+    for key, name in (("f_minus_a'", "(f) - (a')"), ("f_minus_a", "(f) - (a)")):
+        if key in result:
+            d = result[key]
+            print(
+                f"| {name} | paired, {d['n']} seeds | {d['mean']:+.4f} ± {d['sd']:.4f} | "
+                f"95% [{d['low']:+.4f}, {d['high']:+.4f}] | |"
+            )
     notes = [f"one full-fidelity training of the default: {result['full_training_seconds']:.1f} s"]
     if result.get("f_degenerate"):
         notes.append("(f) degenerate trials {} of {}".format(*result["f_degenerate"]))
@@ -309,15 +377,15 @@ def print_table(result: dict[str, Any]) -> None:
         notes.append(f"(e) ran {result['e_trials']} trials")
     if result.get("e_degenerate"):
         notes.append("(e) degenerate {} of {}".format(*result["e_degenerate"]))
-    if result.get("f_proxy_spearman"):
-        notes.append("proxy Spearman {:+.2f} over {} trials".format(*result["f_proxy_spearman"]))
+    if "f_plan_cost" in result:
+        notes.append(f"(f) planned {result['f_plan_cost']:.1f} trainings")
     print("\n" + "; ".join(notes))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), action="append", help="repeat for several; default: all")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5, help="paired test seeds of (a), (a') and (f); (b)-(e) take 3")
     parser.add_argument(
         "--arms", default=",".join(ARMS), help=f"besides the default (a), a comma-separated subset of {','.join(ARMS)}"
     )

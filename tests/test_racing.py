@@ -16,10 +16,10 @@ from autopeft.search.racing import DECISION_ATTR, PLAN_ATTR, Claim, RaceEntrant,
 from autopeft.storage.backends import MAX_RETRIES
 
 
-def _plan(keys: list[str], rungs: list[tuple[float, int, int]]) -> RacePlan:
+def _plan(keys: list[str], rungs: list[tuple[float, int, int]], short_rungs: str = "metric") -> RacePlan:
     entrants = tuple(RaceEntrant(k, k.split("@")[0], "lora", "{}", 1e-3, 10, k.startswith("inc")) for k in keys)
     schedule = Schedule(tuple(Rung(f, tuple(range(s)), n) for f, s, n in rungs))
-    return RacePlan(entrants, schedule, total_steps=90, budget=12, seed=0)
+    return RacePlan(entrants, schedule, total_steps=90, budget=12, seed=0, short_rungs=short_rungs)
 
 
 def _trial(rung: int, entrant: str, seed: int, value: float | None, state: TrialState = TrialState.COMPLETE, **attrs):
@@ -87,6 +87,24 @@ def test_a_pruned_training_and_one_failed_more_than_retried_score_the_worst_and_
     assert state.current_rung() == 1
     # fewer failures than retries: the member waits for its retry
     assert RaceState(plan, trials[:4], 1, 0.0).current_rung() == 0
+
+
+def test_short_rungs_that_rank_by_the_validation_loss_keep_the_lowest_loss_whatever_the_metric_says() -> None:
+    plan = _plan(["inc@1", "a@1", "b@1"], [(1 / 3, 1, 3), (1.0, 3, 2)], short_rungs="loss")
+    at_majority = [
+        _trial(0, "inc@1", 0, 0.58, validation_loss=0.69),
+        _trial(0, "a@1", 0, 0.58, validation_loss=0.61),  # the same accuracy, a falling loss
+        _trial(0, "b@1", 0, None, TrialState.PRUNED),
+    ]
+    for sign in (1, -1):  # the loss ranks the same way whichever way the metric goes
+        state = RaceState(plan, at_majority, sign, 0.0)
+        assert state.members(1) == ["inc@1", "a@1"]
+        assert state.scores[0]["b@1"][0] == -sign * float("inf")
+    # the final rung ranks by the metric, not the loss
+    final = [_trial(1, "inc@1", s, 0.70, validation_loss=0.1) for s in range(3)]
+    final += [_trial(1, "a@1", s, 0.80 + s / 100, validation_loss=0.9) for s in range(3)]
+    decision = RaceState(plan, at_majority + final, 1, 0.0).decision()
+    assert decision is not None and decision.chosen == "a@1" and decision.displaced
 
 
 def test_a_plan_survives_its_record_and_a_broken_race_attribute_is_no_claim() -> None:
@@ -178,3 +196,17 @@ def test_two_workers_race_one_study_and_train_each_member_once(tmp_path, capsys,
     assert len(claims) == len(set(claims)) == sum(r.entrants * len(r.seeds) for r in plan.schedule.rungs)
     assert len({t.user_attrs["worker"] for t in complete}) == 2
     assert DECISION_ATTR in study.user_attrs
+
+
+def test_plan_prints_the_race_and_a_budget_too_small_for_it_is_one_line(tmp_path, capsys, minilm_available) -> None:
+    from autopeft.cli.command import main
+
+    path = _race_study(tmp_path)
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "race: " in out and "(incumbent)" in out and "rung 1:" in out and "paired seed" in out
+    (tmp_path / "small").mkdir()
+    small = _race_study(tmp_path / "small", trainings=2)
+    assert main(["run", str(small)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "search.trainings" in last and "needs at least 7.0 full trainings" in last and "raise [search]" in last

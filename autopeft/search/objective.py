@@ -126,6 +126,7 @@ class Objective:
             test=fidelity is FULL if self.race else lambda value: beats_best(trial.study, value, n),
             on_trained=self._keeper(trial, method, n),
             label=trial.number,
+            score_loss=self.race is not None and fidelity is not FULL,
         )
         if result.stopped_at is not None:
             trial.set_user_attr("steps_saved", result.total_steps - result.stopped_at)

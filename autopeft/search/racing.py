@@ -67,6 +67,9 @@ DECISION_ATTR = "race_decision"
 BRACKET_SIZE, BRACKET_SPREAD = 3, 3.0
 #: Each rung keeps the best 1/ETA of its entrants and trains ETA times longer than the one below.
 ETA = 3
+#: What the rungs below the final rank by: the validation loss, which moves before the metric does
+#: (benchmarks/README.md, "How early a rung ranks like a full training"); the final rung, by the metric.
+SHORT_RUNGS = "loss"
 #: The shortest rung, as a share of a full training: shorter ones rank at random (benchmarks/README.md,
 #: "How early a rung ranks like a full training").
 MIN_FRACTION = 1 / 9
@@ -116,6 +119,7 @@ class RacePlan:
     total_steps: int
     budget: float
     seed: int  # the study's [study] seed, from which the paired seeds follow
+    short_rungs: str = "loss"  # what the rungs below the final rank by: "loss" (validation) or "metric"
 
     def steps(self, rung: int) -> int:
         """Optimizer steps of a training at rung ``rung``."""
@@ -132,6 +136,7 @@ class RacePlan:
             "total_steps": self.total_steps,
             "budget": self.budget,
             "seed": self.seed,
+            "short_rungs": self.short_rungs,
         }
 
     @classmethod
@@ -140,7 +145,10 @@ class RacePlan:
 
         rungs = tuple(Rung(r["fraction"], tuple(range(r["seeds"])), r["entrants"]) for r in record["rungs"])
         entrants = tuple(RaceEntrant(**e) for e in record["entrants"])
-        return cls(entrants, Schedule(rungs), int(record["total_steps"]), float(record["budget"]), int(record["seed"]))
+        short = str(record.get("short_rungs", "metric"))
+        return cls(
+            entrants, Schedule(rungs), int(record["total_steps"]), float(record["budget"]), int(record["seed"]), short
+        )
 
 
 def _entrants(space: SearchSpace, candidate: Candidate, steps: int, is_incumbent: bool) -> list[RaceEntrant]:
@@ -192,14 +200,16 @@ def make_race_plan(
             raise ConfigError(
                 "search.trainings", f"{exc}", "raise [search] trainings, or set [search] race = false"
             ) from None
-        return RacePlan(tuple(entrants), schedule, total_steps, budget, config.study.seed)
+        return RacePlan(tuple(entrants), schedule, total_steps, budget, config.study.seed, SHORT_RUNGS)
 
 
 class RaceState:
     """The race as the storage holds it: each entrant's scores by rung and seed, from ``trials``.
 
-    ``sign`` is 1 where the metric is maximized, -1 where minimized; ``worst`` the score of a
-    training that could not finish (a non-finite loss, or failed more often than retried).
+    ``sign`` is 1 where the metric is maximized, -1 where minimized; ``worst`` the metric of a
+    training that could not finish (a non-finite loss, or failed more often than retried). A rung
+    that ranks by the validation loss holds it as ``-sign * loss``, so that one ``sign`` ranks
+    every rung.
     """
 
     def __init__(self, plan: RacePlan, trials: list[FrozenTrial], sign: int, worst: float) -> None:
@@ -214,16 +224,28 @@ class RaceState:
             if claim is None or claim.rung >= len(self.scores):
                 continue
             if t.state == TrialState.COMPLETE and t.values is not None:
-                self._score(claim, float(t.values[0]), t)
+                self._score(claim, self._value(claim.rung, t), t)
             elif t.state == TrialState.PRUNED:
-                self._score(claim, worst, t)
+                self._score(claim, self._worst(claim.rung), t)
             elif t.state in (TrialState.RUNNING, TrialState.WAITING):
                 self.held.add(claim)
             elif t.state == TrialState.FAIL and not t.user_attrs.get("surplus"):
                 failures[claim] = failures.get(claim, 0) + 1
         for claim, count in failures.items():
             if count > MAX_RETRIES and claim not in self.held:
-                self._score(claim, worst, None)
+                self._score(claim, self._worst(claim.rung), None)
+
+    def _by_loss(self, rung: int) -> bool:
+        return self.plan.short_rungs == "loss" and rung < len(self.plan.schedule.rungs) - 1
+
+    def _value(self, rung: int, trial: FrozenTrial) -> float:
+        loss = trial.user_attrs.get("validation_loss")
+        if not self._by_loss(rung):
+            return float(trial.values[0])
+        return -self.sign * float(loss) if isinstance(loss, (int, float)) else self._worst(rung)
+
+    def _worst(self, rung: int) -> float:
+        return -self.sign * math.inf if self._by_loss(rung) else self.worst
 
     def _score(self, claim: Claim, value: float, trial: FrozenTrial | None) -> None:
         by_seed = self.scores[claim.rung].setdefault(claim.entrant, {})

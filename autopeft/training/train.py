@@ -105,6 +105,7 @@ class TrainResult:
     test_seconds: float = 0.0  # scoring the test split
     trained_count: int | None = None  # PeftMethod.trained_count: what carries the update (AdaLoRA's pruned ranks)
     metric_se: float | None = None  # the metric's standard error on a small validation split (set by the caller)
+    validation_loss: float | None = None  # the task's loss on the validation split, when the caller asked for it
 
     def measurements(self) -> dict[str, float]:
         """What a trial records of its fit (its user attributes): timings, throughput, memory, test metric."""
@@ -113,6 +114,7 @@ class TrainResult:
         found["tokens_per_second"] = self.train_tokens / max(self.train_seconds, 1e-9)
         found |= {"test_metric": self.test_metric} if self.test_metric is not None else {}
         found |= {"metric_se": self.metric_se} if self.metric_se is not None else {}
+        found |= {"validation_loss": self.validation_loss} if self.validation_loss is not None else {}
         return found | ({"trained_count": self.trained_count} if self.trained_count is not None else {})
 
 

@@ -39,7 +39,7 @@ from autopeft.methods import PeftMethod, checked_count, plugin_call, trainable_n
 from autopeft.precision import autocast_for
 from autopeft.progress import Progress
 from autopeft.registry import MethodInfo, ResolvedStudy, registered_methods
-from autopeft.tasks import EvalSettings
+from autopeft.tasks import EvalSettings, validation_loss
 from autopeft.training.memory import require_memory
 from autopeft.training.models import (
     is_quantized,
@@ -316,6 +316,7 @@ class Workbench:
         test: Callable[[float], bool] | bool = False,
         on_trained: Callable[[nn.Module, TrainResult], None] | None = None,
         label: int | str = "",
+        score_loss: bool = False,
     ) -> TrainResult:
         """Train ``config`` of ``method`` (an instance or an enabled method's name) on the resident
         base model, given back unchanged afterwards, with ``seed``, at ``fidelity``.
@@ -327,6 +328,8 @@ class Workbench:
             test: whether to score the test split, as a flag or as a function of the validation
                 metric (trials score it only when they are the new best, to save the time).
             on_trained: sees the trained model before it is freed (to save its weights).
+            score_loss: also score the validation loss (``result.validation_loss``), which a race's
+                short rungs rank by.
             label: names the fit in progress lines (the trial number).
 
         Raises:
@@ -374,6 +377,10 @@ class Workbench:
             result.trained_count = method.trained_count(model)
             if result.stopped_at is None:  # stopped by the caller: not a result to test or keep
                 self._score_test(model, result, test)
+                if score_loss:
+                    started = time.perf_counter()
+                    result.validation_loss = validation_loss(self.task, model, self.data.validation, self.evaluation)
+                    result.eval_seconds += time.perf_counter() - started
             result.peak_memory_mb = self._peak_memory_mb()
             if result.stopped_at is not None:
                 return result
