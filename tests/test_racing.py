@@ -145,11 +145,18 @@ def test_a_run_races_and_ends_in_a_recommendation(tmp_path, capsys, minilm_avail
     ] * 3
     best = winner(study)
     assert best is not None and best.number == decided["trials"][0] and "test_metric" in best.user_attrs
+    from autopeft.outputs.report import build_figures
+
+    lines = [trace for trace in build_figures(study)["race"].data if trace.mode == "lines"]
+    assert {trace.name for trace in lines} == {e.key for e in plan.entrants}
+    assert [trace.line.width for trace in lines if trace.name == decided["chosen"]] == [4]
     assert main(["trials", str(path)]) == 0
     table = capsys.readouterr().out
     assert "rung" in table.splitlines()[0] and "entrant" in table.splitlines()[0]
-    # run again: the race is decided, nothing trains
+    # run again, or refit: the race is decided (its final rung was the refit), nothing trains
     assert main(["run", str(path), "--quiet"]) == 0
+    assert main(["refit", str(path)]) == 0
+    assert "race decided: recommends" in capsys.readouterr().out
     assert len(_complete(open_study(load_config(path), create=False))) == len(claims)
 
 

@@ -142,11 +142,26 @@ def _confirm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raced(args: argparse.Namespace) -> bool:
+    from autopeft.config import load_config
+    from autopeft.search.study import races
+
+    return races(load_config(args.study))
+
+
 def _refit(args: argparse.Namespace) -> int:
     from autopeft.outputs.confirm import refit
     from autopeft.storage.results import winner
 
     which = _which(args, "auto")
+    if which == "auto" and args.seeds is None and _raced(args):  # the race's final rung is its refit
+        from autopeft.search.race_loop import describe_decision
+        from autopeft.search.study import run_study
+
+        print("\n".join(describe_decision(run_study(args.study, storage=args.storage, quiet=True))))
+        again = f"`autopeft refit {args.study} --best` trains the winner again"
+        print(f"(a raced study's refit is its final rung; {again})")
+        return 0
     study, records = refit(args.study, seeds=args.seeds, storage=args.storage, quiet=args.quiet, which=which)
     for r in records:
         fidelity = r["fidelity"]

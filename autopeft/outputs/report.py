@@ -42,6 +42,7 @@ FIGURES = {
     "history": "Optimisation history",
     "importance": "Parameter importances per method (fANOVA)",
     "blocks": "What the front configurations train, block by block",
+    "race": "The race: each entrant's metric by rung, one point a paired seed (short rungs rank by the loss)",
 }
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
@@ -324,6 +325,62 @@ def _blocks(study: optuna.Study, metric: str, standard: Standard) -> Any:
     return fig
 
 
+def _race(study: optuna.Study, metric: str) -> Any:
+    """Each race entrant's trainings by rung (x: the rung, spread by paired seed; y: the metric), a
+    line through its means, the recommendation drawn thick; hover gives the seed and validation loss."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    by_entrant: dict[str, list[tuple[int, int, float, FrozenTrial]]] = {}
+    for t in study.get_trials(deepcopy=False):
+        race = t.user_attrs.get("race")
+        if isinstance(race, dict) and t.values is not None and isinstance(race.get("rung"), int):
+            by_entrant.setdefault(str(race.get("entrant")), []).append(
+                (race["rung"], int(race["seed"]), t.values[0], t)
+            )
+    if not by_entrant:
+        return _empty(fig, "not a raced study ([search] race = false, or two objectives)")
+    decided = study.user_attrs.get("race_decision")
+    chosen = decided.get("chosen") if isinstance(decided, dict) else None
+    for i, (key, points) in enumerate(sorted(by_entrant.items())):
+        color = _PALETTE[i % len(_PALETTE)]
+        rungs = sorted({r for r, _, _, _ in points})
+        means = [
+            sum(v for r, _, v, _ in points if r == rung) / sum(1 for p in points if p[0] == rung) for rung in rungs
+        ]
+        width = 4 if key == chosen else 1
+        fig.add_trace(
+            go.Scatter(
+                x=[r + 1 for r in rungs],
+                y=means,
+                mode="lines",
+                name=key,
+                legendgroup=key,
+                line={"color": color, "width": width},
+            )
+        )
+        loss = lambda t: t.user_attrs.get("validation_loss")  # noqa: E731
+        fig.add_trace(
+            go.Scatter(
+                x=[r + 1 + 0.06 * (s - 1) for r, s, _, _ in points],
+                y=[v for _, _, v, _ in points],
+                mode="markers",
+                legendgroup=key,
+                showlegend=False,
+                marker={"color": color, "size": 8},
+                hovertext=[
+                    f"{key} · rung {r + 1} · seed {s + 1} · trial {t.number} · {metric} {v:.4f}"
+                    + (f" · validation loss {loss(t):.4f}" if isinstance(loss(t), float) else "")
+                    for r, s, v, t in points
+                ],
+                hoverinfo="text",
+            )
+        )
+    fig.update_xaxes(title="rung", dtick=1)
+    fig.update_yaxes(title=metric)
+    return fig
+
+
 def build_figures(study: optuna.Study, standard: Standard | None = None) -> dict[str, Any]:
     """The report's Plotly figures by name (see :data:`FIGURES`); trials judged by ``standard``
     (default: the study's recorded budget and baseline)."""
@@ -334,6 +391,7 @@ def build_figures(study: optuna.Study, standard: Standard | None = None) -> dict
         "history": lambda: _history(study, metric, standard),
         "importance": lambda: _importance(study, standard),
         "blocks": lambda: _blocks(study, metric, standard),
+        "race": lambda: _race(study, metric),
     }
     figures = {}
     for name, build in builders.items():
