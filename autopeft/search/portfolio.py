@@ -28,7 +28,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from autopeft.methods import checked_count
 
 if TYPE_CHECKING:
     from autopeft.search.search_space import SearchSpace
@@ -59,6 +58,8 @@ class Candidate:
 
 def _candidate(space: SearchSpace, name: str, method: str, config: dict[str, Any]) -> Candidate | None:
     """The candidate, or None where it exceeds the budget or trains nothing beyond the head."""
+    from autopeft.methods import checked_count  # methods imports torch; reading a study must not
+
     bench = space.bench
     n = checked_count(bench.enabled[method], bench.ctx, config)
     if n > bench.budget or n <= bench.ctx.head_params:

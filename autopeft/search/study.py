@@ -17,7 +17,6 @@ from autopeft.config import StudyConfig, load_config
 from autopeft.errors import AutopeftError, ConfigError, Interrupted, first_line
 from autopeft.progress import Progress
 from autopeft.search.coordination import found_dead_at_once, wait_for_slot
-from autopeft.search.race_loop import race_plan, run_race
 from autopeft.search.samplers import make_sampler
 from autopeft.search.trackers import Tracker, make_trackers
 from autopeft.search.warm_start import queue_known_good, queue_proxy_choice
@@ -252,6 +251,8 @@ def prepare_study(
     where = f"study {config.study.name!r} on {mask_url(storage or config.storage)}: "
     about = f"budget {bench.budget} parameters; methods {', '.join(bench.methods)}; device {bench.device}" + baseline
     if racing:
+        from autopeft.search.race_loop import race_plan
+
         if start_from is not None:
             raise AutopeftError("--from: a race starts from its portfolio; set [search] race = false to use --from")
         progress.line(where + f"{done} trainings done; " + about)
@@ -310,6 +311,8 @@ def run_study(
         worker_seed = zlib.crc32(label.encode()) if label else 0
     study, objective = prepare_study(resolved, target, storage, progress, start_from, worker_seed)
     if objective is not None and objective.race is not None:
+        from autopeft.search.race_loop import run_race
+
         failed = run_race(study, objective, progress, _tracked(objective, progress), _guarded_optimize)
         raise_if_stuck(objective, failed)
     elif objective is not None:
