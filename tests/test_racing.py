@@ -217,3 +217,67 @@ def test_plan_prints_the_race_and_a_budget_too_small_for_it_is_one_line(tmp_path
     assert main(["run", str(small)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "search.trainings" in last and "needs at least 7.0 full trainings" in last and "raise [search]" in last
+
+
+def test_a_front_point_stays_only_if_it_beats_every_smaller_survivor_on_the_paired_seeds() -> None:
+    from autopeft.search.race import front_survivors
+
+    scores = {
+        "small": {0: 0.70, 1: 0.72, 2: 0.71},
+        "lucky": {0: 0.69, 1: 0.72, 2: 0.70},  # bigger, and its search trial's seed flattered it: dropped
+        "big": {0: 0.74, 1: 0.75, 2: 0.76},
+        "bigger": {0: 0.75, 1: 0.74, 2: 0.75},  # no better than "big": dropped
+    }
+    sizes = {"small": 10, "lucky": 20, "big": 40, "bigger": 80}
+    kept = front_survivors(scores, sizes, [0, 1, 2])
+    assert [k for k, _, _ in kept] == ["small", "big"]
+    _, over, diff = kept[1]
+    assert over == "small" and diff is not None and diff.n == 3 and abs(diff.mean - 0.04) < 1e-9
+    assert [k for k, _, _ in front_survivors(scores, sizes, [0, 1, 2], sign=-1)] == ["small", "lucky"]
+    with pytest.raises(ValueError, match="every seed"):
+        front_survivors({"small": {0: 0.7}}, sizes, [0, 1])
+
+
+def test_a_two_objective_run_races_its_front_on_paired_seeds(tmp_path, capsys, minilm_available) -> None:
+    from autopeft import load_config, open_study, pareto_front
+    from autopeft.cli.command import main
+    from autopeft.search.racing import race_seed
+    from autopeft.storage.results import FRONT_ATTR
+
+    path = write_study(
+        tmp_path,
+        study={"name": "front", "n_trials": 4, "seed": 0, "objectives": ["accuracy", "trainable_params"]},
+        data={"test": "validation.parquet"},
+        search={"methods": ["lora", "bitfit"], "race": True},
+        final={"seeds": 2},
+    )
+    assert main(["plan", str(path)]) == 0
+    assert "its Pareto front races" in capsys.readouterr().out.splitlines()[-1]
+    assert main(["run", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "front raced on 3 paired seeds" in out
+    study = open_study(load_config(path), create=False)
+    plan = RacePlan.from_record(study.user_attrs[PLAN_ATTR])
+    searched = [t for t in study.get_trials() if "race" not in t.user_attrs and t.state == TrialState.COMPLETE]
+    assert plan.kind == "front" and len(searched) == 4
+    raced = [t for t in _complete(study) if "race" in t.user_attrs]
+    # every front point trained again on the same three seeds, at the final fidelity, tested
+    assert len(raced) == 3 * len(plan.entrants)
+    seeds = {
+        e.key: sorted(t.user_attrs["seed"] for t in raced if t.user_attrs["race"]["entrant"] == e.key)
+        for e in plan.entrants
+    }
+    assert all(s == [race_seed(0, i) for i in range(3)] for s in seeds.values())
+    assert all("test_metric" in t.user_attrs for t in raced)
+    record = study.user_attrs[FRONT_ATTR]
+    kept = [p["trial"] for p in record["kept"]]
+    assert sorted(kept + record["dropped"]) == sorted(int(e.key.split()[-1]) for e in plan.entrants)
+    assert [t.number for t in pareto_front(study)] == kept  # the front is the survivors, smallest first
+    means = [p["mean"] for p in record["kept"]]
+    assert means == sorted(means) and len(set(means)) == len(means)
+    assert main(["pareto", str(path), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["raced_mean"] for r in rows] == means and rows[0]["margin_over_smaller"] is None
+    # run again: decided, nothing trains
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert len(_complete(open_study(load_config(path), create=False))) == len(searched) + len(raced)

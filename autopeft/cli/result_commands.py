@@ -82,15 +82,25 @@ def _trials(args: argparse.Namespace) -> int:
 
 def _pareto(args: argparse.Namespace) -> int:
     from autopeft.search.study import pareto_front
-    from autopeft.storage.results import confirm_record, format_rows, refit_record, trial_row
+    from autopeft.storage.results import FRONT_ATTR, confirm_record, format_rows, refit_record, trial_row
 
     _, study, standard = load_study(args)
     attrs = study.user_attrs  # one read: each is a query
     metric = attrs.get("metric", "value")
+    front = attrs.get(FRONT_ATTR)
+    raced = {p["trial"]: p for p in front["kept"]} if isinstance(front, dict) else {}
     rows = []
     for t in pareto_front(study, budget=standard.budget):
         row = trial_row(t, metric, standard)
         del row["state"], row["train_seconds"]
+        if t.number in raced:  # a raced front: its paired seeds' figures, and its margin over the next smaller
+            point, diff = raced[t.number], raced[t.number].get("difference")
+            row["raced_mean"], row["raced_std"], row["raced_test_mean"] = (
+                point["mean"],
+                point["std"],
+                point["test_mean"],
+            )
+            row["margin_over_smaller"] = diff and diff["mean"]
         confirmed = confirm_record(study, t, attrs)  # a bad record is skipped, with a warning
         if confirmed or args.format != "table":
             row["confirmed_mean"] = confirmed and confirmed["mean"]

@@ -30,20 +30,20 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from autopeft.search.race_loop import describe_decision
+    from autopeft.search.race_loop import describe_decision, describe_front
     from autopeft.search.study import best_trial, pareto_front, run_study
     from autopeft.search.workers import run_workers
 
     common = {"n_trials": args.n_trials, "storage": args.storage, "quiet": args.quiet, "start_from": args.start_from}
     study = run_workers(args.study, args.workers, **common) if args.workers > 1 else run_study(args.study, **common)
-    decided = describe_decision(study)
-    if decided:  # a raced study: its recommendation, with the evidence
+    decided = describe_decision(study) or describe_front(study)
+    if decided:  # a raced study: its recommendation (or its front), with the evidence
         if args.quiet or args.workers > 1:  # otherwise the race's own progress just said it
             print("\n".join(decided))
-        print(
-            f"next: `autopeft trials {args.study}` (every training, by rung and seed), "
-            f"`autopeft export {args.study} --best OUT`, `autopeft report {args.study} -o report.html`"
-        )
+        see = f"`autopeft trials {args.study}` (every training, by rung and seed)"
+        if len(study.directions) > 1:
+            see = f"`autopeft pareto {args.study}` (the surviving front)"
+        print(f"next: {see}, `autopeft export {args.study} --best OUT`, `autopeft report {args.study} -o report.html`")
         return 0
     best = best_trial(study)
     if best is not None:

@@ -126,10 +126,12 @@ def _race(space: Any) -> dict[str, Any] | None:
     gradients the run computes), or None where the study is not raced."""
     from autopeft.errors import ConfigError
     from autopeft.search.racing import make_race_plan
-    from autopeft.search.study import races
+    from autopeft.search.study import races, races_front
     from autopeft.training.train import planned_steps
 
     bench = space.bench
+    if races_front(bench.config):
+        return {"front": {"n_trials": bench.config.study.n_trials, "seeds": max(3, bench.config.final.seeds)}}
     if not races(bench.config) or bench.no_fit() is not None:
         return None
     steps = planned_steps(bench.data.train, bench.config.at_final_fidelity().train)
@@ -197,7 +199,14 @@ def _race_lines(race: dict[str, Any] | None) -> list[str]:
     from autopeft.budget import format_count
 
     if race is None:
-        return ["no race: [search] race = false (or two objectives): the sampler runs n_trials trials"]
+        return ["no race: [search] race = false: the sampler runs n_trials trials"]
+    if "front" in race:
+        front = race["front"]
+        return [
+            f"search: the sampler runs {front['n_trials']} trials; then its Pareto front races: every point "
+            f"trained again on the same {front['seeds']} paired seeds at the final fidelity, kept only if it "
+            "beats every smaller point that stays"
+        ]
     if "error" in race:
         return [f"race: {race['error']}"]
     lines = [f"race: {len(race['entrants'])} entrants, {race['cost']:.1f} of {race['budget']:g} full trainings"]

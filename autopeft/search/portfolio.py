@@ -28,7 +28,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-
 if TYPE_CHECKING:
     from autopeft.search.search_space import SearchSpace
 

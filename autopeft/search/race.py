@@ -14,6 +14,10 @@ its mean paired difference exceeds :data:`DISPLACE_SE` standard errors of that d
 seeds, about a one-sided 90% level under Student's t; with five, about 95%. Anything less is noise,
 and the incumbent stands.
 
+A two-objective study races its Pareto front in one rung at the final fidelity instead
+(:func:`front_survivors`): a point stays on the front only if its paired mean beats that of every
+smaller point that stayed.
+
 Nothing here trains or touches a study: the functions take scores by seed, so the rule is tested on
 known sequences of values, and the search layer feeds it trials.
 """
@@ -33,6 +37,7 @@ __all__ = [
     "Rung",
     "Schedule",
     "decide",
+    "front_survivors",
     "paired_difference",
     "plan_race",
     "rank",
@@ -202,3 +207,29 @@ def decide(
     diff = paired_difference({s: final[best][s] for s in seeds}, {s: final[incumbent][s] for s in seeds}, sign)
     displaced = diff.n > 1 and diff.mean > threshold * diff.se
     return Decision(best if displaced else incumbent, best, diff, displaced)
+
+
+def front_survivors(
+    scores: Mapping[Key, Mapping[int, float]], sizes: Mapping[Key, int], seeds: Sequence[int], sign: int = 1
+) -> list[tuple[Key, Key | None, PairedDifference | None]]:
+    """The front points that survive the paired seeds, smallest first, each with the smaller survivor
+    it must beat and its paired difference from it: a point whose paired mean is no better than a
+    smaller (or equal) point's is dominated once the seeds' luck is averaged out, and leaves the front.
+
+    Raises:
+        ValueError: a point has not run every seed.
+    """
+    ranked = rank(scores, seeds, sign)
+    if len(ranked) < len(scores):
+        raise ValueError(f"a front point has not run every seed {list(seeds)}")
+    means = {k: statistics.fmean(scores[k][s] for s in seeds) for k in ranked}
+    kept: list[tuple[Key, Key | None, PairedDifference | None]] = []
+    for key in sorted(ranked, key=lambda k: (sizes[k], ranked.index(k))):
+        if not kept:
+            kept.append((key, None, None))
+            continue
+        smaller = kept[-1][0]
+        if sign * (means[key] - means[smaller]) > 0:
+            pick = {s: scores[key][s] for s in seeds}
+            kept.append((key, smaller, paired_difference(pick, {s: scores[smaller][s] for s in seeds}, sign)))
+    return kept

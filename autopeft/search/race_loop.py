@@ -22,14 +22,15 @@ from optuna.trial import FrozenTrial, TrialState
 from autopeft.budget import format_count
 from autopeft.progress import Progress
 from autopeft.search.coordination import fail_dead_local_trials
-from autopeft.search.racing import DECISION_ATTR, PLAN_ATTR, RacePlan, RaceState, make_race_plan
-from autopeft.storage.results import FINISHED
+from autopeft.search.racing import DECISION_ATTR, PLAN_ATTR, RacePlan, RaceState, make_front_plan, make_race_plan
+from autopeft.storage.results import FINISHED, FRONT_ATTR, pareto_front
 
 if TYPE_CHECKING:
+    from autopeft.config import StudyConfig
     from autopeft.search.objective import Objective
     from autopeft.search.search_space import SearchSpace
 
-__all__ = ["race_plan", "race_state", "run_race", "describe_decision"]
+__all__ = ["describe_decision", "describe_front", "front_plan", "race_plan", "race_state", "run_race"]
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -66,6 +67,26 @@ def race_plan(study: optuna.Study, space: SearchSpace, total_steps: int, progres
         method = bench.enabled[entrant.method]
         what = method.describe(entrant.config)
         progress.line(f"  {entrant.key}: {entrant.method} {what}, {format_count(entrant.trainable)} params")
+    return plan
+
+
+def front_plan(study: optuna.Study, config: StudyConfig, total_steps: int, progress: Progress) -> RacePlan | None:
+    """The race of a two-objective study's front, once its search has finished: the one its storage
+    holds, else its Pareto front now, each point on the same ``max(3, [final] seeds)`` paired seeds;
+    None when the search found no feasible point."""
+    recorded = study.user_attrs.get(PLAN_ATTR)
+    if isinstance(recorded, dict) and recorded.get("kind") == "front":
+        plan = RacePlan.from_record(recorded)
+        progress.line(f"front race: resuming ({_schedule_line(plan)})")
+        return plan
+    front = pareto_front(study)
+    if not front:
+        progress.line("front race: the search found no feasible point to race")
+        return None
+    plan = make_front_plan(front, max(3, config.final.seeds), config.study.seed, total_steps)
+    study.set_user_attr(PLAN_ATTR, plan.as_record())
+    plan = RacePlan.from_record(study.user_attrs[PLAN_ATTR])  # another worker's, if it wrote first
+    progress.line(f"front race: the Pareto front's {_schedule_line(plan)}, on the same paired seeds")
     return plan
 
 
@@ -127,6 +148,12 @@ def run_race(
             )
         optimize(study, objective, [after, *callbacks], progress, 1)
     state = race_state(study, plan, worst)
+    front = state.front_record()
+    if front is not None:
+        if study.user_attrs.get(FRONT_ATTR) != front:
+            study.set_user_attr(FRONT_ATTR, front)
+        for line in describe_front(study, plan):
+            progress.line(line)
     decision = state.decision()
     if decision is not None:
         record = state.decision_record(decision)
@@ -167,4 +194,30 @@ def describe_decision(study: optuna.Study, plan: RacePlan | None = None) -> list
             lines.append("  within noise (a challenger must beat it by more than 2 standard errors of the difference)")
     else:
         lines.append("  the incumbent at its best rate beat every challenger on the paired seeds")
+    return lines
+
+
+def describe_front(study: optuna.Study, plan: RacePlan | None = None) -> list[str]:
+    """A raced front's last lines: each surviving point, smallest first, with its paired mean, test
+    score and paired margin over the next smaller survivor; the points the seeds dropped."""
+    record = study.user_attrs.get(FRONT_ATTR)
+    if not isinstance(record, dict):
+        return []
+    plan = plan or RacePlan.from_record(study.user_attrs[PLAN_ATTR])
+    metric = study.user_attrs.get("metric", "value")
+    kept = f"{len(record['kept'])} of {len(plan.entrants)} points kept"
+    lines = [f"front raced on {record['seeds']} paired seeds: {kept}"]
+    for point in record["kept"]:
+        e = plan.entrant(point["entrant"])
+        test = f", test {point['test_mean']:.4f}" if point.get("test_mean") is not None else ""
+        line = f"  trial {point['trial']} ({e.method}, {format_count(e.trainable)} params, lr {e.learning_rate:.1e}): "
+        line += f"{metric} {point['mean']:.4f} ± {point['std']:.4f}{test}"
+        diff = point.get("difference")
+        if diff is not None:
+            low, high = (f"{x:+.4f}" if x is not None else "?" for x in diff["interval"])
+            line += f"; {diff['mean']:+.4f} [95% interval {low}, {high}] over trial {point['over']}"
+        lines.append(line)
+    if record["dropped"]:
+        dropped = ", ".join(str(n) for n in record["dropped"])
+        lines.append(f"  dropped: trial(s) {dropped} (no better than a smaller point on the paired seeds)")
     return lines

@@ -18,6 +18,11 @@ other trial, and the storage is the race's only state:
 
 The decision (:func:`autopeft.search.race.decide`) is recorded as ``race_decision``, and the
 study's winner (:func:`autopeft.storage.results.winner`) is the chosen entrant's first final trial.
+
+A two-objective study races its front instead (:func:`make_front_plan`): once its search has
+finished, every Pareto-front trial is trained again at the final fidelity on the same paired seeds,
+and only the points that survive them (:func:`autopeft.search.race.front_survivors`) stay on the
+front, recorded as ``front_decision``.
 """
 
 from __future__ import annotations
@@ -34,9 +39,9 @@ from optuna.trial import FrozenTrial, TrialState
 from autopeft.errors import ConfigError
 from autopeft.search.coordination import Surplus
 from autopeft.search.portfolio import PORTFOLIO, Candidate, catalogue, incumbent, rate_prior
-from autopeft.search.race import Decision, Schedule, decide, plan_race, rank, rate_bracket
+from autopeft.search.race import Decision, Rung, Schedule, decide, front_survivors, plan_race, rank, rate_bracket
 from autopeft.storage.backends import MAX_RETRIES
-from autopeft.storage.results import FINISHED
+from autopeft.storage.results import FINISHED, FRONT_ATTR
 from autopeft.training.train import FULL, Fidelity
 
 if TYPE_CHECKING:
@@ -44,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DECISION_ATTR",
+    "FRONT_ATTR",
     "PLAN_ATTR",
     "RACE_ATTR",
     "Claim",
@@ -51,6 +57,7 @@ __all__ = [
     "RaceEntrant",
     "RacePlan",
     "RaceState",
+    "make_front_plan",
     "make_race_plan",
     "race_seed",
     "race_training",
@@ -120,6 +127,7 @@ class RacePlan:
     budget: float
     seed: int  # the study's [study] seed, from which the paired seeds follow
     short_rungs: str = "loss"  # what the rungs below the final rank by: "loss" (validation) or "metric"
+    kind: str = "portfolio"  # or "front": a two-objective study's front, raced on its paired seeds
 
     def steps(self, rung: int) -> int:
         """Optimizer steps of a training at rung ``rung``."""
@@ -137,18 +145,16 @@ class RacePlan:
             "budget": self.budget,
             "seed": self.seed,
             "short_rungs": self.short_rungs,
+            "kind": self.kind,
         }
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> RacePlan:
-        from autopeft.search.race import Rung
-
         rungs = tuple(Rung(r["fraction"], tuple(range(r["seeds"])), r["entrants"]) for r in record["rungs"])
         entrants = tuple(RaceEntrant(**e) for e in record["entrants"])
-        short = str(record.get("short_rungs", "metric"))
-        return cls(
-            entrants, Schedule(rungs), int(record["total_steps"]), float(record["budget"]), int(record["seed"]), short
-        )
+        short, kind = str(record.get("short_rungs", "metric")), str(record.get("kind", "portfolio"))
+        budget, seed = float(record["budget"]), int(record["seed"])
+        return cls(entrants, Schedule(rungs), int(record["total_steps"]), budget, seed, short, kind)
 
 
 def _entrants(space: SearchSpace, candidate: Candidate, steps: int, is_incumbent: bool) -> list[RaceEntrant]:
@@ -201,6 +207,25 @@ def make_race_plan(
                 "search.trainings", f"{exc}", "raise [search] trainings, or set [search] race = false"
             ) from None
         return RacePlan(tuple(entrants), schedule, total_steps, budget, config.study.seed, SHORT_RUNGS)
+
+
+def make_front_plan(front: list[FrozenTrial], seeds: int, study_seed: int, total_steps: int) -> RacePlan:
+    """The race of a two-objective study's Pareto front: each point (``front``, its search trials) an
+    entrant keyed ``trial N``, one rung at the final fidelity with ``seeds`` paired seeds."""
+    entrants = tuple(
+        RaceEntrant(
+            f"trial {t.number}",
+            "front",
+            str(t.user_attrs["method"]),
+            str(t.user_attrs["config"]),
+            float(t.user_attrs["learning_rate"]),
+            int(t.user_attrs["trainable_params"]),
+            False,
+        )
+        for t in front
+    )
+    schedule = Schedule((Rung(1.0, tuple(range(seeds)), len(entrants)),))
+    return RacePlan(entrants, schedule, total_steps, schedule.cost, study_seed, "metric", "front")
 
 
 class RaceState:
@@ -310,8 +335,8 @@ class RaceState:
         return None
 
     def decision(self) -> Decision | None:
-        """The final rung's recommendation, once it has finished."""
-        if self.current_rung() is not None:
+        """The final rung's recommendation, once it has finished (a front's: :meth:`front_record`)."""
+        if self.current_rung() is not None or self.plan.kind == "front":
             return None
         final = len(self.plan.schedule.rungs) - 1
         seeds = self.plan.schedule.rungs[final].seeds
@@ -343,6 +368,36 @@ class RaceState:
             "test_means": {k: statistics.fmean(v) for k, v in self.test.items() if k in members},
             "trials": self.final_trials.get(str(decision.chosen), []),
         }
+
+    def front_record(self) -> dict[str, Any] | None:
+        """What ``front_decision`` holds once a raced front's rung has finished: the surviving points
+        smallest first (their search trial, paired mean and spread, test mean, their race trials, and
+        the paired difference from the next smaller survivor), and the dropped points."""
+        if self.plan.kind != "front" or self.current_rung() is not None:
+            return None
+        seeds = self.plan.schedule.rungs[0].seeds
+        scores = self.scores[0]
+        sizes = {e.key: e.trainable for e in self.plan.entrants}
+        survivors = front_survivors(scores, sizes, seeds, self.sign)
+        kept = []
+        for key, smaller, diff in survivors:
+            values = [scores[key][s] for s in seeds]
+            kept.append(
+                {
+                    "entrant": key,
+                    "trial": int(key.split()[-1]),
+                    "mean": statistics.fmean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "test_mean": statistics.fmean(self.test[key]) if self.test.get(key) else None,
+                    "trials": self.final_trials.get(key, []),
+                    "over": None if smaller is None else int(smaller.split()[-1]),
+                    "difference": None
+                    if diff is None
+                    else {"mean": diff.mean, "sd": diff.sd, "n": diff.n, "interval": list(_finite(diff.interval()))},
+                }
+            )
+        dropped = sorted(int(k.split()[-1]) for k in scores if k not in {key for key, _, _ in survivors})
+        return {"seeds": len(seeds), "kept": kept, "dropped": dropped}
 
 
 def _finite(pair: tuple[float, float]) -> tuple[float | None, float | None]:

@@ -31,7 +31,7 @@ from autopeft.storage.backends import (
     storage_failure,
 )
 from autopeft.storage.optuna_adapter import remember_storage, storage_url
-from autopeft.storage.results import FINISHED, best_trial, finished_trials, pareto_front
+from autopeft.storage.results import FINISHED, FRONT_ATTR, best_trial, finished_trials, pareto_front
 
 if TYPE_CHECKING:
     from autopeft.registry import ResolvedStudy
@@ -216,7 +216,8 @@ def prepare_study(
         from autopeft.registry import ResolvedStudy
 
         resolved = ResolvedStudy(config.at_final_fidelity(), resolved.task, resolved.pm)
-    if existing is not None and not racing and done >= target:
+    front_pending = races_front(config) and existing is not None and FRONT_ATTR not in existing.user_attrs
+    if existing is not None and not racing and not front_pending and done >= target:
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
         return existing, None
     from autopeft.search.objective import Objective
@@ -272,6 +273,12 @@ def races(config: StudyConfig) -> bool:
     return config.search.race and not config.multi_objective
 
 
+def races_front(config: StudyConfig) -> bool:
+    """Whether ``autopeft run`` samples this study and then races its Pareto front on paired seeds
+    (two objectives, ``[search] race`` on)."""
+    return config.search.race and config.multi_objective
+
+
 def run_study(
     study_file: str | Path | StudyConfig | ResolvedStudy,
     n_trials: int | None = None,
@@ -317,7 +324,29 @@ def run_study(
         raise_if_stuck(objective, failed)
     elif objective is not None:
         _optimize(study, objective, target, progress)
+        if races_front(objective.config) and objective.fatal is None:
+            _race_front(study, resolved, objective, progress)
     return study
+
+
+def _race_front(study: optuna.Study, resolved: ResolvedStudy, searched: Objective, progress: Progress) -> None:
+    """Race the finished search's Pareto front on paired seeds at the final fidelity
+    (:func:`autopeft.search.racing.make_front_plan`), resuming a front race the study began."""
+    from autopeft.registry import ResolvedStudy
+    from autopeft.search.objective import Objective
+    from autopeft.search.race_loop import front_plan, run_race
+    from autopeft.search.search_space import SearchSpace
+    from autopeft.training.train import planned_steps
+    from autopeft.training.workbench import Workbench
+
+    bench, config = searched.bench, searched.config
+    if config.at_final_fidelity() is not config:  # the front races at [final]: its own data and steps
+        bench = Workbench(ResolvedStudy(config.at_final_fidelity(), resolved.task, resolved.pm), progress)
+    objective = Objective(SearchSpace(bench), progress)  # no target: race trials are not search trials
+    objective.race = front_plan(study, objective.config, planned_steps(bench.data.train, bench.config.train), progress)
+    if objective.race is not None:
+        failed = run_race(study, objective, progress, _tracked(objective, progress), _guarded_optimize)
+        raise_if_stuck(objective, failed)
 
 
 def resolve(study: str | Path | StudyConfig | ResolvedStudy, check_data: bool = False) -> ResolvedStudy:

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
     "FINISHED",
+    "FRONT_ATTR",
     "PENDING",
     "Standard",
     "finished_trials",
@@ -53,6 +54,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CONFIRM_PREFIX = "confirm:"
 REFIT_PREFIX = "refit:"
 PENDING = (TrialState.RUNNING, TrialState.WAITING)
+#: The study's user attribute holding a raced front's survivors (``autopeft run`` on a two-objective
+#: study with ``[search] race``): from then on they are its Pareto front.
+FRONT_ATTR = "front_decision"
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -259,12 +263,19 @@ def record_problem(record: Any, refit: bool = False) -> str | None:
 
 def winner(study: optuna.Study, budget: int | None = None) -> FrozenTrial | None:
     """The study's answer. A raced study's is the race's decision (its chosen entrant's first final
-    training). Otherwise the best refit mean on validation among the refit trials (a figure that
-    survives re-seeding), once the best search trial is among them; else the best search trial (a
-    refit of some other trial alone, ``refit --trial N``, does not make it the winner). Test figures
-    never choose."""
+    training); a raced front's, its surviving point of the best paired mean. Otherwise the best refit
+    mean on validation among the refit trials (a figure that survives re-seeding), once the best
+    search trial is among them; else the best search trial (a refit of some other trial alone,
+    ``refit --trial N``, does not make it the winner). Test figures never choose."""
     trials = _feasible(study, None, budget)
     attrs = study.user_attrs
+    front = attrs.get(FRONT_ATTR)
+    if isinstance(front, dict) and front.get("kept"):  # a raced front: its survivor of the best paired mean
+        sign = metric_sign(study)
+        top = max(front["kept"], key=lambda p: sign * p["mean"])
+        chosen = [t for t in trials if t.number == top.get("trial")]
+        if chosen:
+            return chosen[0]
     decided = attrs.get("race_decision")
     if isinstance(decided, dict):  # a raced study: the chosen entrant's first final training
         numbers = [n for n in decided.get("trials", []) if _is_plain_int(n)]
@@ -292,13 +303,21 @@ def beats_best(study: optuna.Study, metric: float, n: int) -> bool:
 def pareto_front(
     study: optuna.Study, trials: list[FrozenTrial] | None = None, budget: int | None = None
 ) -> list[FrozenTrial]:
-    """Feasible trials no other feasible trial beats on both metric and size, smallest first.
+    """Feasible trials no other feasible trial beats on both metric and size, smallest first; once a
+    raced front is decided, those of its points that survived the paired seeds.
 
     Of trials with the same metric and size, the first is kept. Trials no better than the study's
     baseline (a constant predictor) are left out while any trial beats it. ``trials``, ``budget``: as
     for :func:`best_trial`.
     """
     feasible = _feasible(study, trials, budget)
+    attrs = study.user_attrs
+    if isinstance(attrs.get("race_plan"), dict) and attrs["race_plan"].get("kind") == "front":
+        feasible = [t for t in feasible if "race" not in t.user_attrs]  # re-trainings of front points
+        raced = attrs.get(FRONT_ATTR)
+        if isinstance(raced, dict):  # the points that survived the paired seeds
+            kept = {k.get("trial") for k in raced.get("kept", []) if isinstance(k, dict)}
+            feasible = [t for t in feasible if t.number in kept]
     standard = Standard.of(study)
     learned = [t for t in feasible if not standard.at_baseline(t)]
     feasible = learned or feasible  # a constant predictor is no point of a front, unless nothing learned
