@@ -281,3 +281,31 @@ def test_a_two_objective_run_races_its_front_on_paired_seeds(tmp_path, capsys, m
     # run again: decided, nothing trains
     assert main(["run", str(path), "--quiet"]) == 0
     assert len(_complete(open_study(load_config(path), create=False))) == len(searched) + len(raced)
+
+
+def test_another_studys_front_enters_the_race_first_after_the_incumbent(tmp_path, minilm_available) -> None:
+    from autopeft.config import load_config
+    from autopeft.registry import resolve_study
+    from autopeft.search.portfolio import from_front
+    from autopeft.search.racing import make_race_plan
+    from autopeft.search.search_space import SearchSpace
+    from autopeft.search.study import front_params, run_study
+    from autopeft.training.workbench import Workbench
+
+    (tmp_path / "a").mkdir()
+    other = write_study(
+        tmp_path / "a", study={"name": "other", "n_trials": 2, "seed": 0}, search={"methods": ["bitfit"]}
+    )
+    run_study(other, quiet=True)
+    name, front = front_params(other)
+    space = SearchSpace(Workbench(resolve_study(load_config(_race_study(tmp_path)))))
+    first = from_front(space, "from", front)
+    assert name == "other" and first and all(c.method == "bitfit" and not c.scaled for c in first)
+    rates = {json.dumps(p, sort_keys=True) for p in front}
+    assert all(any(str(c.prior) in r for r in rates) for c in first)  # centred on the rate it trained at there
+    plan = make_race_plan(space, 12, 8, None, first)
+    candidates = list(dict.fromkeys(e.candidate for e in plan.entrants))
+    assert candidates[0] == "incumbent" and candidates[1] == "from-1"
+    assert (
+        "bitfit" not in candidates
+    )  # the portfolio's BitFit is the other study's: it races once    assert "from-1" not in {e.candidate for e in make_race_plan(space, 12, 8).entrants}

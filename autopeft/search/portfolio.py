@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from autopeft.search.search_space import SearchSpace
 
-__all__ = ["Candidate", "PORTFOLIO", "catalogue", "incumbent", "rate_prior", "short_run_scale"]
+__all__ = ["Candidate", "PORTFOLIO", "catalogue", "from_front", "incumbent", "rate_prior", "short_run_scale"]
 
 #: The candidates that race beside the incumbent, in the order they are listed (catalogue names).
 PORTFOLIO = ("lora-all", "lora-mlp", "dora-all", "proxy", "ia3", "bitfit", "unfreeze")
@@ -49,6 +49,7 @@ class Candidate:
     config_json: str  # the configuration, as JSON (hashable, and what a trial records)
     prior: float  # the learning rate its bracket is centred on, before the short-run scale
     trainable: int
+    scaled: bool = True  # False: ``prior`` is a rate found at this kind of run (another study's), not scaled
 
     @property
     def config(self) -> dict[str, Any]:
@@ -112,6 +113,26 @@ def _matched(space: SearchSpace, name: str, targets: str, variant: str, size: in
     return min(fits, key=lambda c: (abs(c.trainable - size), c.trainable)) if fits else None
 
 
+def from_front(space: SearchSpace, name: str, front: list[dict[str, Any]]) -> list[Candidate]:
+    """Another study's Pareto-front trials (``front``, their Optuna parameters) as candidates
+    ``<name>-1``, ``<name>-2``, ...: mapped onto this model's blocks, each centred on the rate it
+    trained at there; those whose method or choices this study lacks, or that exceed its budget,
+    left out (``autopeft run --from``)."""
+    found: list[Candidate] = []
+    for params in front:
+        adopted = space.adopt(params)
+        if adopted is None:
+            continue
+        method, config = space.config_of(adopted)
+        candidate = _candidate(space, f"{name}-{len(found) + 1}", method, config)
+        rate = adopted.get(f"{method}.learning_rate")
+        if candidate is not None and isinstance(rate, float):  # where the other study found it learned
+            candidate = Candidate(candidate.name, method, candidate.config_json, rate, candidate.trainable, False)
+        if candidate is not None and all(c.config_json != candidate.config_json for c in found):
+            found.append(candidate)
+    return found
+
+
 def catalogue(space: SearchSpace, proxy_blocks: list[float] | None = None) -> list[Candidate]:
     """Every candidate the module's docstring lists that the study enables and the budget holds,
     incumbent first, without two of the same configuration."""
@@ -149,4 +170,4 @@ def short_run_scale(steps: int) -> float:
 
 def rate_prior(candidate: Candidate, steps: int) -> float:
     """The rate ``candidate``'s bracket is centred on, for a run of ``steps`` steps."""
-    return candidate.prior * short_run_scale(steps)
+    return candidate.prior * short_run_scale(steps) if candidate.scaled else candidate.prior

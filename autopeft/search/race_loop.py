@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.study import StudyDirection
@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autopeft.budget import format_count
 from autopeft.progress import Progress
 from autopeft.search.coordination import fail_dead_local_trials
+from autopeft.search.portfolio import from_front
 from autopeft.search.racing import DECISION_ATTR, PLAN_ATTR, RacePlan, RaceState, make_front_plan, make_race_plan
 from autopeft.storage.results import FINISHED, FRONT_ATTR, pareto_front
 
@@ -38,8 +39,16 @@ Callback = Callable[[optuna.Study, FrozenTrial], None]
 MAX_FAILURES_IN_A_ROW = 5
 
 
-def race_plan(study: optuna.Study, space: SearchSpace, total_steps: int, progress: Progress) -> RacePlan:
-    """The study's race: the one its storage holds, else a new plan, written there first.
+def race_plan(
+    study: optuna.Study,
+    space: SearchSpace,
+    total_steps: int,
+    progress: Progress,
+    start_from: tuple[str, list[dict[str, Any]]] | None = None,
+) -> RacePlan:
+    """The study's race: the one its storage holds, else a new plan, written there first, with
+    ``start_from``'s front (another study's name and its front trials' parameters: ``run --from``)
+    racing first after the incumbent.
 
     Two workers that plan at once may both write; each then reads back what the storage holds, so
     from their first training on they race the same plan.
@@ -59,7 +68,13 @@ def race_plan(study: optuna.Study, space: SearchSpace, total_steps: int, progres
             proxy = proxy_scores(bench).as_record()
             study.set_user_attr(PROXY_ATTR, proxy)
         blocks = list(proxy["blocks"])
-    plan = make_race_plan(space, bench.config.search.trainings, total_steps, blocks)
+    first = None
+    if start_from is not None:
+        first = from_front(space, "from", start_from[1])
+        progress.line(
+            f"race: {len(first)} of the {len(start_from[1])} Pareto configurations of study {start_from[0]!r} enter"
+        )
+    plan = make_race_plan(space, bench.config.search.trainings, total_steps, blocks, first)
     study.set_user_attr(PLAN_ATTR, plan.as_record())
     plan = RacePlan.from_record(study.user_attrs[PLAN_ATTR])
     progress.line(f"race: {_schedule_line(plan)}")

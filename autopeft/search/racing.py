@@ -180,21 +180,28 @@ def _entrants(space: SearchSpace, candidate: Candidate, steps: int, is_incumbent
 
 
 def make_race_plan(
-    space: SearchSpace, budget: float, total_steps: int, proxy_blocks: list[float] | None = None
+    space: SearchSpace,
+    budget: float,
+    total_steps: int,
+    proxy_blocks: list[float] | None = None,
+    first: list[Candidate] | None = None,
 ) -> RacePlan:
-    """The incumbent's bracket and as many of the portfolio's candidates (in :data:`PORTFOLIO`'s
-    order, whole brackets) as a race within ``budget`` full trainings holds.
+    """The incumbent's bracket and as many of the other candidates (``first``, another study's front
+    (:func:`~autopeft.search.portfolio.from_front`), then the portfolio's in :data:`PORTFOLIO`'s
+    order; whole brackets) as a race within ``budget`` full trainings holds.
 
     Raises:
         ConfigError: not even the incumbent's bracket can race within the budget (the fix names the
             least budget that can).
     """
-    first = incumbent(space)
     others = {c.name: c for c in catalogue(space, proxy_blocks) if c.name != "incumbent"}
-    chosen = [others[name] for name in PORTFOLIO if name in others]
+    chosen = [c for c in first or [] if c.config_json != incumbent(space).config_json]
+    chosen += [
+        others[n] for n in PORTFOLIO if n in others and others[n].config_json not in {c.config_json for c in chosen}
+    ]
     config = space.bench.config
     seeds = max(3, config.final.seeds)
-    base = _entrants(space, first, total_steps, True)
+    base = _entrants(space, incumbent(space), total_steps, True)
     while True:
         entrants = base + [e for c in chosen for e in _entrants(space, c, total_steps, False)]
         try:

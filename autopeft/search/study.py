@@ -254,11 +254,11 @@ def prepare_study(
     if racing:
         from autopeft.search.race_loop import race_plan
 
-        if start_from is not None:
-            raise AutopeftError("--from: a race starts from its portfolio; set [search] race = false to use --from")
         progress.line(where + f"{done} trainings done; " + about)
         objective = Objective(space, progress)
-        objective.race = race_plan(study, space, planned_steps(bench.data.train, bench.config.train), progress)
+        other = front_params(start_from) if start_from is not None else None
+        steps = planned_steps(bench.data.train, bench.config.train)
+        objective.race = race_plan(study, space, steps, progress, other)
         return study, objective
     front = front_params(start_from) if start_from is not None else None
     new = queue_known_good(study, space, target, progress, front)
