@@ -85,10 +85,12 @@ def measure(task: str, fractions: list[float], seeds: int, out: Path) -> None:
             f"{elapsed / 60:.1f} min, about {elapsed / i * (len(todo) - i) / 60:.1f} min left",
             flush=True,
         )
-    summary(task, out, sign=1 if resolved.directions[0] == "maximize" else -1, total=total)
+    summary(
+        task, out, sign=1 if resolved.directions[0] == "maximize" else -1, total=total, baseline=bench.baseline_value
+    )
 
 
-def summary(task: str, out: Path, sign: int, total: int) -> None:
+def summary(task: str, out: Path, sign: int, total: int, baseline: float | None = None) -> None:
     from scipy.stats import spearmanr
 
     fits = _fits(out)
@@ -108,6 +110,7 @@ def summary(task: str, out: Path, sign: int, total: int) -> None:
         print(f"| {k} | {truth[k]:.4f} ± {sd:.4f} | {statistics.fmean(x for x in test[k] if x is not None):.4f} |")
     print("\n| fraction | steps | scored by | Spearman rho | best survives top third | full top 3 in top third |")
     print("| ---: | ---: | --- | ---: | --- | ---: |")
+    degenerate = {}
     for fraction in sorted({f["fraction"] for f in fits if f["fraction"] < 1}):
         low = {f["entrant"]: f for f in fits if f["fraction"] == fraction and f["entrant"] in truth}
         keys = sorted(low)
@@ -119,6 +122,13 @@ def summary(task: str, out: Path, sign: int, total: int) -> None:
                 f"| {fraction:.3f} | {steps} | {by} | {rho:+.2f} | {'yes' if ranked[0] in kept else 'no'} | "
                 f"{len(set(ranked[:3]) & set(kept))} |"
             )
+        if baseline is not None:
+            degenerate[steps] = sum(sign * low[k]["metric"] <= sign * baseline + 1e-9 for k in keys), len(keys)
+    if baseline is not None:
+        at_full = [sign * statistics.fmean(v) <= sign * baseline + 1e-9 for v in full.values()]
+        degenerate[total] = sum(at_full), len(at_full)
+        shares = ", ".join(f"{s} steps {d}/{n}" for s, (d, n) in sorted(degenerate.items()))
+        print(f"\nat or below the baseline ({baseline:.4f}) by the metric: {shares} (full: by the seeds' mean)")
 
 
 def main() -> None:
@@ -137,8 +147,9 @@ def main() -> None:
     if args.summary_only:
         resolved = study(TASKS[args.task])
         sign = 1 if resolved.directions[0] == "maximize" else -1
-        total = planned_steps(Workbench(resolved).data.train, resolved.config.train)
-        summary(args.task, args.json, sign, total)
+        bench = Workbench(resolved)
+        total = planned_steps(bench.data.train, resolved.config.at_final_fidelity().train)
+        summary(args.task, args.json, sign, total, bench.baseline_value)
     else:
         measure(args.task, [float(x) for x in args.fractions.split(",")], args.seeds, args.json)
 
