@@ -107,6 +107,28 @@ def test_short_rungs_that_rank_by_the_validation_loss_keep_the_lowest_loss_whate
     assert decision is not None and decision.chosen == "a@1" and decision.displaced
 
 
+def test_structure_trials_wait_for_the_planned_first_rung_then_compete_for_the_cut() -> None:
+    import dataclasses
+
+    plan = dataclasses.replace(_plan(["inc@1", "a@1", "b@1"], [(1 / 3, 1, 3), (1.0, 3, 2)]), structure=2)
+    assert plan.slots() == ["search-1", "search-2"] and plan.cost == pytest.approx(1 + 2 / 3 + 6)
+    assert RacePlan.from_record(json.loads(json.dumps(plan.as_record()))) == plan
+    planned = [_trial(0, k, 0, v) for k, v in (("inc@1", 0.6), ("a@1", 0.7))]
+    state = RaceState(plan, planned + [_trial(0, "b@1", 0, None, TrialState.RUNNING)], 1, 0.0)
+    assert state.members(0) == ["inc@1", "a@1", "b@1", "search-1", "search-2"]
+    assert state.around() is None and state.next_claim() is None  # b@1 runs elsewhere; the slots wait for it
+    planned.append(_trial(0, "b@1", 0, 0.65))
+    state = RaceState(plan, planned, 1, 0.0)
+    assert state.around() == plan.entrant("a@1") and state.next_claim() == Claim(0, "search-1", 0)
+    assert state.entrant("search-1") is None  # not drawn yet
+    drawn = {"method": "lora", "config": '{"ranks": [4]}', "learning_rate": 1e-3, "trainable_params": 9}
+    trials = planned + [_trial(0, "search-1", 0, 0.9, **drawn), _trial(0, "search-2", 0, 0.5, **drawn)]
+    state = RaceState(plan, trials, 1, 0.0)
+    assert state.entrant("search-1") is not None and state.entrant("search-1").trainable == 9
+    # the cut keeps the best third of all five (2), and the incumbent joins the final rung
+    assert state.members(1) == ["inc@1", "search-1"]
+
+
 def test_a_plan_survives_its_record_and_a_broken_race_attribute_is_no_claim() -> None:
     plan = _plan(KEYS, RUNGS)
     assert RacePlan.from_record(json.loads(json.dumps(plan.as_record()))) == plan
@@ -130,16 +152,25 @@ def test_a_run_races_and_ends_in_a_recommendation(tmp_path, capsys, minilm_avail
     from autopeft import load_config, open_study, winner
     from autopeft.cli.command import main
 
-    path = _race_study(tmp_path)
+    path = _race_study(tmp_path, trainings=8)  # the incumbent's race costs 7: room for 3 structure trials
+    assert main(["plan", str(path)]) == 0
+    assert "+ 3 structure trials" in capsys.readouterr().out
     assert main(["run", str(path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "race decided: recommends" in out and "over 3 seeds" in out
     study = open_study(load_config(path), create=False)
     plan = RacePlan.from_record(study.user_attrs[PLAN_ATTR])
     decided = study.user_attrs[DECISION_ATTR]
-    assert plan.schedule.cost <= 7 and plan.entrants[0].incumbent
+    assert plan.cost <= 8 and plan.entrants[0].incumbent and plan.structure == 3
     claims = [claim_of(t.user_attrs) for t in _complete(study)]
-    assert len(claims) == len(set(claims)) == sum(r.entrants * len(r.seeds) for r in plan.schedule.rungs)
+    rung_trainings = sum(r.entrants * len(r.seeds) for r in plan.schedule.rungs)
+    assert len(claims) == len(set(claims)) == rung_trainings + plan.structure
+    # the structure trials ran on the first rung after every planned entrant, drawn by the sampler
+    first = [t for t in _complete(study) if t.user_attrs["race"]["rung"] == 0]
+    drawn = [t for t in first if t.user_attrs["race"]["entrant"].startswith("search-")]
+    assert len(drawn) == 3 and min(t.number for t in drawn) > max(t.number for t in first if t not in drawn)
+    assert all(set(t.params) == {"structure.targets", "structure.rank", "structure.tilt"} for t in drawn)
+    assert all(t.user_attrs["trainable_params"] <= study.user_attrs["budget"] for t in drawn)
     assert [t.user_attrs["race"]["entrant"] for t in study.get_trials() if t.number in decided["trials"]] == [
         decided["chosen"]
     ] * 3
@@ -148,7 +179,7 @@ def test_a_run_races_and_ends_in_a_recommendation(tmp_path, capsys, minilm_avail
     from autopeft.outputs.report import build_figures
 
     lines = [trace for trace in build_figures(study)["race"].data if trace.mode == "lines"]
-    assert {trace.name for trace in lines} == {e.key for e in plan.entrants}
+    assert {trace.name for trace in lines} == {e.key for e in plan.entrants} | set(plan.slots())
     assert [trace.line.width for trace in lines if trace.name == decided["chosen"]] == [4]
     assert main(["trials", str(path)]) == 0
     table = capsys.readouterr().out
@@ -306,6 +337,5 @@ def test_another_studys_front_enters_the_race_first_after_the_incumbent(tmp_path
     plan = make_race_plan(space, 12, 8, None, first)
     candidates = list(dict.fromkeys(e.candidate for e in plan.entrants))
     assert candidates[0] == "incumbent" and candidates[1] == "from-1"
-    assert (
-        "bitfit" not in candidates
-    )  # the portfolio's BitFit is the other study's: it races once    assert "from-1" not in {e.candidate for e in make_race_plan(space, 12, 8).entrants}
+    assert "bitfit" not in candidates  # the portfolio's BitFit is the other study's: it races once
+    assert "from-1" not in {e.candidate for e in make_race_plan(space, 12, 8).entrants}

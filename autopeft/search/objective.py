@@ -25,7 +25,7 @@ from autopeft.methods import PeftMethod, checked_count
 from autopeft.progress import Progress
 from autopeft.search.coordination import Surplus, check_not_surplus
 from autopeft.search.pruning import TrialReporter, own_pruner, trial_fidelity
-from autopeft.search.racing import Claim, RacePlan, race_training
+from autopeft.search.racing import RacePlan, RaceTurn, race_training
 from autopeft.search.search_space import SearchSpace
 from autopeft.storage.artifacts import SAVED_NOTHING, keep_if_wanted
 from autopeft.storage.backends import storage_failure
@@ -52,7 +52,7 @@ class Objective:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"  # which machine and process ran a trial
         self.current: int | None = None  # the trial this worker runs or last ran, for the Ctrl-C handler
         self.race: RacePlan | None = None  # the race this worker runs (None: a plain search) ...
-        self.claim: Claim | None = None  # ... and the training its next trial takes (a retry keeps its own)
+        self.turn: RaceTurn | None = None  # ... and the training its next trial takes (a retry keeps its own)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.current = trial.number
@@ -96,7 +96,7 @@ class Objective:
     def _trial(self, trial: optuna.Trial) -> float | tuple[float, float]:
         bench = self.bench
         if self.race is not None:  # a race trial trains what the race needs (autopeft.search.racing)
-            name, learning_rate, config, seed, fidelity, tag = race_training(trial, self.race, self.claim)
+            name, learning_rate, config, seed, fidelity, tag = race_training(trial, self.race, self.turn, self.space)
         else:
             (name, learning_rate, config), fidelity, tag = self.space.suggest(trial), self.fidelity, ""
             seed = self.config.study.seed + trial.number

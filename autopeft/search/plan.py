@@ -144,7 +144,7 @@ def _race(space: Any) -> dict[str, Any] | None:
         row["steps"] = plan.steps(rung)
     for entrant in record["entrants"]:
         entrant["describe"] = bench.enabled[entrant["method"]].describe(json.loads(entrant["config_json"]))
-    return record | {"cost": plan.schedule.cost}
+    return record | {"cost": plan.cost}
 
 
 _METRIC_MEANING = {
@@ -222,5 +222,10 @@ def _race_lines(race: dict[str, Any] | None) -> list[str]:
             f"  rung {i}: {r['entrants']} entrants x {r['seeds']} paired seed(s) at {r['steps']} steps "
             f"({r['fraction']:.3g} of a training): {cost:.1f} trainings"
         )
+        if i == 1 and race.get("structure"):
+            lines.append(
+                f"    + {race['structure']} structure trials: LoRA drawn near the best LoRA entrant (targets, rank, "
+                f"where the rank goes), at its rate: {race['structure'] * r['fraction']:.1f} trainings"
+            )
     lines.append("  the final rung adds the incumbent at its best rate; a challenger must beat it by 2 standard errors")
     return lines

@@ -29,9 +29,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import optuna
+
     from autopeft.search.search_space import SearchSpace
 
-__all__ = ["Candidate", "PORTFOLIO", "catalogue", "from_front", "incumbent", "rate_prior", "short_run_scale"]
+__all__ = [
+    "Candidate",
+    "PORTFOLIO",
+    "STRUCTURE_TARGETS",
+    "catalogue",
+    "from_front",
+    "incumbent",
+    "rate_prior",
+    "short_run_scale",
+    "structure_config",
+]
 
 #: The candidates that race beside the incumbent, in the order they are listed (catalogue names).
 PORTFOLIO = ("lora-all", "lora-mlp", "dora-all", "proxy", "ia3", "bitfit", "unfreeze")
@@ -166,6 +178,38 @@ def short_run_scale(steps: int) -> float:
     as runs shorten (LoRA's is about 10× full fine-tuning's, more under 100 steps: "LoRA Without
     Regret", 2025); the defaults were set for runs of a few hundred steps."""
     return min(3.0, max(1.0, math.sqrt(200 / max(steps, 1))))
+
+
+#: The linears a structure trial may adapt (:func:`structure_config`).
+STRUCTURE_TARGETS = ("query+value", "all", "mlp")
+
+
+def structure_config(trial: optuna.Trial, space: SearchSpace, around: dict[str, Any]) -> dict[str, Any]:
+    """A LoRA configuration near ``around`` (the best LoRA entrant's), drawn by the study's sampler from
+    three numbers instead of one rank per block, so that the handful of trials a race has room for
+    can learn something: which linears (``structure.targets``), a rank (``structure.rank``), and
+    where the rank goes (``structure.tilt``: every block, or the first or last half at that rank and
+    the other at a quarter of it). Variant, alpha and dropout are ``around``'s. A draw over the budget
+    is brought down to the largest rank of its choices that fits.
+    """
+    from autopeft.methods import checked_count
+
+    bench = space.bench
+    lora, n = bench.enabled["lora"], len(bench.ctx.blocks)
+    choices = sorted({*bench.options["lora"].get("r", [2, 4, 8, 16]), max(around["ranks"])})
+    targets = trial.suggest_categorical("structure.targets", STRUCTURE_TARGETS)
+    rank = int(trial.suggest_categorical("structure.rank", choices))
+    tilt = trial.suggest_categorical("structure.tilt", ("flat", "early", "late"))
+
+    def profile(r: int) -> list[int]:
+        low, half = max(1, r // 4), max(1, n // 2)
+        return {"flat": [r] * n, "early": [r] * half + [low] * (n - half), "late": [low] * (n - half) + [r] * half}[
+            tilt
+        ]
+
+    configs = [{**around, "ranks": profile(r), "targets": targets} for r in choices if r <= rank][::-1]
+    fits = [c for c in configs if checked_count(lora, bench.ctx, c) <= bench.budget]
+    return fits[0] if fits else configs[-1]
 
 
 def rate_prior(candidate: Candidate, steps: int) -> float:

@@ -23,7 +23,16 @@ from autopeft.budget import format_count
 from autopeft.progress import Progress
 from autopeft.search.coordination import fail_dead_local_trials
 from autopeft.search.portfolio import from_front
-from autopeft.search.racing import DECISION_ATTR, PLAN_ATTR, RacePlan, RaceState, make_front_plan, make_race_plan
+from autopeft.search.racing import (
+    DECISION_ATTR,
+    PLAN_ATTR,
+    RaceEntrant,
+    RacePlan,
+    RaceState,
+    RaceTurn,
+    make_front_plan,
+    make_race_plan,
+)
 from autopeft.storage.results import FINISHED, FRONT_ATTR, pareto_front
 
 if TYPE_CHECKING:
@@ -110,7 +119,8 @@ def _schedule_line(plan: RacePlan) -> str:
         f"{r.entrants} x {len(r.seeds)} seed{'s' * (len(r.seeds) > 1)} at {plan.steps(i)} steps"
         for i, r in enumerate(plan.schedule.rungs)
     )
-    return f"{len(plan.entrants)} entrants, rungs {rungs}: {plan.schedule.cost:.1f} of {plan.budget:g} trainings"
+    drawn = f" (+ {plan.structure} structure trials on the first)" if plan.structure else ""
+    return f"{len(plan.entrants)} entrants, rungs {rungs}{drawn}: {plan.cost:.1f} of {plan.budget:g} trainings"
 
 
 def race_state(study: optuna.Study, plan: RacePlan, worst: float) -> RaceState:
@@ -145,9 +155,9 @@ def run_race(
         rung = state.current_rung()
         if rung is None:
             break
-        objective.claim = state.next_claim()
+        objective.turn = RaceTurn(state.next_claim(), state)
         waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
-        if objective.claim is None and not waiting:  # the rest of the rung runs on other workers
+        if objective.turn.claim is None and not waiting:  # the rest of the rung runs on other workers
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
@@ -191,8 +201,11 @@ def describe_decision(study: optuna.Study, plan: RacePlan | None = None) -> list
     seeds = len(plan.schedule.rungs[-1].seeds)
     tests = record.get("test_means", {})
 
+    entrants = record.get("entrants", {})
+
     def about(key: str) -> str:
-        e = plan.entrant(key)
+        e = RaceEntrant(**entrants[key]) if key in entrants else plan.entrant(key)
+        assert e is not None, key
         test = f", test {tests[key]:.4f}" if key in tests else ""
         what = f"{key} ({e.method}, {format_count(e.trainable)} params, lr {e.learning_rate:.1e})"
         return f"{what}: {metric} {record['means'][key]:.4f} over {seeds} seeds{test}"
@@ -224,6 +237,7 @@ def describe_front(study: optuna.Study, plan: RacePlan | None = None) -> list[st
     lines = [f"front raced on {record['seeds']} paired seeds: {kept}"]
     for point in record["kept"]:
         e = plan.entrant(point["entrant"])
+        assert e is not None, point
         test = f", test {point['test_mean']:.4f}" if point.get("test_mean") is not None else ""
         line = f"  trial {point['trial']} ({e.method}, {format_count(e.trainable)} params, lr {e.learning_rate:.1e}): "
         line += f"{metric} {point['mean']:.4f} ± {point['std']:.4f}{test}"

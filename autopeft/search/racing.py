@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.errors import ConfigError
 from autopeft.search.coordination import Surplus
-from autopeft.search.portfolio import PORTFOLIO, Candidate, catalogue, incumbent, rate_prior
+from autopeft.search.portfolio import PORTFOLIO, Candidate, catalogue, incumbent, rate_prior, structure_config
 from autopeft.search.race import Decision, Rung, Schedule, decide, front_survivors, plan_race, rank, rate_bracket
 from autopeft.storage.backends import MAX_RETRIES
 from autopeft.storage.results import FINISHED, FRONT_ATTR
@@ -57,6 +57,7 @@ __all__ = [
     "RaceEntrant",
     "RacePlan",
     "RaceState",
+    "RaceTurn",
     "make_front_plan",
     "make_race_plan",
     "race_seed",
@@ -77,6 +78,10 @@ ETA = 3
 #: What the rungs below the final rank by: the validation loss, which moves before the metric does
 #: (benchmarks/README.md, "How early a rung ranks like a full training"); the final rung, by the metric.
 SHORT_RUNGS = "loss"
+#: At most this many structure trials (:func:`~autopeft.search.portfolio.structure_config`) join the
+#: first rung, as the budget left after the planned race allows: their candidate name, and their keys'
+#: prefix ("search-1", ...).
+MAX_STRUCTURE, STRUCTURE = 6, "search"
 #: The shortest rung, as a share of a full training: shorter ones rank at random (benchmarks/README.md,
 #: "How early a rung ranks like a full training").
 MIN_FRACTION = 1 / 9
@@ -128,13 +133,24 @@ class RacePlan:
     seed: int  # the study's [study] seed, from which the paired seeds follow
     short_rungs: str = "loss"  # what the rungs below the final rank by: "loss" (validation) or "metric"
     kind: str = "portfolio"  # or "front": a two-objective study's front, raced on its paired seeds
+    structure: int = 0  # structure trials that join the first rung, drawn once the portfolio's have run
+
+    @property
+    def cost(self) -> float:
+        """The race's cost in full trainings: its rungs', and the structure trials' on the first rung."""
+        return self.schedule.cost + self.structure * self.schedule.rungs[0].fraction
+
+    def slots(self) -> list[str]:
+        """The structure trials' entrant keys."""
+        return [f"{STRUCTURE}-{i + 1}" for i in range(self.structure)]
 
     def steps(self, rung: int) -> int:
         """Optimizer steps of a training at rung ``rung``."""
         return max(1, round(self.schedule.rungs[rung].fraction * self.total_steps))
 
-    def entrant(self, key: str) -> RaceEntrant:
-        return next(e for e in self.entrants if e.key == key)
+    def entrant(self, key: str) -> RaceEntrant | None:
+        """The planned entrant ``key`` (None for a structure trial's key, or another)."""
+        return next((e for e in self.entrants if e.key == key), None)
 
     def as_record(self) -> dict[str, Any]:
         rungs = [{"fraction": r.fraction, "seeds": len(r.seeds), "entrants": r.entrants} for r in self.schedule.rungs]
@@ -146,6 +162,7 @@ class RacePlan:
             "seed": self.seed,
             "short_rungs": self.short_rungs,
             "kind": self.kind,
+            "structure": self.structure,
         }
 
     @classmethod
@@ -153,8 +170,8 @@ class RacePlan:
         rungs = tuple(Rung(r["fraction"], tuple(range(r["seeds"])), r["entrants"]) for r in record["rungs"])
         entrants = tuple(RaceEntrant(**e) for e in record["entrants"])
         short, kind = str(record.get("short_rungs", "metric")), str(record.get("kind", "portfolio"))
-        budget, seed = float(record["budget"]), int(record["seed"])
-        return cls(entrants, Schedule(rungs), int(record["total_steps"]), budget, seed, short, kind)
+        budget, seed, structure = float(record["budget"]), int(record["seed"]), int(record.get("structure", 0))
+        return cls(entrants, Schedule(rungs), int(record["total_steps"]), budget, seed, short, kind, structure)
 
 
 def _entrants(space: SearchSpace, candidate: Candidate, steps: int, is_incumbent: bool) -> list[RaceEntrant]:
@@ -213,7 +230,12 @@ def make_race_plan(
             raise ConfigError(
                 "search.trainings", f"{exc}", "raise [search] trainings, or set [search] race = false"
             ) from None
-        return RacePlan(tuple(entrants), schedule, total_steps, budget, config.study.seed, SHORT_RUNGS)
+        structure = 0
+        if len(schedule.rungs) > 1 and any(e.method == "lora" for e in entrants):  # room left on the first rung
+            structure = min(MAX_STRUCTURE, int((budget - schedule.cost + 1e-9) / schedule.rungs[0].fraction))
+        return RacePlan(
+            tuple(entrants), schedule, total_steps, budget, config.study.seed, SHORT_RUNGS, structure=structure
+        )
 
 
 def make_front_plan(front: list[FrozenTrial], seeds: int, study_seed: int, total_steps: int) -> RacePlan:
@@ -250,11 +272,26 @@ class RaceState:
         self.final_trials: dict[str, list[int]] = {}
         self.test: dict[str, list[float]] = {}
         self.held: set[Claim] = set()
+        self.structure: dict[str, RaceEntrant] = {}  # the structure trials drawn so far, from their trials
         failures: dict[Claim, int] = {}
         for t in trials:
             claim = claim_of(t.user_attrs)
             if claim is None or claim.rung >= len(self.scores):
                 continue
+            a = t.user_attrs
+            if claim.rung == 0 and claim.entrant in plan.slots() and t.state in FINISHED and "config" in a:
+                self.structure.setdefault(
+                    claim.entrant,
+                    RaceEntrant(
+                        claim.entrant,
+                        STRUCTURE,
+                        a["method"],
+                        a["config"],
+                        a["learning_rate"],
+                        a["trainable_params"],
+                        False,
+                    ),
+                )
             if t.state == TrialState.COMPLETE and t.values is not None:
                 self._score(claim, self._value(claim.rung, t), t)
             elif t.state == TrialState.PRUNED:
@@ -266,6 +303,20 @@ class RaceState:
         for claim, count in failures.items():
             if count > MAX_RETRIES and claim not in self.held:
                 self._score(claim, self._worst(claim.rung), None)
+
+    def entrant(self, key: str) -> RaceEntrant | None:
+        """Entrant ``key``: planned, or a structure trial drawn (None for one not drawn yet)."""
+        return self.structure.get(key) or self.plan.entrant(key)
+
+    def around(self) -> RaceEntrant | None:
+        """The planned LoRA entrant with the best first-rung score, which structure trials are drawn
+        around; None until every planned entrant has run the first rung."""
+        planned = [e.key for e in self.plan.entrants]
+        if not all(0 in self.scores[0].get(k, {}) for k in planned):
+            return None
+        lora = {e.key: self.scores[0][e.key] for e in self.plan.entrants if e.method == "lora"}
+        ranked = rank(lora, (0,), self.sign)
+        return self.plan.entrant(ranked[0]) if ranked else None
 
     def _by_loss(self, rung: int) -> bool:
         return self.plan.short_rungs == "loss" and rung < len(self.plan.schedule.rungs) - 1
@@ -293,7 +344,7 @@ class RaceState:
         """The entrants of ``rung``, or None while the rung below has not finished."""
         rungs = self.plan.schedule.rungs
         if rung == 0:
-            return [e.key for e in self.plan.entrants]
+            return [e.key for e in self.plan.entrants] + self.plan.slots()
         below = self.members(rung - 1)
         if below is None or not self._complete(rung - 1, below):
             return None
@@ -309,7 +360,7 @@ class RaceState:
         """The incumbent's best entrant at the highest rung below ``rung`` that one of them reached:
         the final rung trains it whether or not it survived the cuts."""
         for lower in range(rung - 1, -1, -1):
-            mine = {k: v for k, v in self.scores[lower].items() if self.plan.entrant(k).incumbent}
+            mine = {k: v for k, v in self.scores[lower].items() if (e := self.entrant(k)) is not None and e.incumbent}
             ranked = rank(mine, self.plan.schedule.rungs[lower].seeds, self.sign)
             if ranked:
                 return ranked[0]
@@ -334,6 +385,8 @@ class RaceState:
         if rung is None:
             return None
         members = self.members(rung) or []
+        if rung == 0 and self.around() is None:  # structure trials are drawn around the portfolio's best
+            members = [k for k in members if k not in self.plan.slots()]
         for seed in self.plan.schedule.rungs[rung].seeds:
             for key in members:
                 claim = Claim(rung, key, seed)
@@ -355,7 +408,7 @@ class RaceState:
         final = len(self.plan.schedule.rungs) - 1
         members = self.members(final) or []
         ranked = rank({k: self.scores[final][k] for k in members}, self.plan.schedule.rungs[final].seeds, self.sign)
-        return next(k for k in ranked if self.plan.entrant(k).incumbent)
+        return next(k for k in ranked if (e := self.entrant(k)) is not None and e.incumbent)
 
     def decision_record(self, decision: Decision) -> dict[str, Any]:
         """What ``race_decision`` holds: the chosen, best and incumbent entrants, the paired
@@ -374,6 +427,7 @@ class RaceState:
             "means": {k: statistics.fmean(final[k].values()) for k in members},
             "test_means": {k: statistics.fmean(v) for k, v in self.test.items() if k in members},
             "trials": self.final_trials.get(str(decision.chosen), []),
+            "entrants": {k: asdict(e) for k in members if (e := self.entrant(k)) is not None},
         }
 
     def front_record(self) -> dict[str, Any] | None:
@@ -411,19 +465,29 @@ def _finite(pair: tuple[float, float]) -> tuple[float | None, float | None]:
     return tuple(None if not math.isfinite(x) else x for x in pair)  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class RaceTurn:
+    """What the race loop gives a worker's next trial: the training to take (None: none now), and
+    the race as it read it (for the entrants of structure trials)."""
+
+    claim: Claim | None
+    state: RaceState
+
+
 def race_training(
-    trial: optuna.Trial, plan: RacePlan, claim: Claim | None
+    trial: optuna.Trial, plan: RacePlan, turn: RaceTurn | None, space: SearchSpace
 ) -> tuple[str, float, dict[str, Any], int, Fidelity, str]:
-    """(method, learning rate, configuration, seed, fidelity, label) of the race training ``claim``,
-    which ``trial`` then trains, recorded in its ``race`` attribute: a retried trial's own claim,
-    else the one the race loop gave this worker.
+    """(method, learning rate, configuration, seed, fidelity, label) of the race training the
+    ``turn`` gives, which ``trial`` then trains, recorded in its ``race`` attribute: a retried
+    trial's own claim, else the turn's. A structure trial not drawn yet is drawn here, around the
+    best planned LoRA entrant's configuration and at its rate.
 
     Raises:
         Surplus: there is no claim (the race needs no training now), or a trial numbered lower
             already holds it (two workers took it at once: the earlier trains it).
     """
-    claim = claim_of(trial.user_attrs) or claim
-    if claim is None:
+    claim = claim_of(trial.user_attrs) or (turn.claim if turn is not None else None)
+    if claim is None or turn is None:
         trial.set_user_attr("surplus", True)
         raise Surplus("not run: the race needs no training now")
     trial.set_user_attr(RACE_ATTR, claim.as_record())
@@ -431,7 +495,16 @@ def race_training(
         if other.number < trial.number and claim_of(other.user_attrs) == claim:
             trial.set_user_attr("surplus", True)
             raise Surplus(f"not run: trial {other.number} trains the same race member")
-    entrant = plan.entrant(claim.entrant)
+    entrant = turn.state.entrant(claim.entrant)
+    if entrant is None:  # a structure trial, drawn now
+        around = turn.state.around()
+        if around is None:
+            trial.set_user_attr("surplus", True)
+            raise Surplus("not run: structure trials wait for the planned entrants' first rung")
+        config = structure_config(trial, space, around.config)
+        lora = space.bench.enabled["lora"]
+        rate = around.learning_rate / lora.learning_rate_scale(around.config) * lora.learning_rate_scale(config)
+        entrant = RaceEntrant(claim.entrant, STRUCTURE, "lora", json.dumps(config, sort_keys=True), rate, 0, False)
     steps = plan.steps(claim.rung)
     fidelity = FULL if steps >= plan.total_steps else Fidelity(steps=steps)
     label = f"rung {claim.rung + 1}/{len(plan.schedule.rungs)} seed {claim.seed + 1} {entrant.candidate}: "
