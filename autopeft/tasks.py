@@ -25,8 +25,8 @@ promises.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -47,9 +47,29 @@ __all__ = [
     "DataError",
     "eval_logits",
     "validation_loss",
+    "LossTally",
 ]
 
 Direction = Literal["maximize", "minimize"]
+
+
+class LossTally:
+    """The mean loss (over examples) of the last pass :func:`eval_logits` made with the settings that
+    hold it, from the logits that pass computed anyway: a race's short rungs rank by the validation
+    loss without a second forward pass over the split."""
+
+    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.loss, self.total, self.count = loss, 0.0, 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.total += float(self.loss(logits, labels)) * len(labels)
+        self.count += len(labels)
+
+    @property
+    def mean(self) -> float | None:
+        """The last pass's mean loss; None before a pass (or for a task that evaluates without
+        :func:`eval_logits`)."""
+        return self.total / self.count if self.count else None
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,8 @@ class EvalSettings:
     precision: str = "auto"
     #: The class names in id order (``TaskData.label_names``), for metrics that read them (entity F1).
     label_names: tuple[str, ...] = ()
+    #: Where each pass also tallies the task's loss (:class:`LossTally`), or None.
+    tally: LossTally | None = field(default=None, compare=False)
 
 
 class Task(ABC):
@@ -154,12 +176,13 @@ class Task(ABC):
 def validation_loss(task: Task, model: nn.Module, split: Split, settings: EvalSettings) -> float:
     """The task's loss over ``split``, averaged over examples: a score that moves before the metric
     does (a classifier's accuracy stays at the majority class until its logits cross; their loss falls
-    from the first steps), so a race's short rungs rank by it (:mod:`autopeft.search.racing`)."""
-    total, count = 0.0, 0
-    for indices, logits, labels in eval_logits(model, split, settings):
-        total += float(task.loss(logits, labels)) * len(indices)
-        count += len(indices)
-    return total / max(count, 1)
+    from the first steps), so a race's short rungs rank by it (:mod:`autopeft.search.racing`). A fit
+    tallies it during its last validation pass instead (:class:`LossTally`) where the task evaluates
+    through :func:`eval_logits`."""
+    tally = LossTally(task.loss)
+    for _ in eval_logits(model, split, replace(settings, tally=tally)):
+        pass
+    return tally.mean or 0.0
 
 
 def eval_logits(
@@ -175,6 +198,8 @@ def eval_logits(
     model.eval()
     order = sorted(range(len(split)), key=lambda i: len(split.features[i]["input_ids"]))
     done = 0
+    if settings.tally is not None:  # a new pass: the tally is this one's
+        settings.tally.total, settings.tally.count = 0.0, 0
     try:
         with torch.inference_mode():
             for batch in batches(split, settings.batch_size, settings.pad_token_id, order=order):
@@ -183,6 +208,8 @@ def eval_logits(
                     logits = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).logits
                 indices = order[done : done + len(labels)]
                 done += len(labels)
+                if settings.tally is not None:
+                    settings.tally.add(logits.float(), labels.to(device))
                 yield indices, logits.float(), labels.to(device)
     finally:
         model.train(was_training)

@@ -398,3 +398,31 @@ def test_the_standard_error_of_a_share_is_never_zero_on_few_examples() -> None:
     words = Split([{"input_ids": [1, 2, 3]}] * 2, [[IGNORE_INDEX, 0, 1], [IGNORE_INDEX, 1, 1]])
     assert TokenClassification().standard_error(words, "accuracy", 0.5) == pytest.approx(math.sqrt(0.25 / 8))
     assert CausalLanguageModelling().standard_error(one, "perplexity", 12.0) is None  # no estimate: none shown
+
+
+def test_the_validation_loss_is_tallied_from_the_metrics_own_pass_and_equals_a_pass_of_its_own() -> None:
+    import dataclasses
+
+    from autopeft.tasks import LossTally, validation_loss
+
+    task = SequenceClassification()
+    split = Split([{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}, {"input_ids": [6]}], [1, 0, 1])
+    passes = []
+
+    class Fixed(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, **kw):  # logits from the first token
+            passes.append(len(input_ids))
+            first = input_ids[:, :1].float()
+            return SimpleNamespace(logits=torch.cat([first / 10, -first / 10], dim=1))
+
+    tally = LossTally(task.loss)
+    assert tally.mean is None
+    settings = dataclasses.replace(_CPU_FP32, batch_size=2, tally=tally)
+    accuracy = task.evaluate(Fixed(), split, "accuracy", settings)
+    tallied, forwards = tally.mean, len(passes)
+    assert tallied is not None and forwards == 2  # one pass over the split, in batches of 2
+    logits = torch.tensor([[0.1, -0.1], [0.4, -0.4], [0.6, -0.6]])
+    assert tallied == pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.tensor([1, 0, 1]))))
+    assert validation_loss(task, Fixed(), split, _CPU_FP32) == pytest.approx(tallied)
+    task.evaluate(Fixed(), split, "accuracy", settings)
+    assert tally.mean == pytest.approx(tallied) and 0.0 <= accuracy <= 1.0  # a new pass starts a new tally

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import gc
 import itertools
@@ -39,7 +40,7 @@ from autopeft.methods import PeftMethod, checked_count, plugin_call, trainable_n
 from autopeft.precision import autocast_for
 from autopeft.progress import Progress
 from autopeft.registry import MethodInfo, ResolvedStudy, registered_methods
-from autopeft.tasks import EvalSettings, validation_loss
+from autopeft.tasks import EvalSettings, LossTally, validation_loss
 from autopeft.training.memory import require_memory
 from autopeft.training.models import (
     is_quantized,
@@ -357,13 +358,14 @@ class Workbench:
             cached = self._cache_prefix(model)
             cache_seconds = time.perf_counter() - started
             overrides_step = type(method).on_step is not PeftMethod.on_step
+            tally = LossTally(self.task.loss) if score_loss else None  # the last validation pass's loss
             with self.prefix.attached(model, cached) if self.prefix and cached else contextlib.nullcontext():
                 result = train(
                     model,
                     self.task,
                     self.data,
                     self.config.train,
-                    self.evaluation,
+                    dataclasses.replace(self.evaluation, tally=tally) if tally else self.evaluation,
                     learning_rate=learning_rate,
                     metric=self.config.task.metric,
                     seed=seed,
@@ -377,7 +379,9 @@ class Workbench:
             result.trained_count = method.trained_count(model)
             if result.stopped_at is None:  # stopped by the caller: not a result to test or keep
                 self._score_test(model, result, test)
-                if score_loss:
+                if tally is not None:
+                    result.validation_loss = tally.mean
+                if tally is not None and result.validation_loss is None:  # a task that evaluates its own way
                     started = time.perf_counter()
                     result.validation_loss = validation_loss(self.task, model, self.data.validation, self.evaluation)
                     result.eval_seconds += time.perf_counter() - started
