@@ -217,11 +217,15 @@ def describe_decision(study: optuna.Study, plan: RacePlan | None = None) -> list
         margin = f"{diff['mean']:+.4f} [95% interval {low}, {high}] over {diff['n']} paired seeds"
         if record["displaced"]:
             lines.append(f"  it beats the incumbent {about(incumbent)} by {margin}")
+        elif diff["mean"] <= 0:
+            lines.append(
+                f"  the incumbent at its best rate beat every challenger: the best, {about(best)}, was {margin}"
+            )
         else:
             lines.append(f"  the incumbent stands: the best challenger {about(best)} was {margin},")
             lines.append("  within noise (a challenger must beat it by more than 2 standard errors of the difference)")
     else:
-        lines.append("  the incumbent at its best rate beat every challenger on the paired seeds")
+        lines.append("  no challenger reached the final rung: the incumbent at its best rate stands")
     return lines
 
 

@@ -39,7 +39,17 @@ from optuna.trial import FrozenTrial, TrialState
 from autopeft.errors import ConfigError
 from autopeft.search.coordination import Surplus
 from autopeft.search.portfolio import PORTFOLIO, Candidate, catalogue, incumbent, rate_prior, structure_config
-from autopeft.search.race import Decision, Rung, Schedule, decide, front_survivors, plan_race, rank, rate_bracket
+from autopeft.search.race import (
+    Decision,
+    Rung,
+    Schedule,
+    decide,
+    front_survivors,
+    paired_difference,
+    plan_race,
+    rank,
+    rate_bracket,
+)
 from autopeft.storage.backends import MAX_RETRIES
 from autopeft.storage.results import FINISHED, FRONT_ATTR
 from autopeft.training.train import FULL, Fidelity
@@ -418,10 +428,17 @@ class RaceState:
         difference with its 95% interval, the final means, and the chosen entrant's final trials."""
         final = self.scores[-1]
         members = self.members(len(self.scores) - 1) or []
-        diff = decision.difference
+        diff, best = decision.difference, decision.best
+        if diff is None:  # the incumbent was best: the margin is the best challenger's, below it
+            seeds = self.plan.schedule.rungs[-1].seeds
+            ranked = rank({k: final[k] for k in members}, seeds, self.sign)
+            challengers = [k for k in ranked if (e := self.entrant(k)) is not None and not e.incumbent]
+            if challengers:
+                best = challengers[0]
+                diff = paired_difference(final[best], final[self.incumbent()], self.sign)
         return {
             "chosen": decision.chosen,
-            "best": decision.best,
+            "best": best,
             "incumbent": self.incumbent(),
             "displaced": decision.displaced,
             "difference": None
