@@ -95,11 +95,7 @@ def _pareto(args: argparse.Namespace) -> int:
         del row["state"], row["train_seconds"]
         if t.number in raced:  # a raced front: its paired seeds' figures, and its margin over the next smaller
             point, diff = raced[t.number], raced[t.number].get("difference")
-            row["raced_mean"], row["raced_std"], row["raced_test_mean"] = (
-                point["mean"],
-                point["std"],
-                point["test_mean"],
-            )
+            row |= {"raced_mean": point["mean"], "raced_std": point["std"], "raced_test_mean": point["test_mean"]}
             row["margin_over_smaller"] = diff and diff["mean"]
         confirmed = confirm_record(study, t, attrs)  # a bad record is skipped, with a warning
         if confirmed or args.format != "table":
