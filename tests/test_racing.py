@@ -69,8 +69,14 @@ def test_a_clear_paired_margin_displaces_the_incumbent_and_noise_does_not() -> N
     noisy = clear[:3] + [_trial(0, "a@1", s, v) for s, v in enumerate([0.80, 0.66, 0.72])]
     decision = RaceState(plan, noisy, 1, 0.0).decision()
     assert decision is not None and decision.best == "a@1" and not decision.displaced and decision.chosen == "inc@1"
-    # a loss is minimized: the same numbers the other way round keep the incumbent
-    assert RaceState(plan, clear, -1, 9.0).decision().chosen == "inc@1"
+    # a loss is minimized: the same numbers the other way round keep the incumbent, and the record
+    # gives the best challenger's margin below it
+    state = RaceState(plan, clear, -1, 9.0)
+    decision = state.decision()
+    assert decision is not None and decision.chosen == "inc@1" and decision.difference is None
+    record = state.decision_record(decision)
+    assert record["best"] == "a@1" and record["difference"]["mean"] == pytest.approx(-0.05)
+    assert record["entrants"]["a@1"]["method"] == "lora"
 
 
 def test_a_pruned_training_and_one_failed_more_than_retried_score_the_worst_and_duplicates_count_once() -> None:
