@@ -359,7 +359,6 @@ def _race(study: optuna.Study, metric: str) -> Any:
                 line={"color": color, "width": width},
             )
         )
-        loss = lambda t: t.user_attrs.get("validation_loss")  # noqa: E731
         fig.add_trace(
             go.Scatter(
                 x=[r + 1 + 0.06 * (s - 1) for r, s, _, _ in points],
@@ -370,7 +369,7 @@ def _race(study: optuna.Study, metric: str) -> Any:
                 marker={"color": color, "size": 8},
                 hovertext=[
                     f"{key} · rung {r + 1} · seed {s + 1} · trial {t.number} · {metric} {v:.4f}"
-                    + (f" · validation loss {loss(t):.4f}" if isinstance(loss(t), float) else "")
+                    + (f" · validation loss {t.user_attrs['validation_loss']:.4f}" if _has_loss(t) else "")
                     for r, s, v, t in points
                 ],
                 hoverinfo="text",
@@ -379,6 +378,10 @@ def _race(study: optuna.Study, metric: str) -> Any:
     fig.update_xaxes(title="rung", dtick=1)
     fig.update_yaxes(title=metric)
     return fig
+
+
+def _has_loss(trial: FrozenTrial) -> bool:
+    return isinstance(trial.user_attrs.get("validation_loss"), float)
 
 
 def build_figures(study: optuna.Study, standard: Standard | None = None) -> dict[str, Any]:

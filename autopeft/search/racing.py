@@ -225,13 +225,14 @@ def make_race_plan(
             least budget that can).
     """
     others = {c.name: c for c in catalogue(space, proxy_blocks) if c.name != "incumbent"}
-    chosen = [c for c in first or [] if c.config_json != incumbent(space).config_json]
+    typed = incumbent(space)
+    chosen = [c for c in first or [] if c.config_json != typed.config_json]
     chosen += [
         others[n] for n in PORTFOLIO if n in others and others[n].config_json not in {c.config_json for c in chosen}
     ]
     config = space.bench.config
     seeds = max(3, config.final.seeds)
-    base = _entrants(space, incumbent(space), total_steps, True)
+    base = _entrants(space, typed, total_steps, True)
     while True:
         entrants = base + [e for c in chosen for e in _entrants(space, c, total_steps, False)]
         try:
@@ -287,12 +288,13 @@ class RaceState:
         self.held: set[Claim] = set()
         self.structure: dict[str, RaceEntrant] = {}  # the structure trials drawn so far, from their trials
         failures: dict[Claim, int] = {}
+        slots = set(plan.slots())
         for t in trials:
             claim = claim_of(t.user_attrs)
             if claim is None or claim.rung >= len(self.scores):
                 continue
             a = t.user_attrs
-            if claim.rung == 0 and claim.entrant in plan.slots() and t.state in FINISHED and "config" in a:
+            if claim.rung == 0 and claim.entrant in slots and t.state in FINISHED and "config" in a:
                 self.structure.setdefault(
                     claim.entrant,
                     RaceEntrant(
