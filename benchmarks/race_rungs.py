@@ -26,6 +26,7 @@ from common import study
 from search_quality import TASKS
 
 from autopeft.registry import ResolvedStudy
+from autopeft.search import racing
 from autopeft.search.racing import make_race_plan, race_seed
 from autopeft.search.search_space import SearchSpace
 from autopeft.training.train import FULL, Fidelity, planned_steps
@@ -36,7 +37,13 @@ def _fits(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def measure(task: str, fractions: list[float], seeds: int, out: Path) -> None:
+def measure(
+    task: str, fractions: list[float], seeds: int, out: Path, spread: float | None = None, only: set[str] | None = None
+) -> None:
+    """Every planned entrant (of the candidates in ``only``, when given; with each bracket ``spread``
+    apart, when given) at each of ``fractions`` on seed 0 and at full fidelity on ``seeds`` seeds."""
+    if spread is not None:
+        racing.BRACKET_SPREAD = spread  # the bracket's spacing is the quantity measured: set it for this run
     resolved = study(TASKS[task])
     config = resolved.config.at_final_fidelity()
     config = dataclasses.replace(config, search=dataclasses.replace(config.search, trainings=1e6))
@@ -46,11 +53,10 @@ def measure(task: str, fractions: list[float], seeds: int, out: Path) -> None:
     from autopeft.search.proxy import proxy_scores
 
     plan = make_race_plan(space, 1e6, total, proxy_scores(bench).blocks)
+    entrants = [e for e in plan.entrants if only is None or e.candidate in only]
     fits = _fits(out)
     done = {(f["entrant"], f["fraction"], f["seed"]) for f in fits}
-    work = [(e, f, 0) for f in fractions for e in plan.entrants] + [
-        (e, 1.0, s) for s in range(seeds) for e in plan.entrants
-    ]
+    work = [(e, f, 0) for f in fractions for e in entrants] + [(e, 1.0, s) for s in range(seeds) for e in entrants]
     started = time.perf_counter()
     todo = [w for w in work if (w[0].key, w[1], w[2]) not in done]
     for i, (entrant, fraction, seed) in enumerate(todo, 1):
@@ -139,6 +145,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--spread", type=float, help="the rate bracket's factor between rates (default: the race's)")
+    parser.add_argument("--candidates", help="comma-separated candidate names to measure (default: every one)")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -151,7 +159,9 @@ def main() -> None:
         total = planned_steps(bench.data.train, resolved.config.at_final_fidelity().train)
         summary(args.task, args.json, sign, total, bench.baseline_value)
     else:
-        measure(args.task, [float(x) for x in args.fractions.split(",")], args.seeds, args.json)
+        fractions = [float(x) for x in args.fractions.split(",") if x]
+        only = set(args.candidates.split(",")) if args.candidates else None
+        measure(args.task, fractions, args.seeds, args.json, args.spread, only)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,32 @@ def test_survivors_are_the_best_third_and_the_final_rung_adds_the_incumbent_at_i
     assert state.decision() is None
 
 
+def test_a_short_rung_cuts_within_rate_tiers_so_the_final_rung_decides_the_rate() -> None:
+    # two candidates at half, at and twice the prior; the short rung favours the higher rates, as short runs do
+    tiers = {"inc@0.5": -1, "inc@1": 0, "inc@2": 1, "a@0.5": -1, "a@1": 0, "a@2": 1}
+    entrants = tuple(
+        RaceEntrant(k, k.split("@")[0], "lora", "{}", 1e-3, 10, k.startswith("inc"), t) for k, t in tiers.items()
+    )
+    plan = RacePlan(entrants, Schedule((Rung(1 / 3, (0,), 6), Rung(1.0, (0, 1, 2), 3))), 90, 12, 0, "metric")
+    first = {"inc@0.5": 0.60, "inc@1": 0.65, "inc@2": 0.80, "a@0.5": 0.62, "a@1": 0.70, "a@2": 0.75}
+    state = RaceState(plan, [_trial(0, k, 0, v) for k, v in first.items()], 1, 0.0)
+    # a cut over every entrant would keep both at twice the prior; within tiers it keeps the best at
+    # the prior and the best below it, and the incumbent joins at the prior whatever its rivals at 2x did
+    assert state.members(1) == ["inc@1", "a@1", "a@0.5"]
+    assert state.around() == plan.entrant("a@1")  # structure trials are drawn around the best at the prior
+    # the final rung, at full fidelity, ranks the rates against each other
+    final = {"inc@1": (0.70, 0.71, 0.72), "a@1": (0.69, 0.70, 0.70), "a@0.5": (0.74, 0.75, 0.76)}
+    trials = [_trial(0, k, 0, v) for k, v in first.items()]
+    trials += [_trial(1, k, s, v[s]) for k, v in final.items() for s in range(3)]
+    decision = RaceState(plan, trials, 1, 0.0).decision()
+    assert decision is not None and decision.chosen == "a@0.5" and decision.displaced
+    # an old plan's entrants (no tier recorded) all sit at the prior: one cut over all, as before
+    record = json.loads(json.dumps(plan.as_record()))
+    for e in record["entrants"]:
+        del e["tier"]
+    assert {e.tier for e in RacePlan.from_record(record).entrants} == {0}
+
+
 def test_a_clear_paired_margin_displaces_the_incumbent_and_noise_does_not() -> None:
     plan = _plan(["inc@1", "a@1"], [(1.0, 3, 2)])
     clear = [_trial(0, "inc@1", s, v) for s, v in enumerate([0.70, 0.72, 0.71])]
@@ -168,6 +194,9 @@ def test_a_run_races_and_ends_in_a_recommendation(tmp_path, capsys, minilm_avail
     plan = RacePlan.from_record(study.user_attrs[PLAN_ATTR])
     decided = study.user_attrs[DECISION_ATTR]
     assert plan.cost <= 8 and plan.entrants[0].incumbent and plan.structure == 3
+    incumbent = [e for e in plan.entrants if e.incumbent]  # half, at and twice its prior rate
+    assert [e.tier for e in incumbent] == [-1, 0, 1]
+    assert [round(e.learning_rate / incumbent[1].learning_rate, 6) for e in incumbent] == [0.5, 1.0, 2.0]
     claims = [claim_of(t.user_attrs) for t in _complete(study)]
     rung_trainings = sum(r.entrants * len(r.seeds) for r in plan.schedule.rungs)
     assert len(claims) == len(set(claims)) == rung_trainings + plan.structure

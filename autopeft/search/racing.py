@@ -27,6 +27,7 @@ front, recorded as ``front_decision``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
@@ -72,6 +73,7 @@ __all__ = [
     "make_race_plan",
     "race_seed",
     "race_training",
+    "tier_order",
 ]
 
 #: A race trial's user attribute: {"rung", "entrant", "seed"} (the seed's index among the paired seeds).
@@ -81,8 +83,11 @@ PLAN_ATTR = "race_plan"
 #: The study's user attribute holding the decision (:meth:`RaceState.decision_record`).
 DECISION_ATTR = "race_decision"
 
-#: Rates in each candidate's bracket, and how far apart (a factor).
-BRACKET_SIZE, BRACKET_SPREAD = 3, 3.0
+#: Rates in each candidate's bracket, and how far apart (a factor): the prior, half and twice it
+#: (benchmarks/README.md, "Rates race at full fidelity": three times the prior collapsed to the majority
+#: class for five of six LoRA candidates on sentiment and three of five on subjectivity; twice it less
+#: often, and half the prior beat a third of it).
+BRACKET_SIZE, BRACKET_SPREAD = 3, 2.0
 #: Each rung keeps the best 1/ETA of its entrants and trains ETA times longer than the one below.
 ETA = 3
 #: What the rungs below the final rank by: the validation loss, which moves before the metric does
@@ -116,10 +121,19 @@ class RaceEntrant:
     learning_rate: float
     trainable: int
     incumbent: bool
+    tier: int = 0  # its rate's place in its bracket: 0 the prior, -1 the rate below it, 1 the one above
 
     @property
     def config(self) -> dict[str, Any]:
         return dict(json.loads(self.config_json))
+
+
+def tier_order(tier: int) -> tuple[int, int]:
+    """The order in which the rate tiers fill a cut: the prior first, then below it, then above it
+    (benchmarks/README.md, "Rates race at full fidelity"): at full fidelity the prior was each LoRA
+    candidate's best rate on both tasks measured, the rate below it second, and the rate above it
+    collapsed to the majority class on some seeds."""
+    return abs(tier), tier
 
 
 @dataclass(frozen=True)
@@ -195,6 +209,7 @@ def _entrants(space: SearchSpace, candidate: Candidate, steps: int, is_incumbent
     else:
         bracket = rate_bracket(rate_prior(candidate, steps), BRACKET_SIZE, BRACKET_SPREAD, *rates)
     scale = method.learning_rate_scale(candidate.config)
+    prior = rate_prior(candidate, steps)
     return [
         RaceEntrant(
             f"{candidate.name}@{rate * scale:.1e}",
@@ -204,6 +219,7 @@ def _entrants(space: SearchSpace, candidate: Candidate, steps: int, is_incumbent
             rate * scale,
             candidate.trainable,
             is_incumbent,
+            round(math.log(rate / prior) / math.log(BRACKET_SPREAD)) if len(bracket) > 1 else 0,
         )
         for rate in bracket
     ]
@@ -329,7 +345,8 @@ class RaceState:
         planned = [e.key for e in self.plan.entrants]
         if not all(0 in self.scores[0].get(k, {}) for k in planned):
             return None
-        lora = {e.key: self.scores[0][e.key] for e in self.plan.entrants if e.method == "lora"}
+        at_prior = self._first_tier([e for e in self.plan.entrants if e.method == "lora"])
+        lora = {e.key: self.scores[0][e.key] for e in at_prior}
         ranked = rank(lora, (0,), self.sign)
         return self.plan.entrant(ranked[0]) if ranked else None
 
@@ -364,6 +381,8 @@ class RaceState:
         if below is None or not self._complete(rung - 1, below):
             return None
         ranked = rank({k: self.scores[rung - 1][k] for k in below}, rungs[rung - 1].seeds, self.sign)
+        if rungs[rung - 1].fraction < 1:
+            ranked = self._by_tier(ranked)
         wanted = rungs[rung].entrants
         if rung < len(rungs) - 1:
             return ranked[:wanted]
@@ -371,15 +390,39 @@ class RaceState:
         top = [k for k in ranked if k != best_incumbent][: wanted - 1]
         return [best_incumbent, *top]
 
+    def _tier(self, key: str) -> int:
+        entrant = self.entrant(key)
+        return entrant.tier if entrant is not None else 0
+
+    def _by_tier(self, ranked: list[str]) -> list[str]:
+        """``ranked`` (a short rung's order) re-ordered so that entrants compete only with those at the
+        same place in their rate brackets: the best at the prior, the best below it, the best above
+        it, then each tier's second, and so on. A short run favours higher rates (its whole schedule
+        is shorter), so a short rung ranks rates against each other backwards (benchmarks/README.md,
+        "Rates race at full fidelity"); the rate is decided where the race trains at full fidelity."""
+        tiers: dict[int, list[str]] = {}
+        for key in ranked:
+            tiers.setdefault(self._tier(key), []).append(key)
+        rows = itertools.zip_longest(*(tiers[t] for t in sorted(tiers, key=tier_order)))
+        return [key for row in rows for key in row if key is not None]
+
+    @staticmethod
+    def _first_tier(entrants: list[RaceEntrant]) -> list[RaceEntrant]:
+        """Those of ``entrants`` in the tier that :func:`tier_order` puts first (the prior's, where any is)."""
+        first = min((tier_order(e.tier) for e in entrants), default=None)
+        return [e for e in entrants if tier_order(e.tier) == first]
+
     def _best_incumbent_below(self, rung: int) -> str:
-        """The incumbent's best entrant at the highest rung below ``rung`` that one of them reached:
-        the final rung trains it whether or not it survived the cuts."""
+        """The incumbent's entrant that the final rung trains whether or not it survived the cuts: of
+        its entrants at the prior rate (the tier a short rung cannot rank against the others), the
+        best at the highest rung below ``rung`` that one of them reached."""
+        anchors = {e.key for e in self._first_tier([e for e in self.plan.entrants if e.incumbent])}
         for lower in range(rung - 1, -1, -1):
-            mine = {k: v for k, v in self.scores[lower].items() if (e := self.entrant(k)) is not None and e.incumbent}
+            mine = {k: v for k, v in self.scores[lower].items() if k in anchors}
             ranked = rank(mine, self.plan.schedule.rungs[lower].seeds, self.sign)
             if ranked:
                 return ranked[0]
-        return next(e.key for e in self.plan.entrants if e.incumbent)
+        return next(e.key for e in self.plan.entrants if e.key in anchors)
 
     def _complete(self, rung: int, members: list[str]) -> bool:
         seeds = self.plan.schedule.rungs[rung].seeds
