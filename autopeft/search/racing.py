@@ -209,7 +209,10 @@ def _entrants(space: SearchSpace, candidate: Candidate, steps: int, is_incumbent
     else:
         bracket = rate_bracket(rate_prior(candidate, steps), BRACKET_SIZE, BRACKET_SPREAD, *rates)
     scale = method.learning_rate_scale(candidate.config)
+    # a rate's tier is its place in the bracket counted from the rate nearest the prior, so that a rate
+    # clipped to the study's range keeps its side of the prior
     prior = rate_prior(candidate, steps)
+    middle = min(range(len(bracket)), key=lambda i: abs(math.log(bracket[i] / prior)))
     return [
         RaceEntrant(
             f"{candidate.name}@{rate * scale:.1e}",
@@ -219,9 +222,9 @@ def _entrants(space: SearchSpace, candidate: Candidate, steps: int, is_incumbent
             rate * scale,
             candidate.trainable,
             is_incumbent,
-            round(math.log(rate / prior) / math.log(BRACKET_SPREAD)) if len(bracket) > 1 else 0,
+            i - middle,
         )
-        for rate in bracket
+        for i, rate in enumerate(bracket)
     ]
 
 
