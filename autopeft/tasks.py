@@ -124,6 +124,17 @@ class Task(ABC):
         """
         return None
 
+    def baseline_loss(self, train: Split, validation: Split) -> float | None:
+        """The task's loss (the one :class:`LossTally` tallies) on ``validation`` of the best predictor
+        that learned nothing from the inputs (the train split's class shares, a unigram model), or
+        None where there is none.
+
+        A trial ranked by its validation loss (a race's short rungs) learned nothing when its loss is
+        no lower than this, whatever its metric says: a classifier a third of the way through its
+        training may still predict the majority class while its loss has left the baseline's.
+        """
+        return None
+
     def standard_error(self, split: Split, metric: str, value: float) -> float | None:
         """The standard error of ``value``, ``metric`` measured on ``split``, or None where the task
         has no estimate. Each trial's line shows it when the validation split is small

@@ -424,6 +424,10 @@ class TaskConformance:
         found = self.task.baseline(encoded[0], encoded[0], self.task.default_metric)
         assert found is None or isinstance(found[0], str) and isinstance(found[1], float)
 
+    def test_baseline_loss_is_none_or_a_finite_loss(self, encoded: tuple[Split, list[Any]]) -> None:
+        loss = self.task.baseline_loss(encoded[0], encoded[0])
+        assert loss is None or isinstance(loss, float) and math.isfinite(loss) and loss >= 0
+
     def test_a_short_training_run_learns_something(self, model: nn.Module, encoded: tuple[Split, list[Any]]) -> None:
         from autopeft.config import TrainSection
         from autopeft.data import TaskData

@@ -137,13 +137,16 @@ def _refit_arm(name: str, path: Path, seeds: int, searched_seconds: float, full:
     return arm
 
 
-def _degenerate(study: optuna.Study, rung: int | None = None) -> tuple[int, int]:
+def _degenerate(study: optuna.Study, rung: int | None = None, by_metric: bool = False) -> tuple[int, int]:
     """(trials pruned as degenerate or completed at the baseline, trials) of a search; of a race's
-    rung ``rung`` alone, when given."""
+    rung ``rung`` alone, when given; ``by_metric``: judging every trial by its metric, even those a
+    race ranked by their validation loss."""
     from autopeft.search.racing import claim_of
     from autopeft.storage.results import Standard
 
     standard = Standard.of(study)
+    if by_metric:
+        standard = dataclasses.replace(standard, baseline_loss=None)
     trials = [t for t in study.trials if t.state.is_finished()]
     if rung is not None:
         trials = [t for t in trials if (claim := claim_of(t.user_attrs)) is not None and claim.rung == rung]
@@ -221,6 +224,7 @@ def _raced(path: Path, full: Workbench, test_seeds: list[int], extra: dict[str, 
     chosen = plan.entrant(decided["chosen"])
     extra["f_degenerate"] = _degenerate(raced)
     extra["f_degenerate_by_rung"] = [_degenerate(raced, r) for r in range(len(plan.schedule.rungs))]
+    extra["f_degenerate_by_metric"] = _degenerate(raced, by_metric=True)
     extra["f_decision"] = decided
     extra["f_plan_cost"] = plan.schedule.cost
     arm = _fixed(
@@ -378,6 +382,8 @@ def print_table(result: dict[str, Any]) -> None:
     notes = [f"one full-fidelity training of the default: {result['full_training_seconds']:.1f} s"]
     if result.get("f_degenerate"):
         notes.append("(f) degenerate trials {} of {}".format(*result["f_degenerate"]))
+    if result.get("f_degenerate_by_metric"):
+        notes.append("by the metric alone {} of {}".format(*result["f_degenerate_by_metric"]))
     if result.get("f_degenerate_by_rung"):
         notes.append("by rung: " + ", ".join("{} of {}".format(*d) for d in result["f_degenerate_by_rung"]))
     if "e_trials" in result:

@@ -155,6 +155,14 @@ class _Classification(Task):
         truth = _flat_labels(validation)
         return "majority class", score(metric, truth, [majority] * len(truth))
 
+    def baseline_loss(self, train: Split, validation: Split) -> float | None:
+        """The cross-entropy of the train split's class shares (add-one smoothed), whatever the input."""
+        counts, truth = Counter(_flat_labels(train)), _flat_labels(validation)
+        if not truth:
+            return None
+        total, classes = sum(counts.values()), len(set(counts) | set(truth))
+        return -sum(math.log((counts.get(y, 0) + 1) / (total + classes)) for y in truth) / len(truth)
+
 
 class SequenceClassification(_Classification):
     """One label per text or text pair, scored by accuracy, F1 or MCC.
@@ -309,13 +317,17 @@ class CausalLanguageModelling(Task):
 
     def baseline(self, train: Split, validation: Split, metric: str) -> tuple[str, float] | None:
         """A unigram model of the train tokens (add-one smoothed), which ignores every context."""
+        loss = self.baseline_loss(train, validation)
+        return None if loss is None else ("unigram model", _from_loss(loss, metric))
+
+    def baseline_loss(self, train: Split, validation: Split) -> float | None:
+        """The unigram model's mean token cross-entropy (see :meth:`baseline`)."""
         counts = Counter(t for row in cast(list[list[int]], train.labels) for t in row[1:] if t != IGNORE_INDEX)
         total, vocabulary = sum(counts.values()), len(counts) + 1  # + 1: every unseen token together
         targets = [t for row in cast(list[list[int]], validation.labels) for t in row[1:] if t != IGNORE_INDEX]
         if not targets:
             return None
-        loss = -sum(math.log((counts.get(t, 0) + 1) / (total + vocabulary)) for t in targets) / len(targets)
-        return "unigram model", _from_loss(loss, metric)
+        return -sum(math.log((counts.get(t, 0) + 1) / (total + vocabulary)) for t in targets) / len(targets)
 
 
 def _from_loss(mean_loss: float, metric: str) -> float:

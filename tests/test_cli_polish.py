@@ -4,6 +4,7 @@ inconsistencies a first look finds (shares, trial lines, help, plan, pipes, a fu
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,13 @@ def test_the_baseline_is_the_majority_class_of_the_validation_split(ran) -> None
     path, study = ran
     labels = pd.read_parquet(path.parent / "validation.parquet")["label"]
     train_majority = pd.read_parquet(path.parent / "train.parquet")["label"].value_counts().idxmax()
-    assert study.user_attrs["baseline"] == {"name": "majority class", "value": float((labels == train_majority).mean())}
+    train = pd.read_parquet(path.parent / "train.parquet")["label"]
+    shares = (train.value_counts() + 1) / (len(train) + len(set(train) | set(labels)))  # add-one smoothed
+    assert study.user_attrs["baseline"] == {
+        "name": "majority class",
+        "value": float((labels == train_majority).mean()),
+        "loss": pytest.approx(float(-labels.map(shares).apply(math.log).mean())),
+    }
 
 
 def test_trials_pareto_best_and_report_show_the_baseline(ran, tmp_path, capsys) -> None:
@@ -85,6 +92,10 @@ def test_baselines_of_the_builtin_tasks() -> None:
     name, perplexity = lm.baseline(text, text, "perplexity")
     assert name == "unigram model" and 1 < perplexity < 3  # two tokens, about equally frequent
     assert lm.baseline(text, text, "loss")[1] == pytest.approx(__import__("math").log(perplexity))
+    # the loss of the class shares (add-one smoothed: 4/8, 2/8, 2/8), which a trial ranked by its loss must beat
+    loss = SequenceClassification().baseline_loss(train, validation)
+    assert loss == pytest.approx(-(3 * math.log(4 / 8) + math.log(2 / 8)) / 4)
+    assert lm.baseline_loss(text, text) == pytest.approx(math.log(perplexity))
 
 
 # -- small inconsistencies ---------------------------------------------------------------------------

@@ -161,6 +161,28 @@ def test_structure_trials_wait_for_the_planned_first_rung_then_compete_for_the_c
     assert state.members(1) == ["inc@1", "search-1"]
 
 
+def test_a_trial_ranked_by_its_loss_learned_nothing_only_when_its_loss_is_no_lower_than_the_baselines() -> None:
+    from autopeft.storage.results import SCORED_BY_ATTR, Standard, reason
+
+    standard = Standard(budget=100, baseline=0.58, baseline_name="majority class", baseline_loss=0.68)
+
+    def trial(loss: float, **attrs):
+        attrs = {"trainable_params": 10, "validation_loss": loss, **attrs}
+        return create_trial(state=TrialState.COMPLETE, value=0.58, user_attrs=attrs)
+
+    # the majority class's accuracy a third of the way through, with a loss that has left the baseline's
+    assert not standard.at_baseline(trial(0.60, **{SCORED_BY_ATTR: "validation_loss"}))
+    stuck = trial(0.70, **{SCORED_BY_ATTR: "validation_loss"})
+    assert standard.at_baseline(stuck)
+    assert reason(stuck, standard) == "validation loss 0.7000 no lower than the majority class's (0.6800)"
+    # a trial its metric ranked (a final rung, a sampled trial) is judged by its metric
+    assert standard.at_baseline(trial(0.60)) and reason(trial(0.60), standard) == (
+        "no better than the majority class baseline (0.5800)"
+    )
+    # a study recorded before the baseline had a loss judges every trial by its metric
+    assert Standard(budget=100, baseline=0.58).at_baseline(trial(0.60, **{SCORED_BY_ATTR: "validation_loss"}))
+
+
 def test_a_plan_survives_its_record_and_a_broken_race_attribute_is_no_claim() -> None:
     plan = _plan(KEYS, RUNGS)
     assert RacePlan.from_record(json.loads(json.dumps(plan.as_record()))) == plan
@@ -203,6 +225,9 @@ def test_a_run_races_and_ends_in_a_recommendation(tmp_path, capsys, minilm_avail
     assert len(claims) == len(set(claims)) == rung_trainings + plan.structure
     # the structure trials ran on the first rung after every planned entrant, drawn by the sampler
     first = [t for t in _complete(study) if t.user_attrs["race"]["rung"] == 0]
+    # the first rung ranks by the validation loss, so that is what judges whether a trial learned anything
+    assert all(t.user_attrs.get("scored_by") == "validation_loss" for t in first)
+    assert not any("scored_by" in t.user_attrs for t in _complete(study) if t.user_attrs["race"]["rung"] > 0)
     drawn = [t for t in first if t.user_attrs["race"]["entrant"].startswith("search-")]
     assert len(drawn) == 3 and min(t.number for t in drawn) > max(t.number for t in first if t not in drawn)
     assert all(set(t.params) == {"structure.targets", "structure.rank", "structure.tilt"} for t in drawn)

@@ -52,7 +52,7 @@ from autopeft.search.race import (
     rate_bracket,
 )
 from autopeft.storage.backends import MAX_RETRIES
-from autopeft.storage.results import FINISHED, FRONT_ATTR
+from autopeft.storage.results import FINISHED, FRONT_ATTR, SCORED_BY_ATTR
 from autopeft.training.train import FULL, Fidelity
 
 if TYPE_CHECKING:
@@ -559,6 +559,8 @@ def race_training(
         trial.set_user_attr("surplus", True)
         raise Surplus("not run: the race needs no training now")
     trial.set_user_attr(RACE_ATTR, claim.as_record())
+    if plan.short_rungs == "loss" and claim.rung < len(plan.schedule.rungs) - 1:
+        trial.set_user_attr(SCORED_BY_ATTR, "validation_loss")  # judged by it: see Standard.at_baseline
     for other in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)):
         if other.number < trial.number and claim_of(other.user_attrs) == claim:
             trial.set_user_attr("surplus", True)

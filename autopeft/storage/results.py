@@ -27,6 +27,7 @@ __all__ = [
     "FINISHED",
     "FRONT_ATTR",
     "PENDING",
+    "SCORED_BY_ATTR",
     "Standard",
     "finished_trials",
     "feasible_trials",
@@ -87,6 +88,11 @@ def feasible_trials(study: optuna.Study, budget: int | None = None) -> list[Froz
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_feasible(t, budget)]
 
 
+#: A trial's user attribute naming what ranked it when that is not its metric: "validation_loss" on a
+#: race's short rungs. Such a trial learned nothing when that score is no better than the baseline's.
+SCORED_BY_ATTR = "scored_by"
+
+
 @dataclass(frozen=True)
 class Standard:
     """What a study's trials are judged against now: its budget and its no-learning baseline."""
@@ -95,6 +101,7 @@ class Standard:
     baseline: float | None = None
     baseline_name: str = ""
     sign: int = 1  # see metric_sign
+    baseline_loss: float | None = None  # the baseline's validation loss, where the task gives one
 
     @classmethod
     def of(cls, study: optuna.Study, budget: int | None = None) -> Standard:
@@ -102,12 +109,13 @@ class Standard:
         attrs = study.user_attrs
         found = attrs.get("baseline")
         baseline: dict[str, Any] = found if isinstance(found, dict) else {}
-        value = baseline.get("value")
+        value, loss = baseline.get("value"), baseline.get("loss")
         return cls(
             budget=study_budget(study) if budget is None else budget,
-            baseline=float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None,
+            baseline=float(value) if _is_number(value) else None,
             baseline_name=str(baseline.get("name", "")),
             sign=metric_sign(study),
+            baseline_loss=float(loss) if _is_number(loss) else None,
         )
 
     def over_budget(self, trial: FrozenTrial) -> bool:
@@ -115,13 +123,28 @@ class Standard:
         return is_feasible(trial) and not is_feasible(trial, self.budget)
 
     def at_baseline(self, trial: FrozenTrial) -> bool:
-        """A trained trial whose metric is no better than the baseline's: it learned nothing."""
-        return (
-            self.baseline is not None
-            and is_feasible(trial)
-            and trial.values is not None
-            and self.sign * (trial.values[0] - self.baseline) <= 1e-9
-        )
+        """A trained trial no better than the baseline, by what ranked it (its metric, or its
+        validation loss on a race's short rung): it learned nothing."""
+        if self.baseline is None or not is_feasible(trial) or trial.values is None:
+            return False
+        loss = self._judged_loss(trial)
+        if loss is not None and self.baseline_loss is not None:
+            return loss >= self.baseline_loss - 1e-9
+        return self.sign * (trial.values[0] - self.baseline) <= 1e-9
+
+    @staticmethod
+    def _judged_loss(trial: FrozenTrial) -> float | None:
+        """The validation loss that ranked ``trial``, or None where its metric did."""
+        loss = trial.user_attrs.get("validation_loss")
+        ranked_by_loss = trial.user_attrs.get(SCORED_BY_ATTR) == "validation_loss"
+        return float(loss) if ranked_by_loss and _is_number(loss) else None
+
+    def why_at_baseline(self, trial: FrozenTrial) -> str:
+        """What :meth:`at_baseline` found, in words."""
+        loss = self._judged_loss(trial)
+        if loss is not None and self.baseline_loss is not None:
+            return f"validation loss {loss:.4f} no lower than the {self.baseline_name}'s ({self.baseline_loss:.4f})"
+        return f"no better than the {self.baseline_name} baseline ({self.baseline:.4f})"
 
     def describe_baseline(self) -> str:
         """``'majority class 0.5819'``, or ``''`` when the study has no baseline."""
@@ -342,7 +365,7 @@ def reason(trial: FrozenTrial, standard: Standard | None = None) -> str | None:
         if standard is not None and standard.over_budget(trial):
             return f"{a['trainable_params']:,} trainable parameters > the current budget {standard.budget:,}"
         if standard is not None and standard.at_baseline(trial):
-            return f"no better than the {standard.baseline_name} baseline ({standard.baseline:.4f})"
+            return standard.why_at_baseline(trial)
         return None
     if state == "pruned":
         if "pruned_reason" in a:
@@ -434,3 +457,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.4f}"
     return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -219,8 +219,12 @@ class Workbench:
                 del self.methods[name]
                 self.skipped[name] = why
         found = self.task.baseline(self.data.train, self.data.validation, config.task.metric)
-        #: What a model that learned nothing scores: {"name": "majority class", "value": 0.58}, or None.
+        #: What a model that learned nothing scores: {"name": "majority class", "value": 0.58, "loss": 0.68}
+        #: ("loss": the task's loss of the best such predictor, where the task gives one), or None.
         self.baseline: dict[str, Any] | None = {"name": found[0], "value": found[1]} if found else None
+        loss = self.task.baseline_loss(self.data.train, self.data.validation)
+        if self.baseline is not None and loss is not None:
+            self.baseline["loss"] = loss
         self.versions = library_versions()
         require_memory(self)
 
