@@ -304,6 +304,7 @@ def test_plan_prints_the_race_and_a_budget_too_small_for_it_is_one_line(tmp_path
     assert main(["plan", str(path)]) == 0
     out = capsys.readouterr().out
     assert "race: " in out and "(incumbent)" in out and "rung 1:" in out and "paired seed" in out
+    assert "(the prior)" in out and "(below the prior)" in out and "cut within rate tiers" in out
     (tmp_path / "small").mkdir()
     small = _race_study(tmp_path / "small", trainings=2)
     assert main(["run", str(small)]) == 2

@@ -210,22 +210,27 @@ def _race_lines(race: dict[str, Any] | None) -> list[str]:
     if "error" in race:
         return [f"race: {race['error']}"]
     lines = [f"race: {len(race['entrants'])} entrants, {race['cost']:.1f} of {race['budget']:g} full trainings"]
+    tiers = {-1: " (below the prior)", 0: " (the prior)", 1: " (above the prior)"}
     for e in race["entrants"]:
         mark = "  (incumbent)" if e["incumbent"] else ""
         lines.append(
             f"  {e['key']:<22} {e['method']} {e['describe']}, {format_count(e['trainable'])} params, "
-            f"lr {e['learning_rate']:.1e}{mark}"
+            f"lr {e['learning_rate']:.1e}{tiers.get(e.get('tier', 0), '')}{mark}"
         )
     for i, r in enumerate(race["rungs"], 1):
         cost = r["entrants"] * r["seeds"] * r["fraction"]
         lines.append(
             f"  rung {i}: {r['entrants']} entrants x {r['seeds']} paired seed(s) at {r['steps']} steps "
             f"({r['fraction']:.3g} of a training): {cost:.1f} trainings"
+            + (", cut within rate tiers" if r["fraction"] < 1 else "")
         )
         if i == 1 and race.get("structure"):
             lines.append(
-                f"    + {race['structure']} structure trials: LoRA drawn near the best LoRA entrant (targets, rank, "
-                f"where the rank goes), at its rate: {race['structure'] * r['fraction']:.1f} trainings"
+                f"    + {race['structure']} structure trials: LoRA drawn near the best LoRA entrant at the prior "
+                f"(targets, rank, where the rank goes), at its rate: {race['structure'] * r['fraction']:.1f} trainings"
             )
-    lines.append("  the final rung adds the incumbent at its best rate; a challenger must beat it by 2 standard errors")
+    lines.append(
+        "  the final rung adds the incumbent at its prior rate and decides the rates at full fidelity; "
+        "a challenger must beat the incumbent at its best rate by 2 standard errors"
+    )
     return lines
