@@ -125,9 +125,10 @@ class Task(ABC):
         return None
 
     def baseline_loss(self, train: Split, validation: Split) -> float | None:
-        """The task's loss (the one :class:`LossTally` tallies) on ``validation`` of the best predictor
+        """The task's loss on ``validation`` (averaged over its scored labels) of the best predictor
         that learned nothing from the inputs (the train split's class shares, a unigram model), or
-        None where there is none.
+        None where there is none. (:class:`LossTally` averages each batch's mean loss by the batch's
+        rows: for per-token labels the two averages differ by how unevenly the tokens fill the rows.)
 
         A trial ranked by its validation loss (a race's short rungs) learned nothing when its loss is
         no lower than this, whatever its metric says: a classifier a third of the way through its

@@ -144,9 +144,7 @@ def _degenerate(study: optuna.Study, rung: int | None = None, by_metric: bool = 
     from autopeft.search.racing import claim_of
     from autopeft.storage.results import Standard
 
-    standard = Standard.of(study)
-    if by_metric:
-        standard = dataclasses.replace(standard, baseline_loss=None)
+    standard = Standard.of(study).by_metric() if by_metric else Standard.of(study)
     trials = [t for t in study.trials if t.state.is_finished()]
     if rung is not None:
         trials = [t for t in trials if (claim := claim_of(t.user_attrs)) is not None and claim.rung == rung]

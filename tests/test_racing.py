@@ -179,8 +179,11 @@ def test_a_trial_ranked_by_its_loss_learned_nothing_only_when_its_loss_is_no_low
     assert standard.at_baseline(trial(0.60)) and reason(trial(0.60), standard) == (
         "no better than the majority class baseline (0.5800)"
     )
-    # a study recorded before the baseline had a loss judges every trial by its metric
+    # a study recorded before the baseline had a loss judges every trial by its metric, as a front does
     assert Standard(budget=100, baseline=0.58).at_baseline(trial(0.60, **{SCORED_BY_ATTR: "validation_loss"}))
+    assert standard.by_metric().at_baseline(trial(0.60, **{SCORED_BY_ATTR: "validation_loss"}))
+    # a loss that is not a number learned nothing
+    assert standard.at_baseline(trial(float("nan"), **{SCORED_BY_ATTR: "validation_loss"}))
 
 
 def test_a_plan_survives_its_record_and_a_broken_race_attribute_is_no_claim() -> None:

@@ -113,4 +113,4 @@ def print_best(best: FrozenTrial, metric: str, standard: Standard, refit: dict[s
     )
     print(f"  config {attrs.get('config')}")
     if standard.at_baseline(best):
-        print(f"  warning: no better than the {standard.baseline_name} baseline: it learned nothing from the inputs")
+        print(f"  warning: {standard.why_at_baseline(best)}: it learned nothing from the inputs")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -211,11 +212,13 @@ def _race_lines(race: dict[str, Any] | None) -> list[str]:
         return [f"race: {race['error']}"]
     lines = [f"race: {len(race['entrants'])} entrants, {race['cost']:.1f} of {race['budget']:g} full trainings"]
     tiers = {-1: " (below the prior)", 0: " (the prior)", 1: " (above the prior)"}
+    bracketed = Counter(e["candidate"] for e in race["entrants"])  # a rate the study fixed has no bracket
     for e in race["entrants"]:
         mark = "  (incumbent)" if e["incumbent"] else ""
+        tier = tiers.get(e.get("tier", 0), "") if bracketed[e["candidate"]] > 1 else ""
         lines.append(
             f"  {e['key']:<22} {e['method']} {e['describe']}, {format_count(e['trainable'])} params, "
-            f"lr {e['learning_rate']:.1e}{tiers.get(e.get('tier', 0), '')}{mark}"
+            f"lr {e['learning_rate']:.1e}{tier}{mark}"
         )
     for i, r in enumerate(race["rungs"], 1):
         cost = r["entrants"] * r["seeds"] * r["fraction"]

@@ -343,8 +343,9 @@ class RaceState:
         return self.structure.get(key) or self.plan.entrant(key)
 
     def around(self) -> RaceEntrant | None:
-        """The planned LoRA entrant with the best first-rung score, which structure trials are drawn
-        around; None until every planned entrant has run the first rung."""
+        """The planned LoRA entrant at the prior rate (its bracket's tier 0) with the best first-rung
+        score, which structure trials are drawn around; None until every planned entrant has run the
+        first rung."""
         planned = [e.key for e in self.plan.entrants]
         if not all(0 in self.scores[0].get(k, {}) for k in planned):
             return None

@@ -129,8 +129,13 @@ class Standard:
             return False
         loss = self._judged_loss(trial)
         if loss is not None and self.baseline_loss is not None:
-            return loss >= self.baseline_loss - 1e-9
+            return not math.isfinite(loss) or loss >= self.baseline_loss - 1e-9
         return self.sign * (trial.values[0] - self.baseline) <= 1e-9
+
+    def by_metric(self) -> Standard:
+        """This standard judging every trial by its metric, also those a race ranked by their loss
+        (a front is drawn in the metric)."""
+        return Standard(self.budget, self.baseline, self.baseline_name, self.sign)
 
     @staticmethod
     def _judged_loss(trial: FrozenTrial) -> float | None:
@@ -341,7 +346,7 @@ def pareto_front(
         if isinstance(raced, dict):  # the points that survived the paired seeds
             kept = {k.get("trial") for k in raced.get("kept", []) if isinstance(k, dict)}
             feasible = [t for t in feasible if t.number in kept]
-    standard = Standard.of(study)
+    standard = Standard.of(study).by_metric()
     learned = [t for t in feasible if not standard.at_baseline(t)]
     feasible = learned or feasible  # a constant predictor is no point of a front, unless nothing learned
     front: list[FrozenTrial] = []
