@@ -235,6 +235,8 @@ def test_a_run_races_and_ends_in_a_recommendation(tmp_path, capsys, minilm_avail
     assert len(drawn) == 3 and min(t.number for t in drawn) > max(t.number for t in first if t not in drawn)
     assert all(set(t.params) == {"structure.targets", "structure.rank", "structure.tilt"} for t in drawn)
     assert all(t.user_attrs["trainable_params"] <= study.user_attrs["budget"] for t in drawn)
+    structures = [t.user_attrs["config"] for t in drawn]  # each a structure the race did not have
+    assert len(set(structures)) == 3 and not set(structures) & {e.config_json for e in plan.entrants}
     assert [t.user_attrs["race"]["entrant"] for t in study.get_trials() if t.number in decided["trials"]] == [
         decided["chosen"]
     ] * 3

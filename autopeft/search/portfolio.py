@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -188,13 +189,17 @@ def short_run_scale(steps: int) -> float:
 STRUCTURE_TARGETS = ("query+value", "all", "mlp")
 
 
-def structure_config(trial: optuna.Trial, space: SearchSpace, around: dict[str, Any]) -> dict[str, Any]:
+def structure_config(
+    trial: optuna.Trial, space: SearchSpace, around: dict[str, Any], taken: Collection[str] = ()
+) -> dict[str, Any]:
     """A LoRA configuration near ``around`` (the best LoRA entrant's), drawn by the study's sampler from
     three numbers instead of one rank per block, so that the handful of trials a race has room for
     can learn something: which linears (``structure.targets``), a rank (``structure.rank``), and
     where the rank goes (``structure.tilt``: every block, or the first or last half at that rank and
     the other at a quarter of it). Variant, alpha and dropout are ``around``'s. A draw over the budget
-    is brought down to the largest rank of its choices that fits.
+    is brought down to the largest rank of its choices that fits, and a draw the race already has
+    (``taken``: configurations as JSON; the incumbent's is one of the 36 draws) down to the next rank
+    it has not, so that every structure trial is a new structure.
     """
     from autopeft.methods import checked_count
 
@@ -213,7 +218,8 @@ def structure_config(trial: optuna.Trial, space: SearchSpace, around: dict[str, 
 
     configs = [{**around, "ranks": profile(r), "targets": targets} for r in choices if r <= rank][::-1]
     fits = [c for c in configs if checked_count(lora, bench.ctx, c) <= bench.budget]
-    return fits[0] if fits else configs[-1]
+    new = [c for c in fits if json.dumps(c, sort_keys=True) not in taken]
+    return new[0] if new else fits[0] if fits else configs[-1]
 
 
 def rate_prior(candidate: Candidate, steps: int) -> float:

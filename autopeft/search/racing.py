@@ -572,7 +572,10 @@ def race_training(
         if around is None:
             trial.set_user_attr("surplus", True)
             raise Surplus("not run: structure trials wait for the planned entrants' first rung")
-        config = structure_config(trial, space, around.config)
+        taken = {
+            e.config_json for e in (*turn.state.plan.entrants, *turn.state.structure.values()) if e.method == "lora"
+        }
+        config = structure_config(trial, space, around.config, taken)
         lora = space.bench.enabled["lora"]
         rate = around.learning_rate / lora.learning_rate_scale(around.config) * lora.learning_rate_scale(config)
         entrant = RaceEntrant(claim.entrant, STRUCTURE, "lora", json.dumps(config, sort_keys=True), rate, 0, False)
