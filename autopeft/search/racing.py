@@ -130,9 +130,9 @@ class RaceEntrant:
 
 def tier_order(tier: int) -> tuple[int, int]:
     """The order in which the rate tiers fill a cut: the prior first, then below it, then above it
-    (benchmarks/README.md, "Rates race at full fidelity"): at full fidelity the prior was each LoRA
-    candidate's best rate on both tasks measured, the rate below it second, and the rate above it
-    collapsed to the majority class on some seeds."""
+    (benchmarks/README.md, "Rates race at full fidelity"): at full fidelity the prior was the best
+    rate of most LoRA candidates on both tasks measured, the rate below it mostly second, and the
+    rate above it collapsed to the majority class on some seeds."""
     return abs(tier), tier
 
 
