@@ -203,15 +203,14 @@ class RacePlan:
 
 def _entrants(space: SearchSpace, candidate: Candidate, steps: int, is_incumbent: bool) -> list[RaceEntrant]:
     method = space.bench.enabled[candidate.method]
-    rates = space.rates(candidate.method)
+    rates, prior = space.rates(candidate.method), rate_prior(candidate, steps)
     if isinstance(rates, float):  # the study file fixed the rate: one entrant
         bracket: tuple[float, ...] = (rates,)
     else:
-        bracket = rate_bracket(rate_prior(candidate, steps), BRACKET_SIZE, BRACKET_SPREAD, *rates)
+        bracket = rate_bracket(prior, BRACKET_SIZE, BRACKET_SPREAD, *rates)
     scale = method.learning_rate_scale(candidate.config)
     # a rate's tier is its place in the bracket counted from the rate nearest the prior, so that a rate
     # clipped to the study's range keeps its side of the prior
-    prior = rate_prior(candidate, steps)
     middle = min(range(len(bracket)), key=lambda i: abs(math.log(bracket[i] / prior)))
     return [
         RaceEntrant(
