@@ -325,6 +325,10 @@ class TaskSection:
     metric: str = checked(
         Rule(lambda v: isinstance(v, str), "must be a metric name, got {value}", 'e.g. metric = "f1"'), default=""
     )
+    # instruction: the most tokens an answer may have when a generation metric scores it.
+    max_new_tokens: int = checked(
+        Rule(lambda v: _positive_int(v), _POSITIVE.problem, "e.g. max_new_tokens = 32"), default=32
+    )
     # Set from the task by with_task, not by the file: "maximize" or "minimize" ("" until then).
     direction: str = field(default="", metadata={"derived": True})
 
@@ -394,6 +398,21 @@ class DataSection:
     cache_tokens: bool = checked(_flag("e.g. cache_tokens = true"), default=True)
     # causal-lm: texts concatenated and cut into max_length sequences (no padding).
     packing: bool = checked(_flag("e.g. packing = true"), default=True)
+    # instruction: also train on the prompt's tokens (the train split's; validation and test score the answers).
+    prompt_loss: bool = checked(_flag("e.g. prompt_loss = false"), default=False)
+    # instruction: "plain", "none" (prompt + completion concatenated) or a Jinja chat template;
+    # default: the tokenizer's own chat template.
+    chat_template: str | None = checked(
+        Rule(
+            lambda v: v is None or isinstance(v, str) and bool(v.strip()),
+            'must be "plain", "none" or a Jinja chat template, got {value}',
+            'e.g. chat_template = "plain", or remove it to use the tokenizer\'s',
+        ),
+        default=None,
+    )
+    # instruction: an example longer than max_length with its answer is dropped (said), has its
+    # prompt cut from the left ("truncate"), or refuses the split ("error").
+    long_prompts: str = checked(_one_of(("drop", "truncate", "error")), default="drop")
 
     @property
     def text_columns(self) -> list[str]:

@@ -36,10 +36,21 @@ SMALL_VALIDATION_EXAMPLES = 1000
 
 @dataclass
 class Split:
-    """One tokenized split: per-example token features, and per example one label or one per token."""
+    """One tokenized split: per-example token features, and per example one label or one per token.
+
+    A task that scores generated text (``instruction``) also keeps, per example, the reference
+    ``answers`` and the ``prompt_lengths``: how many leading ``input_ids`` form the prompt a model
+    answers. Its labels cannot say where the prompt ends: with the prompt in the loss, every
+    position is labelled. ``notes`` are not cached with the split: the loader moves them to
+    :attr:`TaskData.notes`, which are.
+    """
 
     features: list[dict[str, list[int]]]
     labels: list[int] | list[list[int]]
+    answers: list[str] | None = None
+    prompt_lengths: list[int] | None = None
+    #: What encoding found that the user should hear (rows dropped as too long), one line each.
+    notes: list[str] = field(default_factory=list, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -48,6 +48,7 @@ BUILTIN_PLUGINS = (
     "autopeft_plugins.eva",
     "autopeft_plugins.offline_models",
     "autopeft_plugins.tasks",
+    "autopeft_plugins.instruction",
 )
 
 

@@ -14,6 +14,7 @@ Lifecycle, as the driver calls it::
     loss     = task.loss(logits, labels)               # in every training step
     value    = task.evaluate(model, split, metric, settings)  # the study metric on a split
     baseline = task.baseline(train, validation, metric)  # what a model that learned nothing scores
+    zero_shot = task.model_baseline(base, validation, metric, settings)  # the untuned base model's score
     error    = task.standard_error(validation, metric, value)  # shown beside a small split's metric
 
 This module is the whole surface a task plugin needs: it re-exports :class:`Split`,
@@ -41,6 +42,7 @@ __all__ = [
     "Task",
     "Direction",
     "EvalSettings",
+    "GenerationSettings",
     "IGNORE_INDEX",
     "Split",
     "DataSection",
@@ -48,6 +50,7 @@ __all__ = [
     "eval_logits",
     "validation_loss",
     "LossTally",
+    "generate_answers",
 ]
 
 Direction = Literal["maximize", "minimize"]
@@ -73,6 +76,17 @@ class LossTally:
 
 
 @dataclass(frozen=True)
+class GenerationSettings:
+    """How a task that scores generated text decodes: greedily, in left-padded batches of the
+    evaluation batch size, with the KV cache, at most ``max_new_tokens`` a prompt (``[task]
+    max_new_tokens``), stopping at any of ``stop_token_ids`` (the tokenizer's end-of-sequence token
+    and the base model's ``generation_config.eos_token_id``: a chat model ends a turn with its own)."""
+
+    max_new_tokens: int = 32
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     """How to run a model over a split: the same for every evaluation of a study, so it travels as one value."""
 
@@ -84,6 +98,9 @@ class EvalSettings:
     label_names: tuple[str, ...] = ()
     #: Where each pass also tallies the task's loss (:class:`LossTally`), or None.
     tally: LossTally | None = field(default=None, compare=False)
+    #: The study's tokenizer, for tasks that decode what a model generates; None where none is needed.
+    tokenizer: Any = field(default=None, compare=False)
+    generation: GenerationSettings = GenerationSettings()
 
 
 class Task(ABC):
@@ -106,6 +123,9 @@ class Task(ABC):
     #: peft's ``TaskType`` name for this task (``"SEQ_CLS"``), written into exported adapter configs so
     #: that ``PeftModel.from_pretrained`` picks the matching model class; None where peft has none.
     peft_task_type: ClassVar[str | None] = None
+    #: Whether :meth:`evaluate` generates text (``model.generate``): the prefix cache, which hands a
+    #: block cached states by example, then stays off, as a generated token is no cached example.
+    generates: ClassVar[bool] = False
 
     @property
     def default_metric(self) -> str:
@@ -122,6 +142,15 @@ class Task(ABC):
         A trial that scores no better learned nothing: the summaries, ``trials``, ``pareto`` and the
         report mark it, so that a constant predictor is never read as a result.
         """
+        return None
+
+    def model_baseline(
+        self, model: nn.Module, validation: Split, metric: str, settings: EvalSettings
+    ) -> tuple[str, float] | None:
+        """(what it is, its ``metric`` on ``validation``) of the untuned base ``model`` itself, or None
+        where that means nothing (a classifier's new head is random). An instruction-tuned model may
+        already answer well zero-shot: a trial that does worse made it worse. It is scored once per
+        worker, before any trial; a trial that beats neither this nor :meth:`baseline` is marked."""
         return None
 
     def baseline_loss(self, train: Split, validation: Split) -> float | None:
@@ -225,3 +254,50 @@ def eval_logits(
                 yield indices, logits.float(), labels.to(device)
     finally:
         model.train(was_training)
+
+
+def generate_answers(model: nn.Module, split: Split, settings: EvalSettings) -> list[str]:
+    """What ``model`` answers to each prompt of ``split`` (its ``prompt_lengths`` leading tokens), in
+    the split's order: greedy decoding with the KV cache, in batches of prompts of similar lengths,
+    left-padded so that every prompt ends where generation starts. The answers are decoded without
+    special tokens (a chat model's end-of-turn token) and stripped of surrounding whitespace.
+
+    Raises:
+        ValueError: the split has no prompts (``prompt_lengths``), or ``settings`` no tokenizer.
+    """
+    if split.prompt_lengths is None or settings.tokenizer is None:
+        raise ValueError("generating needs the split's prompt_lengths and the settings' tokenizer")
+    prompts = [f["input_ids"][:n] for f, n in zip(split.features, split.prompt_lengths)]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers = [""] * len(prompts)
+    stop = list(settings.generation.stop_token_ids) or None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), settings.batch_size):
+                chosen = order[start : start + settings.batch_size]
+                longest = max(len(prompts[i]) for i in chosen)
+                pads = [longest - len(prompts[i]) for i in chosen]
+                ids = torch.tensor([[settings.pad_token_id] * p + prompts[i] for p, i in zip(pads, chosen)])
+                mask = torch.tensor([[0] * p + [1] * (longest - p) for p in pads])
+                with autocast_for(settings.device, settings.precision):
+                    out = model.generate(
+                        input_ids=ids.to(settings.device),
+                        attention_mask=mask.to(settings.device),
+                        max_new_tokens=settings.generation.max_new_tokens,
+                        do_sample=False,
+                        num_beams=1,
+                        use_cache=True,
+                        pad_token_id=settings.pad_token_id,
+                        eos_token_id=stop,
+                        temperature=None,
+                        top_p=None,
+                        top_k=None,
+                    )
+                texts = settings.tokenizer.batch_decode(out[:, longest:], skip_special_tokens=True)
+                for i, text in zip(chosen, texts):
+                    answers[i] = text.strip()
+    finally:
+        model.train(was_training)
+    return answers

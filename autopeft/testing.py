@@ -34,7 +34,7 @@ from torch import nn
 
 from autopeft.blocks import ModelContext, build_context
 from autopeft.methods import PeftMethod, trainable_numel
-from autopeft.tasks import DataSection, EvalSettings, Split, Task
+from autopeft.tasks import DataSection, EvalSettings, GenerationSettings, Split, Task
 from autopeft.training.resident import BaseLender, base_fingerprint
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "tiny_llama_lm",
     "TINY_MODELS",
     "save_random_causal_lm",
+    "CHATML_TEMPLATE",
 ]
 
 
@@ -86,11 +87,24 @@ def tiny_llama_lm() -> nn.Module:
 TINY_MODELS: dict[str, Callable[[], nn.Module]] = {"bert": tiny_bert, "llama": tiny_llama, "llama-lm": tiny_llama_lm}
 
 
-def save_random_causal_lm(folder: Path, texts: list[str], config: dict[str, Any] | None = None) -> Path:
+#: ChatML, as SmolLM2 and Qwen format chats: the chat template :func:`save_random_causal_lm` gives.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def save_random_causal_lm(
+    folder: Path, texts: list[str], config: dict[str, Any] | None = None, chat: bool = False
+) -> Path:
     """A Llama-family causal LM with random weights, saved with a word-level tokenizer of ``texts``
     as a Hugging Face folder a study file can name: a model of any shape (``config``, e.g. SmolLM2's
     ``config.json``; default: the tiny sizes) where no checkpoint can travel, as on a GPU machine
     without network. Its metric means nothing; its memory, speed and mechanics are the real shape's.
+
+    With ``chat``, the tokenizer is a chat model's: ChatML's ``<|im_start|>`` and ``<|im_end|>``
+    special tokens, :data:`CHATML_TEMPLATE` as its chat template, and ``<|im_end|>`` as the
+    end-of-sequence token the model stops generating at (the role names join the vocabulary).
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -98,11 +112,15 @@ def save_random_causal_lm(folder: Path, texts: list[str], config: dict[str, Any]
     settings = {**_TINY_SIZES, "num_key_value_heads": 2, **(config or {})}
     words = Tokenizer(models.WordLevel(unk_token="<unk>"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
-    special = ["<pad>", "<unk>", "<eos>"]
+    special = ["<pad>", "<unk>", "<eos>", *(["<|im_start|>", "<|im_end|>"] if chat else [])]
     trainer = trainers.WordLevelTrainer(vocab_size=settings["vocab_size"], special_tokens=special)
-    words.train_from_iterator(texts, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
-    settings.update(pad_token_id=0, eos_token_id=2, bos_token_id=2)
+    words.train_from_iterator([*texts, *(["system user assistant"] if chat else [])], trainer)
+    eos = "<|im_end|>" if chat else "<eos>"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", unk_token="<unk>", eos_token=eos)
+    if chat:
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+        tokenizer.chat_template = CHATML_TEMPLATE
+    settings.update(pad_token_id=0, eos_token_id=tokenizer.eos_token_id, bos_token_id=2)
     torch.manual_seed(0)
     shape = {k: v for k, v in settings.items() if k not in ("architectures", "model_type", "transformers_version")}
     model = LlamaForCausalLM(LlamaConfig(**shape))
@@ -365,10 +383,16 @@ class TaskConformance:
         transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
         return self.task.load_model(str(tmp_path / "tiny"), encoded[1]).float()
 
-    def _settings(self, names: list[Any] | None = None) -> EvalSettings:
+    def _settings(self, names: list[Any] | None = None, tokenizer: Any = None) -> EvalSettings:
         labels = tuple(str(n) for n in names or [])
         return EvalSettings(
-            pad_token_id=0, batch_size=3, device=torch.device("cpu"), precision="fp32", label_names=labels
+            pad_token_id=0,
+            batch_size=3,
+            device=torch.device("cpu"),
+            precision="fp32",
+            label_names=labels,
+            tokenizer=tokenizer,
+            generation=GenerationSettings(max_new_tokens=4, stop_token_ids=(2,)),
         )
 
     def test_declares_name_metrics_and_model_class(self) -> None:
@@ -408,11 +432,11 @@ class TaskConformance:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
     def test_every_metric_is_a_number_no_worse_than_worst(
-        self, model: nn.Module, encoded: tuple[Split, list[Any]]
+        self, model: nn.Module, encoded: tuple[Split, list[Any]], tokenizer: Any
     ) -> None:
         model.train()
         for metric, direction in self.task.metrics.items():
-            settings = self._settings(encoded[1])
+            settings = self._settings(encoded[1], tokenizer)
             value = self.task.evaluate(model, encoded[0], metric, settings)
             assert isinstance(value, float) and not math.isnan(value), metric
             assert value == self.task.evaluate(model, encoded[0], metric, settings), "evaluation is not repeatable"
@@ -423,6 +447,18 @@ class TaskConformance:
     def test_baseline_is_none_or_a_named_value(self, encoded: tuple[Split, list[Any]]) -> None:
         found = self.task.baseline(encoded[0], encoded[0], self.task.default_metric)
         assert found is None or isinstance(found[0], str) and isinstance(found[1], float)
+
+    def test_model_baseline_is_none_or_a_named_value_of_the_untouched_model(
+        self, model: nn.Module, encoded: tuple[Split, list[Any]], tokenizer: Any
+    ) -> None:
+        before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+        model.train()
+        found = self.task.model_baseline(
+            model, encoded[0], self.task.default_metric, self._settings(encoded[1], tokenizer)
+        )
+        assert found is None or isinstance(found[0], str) and isinstance(found[1], float) and not math.isnan(found[1])
+        assert model.training, "model_baseline must leave the model in the mode it found it in"
+        assert all(torch.equal(before[n], p) for n, p in model.state_dict().items()), "model_baseline changed weights"
 
     def test_baseline_loss_is_none_or_a_finite_loss(self, encoded: tuple[Split, list[Any]]) -> None:
         loss = self.task.baseline_loss(encoded[0], encoded[0])

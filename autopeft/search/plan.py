@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from autopeft.config import StudyConfig
+from autopeft.storage.results import describe_baselines
 
 if TYPE_CHECKING:
     from autopeft.registry import ResolvedStudy
@@ -171,7 +172,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"task {task['type']}"
         + (f": {len(classes)} classes ({', '.join(map(str, classes))})" if classes else "")
         + f"; metric {metric}"
-        + (f"; {baseline['name']} baseline {baseline['value']:.4f}" if baseline else ""),
+        + (f"; {describe_baselines(baseline)}" if baseline else ""),
         f"head: {', '.join(plan['head']['modules'])} ({format_count(plan['head']['params'])})",
         f"{len(plan['blocks'])} blocks:",
     ]

@@ -31,7 +31,14 @@ from autopeft.storage.backends import (
     storage_failure,
 )
 from autopeft.storage.optuna_adapter import remember_storage, storage_url
-from autopeft.storage.results import FINISHED, FRONT_ATTR, best_trial, finished_trials, pareto_front
+from autopeft.storage.results import (
+    FINISHED,
+    FRONT_ATTR,
+    best_trial,
+    describe_baselines,
+    finished_trials,
+    pareto_front,
+)
 
 if TYPE_CHECKING:
     from autopeft.registry import ResolvedStudy
@@ -248,7 +255,7 @@ def prepare_study(
             study.set_user_attr(key, value)
     # A new study (or one whose only trials failed, e.g. interrupted) starts from the known-good
     # configurations: another study's front first when asked for, then each method's default.
-    baseline = f"; {bench.baseline['name']} baseline {bench.baseline['value']:.4f}" if bench.baseline else ""
+    baseline = f"; {describe_baselines(bench.baseline)}" if bench.baseline else ""
     where = f"study {config.study.name!r} on {mask_url(storage or config.storage)}: "
     about = f"budget {bench.budget} parameters; methods {', '.join(bench.methods)}; device {bench.device}" + baseline
     if racing:

@@ -29,6 +29,7 @@ __all__ = [
     "PENDING",
     "SCORED_BY_ATTR",
     "Standard",
+    "describe_baselines",
     "finished_trials",
     "feasible_trials",
     "is_feasible",
@@ -102,6 +103,9 @@ class Standard:
     baseline_name: str = ""
     sign: int = 1  # see metric_sign
     baseline_loss: float | None = None  # the baseline's validation loss, where the task gives one
+    #: The study's other baselines, (name, value), each no weaker than ``baseline`` (the untuned
+    #: base model's score where the majority answer is the weaker): a trial must beat one of them.
+    others: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def of(cls, study: optuna.Study, budget: int | None = None) -> Standard:
@@ -110,12 +114,18 @@ class Standard:
         found = attrs.get("baseline")
         baseline: dict[str, Any] = found if isinstance(found, dict) else {}
         value, loss = baseline.get("value"), baseline.get("loss")
+        also = baseline.get("also")
         return cls(
             budget=study_budget(study) if budget is None else budget,
             baseline=float(value) if _is_number(value) else None,
             baseline_name=str(baseline.get("name", "")),
             sign=metric_sign(study),
             baseline_loss=float(loss) if _is_number(loss) else None,
+            others=tuple(
+                (str(b.get("name", "")), float(b["value"]))
+                for b in (also if isinstance(also, list) else [])
+                if isinstance(b, dict) and _is_number(b.get("value"))
+            ),
         )
 
     def over_budget(self, trial: FrozenTrial) -> bool:
@@ -135,7 +145,7 @@ class Standard:
     def by_metric(self) -> Standard:
         """This standard judging every trial by its metric, also those a race ranked by their loss
         (a front is drawn in the metric)."""
-        return Standard(self.budget, self.baseline, self.baseline_name, self.sign)
+        return Standard(self.budget, self.baseline, self.baseline_name, self.sign, others=self.others)
 
     @staticmethod
     def _judged_loss(trial: FrozenTrial) -> float | None:
@@ -149,11 +159,25 @@ class Standard:
         loss = self._judged_loss(trial)
         if loss is not None and self.baseline_loss is not None:
             return f"validation loss {loss:.4f} no lower than the {self.baseline_name}'s ({self.baseline_loss:.4f})"
-        return f"no better than the {self.baseline_name} baseline ({self.baseline:.4f})"
+        also = "".join(f" or the {name} ({value:.4f})" for name, value in self.others)
+        return f"no better than the {self.baseline_name} baseline ({self.baseline:.4f}){also}"
 
     def describe_baseline(self) -> str:
-        """``'majority class 0.5819'``, or ``''`` when the study has no baseline."""
-        return f"{self.baseline_name} {self.baseline:.4f}" if self.baseline is not None else ""
+        """``'majority class 0.5819'`` (with the other baselines after it), or ``''`` when the study
+        has no baseline."""
+        if self.baseline is None:
+            return ""
+        return ", ".join(f"{name} {value:.4f}" for name, value in [(self.baseline_name, self.baseline), *self.others])
+
+
+def describe_baselines(record: Any) -> str:
+    """A study's recorded baselines (``Workbench.baseline``) as ``'majority class baseline 0.5819'``,
+    each after the first joined with ``', '``; ``''`` where there is none."""
+    if not isinstance(record, dict) or not _is_number(record.get("value")):
+        return ""
+    also = record.get("also") if isinstance(record.get("also"), list) else []
+    named = [record, *(b for b in also if isinstance(b, dict) and _is_number(b.get("value")))]
+    return ", ".join(f"{b.get('name', '')} baseline {float(b['value']):.4f}" for b in named)
 
 
 def metric_sign(study: optuna.Study) -> int:

@@ -31,7 +31,7 @@ from autopeft.training.data_files import load_split, missing_columns
 
 __all__ = ["load_task_data", "load_cached_task_data", "token_cache_path"]
 
-_FORMAT = 3  # bump when the file layout changes
+_FORMAT = 4  # bump when the file layout changes
 
 
 def _rows(
@@ -111,6 +111,7 @@ def load_task_data(config: StudyConfig, tokenizer: Any, task: Task) -> TaskData:
         raw["test"] = _rows(config, "test", needed, d.max_eval_examples, seed, notes)
     names = task.label_names(raw["train"], d)
     splits = {key: _encode(task, rows, tokenizer, config, names, key) for key, rows in raw.items()}
+    notes += [note for split in splits.values() for note in split.notes]
     for key, split in splits.items():
         if not len(split):
             raise DataError(f"data.{key}: no example left after tokenizing; check data.text and data.max_length")
@@ -166,7 +167,8 @@ def _tokenizer_identity(tokenizer: Any) -> str:
         serialized = json.dumps(state, sort_keys=True)
     else:
         serialized = json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return f"{type(tokenizer).__name__}|{tokenizer.pad_token_id}|{serialized}"
+    template = getattr(tokenizer, "chat_template", None)  # the instruction task formats with it
+    return f"{type(tokenizer).__name__}|{tokenizer.pad_token_id}|{serialized}|{template}"
 
 
 def _source_identity(config: StudyConfig, value: str) -> str:
@@ -192,6 +194,10 @@ def token_cache_path(config: StudyConfig, tokenizer: Any) -> Path:
     return config.path.parent / f"{config.study.name}.cache" / f"tokens-{digest}.npz"
 
 
+#: What a split's archive holds beside its token features.
+_NOT_FEATURES = ("labels", "lengths", "per_token", "answers", "prompt_lengths")
+
+
 def _pack(data: TaskData) -> dict[str, np.ndarray]:
     arrays = {
         "label_names": np.array(json.dumps(data.label_names)),
@@ -206,6 +212,9 @@ def _pack(data: TaskData) -> dict[str, np.ndarray]:
             arrays[f"{name}/per_token"] = np.array(True)
         else:
             arrays[f"{name}/labels"] = np.array(split.labels, dtype=np.int64)
+        if split.answers is not None and split.prompt_lengths is not None:
+            arrays[f"{name}/answers"] = np.array(json.dumps(split.answers))
+            arrays[f"{name}/prompt_lengths"] = np.array(split.prompt_lengths, dtype=np.int64)
         lengths = [len(f["input_ids"]) for f in split.features]
         arrays[f"{name}/lengths"] = np.array(lengths, dtype=np.int64)
         for key in split.features[0]:
@@ -221,12 +230,15 @@ def _unpack(arrays: Any) -> TaskData:
         ends = np.cumsum(arrays[f"{name}/lengths"]).tolist()
         starts = [0, *ends[:-1]]
         keys = [k.split("/", 1)[1] for k in arrays.files if k.startswith(f"{name}/") and k.count("/") == 1]
-        columns = {k: arrays[f"{name}/{k}"].tolist() for k in keys if k not in ("labels", "lengths", "per_token")}
+        columns = {k: arrays[f"{name}/{k}"].tolist() for k in keys if k not in _NOT_FEATURES}
         features = [{k: v[s:e] for k, v in columns.items()} for s, e in zip(starts, ends)]
         labels = arrays[f"{name}/labels"].tolist()
         if f"{name}/per_token" in arrays:
             labels = [labels[s:e] for s, e in zip(starts, ends)]
         splits[name] = Split(features, labels)
+        if f"{name}/answers" in arrays:
+            splits[name].answers = json.loads(str(arrays[f"{name}/answers"]))
+            splits[name].prompt_lengths = arrays[f"{name}/prompt_lengths"].tolist()
     return TaskData(
         splits["train"],
         splits["validation"],

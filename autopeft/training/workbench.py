@@ -40,7 +40,7 @@ from autopeft.methods import PeftMethod, checked_count, plugin_call, trainable_n
 from autopeft.precision import autocast_for
 from autopeft.progress import Progress
 from autopeft.registry import MethodInfo, ResolvedStudy, registered_methods
-from autopeft.tasks import EvalSettings, LossTally, validation_loss
+from autopeft.tasks import EvalSettings, GenerationSettings, LossTally, validation_loss
 from autopeft.training.memory import require_memory
 from autopeft.training.models import (
     is_quantized,
@@ -181,7 +181,7 @@ class Workbench:
         }
 
         self.model_source, self._offline = resolve_model_name(resolved.pm, config.model.name)
-        tokenizer = load_tokenizer(config.model, self.model_source, self._offline)
+        self.tokenizer = tokenizer = load_tokenizer(config.model, self.model_source, self._offline)
         self._pad_token_id = tokenizer.pad_token_id
         self.config = config = within_model_limit(config, tokenizer, self.model_source, self._offline, self.progress)
         self.data, _ = load_cached_task_data(config, tokenizer, self.task, write=write_cache)
@@ -199,6 +199,8 @@ class Workbench:
             self.device,
             config.train.precision,
             tuple(str(name) for name in self.data.label_names),
+            tokenizer=tokenizer,
+            generation=GenerationSettings(config.task.max_new_tokens, self._stop_token_ids()),
         )
 
         self.smallest = {n: self.count(n, "smallest") for n in self.enabled}
@@ -218,15 +220,39 @@ class Workbench:
             for name, why in quantized_misfits(self.methods, config.model.quantization).items():
                 del self.methods[name]
                 self.skipped[name] = why
-        found = self.task.baseline(self.data.train, self.data.validation, config.task.metric)
         #: What a model that learned nothing scores: {"name": "majority class", "value": 0.58, "loss": 0.68}
         #: ("loss": the task's loss of the best such predictor, where the task gives one), or None.
-        self.baseline: dict[str, Any] | None = {"name": found[0], "value": found[1]} if found else None
-        loss = self.task.baseline_loss(self.data.train, self.data.validation)
-        if self.baseline is not None and loss is not None:
-            self.baseline["loss"] = loss
+        #: With the base model's own score too (Task.model_baseline), the weaker of the two is the
+        #: one a trial must beat, and the other is listed under "also".
+        self.baseline = self._baselines()
         self.versions = library_versions()
         require_memory(self)
+
+    def _stop_token_ids(self) -> tuple[int, ...]:
+        """The tokens that end a generated answer: the tokenizer's end of sequence, and the base's
+        own (``generation_config``: a chat model ends its turn with a token of its own)."""
+        found = {self.tokenizer.eos_token_id}
+        generation = getattr(self.base, "generation_config", None)
+        ends = getattr(generation, "eos_token_id", None)
+        found |= set(ends) if isinstance(ends, list) else {ends}
+        return tuple(sorted(t for t in found if isinstance(t, int)))
+
+    def _baselines(self) -> dict[str, Any] | None:
+        """The study's baseline record (see :attr:`baseline`): the task's no-learning predictor and the
+        untuned base model, scored on the validation split."""
+        metric = self.config.task.metric
+        found = [self.task.baseline(self.data.train, self.data.validation, metric)]
+        found.append(self.task.model_baseline(self.base, self.data.validation, metric, self.evaluation))
+        named = [{"name": name, "value": float(value)} for name, value in (f for f in found if f is not None)]
+        if not named:
+            return None
+        sign = 1 if self.config.task.direction != "minimize" else -1
+        named.sort(key=lambda b: sign * b["value"])  # the weaker first: a trial that beats neither is marked
+        record: dict[str, Any] = {**named[0], **({"also": named[1:]} if len(named) > 1 else {})}
+        loss = self.task.baseline_loss(self.data.train, self.data.validation)
+        if loss is not None:
+            record["loss"] = loss
+        return record
 
     def _load_base(self) -> None:
         """Load the base model onto the device, where it stays for every trial, with what depends on
@@ -251,7 +277,9 @@ class Workbench:
                 + f" ({first_line(exc)}); check model.overrides (e.g. num_hidden_layers >= 1)"
             ) from None
         self.lender = BaseLender(self.base)
-        self.prefix = PrefixCache(self.base, self.ctx) if config.train.prefix_cache else None
+        # A generated token is no cached example: a task that generates runs without the prefix cache.
+        cached = config.train.prefix_cache and not self.task.generates
+        self.prefix = PrefixCache(self.base, self.ctx) if cached else None
         if self.prefix is not None:
             self.prefix.remember_base(self._probe())
 

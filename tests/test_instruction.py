@@ -1,0 +1,343 @@
+"""The instruction task: its formats, TRL's way of masking, its metrics and baselines, bad rows, and a
+study on a tiny chat model end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from autopeft.errors import DataError
+from autopeft.tasks import IGNORE_INDEX, DataSection, EvalSettings, GenerationSettings, generate_answers
+from autopeft.testing import TaskConformance, save_random_causal_lm
+from autopeft_plugins.answer_metrics import contains, exact_match, normalize, normalized_exact_match, rouge_l
+from autopeft_plugins.instruction import PLAIN_CHAT_TEMPLATE, InstructionTuning
+
+TASK = InstructionTuning()
+WORDS = "is this review fresh or rotten a great film dull plot answer in one word hello hi thanks bye yes no".split()
+REVIEWS = [("a great film", "fresh"), ("dull plot", "rotten"), ("great plot", "fresh"), ("a dull film", "rotten")]
+
+
+def _messages(review: str, answer: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "answer in one word"},
+        {"role": "user", "content": f"is this review fresh or rotten {review}"},
+        {"role": "assistant", "content": answer},
+    ]
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> Path:
+    """A tiny random Llama with a ChatML tokenizer: special tokens and a chat template."""
+    return save_random_causal_lm(tmp_path_factory.mktemp("chat") / "model", [" ".join(WORDS)], chat=True)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(chat_model: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(chat_model)
+
+
+def _data(**kwargs: Any) -> DataSection:
+    return DataSection(train="-", validation="-", **{"text": "messages", **kwargs})
+
+
+def _text(tokenizer: Any, ids: list[int]) -> str:
+    """The tokens, joined without the spaces a word-level decoder puts between them."""
+    return "".join(tokenizer.convert_ids_to_tokens(ids))
+
+
+def _decoded(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
+    """The trained tokens (see :func:`_text`)."""
+    return _text(tokenizer, [t for t, y in zip(ids, labels) if y != IGNORE_INDEX])
+
+
+# -- formats and masking ------------------------------------------------------------------------------
+
+
+def test_messages_train_only_the_assistant_tokens_found_by_prefix(tokenizer: Any) -> None:
+    rows = {"messages": [_messages(r, a) for r, a in REVIEWS]}
+    split = TASK.encode(rows, tokenizer, _data(), [], "train")
+    assert split.answers == ["fresh", "rotten", "fresh", "rotten"]
+    for features, labels, length in zip(split.features, split.labels, split.prompt_lengths or []):
+        ids = features["input_ids"]
+        assert isinstance(labels, list) and len(labels) == len(ids)
+        assert _decoded(tokenizer, ids, labels) in ("fresh<|im_end|>", "rotten<|im_end|>")  # the answer and its end
+        assert all(y == IGNORE_INDEX for y in labels[:length])  # the prompt, generation prompt included
+        assert _text(tokenizer, ids[:length]).endswith("<|im_start|>assistant")
+    rendered = tokenizer.apply_chat_template(rows["messages"][0], tokenize=False)
+    assert split.features[0]["input_ids"] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def test_every_assistant_turn_is_trained_and_the_last_is_the_answer(tokenizer: Any) -> None:
+    turns = [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": "thanks"},
+        {"role": "assistant", "content": "bye"},
+    ]
+    split = TASK.encode({"messages": [turns]}, tokenizer, _data(), [], "validation")
+    ids, labels = split.features[0]["input_ids"], split.labels[0]
+    assert _decoded(tokenizer, ids, labels) == "hi<|im_end|>bye<|im_end|>"
+    assert split.answers == ["bye"]
+    assert _text(tokenizer, ids[: split.prompt_lengths[0]]).count("<|im_end|>") == 3  # hello, hi, thanks
+
+
+def test_prompt_loss_trains_the_prompt_on_train_only(tokenizer: Any) -> None:
+    rows = {"messages": [_messages(*REVIEWS[0])]}
+    train = TASK.encode(rows, tokenizer, _data(prompt_loss=True), [], "train")
+    validation = TASK.encode(rows, tokenizer, _data(prompt_loss=True), [], "validation")
+    assert train.labels[0] == train.features[0]["input_ids"]
+    assert _decoded(tokenizer, validation.features[0]["input_ids"], validation.labels[0]) == "fresh<|im_end|>"
+
+
+def test_string_pairs_take_the_chat_template_where_there_is_one(tokenizer: Any) -> None:
+    rows = {"prompt": ["is this review fresh or rotten a great film"], "completion": ["fresh"]}
+    split = TASK.encode(rows, tokenizer, _data(text=["prompt", "completion"]), [], "train")
+    expected = tokenizer.apply_chat_template(
+        [{"role": "user", "content": rows["prompt"][0]}, {"role": "assistant", "content": "fresh"}], tokenize=False
+    )
+    assert tokenizer.decode(split.features[0]["input_ids"]) == tokenizer.decode(
+        tokenizer(expected, add_special_tokens=False)["input_ids"]
+    )
+    assert _decoded(tokenizer, split.features[0]["input_ids"], split.labels[0]) == "fresh<|im_end|>"
+
+
+def test_string_pairs_without_a_template_are_concatenated_with_the_end_token(tokenizer: Any) -> None:
+    rows = {"prompt": ["is this review fresh or rotten a great film answer"], "completion": [" fresh"]}
+    split = TASK.encode(rows, tokenizer, _data(text=["prompt", "completion"], chat_template="none"), [], "train")
+    ids = split.features[0]["input_ids"]
+    assert tokenizer.decode(ids) == "is this review fresh or rotten a great film answer fresh <|im_end|>"
+    assert _decoded(tokenizer, ids, split.labels[0]) == "fresh<|im_end|>"
+    assert split.answers == ["fresh"] and split.prompt_lengths == [len(ids) - 2]
+
+
+def test_conversational_pairs_train_the_completion_turns_only(tokenizer: Any) -> None:
+    prompt = [
+        {"role": "user", "content": "dull plot"},
+        {"role": "assistant", "content": "rotten"},  # a worked example in the prompt: not trained
+        {"role": "user", "content": "a great film"},
+    ]
+    rows = {"prompt": [prompt], "completion": [[{"role": "assistant", "content": "fresh"}]]}
+    split = TASK.encode(rows, tokenizer, _data(text=["prompt", "completion"]), [], "train")
+    assert _decoded(tokenizer, split.features[0]["input_ids"], split.labels[0]) == "fresh<|im_end|>"
+
+
+def test_the_plain_template_formats_a_base_model_conversation(tokenizer: Any) -> None:
+    rows = {"messages": [_messages(*REVIEWS[1])]}
+    split = TASK.encode(rows, tokenizer, _data(chat_template="plain"), [], "train")
+    text = _text(tokenizer, split.features[0]["input_ids"])
+    assert "<|im_start|>" not in text and text.endswith("rotten<|im_end|>")  # eos after the answer
+    rendered = tokenizer.apply_chat_template(rows["messages"][0], chat_template=PLAIN_CHAT_TEMPLATE, tokenize=False)
+    assert rendered.startswith("System: answer in one word\nUser: is this") and rendered.endswith("rotten<|im_end|>\n")
+    prompt = _text(tokenizer, split.features[0]["input_ids"][: split.prompt_lengths[0]])
+    assert prompt.endswith("plot<unk><unk>")  # "User: ... dull plot" then "Assistant:" (no such words here)
+
+
+def test_long_examples_are_dropped_truncated_or_refused_naming_the_rows(tokenizer: Any) -> None:
+    long = " ".join(["great"] * 40)
+    rows = {"messages": [_messages(*REVIEWS[0]), _messages(long, "fresh"), _messages(*REVIEWS[1])]}
+    dropped = TASK.encode(rows, tokenizer, _data(max_length=24), [], "train")
+    assert len(dropped) == 2 and dropped.answers == ["fresh", "rotten"]
+    assert "1 of 3 rows (rows 2)" in dropped.notes[0] and "max_length" in dropped.notes[0]
+    cut = TASK.encode(rows, tokenizer, _data(max_length=24, long_prompts="truncate"), [], "train")
+    assert len(cut) == 3 and len(cut.features[1]["input_ids"]) == 24 and not cut.notes
+    assert _decoded(tokenizer, cut.features[1]["input_ids"], cut.labels[1]) == "fresh<|im_end|>"
+    assert _text(tokenizer, cut.features[1]["input_ids"][: cut.prompt_lengths[1]]).endswith("assistant")
+    with pytest.raises(DataError, match=r"data.train: 1 of 3 rows \(rows 2\) are longer than data.max_length"):
+        TASK.encode(rows, tokenizer, _data(max_length=24, long_prompts="error"), [], "train")
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ([{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yes"}], "unknown role 'robot'"),
+        ([{"role": "user", "content": 3}, {"role": "assistant", "content": "yes"}], "has int content"),
+        ([{"role": "user", "content": "hello"}], "no assistant turn"),
+        ([{"role": "user", "content": "hello"}, {"role": "assistant", "content": " "}], "last assistant turn is empty"),
+        ("hello", "must be a non-empty list"),
+        ([{"role": "user"}], "not a {role, content} object"),
+    ],
+)
+def test_a_bad_conversation_is_one_line_naming_the_row(tokenizer: Any, row: Any, message: str) -> None:
+    rows = {"messages": [_messages(*REVIEWS[0]), row]}
+    with pytest.raises(DataError, match="data.train: row 2") as caught:
+        TASK.encode(rows, tokenizer, _data(), [], "train")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_messages_on_a_tokenizer_without_a_template_ask_for_one(tokenizer: Any) -> None:
+    with pytest.raises(DataError, match="no chat template; set data.chat_template"):
+        TASK.encode({"messages": [_messages(*REVIEWS[0])]}, tokenizer, _data(chat_template="none"), [], "train")
+
+
+def test_a_template_that_renders_earlier_turns_differently_is_refused(tokenizer: Any) -> None:
+    shifty = (  # the last turn is marked "final": a prompt's rendering is no prefix of the whole
+        "{% for m in messages %}{% if loop.last %}final {% endif %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant{% endif %}"
+    )
+    with pytest.raises(DataError, match="row 1: the chat template renders the turns before assistant turn 3"):
+        TASK.encode({"messages": [_messages(*REVIEWS[0])]}, tokenizer, _data(chat_template=shifty), [], "train")
+
+
+def test_mixed_and_empty_pairs_are_refused(tokenizer: Any) -> None:
+    data = _data(text=["prompt", "completion"])
+    mixed = {"prompt": ["hello"], "completion": [[{"role": "assistant", "content": "hi"}]]}
+    with pytest.raises(DataError, match="must both be strings or both conversations"):
+        TASK.encode(mixed, tokenizer, data, [], "train")
+    with pytest.raises(DataError, match="row 1: the completion is empty"):
+        TASK.encode({"prompt": ["hello"], "completion": ["  "]}, tokenizer, data, [], "train")
+
+
+# -- metrics, generation and baselines ------------------------------------------------------------------
+
+
+def test_answer_metrics_on_known_pairs() -> None:
+    assert exact_match(" fresh\n", "fresh") == 1.0 and exact_match("Fresh", "fresh") == 0.0
+    assert normalize("The  Review, is FRESH!") == "review is fresh"
+    assert normalized_exact_match("Fresh.", "fresh") == 1.0 and normalized_exact_match("fresh!", "rotten") == 0.0
+    assert contains("The review is fresh.", "fresh") == 1.0 and contains("refreshing", "fresh") == 0.0
+    assert contains("anything", "") == 0.0
+    # LCS of "the cat sat on the mat" and "the cat lay on a mat": the cat on mat (4 words)
+    assert rouge_l("the cat sat on the mat", "the cat lay on a mat") == pytest.approx(2 * (4 / 6) * (4 / 6) / (8 / 6))
+    assert rouge_l("", "fresh") == 0.0 and rouge_l("Fresh!", "fresh") == 1.0
+
+
+def _settings(tokenizer: Any, batch_size: int = 4, max_new_tokens: int = 3) -> EvalSettings:
+    return EvalSettings(
+        pad_token_id=tokenizer.pad_token_id,
+        batch_size=batch_size,
+        device=torch.device("cpu"),
+        precision="fp32",
+        tokenizer=tokenizer,
+        generation=GenerationSettings(max_new_tokens, (tokenizer.eos_token_id,)),
+    )
+
+
+class _Parrot(torch.nn.Module):
+    """A 'model' whose generate appends fixed token ids to every prompt: what generate_answers does
+    with its output is then known."""
+
+    def __init__(self, answer: list[int]) -> None:
+        super().__init__()
+        self.answer, self.seen = answer, []
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.seen.append((input_ids.tolist(), attention_mask.tolist(), kwargs))
+        return torch.cat([input_ids, torch.tensor([self.answer] * len(input_ids))], dim=1)
+
+
+def test_generation_is_left_padded_greedy_and_scored_against_the_answers(tokenizer: Any) -> None:
+    rows = {"messages": [_messages(*r) for r in REVIEWS] + [_messages("a great film " * 3, "fresh")]}
+    split = TASK.encode(rows, tokenizer, _data(), [], "validation")
+    fresh = tokenizer("fresh", add_special_tokens=False)["input_ids"]
+    parrot = _Parrot([*fresh, tokenizer.eos_token_id])
+    settings = _settings(tokenizer, batch_size=8)
+    assert generate_answers(parrot, split, settings) == ["fresh"] * 5
+    ids, mask, kwargs = parrot.seen[0]
+    assert all(row[-1] == 1 for row in mask) and any(row[0] == 0 for row in mask)  # left-padded
+    assert kwargs["do_sample"] is False and kwargs["use_cache"] is True and kwargs["max_new_tokens"] == 3
+    assert TASK.evaluate(parrot, split, "exact_match", settings) == pytest.approx(3 / 5)
+    assert TASK.evaluate(parrot, split, "contains", settings) == pytest.approx(3 / 5)
+
+
+def test_a_real_model_answers_the_same_in_batches_as_alone(chat_model: Path, tokenizer: Any) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(chat_model).train()
+    rows = {"messages": [_messages(*r) for r in REVIEWS] + [_messages("a great film " * 3, "fresh")]}
+    split = TASK.encode(rows, tokenizer, _data(), [], "validation")
+    together = generate_answers(model, split, _settings(tokenizer, batch_size=5, max_new_tokens=4))
+    alone = generate_answers(model, split, _settings(tokenizer, batch_size=1, max_new_tokens=4))
+    assert together == alone and all(isinstance(a, str) for a in together)
+    assert model.training  # generate_answers restores the mode it found
+    loss = TASK.evaluate(model, split, "loss", _settings(tokenizer))
+    assert TASK.evaluate(model, split, "perplexity", _settings(tokenizer)) == pytest.approx(torch.tensor(loss).exp())
+
+
+def test_the_majority_answer_baseline_and_the_base_models_own(tokenizer: Any) -> None:
+    rows = {"messages": [_messages(*r) for r in [*REVIEWS, ("great plot", "fresh")]]}
+    train = TASK.encode(rows, tokenizer, _data(), [], "train")
+    validation = TASK.encode({"messages": [_messages(*r) for r in REVIEWS]}, tokenizer, _data(), [], "validation")
+    assert TASK.baseline(train, validation, "exact_match") == ("majority answer 'fresh'", 0.5)
+    name, value = TASK.baseline(train, validation, "loss")
+    assert name == "unigram model" and value > 0
+    fresh = tokenizer("rotten", add_special_tokens=False)["input_ids"]
+    found = TASK.model_baseline(_Parrot(fresh), validation, "exact_match", _settings(tokenizer))
+    assert found == ("zero-shot base model", 0.5)
+
+
+class TestInstructionConformance(TaskConformance):
+    task = InstructionTuning()
+    data = DataSection(train="-", validation="-", text=["prompt", "completion"], max_length=32)
+    rows = {
+        "prompt": ["is this film good ?", "is this plot dull ?", "is this film dull ?", "is this plot good ?"],
+        "completion": [" yes", " yes", " no", " no"],
+    }
+
+
+# -- a study end to end ---------------------------------------------------------------------------------
+
+
+def test_a_study_on_a_chat_model_reports_both_baselines(chat_model: Path, tmp_path: Path, capsys) -> None:
+    from autopeft import run_study
+
+    data = tmp_path / "data"
+    data.mkdir()
+    reviews = REVIEWS * 6
+    for split, rows in (("train", reviews), ("validation", reviews[:8])):
+        with (data / f"{split}.jsonl").open("w") as handle:
+            for review, answer in rows:
+                handle.write(json.dumps({"messages": _messages(review, answer)}) + "\n")
+    study = tmp_path / "study.toml"
+    study.write_text(
+        f"""
+[study]
+name = "chat"
+n_trials = 2
+
+[model]
+name = "{chat_model}"
+
+[task]
+type = "instruction"
+metric = "exact_match"
+max_new_tokens = 3
+
+[data]
+train = "data/train.jsonl"
+validation = "data/validation.jsonl"
+text = "messages"
+max_length = 48
+
+[budget]
+max_trainable = "5%"
+
+[train]
+batch_size = 4
+precision = "fp32"
+device = "cpu"
+
+[search]
+methods = ["lora"]
+race = false
+proxy = false
+"""
+    )
+    run_study(study)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "majority answer 'fresh' baseline 0.5000" in text and "zero-shot base model baseline" in text
+    import optuna
+
+    stored = optuna.load_study(study_name="chat", storage=f"sqlite:///{tmp_path / 'chat.db'}")
+    record = stored.user_attrs["baseline"]
+    names = {record["name"], *(b["name"] for b in record.get("also", []))}
+    assert names == {"majority answer 'fresh'", "zero-shot base model"}
+    assert record["value"] <= min(b["value"] for b in record.get("also", [record]))  # the weaker is the mark
+    trained = [t for t in stored.trials if t.values]
+    assert trained and all(0.0 <= t.values[0] <= 1.0 for t in trained)
