@@ -16,6 +16,7 @@ Lifecycle, as the driver calls it::
     baseline = task.baseline(train, validation, metric)  # what a model that learned nothing scores
     zero_shot = task.model_baseline(base, validation, metric, settings)  # the untuned base model's score
     error    = task.standard_error(validation, metric, value)  # shown beside a small split's metric
+    shipped  = task.serving_tokenizer(tokenizer, data_section)  # saved into an export, or None
 
 This module is the whole surface a task plugin needs: it re-exports :class:`Split`,
 :class:`DataSection` and :class:`DataError`, so a plugin imports from ``autopeft.tasks`` (and
@@ -151,6 +152,12 @@ class Task(ABC):
         where that means nothing (a classifier's new head is random). An instruction-tuned model may
         already answer well zero-shot: a trial that does worse made it worse. It is scored once per
         worker, before any trial; a trial that beats neither this nor :meth:`baseline` is marked."""
+        return None
+
+    def serving_tokenizer(self, tokenizer: Any, data: DataSection) -> Any | None:
+        """The tokenizer an export ships beside its weights, set up to format inputs as this task
+        did (an instruction task's chat template), or None where an export ships none: a classifier
+        is served with its base model's own tokenizer."""
         return None
 
     def baseline_loss(self, train: Split, validation: Split) -> float | None:

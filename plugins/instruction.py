@@ -144,6 +144,15 @@ class InstructionTuning(CausalLanguageModelling):
         """The untuned base model, answering zero-shot."""
         return "zero-shot base model", self.evaluate(model, validation, metric, settings)
 
+    def serving_tokenizer(self, tokenizer: Any, data: DataSection) -> Any | None:
+        """The tokenizer with the chat template the study formatted with (``data.chat_template``), so
+        that ``apply_chat_template`` on the export's own tokenizer prompts the model as it was trained."""
+        if data.chat_template == "none":
+            tokenizer.chat_template = None
+        elif data.chat_template is not None:
+            tokenizer.chat_template = _template(tokenizer, data)
+        return tokenizer
+
     def standard_error(self, split: Split, metric: str, value: float) -> float | None:
         """For the share metrics (exact match, contains), a share's binomial standard error over the
         examples, Agresti-Coull adjusted; none for ROUGE-L and the loss."""

@@ -341,3 +341,37 @@ proxy = false
     assert record["value"] <= min(b["value"] for b in record.get("also", [record]))  # the weaker is the mark
     trained = [t for t in stored.trials if t.values]
     assert trained and all(0.0 <= t.values[0] <= 1.0 for t in trained)
+
+    # The export serves: its own tokenizer with the chat template, a card with the prompt format, and
+    # plain transformers + peft on the same local base answer as autopeft's loaded model does.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import autopeft
+    from autopeft.outputs.export import export
+
+    [record] = export(study, tmp_path / "export")
+    folder = tmp_path / "export"
+    assert {"tokenizer.json", "tokenizer_config.json", "adapter_model.safetensors"} <= set(record["weights"]["files"])
+    card = (folder / "README.md").read_text()
+    assert "## Prompt format and generation" in card and "<|im_start|>user" in card and "generate(" in card
+    model, served = autopeft.load_model(folder, tokenizer=True)
+    assert served.chat_template and served.padding_side == "left"
+    conversations = [_messages(review, answer) for review, answer in REVIEWS * 2]
+    split = TASK.encode({"messages": conversations}, served, _data(), [], "validation")
+    ours = generate_answers(model, split, _settings(served, batch_size=8, max_new_tokens=3))
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(chat_model), folder).eval()
+    theirs = []
+    for turns in conversations:
+        ids = tokenizer.apply_chat_template(
+            turns[:-1], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        out = plain.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        theirs.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+    assert theirs == ours
+    best = max(trained, key=lambda t: t.values[0])
+    assert record["trial"]["number"] == best.number
+    score = sum(a == r for a, (_, r) in zip(theirs, REVIEWS * 2)) / len(theirs)
+    assert score == pytest.approx(best.values[0])  # the validation split is these eight conversations

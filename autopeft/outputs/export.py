@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import optuna
 import torch
@@ -249,8 +249,11 @@ def export_trial(
             weights = _retrain(bench, trial, staging, progress)
         _check_saved(resolved, trial, staging)
         _portable_adapter_config(staging, resolved)
+        prompt_format = _save_tokenizer(resolved, staging)
         weights["files"] = sorted({*(p.name for p in staging.iterdir()), MODEL_CARD})
         record = _provenance(resolved, study, trial, weights, storage or config.storage, refit)
+        if prompt_format is not None:
+            record["prompt_format"] = prompt_format
         (staging / MODEL_CARD).write_text(model_card(record), encoding="utf-8")
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
         _publish(staging, out)
@@ -272,6 +275,27 @@ def _check_saved(resolved: ResolvedStudy, trial: FrozenTrial, staging: Path) -> 
         f"export: method {name!r} ({where}) saved no weights for trial {trial.number}: its save() wrote nothing "
         "into the folder it was given; fix the plugin's save() (see docs/plugins.md), nothing was exported"
     )
+
+
+#: The conversation the model card formats to show an export's prompt format.
+_EXAMPLE_TURNS = [{"role": "user", "content": "{prompt}"}]
+
+
+def _save_tokenizer(resolved: ResolvedStudy, folder: Path) -> str | None:
+    """Save the tokenizer the task serves with (:meth:`~autopeft.tasks.Task.serving_tokenizer`: an
+    instruction task's, with its chat template) into ``folder``; returns the prompt format the
+    model card shows (a user turn as the template renders it), or None where the task ships none."""
+    from autopeft.training.models import load_tokenizer, resolve_model_name
+
+    config = resolved.config
+    source, offline = resolve_model_name(resolved.pm, config.model.name)
+    tokenizer = resolved.task.serving_tokenizer(load_tokenizer(config.model, source, offline), config.data)
+    if tokenizer is None:
+        return None
+    tokenizer.save_pretrained(folder)
+    if getattr(tokenizer, "chat_template", None):
+        return str(tokenizer.apply_chat_template(_EXAMPLE_TURNS, tokenize=False, add_generation_prompt=True))
+    return "{prompt}{completion}"
 
 
 def _portable_adapter_config(folder: Path, resolved: ResolvedStudy) -> None:
@@ -344,6 +368,8 @@ def model_card(record: dict[str, Any]) -> str:
     else:
         load = f"Method `{record['method']}` is native to autopeft (or a plugin); load it with autopeft:\n\n"
     load += "```python\nimport autopeft\n\nmodel = autopeft.load_model('path/to/this/folder')\n```\n"
+    if record.get("prompt_format") is not None:
+        load += _generation_section(record, peft_format)
     return (
         "\n".join([*head, "---", ""])
         + f"\n# {record['method']} on {model['name']}, found by autopeft\n\n"
@@ -358,10 +384,41 @@ def model_card(record: dict[str, Any]) -> str:
     )
 
 
+def _generation_section(record: dict[str, Any], peft_format: bool) -> str:
+    """The model card's prompt format and ``generate`` example, for an export that ships its tokenizer."""
+    name = record["model"]["name"]
+    chat = record["prompt_format"] != "{prompt}{completion}"
+    shown = record["prompt_format"] if chat else "the prompt, then the answer, with no template between them"
+    prompt = (
+        "ids = tokenizer.apply_chat_template(\n    [{'role': 'user', 'content': 'Your question'}], "
+        "add_generation_prompt=True, return_tensors='pt', return_dict=True\n)\n"
+        if chat
+        else "ids = tokenizer('Your prompt', return_tensors='pt')\n"
+    )
+    load = (
+        f"from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f"tokenizer = AutoTokenizer.from_pretrained('path/to/this/folder')\n"
+        f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({name!r}), 'path/to/this/folder')\n"
+        if peft_format
+        else "import autopeft\n\nmodel, tokenizer = autopeft.load_model('path/to/this/folder', tokenizer=True)\n"
+    )
+    return (
+        "\n## Prompt format and generation\n\n"
+        + ("A user turn, as the chat template saved here renders it:\n\n" if chat else "")
+        + f"```text\n{shown}\n```\n\n"
+        + "Generate greedily, as autopeft scored it:\n\n```python\n"
+        + load
+        + prompt
+        + "out = model.generate(**ids, max_new_tokens=32, do_sample=False)\n"
+        + "print(tokenizer.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True))\n```\n"
+    )
+
+
 _AUTO_CLASS = {
     "sequence-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
     "causal-lm": "AutoModelForCausalLM",
+    "instruction": "AutoModelForCausalLM",
 }
 
 
@@ -517,10 +574,33 @@ def _quiet_loading() -> Iterator[None]:
             transformers.logging.enable_progress_bar()
 
 
+@overload
 def load_model(
-    directory: str | Path, device: str | torch.device | None = None, trust_remote_code: bool = False
-) -> nn.Module:
-    """The trained model of an export folder, in eval mode: base model + method + trained weights.
+    directory: str | Path,
+    device: str | torch.device | None = ...,
+    trust_remote_code: bool = ...,
+    tokenizer: Literal[False] = ...,
+) -> nn.Module: ...
+
+
+@overload
+def load_model(
+    directory: str | Path,
+    device: str | torch.device | None = ...,
+    trust_remote_code: bool = ...,
+    *,
+    tokenizer: Literal[True],
+) -> tuple[nn.Module, Any]: ...
+
+
+def load_model(
+    directory: str | Path,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+    tokenizer: bool = False,
+) -> nn.Module | tuple[nn.Module, Any]:
+    """The trained model of an export folder, in eval mode: base model + method + trained weights;
+    with ``tokenizer``, ``(model, tokenizer)``, the tokenizer ready to generate in batches.
 
     Works for every method, peft-backed or native (whose plugin must be installed). The base model
     is resolved as ``autopeft run`` resolves it (hub, local path or an offline package). Weights are
@@ -529,6 +609,9 @@ def load_model(
     Args:
         trust_remote_code: must be True to load an export whose study ran the model's own code;
             an export folder from elsewhere never turns it on by itself.
+        tokenizer: also return the tokenizer: the export's own where it ships one (an instruction
+            study's, with the chat template it trained with), else the base model's; padded on the
+            left, as batched generation needs.
 
     Raises:
         AutopeftError: the folder is not an export, holds pickle files, its method is not
@@ -569,8 +652,8 @@ def load_model(
     source, offline = resolve_model_name(pm, model_section.name)
     try:
         with _quiet_loading():
-            tokenizer = load_tokenizer(model_section, source, offline)
-            base = load_base_model(model_section, source, offline, task, record["labels"], tokenizer.pad_token_id)
+            tok = load_tokenizer(model_section, source, offline)
+            base = load_base_model(model_section, source, offline, task, record["labels"], tok.pad_token_id)
             model = method.apply(base, build_context(base, new_head=task.new_head), record["config"])
             method.load(model, directory)
     except AutopeftError:
@@ -580,4 +663,16 @@ def load_model(
             f"{directory}: its {record['method']} weights do not fit the configuration and model it records "
             f"({type(exc).__name__}: {first_line(exc)}); re-export the trial with `autopeft export`"
         ) from None
-    return model.to(device or "cpu").eval()
+    model = model.to(device or "cpu").eval()
+    if not tokenizer:
+        return model
+    if (directory / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        served = AutoTokenizer.from_pretrained(directory)
+        if served.pad_token is None:
+            served.pad_token = served.eos_token
+    else:
+        served = tok
+    served.padding_side = "left"
+    return model, served
