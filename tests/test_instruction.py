@@ -4,9 +4,11 @@ study on a tiny chat model end to end."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import torch
 
@@ -283,17 +285,15 @@ class TestInstructionConformance(TaskConformance):
 # -- a study end to end ---------------------------------------------------------------------------------
 
 
-def test_a_study_on_a_chat_model_reports_both_baselines(chat_model: Path, tmp_path: Path, capsys) -> None:
-    from autopeft import run_study
-
-    data = tmp_path / "data"
+def _chat_study(folder: Path, chat_model: Path, train: list[Any], validation: list[Any]) -> Path:
+    """A study file on the tiny chat model, its data the conversations given, the race off."""
+    data = folder / "data"
     data.mkdir()
-    reviews = REVIEWS * 6
-    for split, rows in (("train", reviews), ("validation", reviews[:8])):
+    for split, rows in (("train", train), ("validation", validation)):
         with (data / f"{split}.jsonl").open("w") as handle:
-            for review, answer in rows:
-                handle.write(json.dumps({"messages": _messages(review, answer)}) + "\n")
-    study = tmp_path / "study.toml"
+            for turns in rows:
+                handle.write(json.dumps({"messages": turns}) + "\n")
+    study = folder / "study.toml"
     study.write_text(
         f"""
 [study]
@@ -328,12 +328,32 @@ race = false
 proxy = false
 """
     )
+    return study
+
+
+def test_a_bad_row_stops_the_run_in_one_line_before_any_training(chat_model: Path, tmp_path: Path, capsys) -> None:
+    from autopeft.cli.command import main
+
+    good = [_messages(*r) for r in REVIEWS]
+    bad = [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "fresh"}]
+    study = _chat_study(tmp_path, chat_model, [good[0], bad, *good[1:]], good)
+    assert main(["run", str(study), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.train: row 2: turn 1 of messages has the unknown role 'robot'" in err[0], err
+    if (tmp_path / "chat.db").exists():  # nothing was trained: no trial was even asked for
+        with sqlite3.connect(tmp_path / "chat.db") as db:
+            assert db.execute("select count(*) from trials").fetchone() == (0,)
+
+
+def test_a_study_on_a_chat_model_reports_both_baselines(chat_model: Path, tmp_path: Path, capsys) -> None:
+    from autopeft import run_study
+
+    reviews = [_messages(*r) for r in REVIEWS * 6]
+    study = _chat_study(tmp_path, chat_model, reviews, reviews[:8])
     run_study(study)
     out = capsys.readouterr()
     text = out.out + out.err
     assert "majority answer 'fresh' baseline 0.5000" in text and "zero-shot base model baseline" in text
-    import optuna
-
     stored = optuna.load_study(study_name="chat", storage=f"sqlite:///{tmp_path / 'chat.db'}")
     record = stored.user_attrs["baseline"]
     names = {record["name"], *(b["name"] for b in record.get("also", []))}

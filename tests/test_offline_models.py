@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
@@ -119,3 +120,41 @@ def test_the_hub_is_asked_through_a_configured_proxy(monkeypatch) -> None:
         assert urllib.request._opener is None  # type: ignore[attr-defined]
     finally:
         hub_offline.cache_clear()
+
+
+def test_smollm2_chats_are_masked_by_its_own_template_and_answered_zero_shot(smollm2_cache) -> None:
+    """The instruction task on the real SmolLM2: its ChatML template (no generation markers) masks
+    the answer by prefix, and the untuned model answers the review question in batches."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autopeft.tasks import IGNORE_INDEX, DataSection, EvalSettings, GenerationSettings, generate_answers
+    from autopeft_plugins.instruction import InstructionTuning
+
+    _, path = smollm2_cache
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    data_file = Path(__file__).resolve().parents[1] / "studies" / "data" / "review_chat_validation.jsonl"
+    rows = {"messages": [json.loads(line)["messages"] for line in data_file.read_text().splitlines()[:6]]}
+    task = InstructionTuning()
+    split = task.encode(rows, tokenizer, DataSection(train="-", validation="-", text="messages"), [], "validation")
+    for features, labels, answer in zip(split.features, split.labels, split.answers or []):
+        trained = [t for t, y in zip(features["input_ids"], labels) if y != IGNORE_INDEX]
+        assert tokenizer.decode(trained) == f"{answer}<|im_end|>\n" and answer in ("fresh", "rotten")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    settings = EvalSettings(
+        pad_token_id=tokenizer.pad_token_id,
+        batch_size=3,
+        device=torch.device("cpu"),
+        precision="fp32",
+        tokenizer=tokenizer,
+        generation=GenerationSettings(max_new_tokens=4, stop_token_ids=(tokenizer.eos_token_id,)),
+    )
+    answers = generate_answers(model, split, settings)
+    assert answers == generate_answers(model, split, dataclasses.replace(settings, batch_size=1))
+    assert all(isinstance(a, str) and a for a in answers)
+    name, value = task.model_baseline(model, split, "contains", settings)
+    assert name == "zero-shot base model" and 0.0 <= value <= 1.0
