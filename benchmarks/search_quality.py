@@ -4,6 +4,7 @@
     python benchmarks/search_quality.py --task subjectivity  # one task
     python benchmarks/search_quality.py --task sentiment --seeds 3 --json out.json
     python benchmarks/search_quality.py --task sentiment --arms c   # the default and AdaLoRA only
+    python benchmarks/search_quality.py --task instruct --arms f --seeds 3   # issue 29's comparison
 
 On each task, in one run, at the same full fidelity (the study's ``[final]`` epochs and examples) and
 the same budget, every arm ends in configurations trained with the same new seeds and scored on the
@@ -22,7 +23,9 @@ the same budget, every arm ends in configurations trained with the same new seed
 - (f) autopeft: ``autopeft run`` on the study as shipped, which races the incumbent and the portfolio
   on paired seeds and recommends one entrant (its final rung included in its time).
 
-Every arm's final configuration is then trained again with new test seeds, not counted in its cost:
+The task's baselines are scored on the test split too (the majority class or answer, and for the
+instruction task the untuned base model answering zero-shot). Every arm's final configuration is
+then trained again with new test seeds, not counted in its cost:
 ``--seeds`` (default 5) paired seeds for (a), (a') and (f), the same seeds for each, and the first 3
 of them for (b) to (e). Each arm's row is the mean ± sd and the median of its test metric; the paired
 differences (f) - (a') and (f) - (a) come with their 95% interval (Student's t). Searches ((a'),
@@ -61,6 +64,7 @@ TASKS = {
     "subjectivity": STUDIES / "subjectivity.toml",
     "lm": STUDIES / "smollm2-lm.toml",
     "debates": STUDIES / "debates.toml",  # three classes, macro F1, 258 steps a training (issue 28)
+    "instruct": STUDIES / "smollm2-instruct.toml",  # chat answers, exact match of greedy answers (issue 29)
 }
 DEFAULT_LORA = {"alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.0}
 
@@ -269,6 +273,19 @@ def _random_search(
     return _refit_arm("(e) random search, same wall time + refit", rand, seeds, spent, full, test)
 
 
+def _test_baselines(full: Workbench) -> dict[str, float]:
+    """The task's baselines on the test split (the majority class or answer; the untuned base model
+    where the task scores it), name -> value: what every arm's test score must beat."""
+    data, metric = full.data, full.config.task.metric
+    if data.test is None:
+        return {}
+    found = [
+        full.task.baseline(data.train, data.test, metric),
+        full.task.model_baseline(full.base, data.test, metric, full.evaluation),
+    ]
+    return {name: value for name, value in (f for f in found if f is not None)}
+
+
 def paired(a: list[float], b: list[float], sign: int) -> dict[str, float]:
     """The paired difference ``a - b`` seed by seed, in the metric's better direction: mean, sd and
     the 95% interval (Student's t with n - 1 degrees of freedom)."""
@@ -298,6 +315,7 @@ def run_task(task: str, seeds: int, which: tuple[str, ...] = ARMS) -> dict[str, 
     # and warms the kernels once for every fixed arm after it.
     training = statistics.median(default.fit_seconds)
     extra: dict[str, Any] = {"full_training_seconds": training, "default_fit_seconds": default.fit_seconds}
+    extra["test_baselines"] = _test_baselines(full)
 
     with tempfile.TemporaryDirectory() as folder:
         # (f) the race; (a') and (e) get its wall time
@@ -378,6 +396,8 @@ def print_table(result: dict[str, Any]) -> None:
                 f"95% [{d['low']:+.4f}, {d['high']:+.4f}] | |"
             )
     notes = [f"one full-fidelity training of the default: {result['full_training_seconds']:.1f} s"]
+    if result.get("test_baselines"):
+        notes.append("test baselines: " + ", ".join(f"{k} {v:.4f}" for k, v in result["test_baselines"].items()))
     if result.get("f_degenerate"):
         notes.append("(f) degenerate trials {} of {}".format(*result["f_degenerate"]))
     if result.get("f_degenerate_by_metric"):
