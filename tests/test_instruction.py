@@ -395,3 +395,48 @@ def test_a_study_on_a_chat_model_reports_both_baselines(chat_model: Path, tmp_pa
     assert record["trial"]["number"] == best.number
     score = sum(a == r for a, (_, r) in zip(theirs, REVIEWS * 2)) / len(theirs)
     assert score == pytest.approx(best.values[0])  # the validation split is these eight conversations
+
+
+_CHATS_CARD = """---
+configs:
+- config_name: reviews
+  data_files:
+  - split: train
+    path: reviews/train.jsonl
+---
+"""
+
+
+@pytest.mark.parametrize("form", ["jsonl", "json", "parquet", "dataset"])
+def test_nested_messages_load_from_files_and_datasets(tokenizer: Any, tmp_path: Path, form: str) -> None:
+    """Nested turns survive every reader: JSON Lines, a JSON array, Parquet, and a `datasets`
+    repository folder with a configuration (what a hub dataset is)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from autopeft import load_config
+    from autopeft.training.token_cache import load_task_data
+
+    rows = [{"messages": _messages(*r)} for r in REVIEWS * 2]
+    if form == "dataset":
+        (tmp_path / "chats" / "reviews").mkdir(parents=True)
+        (tmp_path / "chats" / "README.md").write_text(_CHATS_CARD)
+        (tmp_path / "chats" / "reviews" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        data = 'dataset = "chats"\nsubset = "reviews"\ntrain = "train[:6]"\nvalidation = "train[6:]"'
+    else:
+        path = tmp_path / f"chats.{form}"
+        if form == "parquet":
+            pq.write_table(pa.Table.from_pylist(rows), path)
+        else:
+            lines = [json.dumps(r) for r in rows]
+            path.write_text("[" + ",".join(lines) + "]" if form == "json" else "\n".join(lines) + "\n")
+        data = f'train = "{path.name}"\nvalidation = "{path.name}"'
+    study = tmp_path / "study.toml"
+    study.write_text(
+        f'[study]\nname = "s"\n[model]\nname = "m"\n[task]\ntype = "instruction"\n'
+        f'[data]\n{data}\ntext = "messages"\ncache_tokens = false\n[budget]\nmax_trainable = "1%"\n'
+    )
+    loaded = load_task_data(load_config(study), tokenizer, TASK)
+    expected = [a for _, a in REVIEWS * 2]
+    assert loaded.train.answers == (expected[:6] if form == "dataset" else expected)
+    assert _decoded(tokenizer, loaded.train.features[0]["input_ids"], loaded.train.labels[0]) == "fresh<|im_end|>"
