@@ -362,6 +362,15 @@ def test_a_study_on_a_chat_model_reports_both_baselines(chat_model: Path, tmp_pa
     trained = [t for t in stored.trials if t.values]
     assert trained and all(0.0 <= t.values[0] <= 1.0 for t in trained)
 
+    from autopeft.cli.command import main
+
+    assert main(["trials", str(study)]) == 0
+    listed = capsys.readouterr().out
+    assert "baseline: " in listed and "majority answer 'fresh' 0.5000" in listed and "zero-shot base model" in listed
+    assert main(["report", str(study), "-o", str(tmp_path / "report.html")]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "majority answer" in page and "zero-shot base model" in page
+
     # The export serves: its own tokenizer with the chat template, a card with the prompt format, and
     # plain transformers + peft on the same local base answer as autopeft's loaded model does.
     from peft import PeftModel

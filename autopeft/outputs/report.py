@@ -84,13 +84,18 @@ def _same_point(trials: list[FrozenTrial]) -> list[list[FrozenTrial]]:
 
 
 def _baseline_line(fig: Any, standard: Standard) -> None:
-    if standard.baseline is not None:
+    """A dotted line at each baseline: the one a trial must beat in red, the others (the untuned base
+    model's, where the task scores it) in grey."""
+    if standard.baseline is None:
+        return
+    named = [(standard.baseline_name, standard.baseline), *standard.others]
+    for (name, value), colour in zip(named, ["#d62728", *["#7f7f7f"] * len(standard.others)]):
         fig.add_hline(
-            y=standard.baseline,
+            y=value,
             line_dash="dot",
-            line_color="#d62728",
-            annotation_text=f"{standard.baseline_name} baseline {standard.baseline:.4f}",
-            annotation_position="bottom right",
+            line_color=colour,
+            annotation_text=f"{name} baseline {value:.4f}",
+            annotation_position="bottom right" if colour == "#d62728" else "top right",
         )
 
 
