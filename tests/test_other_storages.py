@@ -59,6 +59,28 @@ def test_a_dead_local_workers_trial_in_a_journal_is_queued_again(tmp_path, minil
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]  # failed, and queued again
 
 
+def test_a_trial_no_worker_ever_named_is_failed_and_queued_again_once_old(tmp_path) -> None:
+    """A process that died before its trial's first write (a disk that filled) left neither a
+    heartbeat nor a worker: once the trial is older than the grace it is failed and queued again,
+    so later workers do not wait for it for good; a trial whose worker named itself is left alone."""
+    from autopeft.search.coordination import fail_orphaned_trials
+
+    path = write_study(tmp_path, study={"n_trials": 4})
+    study = open_study(load_config(path), directions=["maximize"])
+    orphan = study.ask({"method": optuna.distributions.CategoricalDistribution(["lora"])})
+    alive = study.ask({"method": optuna.distributions.CategoricalDistribution(["lora"])})
+    alive.set_user_attr("worker", "elsewhere:1")
+    fail_orphaned_trials(study)  # twice the heartbeat interval has not passed yet
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [optuna.trial.TrialState.RUNNING] * 2
+    fail_orphaned_trials(study, grace=0.0)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    running, waiting = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
+    assert states == [optuna.trial.TrialState.FAIL, running, waiting]  # the orphan failed and queued again
+    queued = study.get_trials(deepcopy=False)[2]
+    assert queued.params == {"method": "lora"} and queued.system_attrs["failed_trial"] == orphan.number
+    assert alive.number == 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

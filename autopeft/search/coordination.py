@@ -9,6 +9,7 @@ queued again, by Optuna's heartbeat or, on one machine, at once (:func:`fail_dea
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import time
@@ -22,7 +23,18 @@ from autopeft.storage.backends import retry_trial
 from autopeft.storage.optuna_adapter import fail_running_trial, storage_of, storage_url
 from autopeft.storage.results import FINISHED
 
-__all__ = ["Surplus", "check_not_surplus", "wait_for_slot", "fail_dead_local_trials", "found_dead_at_once"]
+__all__ = [
+    "Surplus",
+    "check_not_surplus",
+    "wait_for_slot",
+    "fail_dead_local_trials",
+    "fail_orphaned_trials",
+    "found_dead_at_once",
+]
+
+#: How long a running trial may go without naming its worker where the storage keeps no heartbeat
+#: interval (a journal): a live worker names itself within a second of creating its trial.
+ORPHAN_SECONDS = 120.0
 
 
 class Surplus(Exception):
@@ -70,6 +82,30 @@ def fail_dead_local_trials(study: optuna.Study) -> None:
             retry_trial(study, failed)
 
 
+def fail_orphaned_trials(study: optuna.Study, grace: float | None = None) -> None:
+    """Fail and queue again the running trials that no worker ever named itself on, once they are
+    ``grace`` seconds old (default: twice the storage's heartbeat interval, else
+    :data:`ORPHAN_SECONDS`).
+
+    A process that died between creating its trial and its first write (a disk that filled, a
+    database that went away) leaves a trial with neither a heartbeat nor a ``worker`` attribute:
+    Optuna's stale-trial check finds only trials whose heartbeat aged, and the process table needs
+    the worker's process id, so such a trial would stay running for good, and every later worker
+    would wait for it. A live worker names itself within a second of creating its trial.
+    """
+    if grace is None:
+        interval = getattr(storage_of(study), "get_heartbeat_interval", lambda: None)()
+        grace = 2.0 * interval if interval else ORPHAN_SECONDS
+    now = datetime.datetime.now()  # Optuna stamps datetime_start in local time, as this does
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = trial.datetime_start
+        if "worker" in trial.user_attrs or started is None or (now - started).total_seconds() < grace:
+            continue
+        failed = fail_running_trial(study, trial)
+        if failed is not None:
+            retry_trial(study, failed)
+
+
 def found_dead_at_once(study: optuna.Study, trial: FrozenTrial) -> bool:
     """Whether the next run on this machine fails ``trial`` at once when its process is gone
     (:func:`fail_dead_local_trials`): a local storage, and the trial recorded its worker. Otherwise
@@ -111,6 +147,7 @@ def wait_for_slot(study: optuna.Study, target: int, progress: Progress, poll: fl
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
         fail_dead_local_trials(study)
+        fail_orphaned_trials(study)
         states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))]
         finished = sum(1 for s in states if s in FINISHED)
         if finished >= target:

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.budget import format_count
 from autopeft.progress import Progress
-from autopeft.search.coordination import fail_dead_local_trials
+from autopeft.search.coordination import fail_dead_local_trials, fail_orphaned_trials
 from autopeft.search.portfolio import from_front
 from autopeft.search.racing import (
     DECISION_ATTR,
@@ -162,6 +162,7 @@ def run_race(
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
             fail_dead_local_trials(study)
+            fail_orphaned_trials(study)
             time.sleep(poll)
             continue
         if rung not in said:
