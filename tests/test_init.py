@@ -12,7 +12,7 @@ from conftest import DATA
 
 from autopeft import load_config
 from autopeft.cli.command import main
-from autopeft.cli.init import detect_columns
+from autopeft.cli.init import detect_columns, write_study_file
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -91,7 +91,6 @@ def test_a_named_column_that_is_not_there_is_one_line(tmp_path, capsys) -> None:
 
 
 def test_interactive_answers_replace_the_guesses(tmp_path, monkeypatch, minilm_available) -> None:
-    from autopeft.cli.init import write_study_file
 
     pd.DataFrame({"a": ["x y z"] * 4, "b": ["short"] * 4, "c": [0, 1, 0, 1]}).to_csv(tmp_path / "t.csv", index=False)
     answers = iter(["b", "c", "1%"])
@@ -114,3 +113,25 @@ def test_no_label_column_is_a_language_model_study(tmp_path, rows) -> None:
     pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
     found = detect_columns(str(tmp_path / "t.csv"))
     assert found.label is None and found.classes == []
+
+
+@pytest.mark.parametrize("form", ["messages", "pairs"])
+def test_chat_and_prompt_completion_data_give_an_instruction_study(tmp_path, form) -> None:
+    import json
+
+    from autopeft.testing import save_random_causal_lm
+
+    model = save_random_causal_lm(tmp_path / "model", ["hello hi"], chat=True)
+    if form == "messages":
+        row = {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}], "id": 1}
+    else:
+        row = {"prompt": "hello", "completion": "hi", "id": 1}
+    (tmp_path / "t.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    found = detect_columns(str(tmp_path / "t.jsonl"))
+    assert found.instruction and found.label is None
+    out = write_study_file(
+        tmp_path / "s.toml", model=str(model), train=str(tmp_path / "t.jsonl"), validation=str(tmp_path / "t.jsonl")
+    )
+    config = load_config(out)
+    assert config.task.type == "instruction" and config.task.metric == "loss"
+    assert config.data.text == ("messages" if form == "messages" else ["prompt", "completion"])

@@ -28,11 +28,14 @@ _MAX_CLASSES = 50
 class Detected:
     """What ``init`` found in the train split."""
 
-    text: str
-    label: str | None  # None: no label column, a language-modelling study
+    text: str | list[str]  # a column; ["prompt", "completion"] for instruction pairs
+    label: str | None  # None: no label column, a language-modelling or instruction study
     classes: list[Any]
     columns: list[str]
     rows: int
+    #: Instruction data (a ``messages`` column of chat turns, or ``prompt`` and ``completion``
+    #: columns, TRL's formats): the ``instruction`` task, not a classifier or a plain language model.
+    instruction: bool = False
 
 
 def _table(path: str) -> Any:
@@ -65,6 +68,8 @@ def detect_columns(path: str, text: str | None = None, label: str | None = None)
     for given, flag in ((text, "--text"), (label, "--label")):
         if given is not None and given not in columns:
             raise ConfigError(flag, f"no column {given!r} (columns: {', '.join(columns)})", "name one of them")
+    if text is None and label is None and (found := _instruction_columns(table, columns)) is not None:
+        return Detected(text=found, label=None, classes=[], columns=columns, rows=table.num_rows, instruction=True)
     strings = [
         c
         for c in columns
@@ -85,6 +90,18 @@ def detect_columns(path: str, text: str | None = None, label: str | None = None)
         label = (named or candidates or [None])[0]
     classes = sorted({v for v in table.column(label).to_pylist() if v is not None}, key=str) if label else []
     return Detected(text=text, label=label, classes=classes, columns=columns, rows=table.num_rows)
+
+
+def _instruction_columns(table: Any, columns: list[str]) -> str | list[str] | None:
+    """``"messages"`` where that column holds chat turns, ``["prompt", "completion"]`` where both
+    columns are there; None for other data."""
+    if "messages" in columns:
+        first = next((v for v in table.column("messages").to_pylist()[:100] if v), None)
+        if isinstance(first, list) and first and isinstance(first[0], dict) and "role" in first[0]:
+            return "messages"
+    if "prompt" in columns and "completion" in columns:
+        return ["prompt", "completion"]
+    return None
 
 
 def _few_values(table: Any, column: str) -> bool:
@@ -164,7 +181,13 @@ def study_text(
         "",
         "[task]",
     ]
-    if classify:
+    if detected.instruction:
+        lines += [
+            "# chat or prompt/completion data: a causal LM trained on the answers (docs: Instruction tuning)",
+            'type = "instruction"',
+            'metric = "loss"          # of the answers\' tokens; "exact_match", "contains", "rouge_l" generate',
+        ]
+    elif classify:
         shown = ", ".join(map(str, detected.classes[:10])) + (", ..." if len(detected.classes) > 10 else "")
         lines += [
             f"# {len(detected.classes)} classes in {detected.label!r}: {shown}",
@@ -179,7 +202,12 @@ def study_text(
         f"train = {_toml(train)}",
         f"validation = {_toml(validation)}",
         *([f"test = {_toml(test)}"] if test else ['# test = "..."           # scored for each new best trial']),
-        f"text = {_toml(detected.text)}          # the column with the longest texts",
+        f"text = {_toml(detected.text)}          "
+        + (
+            "# TRL's format: the turns, or the prompt and its completion"
+            if detected.instruction
+            else "# the column with the longest texts"
+        ),
         *([f"label = {_toml(detected.label)}"] if classify else []),
         "max_length = 128",
         "# max_train_examples = 2000   # a seeded subsample makes each trial faster",
