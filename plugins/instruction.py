@@ -81,9 +81,6 @@ class InstructionTuning(CausalLanguageModelling):
     }
     generates = True
 
-    def columns(self, data: DataSection) -> list[str]:
-        return data.text_columns
-
     def worst(self, metric: str) -> float:
         return 0.0 if metric in ANSWER_METRICS else super().worst(metric)
 
