@@ -35,3 +35,20 @@ def test_the_debates_task_has_three_string_classes_and_over_200_steps_a_training
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])  # no sentence in two splits
     steps = math.ceil(len(frames["train"]) / config.train.batch_size) * config.train.epochs
     assert steps >= 200 and config.task.metric == "macro_f1"
+
+
+def test_the_review_chats_are_one_turn_questions_answered_in_one_word() -> None:
+    import json
+
+    splits = {
+        s: [json.loads(line)["messages"] for line in (ROOT / "studies" / "data" / f"review_chat_{s}.jsonl").open()]
+        for s in ("train", "validation", "test")
+    }
+    assert [len(rows) for rows in splits.values()] == [800, 200, 400]  # the data README's table
+    for rows in splits.values():
+        assert all([t["role"] for t in turns] == ["user", "assistant"] for turns in rows)
+        assert {turns[1]["content"] for turns in rows} == {"fresh", "rotten"}
+    shares = [sum(t[1]["content"] == "fresh" for t in rows) / len(rows) for rows in splits.values()]
+    assert [round(s, 3) for s in shares] == [0.54, 0.605, 0.665]
+    config = load_config(ROOT / "studies" / "smollm2-instruct.toml")
+    assert config.task.type == "instruction" and config.task.metric == "exact_match" and config.data.text == "messages"
