@@ -32,8 +32,9 @@ __all__ = [
     "found_dead_at_once",
 ]
 
-#: How long a running trial may go without naming its worker where the storage keeps no heartbeat
-#: interval (a journal): a live worker names itself within a second of creating its trial.
+#: The least time a running trial may go without naming its worker before it counts as orphaned, and
+#: the whole of it where the storage keeps no heartbeat interval (a journal): a live worker names
+#: itself in its trial's first write, which a loaded machine may delay by seconds, never minutes.
 ORPHAN_SECONDS = 120.0
 
 
@@ -84,18 +85,18 @@ def fail_dead_local_trials(study: optuna.Study) -> None:
 
 def fail_orphaned_trials(study: optuna.Study, grace: float | None = None) -> None:
     """Fail and queue again the running trials that no worker ever named itself on, once they are
-    ``grace`` seconds old (default: twice the storage's heartbeat interval, else
+    ``grace`` seconds old (default: twice the storage's heartbeat interval, and at least
     :data:`ORPHAN_SECONDS`).
 
     A process that died between creating its trial and its first write (a disk that filled, a
     database that went away) leaves a trial with neither a heartbeat nor a ``worker`` attribute:
     Optuna's stale-trial check finds only trials whose heartbeat aged, and the process table needs
     the worker's process id, so such a trial would stay running for good, and every later worker
-    would wait for it. A live worker names itself within a second of creating its trial.
+    would wait for it. A live worker names itself in its trial's first write.
     """
     if grace is None:
         interval = getattr(storage_of(study), "get_heartbeat_interval", lambda: None)()
-        grace = 2.0 * interval if interval else ORPHAN_SECONDS
+        grace = max(2.0 * interval, ORPHAN_SECONDS) if interval else ORPHAN_SECONDS
     now = datetime.datetime.now()  # Optuna stamps datetime_start in local time, as this does
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         started = trial.datetime_start

@@ -95,6 +95,9 @@ class Objective:
 
     def _trial(self, trial: optuna.Trial) -> float | tuple[float, float]:
         bench = self.bench
+        # First, so that no other worker takes the trial for an orphan whose process died before any
+        # write (autopeft.search.coordination.fail_orphaned_trials), however long the draw below takes.
+        trial.set_user_attr("worker", self.worker)
         if self.race is not None:  # a race trial trains what the race needs (autopeft.search.racing)
             name, learning_rate, config, seed, fidelity, tag = race_training(trial, self.race, self.turn, self.space)
         else:
@@ -105,7 +108,7 @@ class Objective:
         about = {"method": name, "config": json.dumps(config, sort_keys=True), "trainable_params": n}
         about |= {"trainable_share": n / bench.ctx.total_params, "budget": bench.budget, "seed": seed}
         about |= {"learning_rate": learning_rate, "versions": bench.versions, "device": str(bench.device)}
-        set_user_attrs(trial, {**about, "worker": self.worker})
+        set_user_attrs(trial, about)
         trial.set_constraint("trainable_params", float(n - bench.budget))
         what = f"{name} {method.describe(config)} lr={learning_rate:.2e}"
         label = f"[trial {trial.number}] {tag}{what} {format_count(n)} params"
