@@ -46,9 +46,15 @@ def test_hook_register_tasks() -> None:
     from autopeft import Task, registered_tasks
 
     tasks = registered_tasks(get_plugin_manager(autoload=False))
-    assert set(tasks) == {"sequence-classification", "token-classification", "causal-lm"}
-    assert all(isinstance(info.task, Task) and info.plugin == "tasks" for info in tasks.values())
-    assert tasks["causal-lm"].distribution == "autopeft"
+    assert set(tasks) == {"sequence-classification", "token-classification", "causal-lm", "instruction"}
+    assert all(isinstance(info.task, Task) for info in tasks.values())
+    assert {name: info.plugin for name, info in tasks.items()} == {
+        "sequence-classification": "tasks",
+        "token-classification": "tasks",
+        "causal-lm": "tasks",
+        "instruction": "instruction",
+    }
+    assert tasks["causal-lm"].distribution == tasks["instruction"].distribution == "autopeft"
 
 
 def test_hook_resolve_model(monkeypatch) -> None:
@@ -136,7 +142,12 @@ def test_third_party_plugin_is_listed(lntuning_site: Path) -> None:
     assert "autopeft-lntuning 0.3.0" in line
     assert "lora" in result.stdout and "autopeft 0.1.0" in result.stdout
     tasks = result.stdout.split("tasks:\n")[1].splitlines()
-    assert [t.split()[0] for t in tasks] == ["causal-lm", "sequence-classification", "token-classification"]
+    assert [t.split()[0] for t in tasks] == [
+        "causal-lm",
+        "instruction",
+        "sequence-classification",
+        "token-classification",
+    ]
 
 
 def test_autoload_off_and_block_hide_the_third_party_plugin(lntuning_site: Path) -> None:
