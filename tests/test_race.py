@@ -122,3 +122,31 @@ def test_ranking_waits_for_every_seed_of_the_rung() -> None:
     assert rank(scores, [0], sign=-1) == ["c", "a", "b"]
     with pytest.raises(ValueError, match="incumbent has not run"):
         decide(scores, "b", [0, 1])
+
+
+def test_a_structure_draw_the_race_has_becomes_a_new_rank_even_at_the_smallest() -> None:
+    """Two structure trials that draw rank 2 on the MLP (the smallest rank) train two structures:
+    the second comes up to rank 4 instead of training the first one's configuration again."""
+    import json
+    from types import SimpleNamespace
+
+    import optuna
+
+    from autopeft.blocks import build_context
+    from autopeft.search.portfolio import structure_config
+    from autopeft.testing import tiny_llama_lm
+    from autopeft_plugins.lora import Lora
+
+    model = tiny_llama_lm()
+    bench = SimpleNamespace(
+        enabled={"lora": Lora()}, options={"lora": {}}, ctx=build_context(model, new_head=False), budget=10**9
+    )
+    space = SimpleNamespace(bench=bench)
+    around = {"alpha": 2, "dropout": 0.0, "ranks": [8, 8, 8], "targets": "query+value", "variant": "lora"}
+    draw = {"structure.targets": "mlp", "structure.rank": 2, "structure.tilt": "flat"}
+    first = structure_config(optuna.trial.FixedTrial(draw), space, around)
+    assert first["ranks"] == [2, 2, 2] and first["targets"] == "mlp"
+    second = structure_config(optuna.trial.FixedTrial(draw), space, around, {json.dumps(first, sort_keys=True)})
+    assert second["ranks"] == [4, 4, 4] and second["targets"] == "mlp"
+    bench.budget = Lora().count_trainable(bench.ctx, first)  # nothing larger fits: the draw stands
+    assert structure_config(optuna.trial.FixedTrial(draw), space, around, {json.dumps(first, sort_keys=True)}) == first

@@ -199,7 +199,8 @@ def structure_config(
     the other at a quarter of it). Variant, alpha and dropout are ``around``'s. A draw over the budget
     is brought down to the largest rank of its choices that fits, and a draw the race already has
     (``taken``: configurations as JSON; the incumbent's is one of the 36 draws) down to the next rank
-    it has not, so that every structure trial is a new structure.
+    it has not, or up to one where none below is new, so that every structure trial is a new
+    structure where the budget allows one.
     """
     from autopeft.methods import checked_count
 
@@ -216,10 +217,13 @@ def structure_config(
             tilt
         ]
 
-    configs = [{**around, "ranks": profile(r), "targets": targets} for r in choices if r <= rank][::-1]
+    # The drawn rank, then the ranks below it, then those above: a duplicate of the smallest rank
+    # (rank 2 on the MLP, drawn twice) becomes the next rank up rather than a second training of it.
+    below = [r for r in choices if r <= rank][::-1]
+    configs = [{**around, "ranks": profile(r), "targets": targets} for r in [*below, *(r for r in choices if r > rank)]]
     fits = [c for c in configs if checked_count(lora, bench.ctx, c) <= bench.budget]
     new = [c for c in fits if json.dumps(c, sort_keys=True) not in taken]
-    return new[0] if new else fits[0] if fits else configs[-1]
+    return new[0] if new else fits[0] if fits else configs[len(below) - 1]
 
 
 def rate_prior(candidate: Candidate, steps: int) -> float:
