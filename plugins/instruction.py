@@ -92,6 +92,7 @@ class InstructionTuning(CausalLanguageModelling):
         with_prompt = data.prompt_loss and split == "train"
         features, labels, answers, prompt_lengths = [], [], [], []
         long_rows: list[int] = []
+        cut_rows: list[int] = []
         for i in range(len(rows[columns[0]])):
             where = f"data.{split}: row {i + 1}"
             if len(columns) == 1:
@@ -106,6 +107,7 @@ class InstructionTuning(CausalLanguageModelling):
                     long_rows.append(i)
                     continue
                 ids, row_labels, prompt_length = ids[cut:], row_labels[cut:], prompt_length - cut
+                cut_rows.append(i)
             features.append({"input_ids": ids})
             labels.append(row_labels)
             answers.append(answer)
@@ -113,6 +115,11 @@ class InstructionTuning(CausalLanguageModelling):
         found = Split(features, labels, answers, prompt_lengths)
         if long_rows:
             found.notes.append(_too_long(long_rows, len(rows[columns[0]]), split, data))
+        if cut_rows:
+            found.notes.append(
+                f"autopeft: data.{split}: {len(cut_rows)} of {len(rows[columns[0]])} rows (rows {_rows(cut_rows)}) "
+                f"had their prompt cut from the left to fit data.max_length ({data.max_length} tokens)"
+            )
         return found
 
     def evaluate(self, model: nn.Module, split: Split, metric: str, settings: EvalSettings) -> float:
@@ -266,11 +273,15 @@ def _masked(ids: list[int], spans: list[tuple[int, int]]) -> list[int]:
     return labels
 
 
+def _rows(indices: list[int]) -> str:
+    """The first five of ``indices`` as data rows counted from 1, and "..." after them."""
+    return ", ".join(str(i + 1) for i in indices[:5]) + (", ..." if len(indices) > 5 else "")
+
+
 def _too_long(rows: list[int], total: int, split: str, data: DataSection) -> str:
     """The note (or, with ``long_prompts = "error"``, the error) for examples longer than max_length."""
-    which = ", ".join(str(i + 1) for i in rows[:5]) + (", ..." if len(rows) > 5 else "")
     what = (
-        f"data.{split}: {len(rows)} of {total} rows (rows {which}) are longer than data.max_length "
+        f"data.{split}: {len(rows)} of {total} rows (rows {_rows(rows)}) are longer than data.max_length "
         f"({data.max_length} tokens) with their answer"
     )
     if data.long_prompts == "error":

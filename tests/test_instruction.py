@@ -147,7 +147,11 @@ def test_long_examples_are_dropped_truncated_or_refused_naming_the_rows(tokenize
     assert len(dropped) == 2 and dropped.answers == ["fresh", "rotten"]
     assert "1 of 3 rows (rows 2)" in dropped.notes[0] and "max_length" in dropped.notes[0]
     cut = TASK.encode(rows, tokenizer, _data(max_length=24, long_prompts="truncate"), [], "train")
-    assert len(cut) == 3 and len(cut.features[1]["input_ids"]) == 24 and not cut.notes
+    assert len(cut) == 3 and len(cut.features[1]["input_ids"]) == 24
+    assert cut.notes == [
+        "autopeft: data.train: 1 of 3 rows (rows 2) had their prompt cut from the left to fit data.max_length "
+        "(24 tokens)"
+    ]
     assert _decoded(tokenizer, cut.features[1]["input_ids"], cut.labels[1]) == "fresh<|im_end|>"
     assert _text(tokenizer, cut.features[1]["input_ids"][: cut.prompt_lengths[1]]).endswith("assistant")
     with pytest.raises(DataError, match=r"data.train: 1 of 3 rows \(rows 2\) are longer than data.max_length"):
