@@ -95,9 +95,7 @@ class Objective:
 
     def _trial(self, trial: optuna.Trial) -> float | tuple[float, float]:
         bench = self.bench
-        # First, so that no other worker takes the trial for an orphan whose process died before any
-        # write (autopeft.search.coordination.fail_orphaned_trials), however long the draw below takes.
-        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("worker", self.worker)  # first: no worker takes it for an orphan (fail_orphaned_trials)
         if self.race is not None:  # a race trial trains what the race needs (autopeft.search.racing)
             name, learning_rate, config, seed, fidelity, tag = race_training(trial, self.race, self.turn, self.space)
         else:
