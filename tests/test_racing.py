@@ -298,7 +298,9 @@ def test_two_workers_race_one_study_and_train_each_member_once(tmp_path, capsys,
     claims = [claim_of(t.user_attrs) for t in complete]
     plan = RacePlan.from_record(study.user_attrs[PLAN_ATTR])
     assert len(claims) == len(set(claims)) == sum(r.entrants * len(r.seeds) for r in plan.schedule.rungs)
-    assert len({t.user_attrs["worker"] for t in complete}) == 2
+    # Two processes at most took trials; one may finish this tiny race before the other has loaded its
+    # model (seen in CI), so that both took one is speed, not coordination: each member trained once is.
+    assert 1 <= len({t.user_attrs["worker"] for t in complete}) <= 2
     assert DECISION_ATTR in study.user_attrs
 
 
