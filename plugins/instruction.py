@@ -22,7 +22,6 @@ example is one sequence (no packing), so no example's loss reads another's token
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Any
 
@@ -38,7 +37,7 @@ from autopeft.tasks import (
     generate_answers,
 )
 from autopeft_plugins.answer_metrics import ANSWER_METRICS
-from autopeft_plugins.tasks import CausalLanguageModelling
+from autopeft_plugins.tasks import CausalLanguageModelling, share_standard_error
 
 __all__ = ["InstructionTuning", "PLAIN_CHAT_TEMPLATE", "ROLES"]
 
@@ -160,11 +159,7 @@ class InstructionTuning(CausalLanguageModelling):
     def standard_error(self, split: Split, metric: str, value: float) -> float | None:
         """For the share metrics (exact match, contains), a share's binomial standard error over the
         examples, Agresti-Coull adjusted; none for ROUGE-L and the loss."""
-        n = len(split)
-        if metric not in _RATE_METRICS or n == 0 or not math.isfinite(value):
-            return None
-        adjusted = (min(max(value, 0.0), 1.0) * n + 2) / (n + 4)
-        return math.sqrt(adjusted * (1 - adjusted) / (n + 4))
+        return share_standard_error(value, len(split)) if metric in _RATE_METRICS else None
 
 
 def _template(tokenizer: Any, data: DataSection) -> str | None:
@@ -225,7 +220,7 @@ def _conversation(
     spans = []
     for k in answered:
         before = _render(tokenizer, template, turns[:k], generation_prompt=True)
-        through = _render(tokenizer, template, turns[: k + 1], generation_prompt=False)
+        through = ids if k == len(turns) - 1 else _render(tokenizer, template, turns[: k + 1], generation_prompt=False)
         if through[: len(before)] != before or ids[: len(through)] != through:
             raise DataError(
                 f"{where}: the chat template renders the turns before assistant turn {k + 1} differently once "

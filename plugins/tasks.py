@@ -27,6 +27,7 @@ __all__ = [
     "predict",
     "entity_f1",
     "entity_spans",
+    "share_standard_error",
 ]
 
 # f1: the F1 of the second class (in label order) when there are two, macro-averaged when there are more;
@@ -86,6 +87,16 @@ def entity_f1(truth: list[list[str]], predicted: list[list[str]]) -> float:
     return 0.0 if hits == 0 else 2 * hits / (found + wanted)
 
 
+def share_standard_error(share: float, n: int) -> float | None:
+    """The binomial standard error of a share of ``n`` examples, Agresti-Coull adjusted (two hits and
+    two misses added) so that a perfect score on a handful of examples is not shown as certain; None
+    for no examples or a share that is not finite."""
+    if n == 0 or not math.isfinite(share):
+        return None
+    adjusted = (min(max(share, 0.0), 1.0) * n + 2) / (n + 4)
+    return math.sqrt(adjusted * (1 - adjusted) / (n + 4))
+
+
 def _class_names(values: list[Any], data: DataSection, what: str) -> list[Any]:
     if data.labels is not None:
         seen: list[Any] = []  # a list, not a set: a label from the study file may be unhashable
@@ -141,13 +152,10 @@ class _Classification(Task):
         Agresti-Coull adjusted (two hits and two misses added) so that a perfect score on a handful
         of examples is not shown as certain: exact in form for accuracy, a rough guide for F1 and
         MCC (MCC read on its [-1, 1] scale)."""
-        n = len(_flat_labels(split))
-        if n == 0 or not math.isfinite(value):
-            return None
-        scale = 2.0 if metric == "mcc" else 1.0
-        share = (value + 1) / 2 if metric == "mcc" else value
-        adjusted = (min(max(share, 0.0), 1.0) * n + 2) / (n + 4)
-        return scale * math.sqrt(adjusted * (1 - adjusted) / (n + 4))
+        if metric == "mcc":
+            error = share_standard_error((value + 1) / 2, len(_flat_labels(split)))
+            return None if error is None else 2.0 * error
+        return share_standard_error(value, len(_flat_labels(split)))
 
     def baseline(self, train: Split, validation: Split, metric: str) -> tuple[str, float] | None:
         """Always predicting the train split's most common class."""

@@ -38,6 +38,7 @@ from autopeft.progress import Progress
 from autopeft.registry import ResolvedStudy, get_plugin_manager, registered_methods, registered_tasks
 from autopeft.storage.artifacts import artifact_store, fetch_refit_weights, fetch_weights, plain_name
 from autopeft.storage.results import confirm_record, is_feasible, pareto_front, refit_record, winner
+from autopeft.tasks import Task
 
 if TYPE_CHECKING:
     from autopeft.training.workbench import Workbench
@@ -287,6 +288,8 @@ def _save_tokenizer(resolved: ResolvedStudy, folder: Path) -> str | None:
     model card shows (a user turn as the template renders it), or None where the task ships none."""
     from autopeft.training.models import load_tokenizer, resolve_model_name
 
+    if type(resolved.task).serving_tokenizer is Task.serving_tokenizer:  # ships none: load nothing
+        return None
     config = resolved.config
     source, offline = resolve_model_name(resolved.pm, config.model.name)
     tokenizer = resolved.task.serving_tokenizer(load_tokenizer(config.model, source, offline), config.data)

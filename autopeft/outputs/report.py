@@ -88,14 +88,13 @@ def _baseline_line(fig: Any, standard: Standard) -> None:
     model's, where the task scores it) in grey."""
     if standard.baseline is None:
         return
-    named = [(standard.baseline_name, standard.baseline), *standard.others]
-    for (name, value), colour in zip(named, ["#d62728", *["#7f7f7f"] * len(standard.others)]):
+    for i, (name, value) in enumerate([(standard.baseline_name, standard.baseline), *standard.others]):
         fig.add_hline(
             y=value,
             line_dash="dot",
-            line_color=colour,
+            line_color="#7f7f7f" if i else "#d62728",
             annotation_text=f"{name} baseline {value:.4f}",
-            annotation_position="bottom right" if colour == "#d62728" else "top right",
+            annotation_position="top right" if i else "bottom right",
         )
 
 

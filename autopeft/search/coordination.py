@@ -29,6 +29,7 @@ __all__ = [
     "wait_for_slot",
     "fail_dead_local_trials",
     "fail_orphaned_trials",
+    "fail_dead_trials",
     "found_dead_at_once",
 ]
 
@@ -107,6 +108,16 @@ def fail_orphaned_trials(study: optuna.Study, grace: float | None = None) -> Non
             retry_trial(study, failed)
 
 
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Fail and queue again every running trial whose worker is gone, however that shows: an aged
+    heartbeat (Optuna), a process this machine no longer runs, or no worker named at all."""
+    with warnings.catch_warnings():  # fail_stale_trials is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    fail_dead_local_trials(study)
+    fail_orphaned_trials(study)
+
+
 def found_dead_at_once(study: optuna.Study, trial: FrozenTrial) -> bool:
     """Whether the next run on this machine fails ``trial`` at once when its process is gone
     (:func:`fail_dead_local_trials`): a local storage, and the trial recorded its worker. Otherwise
@@ -144,11 +155,7 @@ def wait_for_slot(study: optuna.Study, target: int, progress: Progress, poll: fl
     """
     waiting = False
     while True:
-        with warnings.catch_warnings():  # fail_stale_trials is marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
-        fail_dead_local_trials(study)
-        fail_orphaned_trials(study)
+        fail_dead_trials(study)  # a dead worker's trial: failed, and queued again
         states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))]
         finished = sum(1 for s in states if s in FINISHED)
         if finished >= target:

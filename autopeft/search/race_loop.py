@@ -11,7 +11,6 @@ their retries are queued. Once the final rung has finished, the decision is writ
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.budget import format_count
 from autopeft.progress import Progress
-from autopeft.search.coordination import fail_dead_local_trials, fail_orphaned_trials
+from autopeft.search.coordination import fail_dead_trials
 from autopeft.search.portfolio import from_front
 from autopeft.search.racing import (
     DECISION_ATTR,
@@ -158,11 +157,7 @@ def run_race(
         objective.turn = RaceTurn(state.next_claim(), state)
         waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
         if objective.turn.claim is None and not waiting:  # the rest of the rung runs on other workers
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            fail_dead_local_trials(study)
-            fail_orphaned_trials(study)
+            fail_dead_trials(study)
             time.sleep(poll)
             continue
         if rung not in said:

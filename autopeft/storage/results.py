@@ -113,19 +113,14 @@ class Standard:
         attrs = study.user_attrs
         found = attrs.get("baseline")
         baseline: dict[str, Any] = found if isinstance(found, dict) else {}
-        value, loss = baseline.get("value"), baseline.get("loss")
-        also = baseline.get("also")
+        named, loss = _named_baselines(baseline), baseline.get("loss")
         return cls(
             budget=study_budget(study) if budget is None else budget,
-            baseline=float(value) if _is_number(value) else None,
-            baseline_name=str(baseline.get("name", "")),
+            baseline=named[0][1] if named else None,
+            baseline_name=named[0][0] if named else "",
             sign=metric_sign(study),
             baseline_loss=float(loss) if _is_number(loss) else None,
-            others=tuple(
-                (str(b.get("name", "")), float(b["value"]))
-                for b in (also if isinstance(also, list) else [])
-                if isinstance(b, dict) and _is_number(b.get("value"))
-            ),
+            others=tuple(named[1:]),
         )
 
     def over_budget(self, trial: FrozenTrial) -> bool:
@@ -170,14 +165,20 @@ class Standard:
         return ", ".join(f"{name} {value:.4f}" for name, value in [(self.baseline_name, self.baseline), *self.others])
 
 
+def _named_baselines(record: Any) -> list[tuple[str, float]]:
+    """(name, value) of a recorded baseline (``Workbench.baseline``), then of each under ``also``;
+    [] where the record holds no value."""
+    if not isinstance(record, dict) or not _is_number(record.get("value")):
+        return []
+    also = record.get("also") if isinstance(record.get("also"), list) else []
+    found = [record, *(b for b in also if isinstance(b, dict) and _is_number(b.get("value")))]
+    return [(str(b.get("name", "")), float(b["value"])) for b in found]
+
+
 def describe_baselines(record: Any) -> str:
     """A study's recorded baselines (``Workbench.baseline``) as ``'majority class baseline 0.5819'``,
     each after the first joined with ``', '``; ``''`` where there is none."""
-    if not isinstance(record, dict) or not _is_number(record.get("value")):
-        return ""
-    also = record.get("also") if isinstance(record.get("also"), list) else []
-    named = [record, *(b for b in also if isinstance(b, dict) and _is_number(b.get("value")))]
-    return ", ".join(f"{b.get('name', '')} baseline {float(b['value']):.4f}" for b in named)
+    return ", ".join(f"{name} baseline {value:.4f}" for name, value in _named_baselines(record))
 
 
 def metric_sign(study: optuna.Study) -> int:

@@ -235,10 +235,13 @@ def _unpack(arrays: Any) -> TaskData:
         labels = arrays[f"{name}/labels"].tolist()
         if f"{name}/per_token" in arrays:
             labels = [labels[s:e] for s, e in zip(starts, ends)]
-        splits[name] = Split(features, labels)
-        if f"{name}/answers" in arrays:
-            splits[name].answers = json.loads(str(arrays[f"{name}/answers"]))
-            splits[name].prompt_lengths = arrays[f"{name}/prompt_lengths"].tolist()
+        generated = f"{name}/answers" in arrays  # a task that scores generated answers
+        splits[name] = Split(
+            features,
+            labels,
+            json.loads(str(arrays[f"{name}/answers"])) if generated else None,
+            arrays[f"{name}/prompt_lengths"].tolist() if generated else None,
+        )
     return TaskData(
         splits["train"],
         splits["validation"],
