@@ -28,6 +28,9 @@ PLUGIN_API = (
 )
 
 _WHERE = {
+    "tune": "autopeft.api.tune",
+    "TuneResult": "autopeft.api.result",
+    "FitError": "autopeft.errors",
     "resolve_study": "autopeft.registry",
     "ResolvedStudy": "autopeft.registry",
     "Workbench": "autopeft.training.workbench",
@@ -75,6 +78,9 @@ __all__ = [
     "__version__",
     "PLUGIN_API",
     "hookimpl",
+    "tune",
+    "TuneResult",
+    "FitError",
     "resolve_study",
     "ResolvedStudy",
     "Workbench",
@@ -132,11 +138,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from autopeft.api.result import TuneResult
+    from autopeft.api.tune import tune
     from autopeft.blocks import Block, ModelContext, build_context, discover_blocks
     from autopeft.budget import parse_budget, suggest_sizes
     from autopeft.config import StudyConfig, load_config
     from autopeft.data import Split
-    from autopeft.errors import AutopeftError, BudgetError, ConfigError, DataError, ModelError, PluginError
+    from autopeft.errors import AutopeftError, BudgetError, ConfigError, DataError, FitError, ModelError, PluginError
     from autopeft.methods import PeftMethod, trainable_numel
     from autopeft.outputs.confirm import confirm_front
     from autopeft.outputs.export import export, load_model

@@ -8,6 +8,7 @@ checks every key and value and raises :class:`~autopeft.errors.ConfigError` nami
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 import sys
@@ -36,6 +37,8 @@ __all__ = [
     "DATA_SUFFIXES",
     "KEEP_WEIGHTS",
     "folder_kind",
+    "config_from_dict",
+    "study_toml",
 ]
 
 SAMPLERS = ("tpe", "random", "gp", "nsga2", "auto")
@@ -478,6 +481,16 @@ class TrainSection:
     # Frozen-prefix caching: when no trainable parameter sits below block k, the hidden states entering
     # block k are computed once per worker (frozen blocks in eval mode) and reused by every epoch and trial.
     prefix_cache: bool = checked(_flag("e.g. prefix_cache = false"), default=False)
+    # Your own training function in place of autopeft's loop, as "module:function" (importable where
+    # the study runs); see docs: Your own training loop. autopeft.tune(fit=...) writes it here.
+    fit: str | None = checked(
+        Rule(
+            lambda v: v is None or isinstance(v, str) and re.fullmatch(r"[\w.]+:[\w.]+", v) is not None,
+            'must be "module:function", got {value}',
+            'e.g. fit = "my_training:fit", or remove it for autopeft\'s own loop',
+        ),
+        default=None,
+    )
 
 
 @dataclass(frozen=True)
@@ -775,6 +788,19 @@ def load_config(path: str | Path) -> StudyConfig:
         raise ConfigError(str(path), "nests tables or arrays too deeply to read", "flatten it") from None
     except (OSError, ValueError) as exc:  # a NUL in the path, a device, no permission
         raise ConfigError(repr(str(path)), f"cannot read the study file ({exc})", "check the path") from None
+    return config_from_dict(raw, path)
+
+
+def config_from_dict(raw: Mapping[str, Any], path: str | Path) -> StudyConfig:
+    """Validate a study given as a dict of sections (as a study file reads), e.g. ``{"study": {"name":
+    "s"}, "model": {...}, ...}``: the same checks and one-line errors as :func:`load_config`.
+    ``path`` is where the study file is, or would be: relative paths and the SQLite file resolve
+    against its folder.
+
+    Raises:
+        ConfigError: a section or field is unknown, missing or wrong.
+    """
+    path = Path(path)
     for key in raw:
         if key not in _SECTIONS:
             raise ConfigError(key, "unknown section", _suggest(key, list(_SECTIONS)))
@@ -811,3 +837,37 @@ def with_task(config: StudyConfig, tasks: Mapping[str, Any]) -> StudyConfig:
         f'use objectives = ["{metric}", "trainable_params"] for a Pareto front, or remove it',
     )
     return replace(config, task=replace(t, metric=metric, direction=task.metrics[metric]))
+
+
+def _toml_value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v, where)}" for k, v in value.items()) + "}"
+    raise ConfigError(where, f"{type(value).__name__} cannot be written to a study file", "use numbers, strings, lists")
+
+
+def study_toml(raw: Mapping[str, Any]) -> str:
+    """``raw`` (sections as :func:`config_from_dict` takes them) as study-file text, which
+    :func:`load_config` reads back into the same config; ``None`` values are left out (defaults).
+    A table inside a section (``[search.lora]``) is written as its own table."""
+    out: list[str] = []
+    for section, table in raw.items():
+        scalars = {
+            k: v for k, v in table.items() if v is not None and not (section == "search" and isinstance(v, Mapping))
+        }
+        out += [f"[{section}]", *(f"{k} = {_toml_value(v, f'{section}.{k}')}" for k, v in scalars.items()), ""]
+        for name, sub in table.items():
+            if section == "search" and isinstance(sub, Mapping):
+                out += [
+                    f"[{section}.{name}]",
+                    *(f"{k} = {_toml_value(v, f'{section}.{name}.{k}')}" for k, v in sub.items()),
+                    "",
+                ]
+    return "\n".join(out)

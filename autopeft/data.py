@@ -22,6 +22,7 @@ __all__ = [
     "SMALL_VALIDATION_EXAMPLES",
     "batches",
     "bucketed_order",
+    "padded",
 ]
 
 #: Label of a position the loss and the metric skip (padding, a word's later sub-tokens).
@@ -106,17 +107,20 @@ def batches(
             generator.shuffle(order)
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
-        longest = max(len(split.features[i]["input_ids"]) for i in chosen)
-        batch: dict[str, torch.Tensor] = {}
-        for key in split.features[chosen[0]]:
-            pad = pad_token_id if key == "input_ids" else 0
-            batch[key] = torch.tensor(
-                [f + [pad] * (longest - len(f)) for f in (split.features[i][key] for i in chosen)]
-            )
-        lengths = torch.tensor([len(split.features[i]["input_ids"]) for i in chosen])
-        batch["attention_mask"] = (torch.arange(longest)[None, :] < lengths[:, None]).long()
-        labels = [split.labels[i] for i in chosen]
-        if labels and isinstance(labels[0], list):  # one per token: padded positions are ignored
-            labels = [[*x, *[IGNORE_INDEX] * (longest - len(x))] for x in cast(list[list[int]], labels)]
-        batch["labels"] = torch.tensor(labels)
-        yield batch
+        yield padded([split.features[i] for i in chosen], [split.labels[i] for i in chosen], pad_token_id)
+
+
+def padded(features: list[dict[str, list[int]]], labels: list[Any], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One batch of ``features`` padded on the right to the longest, with its attention mask, and
+    ``labels`` (one per token: padded positions labelled :data:`IGNORE_INDEX`)."""
+    longest = max(len(f["input_ids"]) for f in features)
+    batch: dict[str, torch.Tensor] = {}
+    for key in features[0]:
+        pad = pad_token_id if key == "input_ids" else 0
+        batch[key] = torch.tensor([f[key] + [pad] * (longest - len(f[key])) for f in features])
+    lengths = torch.tensor([len(f["input_ids"]) for f in features])
+    batch["attention_mask"] = (torch.arange(longest)[None, :] < lengths[:, None]).long()
+    if labels and isinstance(labels[0], list):  # one per token: padded positions are ignored
+        labels = [[*x, *[IGNORE_INDEX] * (longest - len(x))] for x in cast(list[list[int]], labels)]
+    batch["labels"] = torch.tensor(labels)
+    return batch

@@ -13,9 +13,11 @@ __all__ = [
     "PluginError",
     "DataError",
     "ModelError",
+    "FitError",
     "Interrupted",
     "first_line",
     "changed_choices",
+    "fatal_in_trial",
 ]
 
 
@@ -54,6 +56,12 @@ class ModelError(AutopeftError):
     """The model cannot be found or loaded."""
 
 
+class FitError(ConfigError):
+    """The user's own training function (``autopeft.tune(..., fit=...)``) broke its contract in a way
+    every later trial would repeat (it returned no number; it changed a loaded model's frozen
+    weights): its trial is recorded failed, and the search stops with this one line."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a study; the message says which trial was marked failed and queued
     again. A ``KeyboardInterrupt``, so code that catches that still does; the CLI exits with 130."""
@@ -69,3 +77,10 @@ def changed_choices(exc: BaseException, study_name: str) -> ConfigError | None:
         f"the study file changed the choices of a parameter of study {study_name!r} ({first_line(exc)})",
         "restore the choices, or give the study a new name (Optuna cannot change a study's choices)",
     )
+
+
+def fatal_in_trial(exc: BaseException, study_name: str) -> AutopeftError | None:
+    """What a trial raised that every later trial would raise too, as the study's one line (the
+    search stops on it), or None: the user's fit broke its contract, or the study file changed a
+    parameter's choices."""
+    return exc if isinstance(exc, FitError) else changed_choices(exc, study_name)

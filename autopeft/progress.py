@@ -7,11 +7,11 @@ only on a terminal.
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
-__all__ = ["Progress", "quiet_libraries"]
+__all__ = ["Progress", "NotebookProgress", "quiet_libraries"]
 
 
 class Progress:
@@ -47,6 +47,40 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class NotebookProgress(Progress):
+    """Progress as one ``tqdm.auto`` line (a widget in Jupyter) that each new line replaces: a long
+    search never floods the cell. Every line is kept in :attr:`lines` (``TuneResult.log``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self._status: Any = None
+
+    def _widget(self) -> Any:
+        if self._status is None:
+            from tqdm.auto import tqdm as auto_tqdm
+
+            self._status = auto_tqdm(total=0, bar_format="{desc}", leave=True)
+        return self._status
+
+    def line(self, text: str) -> None:
+        self.lines.append(self.prefix + text)
+        self._widget().set_description_str(text[:160], refresh=True)
+
+    def step(self, trial: int | str, step: int, total: int, loss: float) -> None:
+        self._widget().set_description_str(
+            f"trial {trial}: step {step}/{total}, loss {loss:.3f}", refresh=step >= total
+        )
+
+    def close_bar(self) -> None:
+        """The line stays: it is the run's status, not a per-trial bar."""
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.close()
+            self._status = None
 
 
 def quiet_libraries() -> None:

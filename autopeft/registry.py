@@ -14,14 +14,14 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import pluggy
 
 import autopeft.hookspecs as hookspecs
 from autopeft.config import StudyConfig, with_task
-from autopeft.errors import PluginError, first_line
+from autopeft.errors import ConfigError, PluginError, first_line
 from autopeft.methods import PeftMethod
 from autopeft.tasks import Task
 
@@ -221,6 +221,15 @@ class ResolvedStudy:
     config: StudyConfig
     task: Task
     pm: pluggy.PluginManager
+    #: What Python hands over that no study file holds (:func:`autopeft.tune`): a loaded model and its
+    #: tokenizer, trained on in place of loading ``[model] name``; and the user's own training
+    #: function (:class:`autopeft.training.user_fit.FitFunction`), called in place of autopeft's loop.
+    loaded: tuple[Any, Any] | None = None
+    fit: Any = None
+
+    def with_config(self, config: StudyConfig) -> ResolvedStudy:
+        """The same study, plugins and Python hand-overs, with ``config`` (e.g. at ``[final]``'s fidelity)."""
+        return replace(self, config=config)
 
     @property
     def directions(self) -> list[str]:
@@ -240,7 +249,31 @@ def resolve_study(config: StudyConfig, pm: pluggy.PluginManager | None = None) -
     pm = pm or get_plugin_manager()
     tasks = {name: info.task for name, info in registered_tasks(pm).items()}
     config = with_task(config, tasks)
-    return ResolvedStudy(config, tasks[config.task.type], pm)
+    return ResolvedStudy(config, tasks[config.task.type], pm, fit=import_fit(config.train.fit))
+
+
+def import_fit(name: str | None) -> Any:
+    """The training function ``[train] fit`` names ("module:function"), imported; None for none.
+
+    Raises:
+        ConfigError: it cannot be imported, or is not callable.
+    """
+    if name is None:
+        return None
+    module_name, _, attribute = name.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except Exception as exc:  # foreign code: any import-time failure
+        raise ConfigError(
+            "train.fit",
+            f"cannot import {name!r} ({type(exc).__name__}: {first_line(exc)})",
+            "make its module importable where the study runs (pip install -e, or PYTHONPATH)",
+        ) from None
+    if not callable(found):
+        raise ConfigError("train.fit", f"{name!r} is a {type(found).__name__}, not a function", "name a function")
+    return found
 
 
 def resolve_model(pm: pluggy.PluginManager, name: str, offline: bool) -> str | None:

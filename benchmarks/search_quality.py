@@ -216,14 +216,15 @@ def _learning_rate_only(
 def _raced(path: Path, full: Workbench, test_seeds: list[int], extra: dict[str, Any]) -> Arm:
     """(f): ``autopeft run`` on the study as shipped (the race), its recommendation trained again on
     ``test_seeds``; the arm's cost is the run's wall time."""
-    from autopeft.search.racing import DECISION_ATTR, PLAN_ATTR, RacePlan
+    from autopeft.search.racing import DECISION_ATTR, PLAN_ATTR, RaceEntrant, RacePlan
 
     started = time.perf_counter()
     raced = run_study(path, quiet=True)
     seconds = time.perf_counter() - started
     plan = RacePlan.from_record(raced.user_attrs[PLAN_ATTR])
     decided = raced.user_attrs[DECISION_ATTR]
-    chosen = plan.entrant(decided["chosen"])
+    # The decision records every finalist, structure trials too, which are not among the plan's entrants.
+    chosen = RaceEntrant(**decided["entrants"][decided["chosen"]])
     extra["f_degenerate"] = _degenerate(raced)
     extra["f_degenerate_by_rung"] = [_degenerate(raced, r) for r in range(len(plan.schedule.rungs))]
     extra["f_degenerate_by_metric"] = _degenerate(raced, by_metric=True)

@@ -21,7 +21,7 @@ PUBLIC = set(autopeft.PLUGIN_API)
 #: The layers, bottom first: a module may import its own layer and those below it, never one above.
 #: ``autopeft.testing`` stays at its documented path in the ground folder, but its conformance suites
 #: run fits, so it sits above training.
-LAYERS = ("ground", "storage", "training", "testing", "search", "outputs", "cli")
+LAYERS = ("ground", "storage", "training", "integrations", "testing", "search", "outputs", "api", "cli")
 
 
 def _layer(module: str) -> str:
@@ -193,6 +193,6 @@ def test_the_task_and_the_plugins_are_resolved_in_one_place() -> None:
     # The study file's task is resolved by resolve_study only; the command boundary calls it once.
     assert [c.split(":")[0] for c in _calls("with_task")] == ["registry"]
     # A plugin manager is built where a command starts without a study to resolve (plugins, load_model,
-    # init's model count) and, by default, in resolve_study.
+    # init's model count, tune's task before its study exists) and, by default, in resolve_study.
     managers = sorted(c.split(":")[0] for c in _calls("get_plugin_manager"))
-    assert managers == ["cli.init", "cli.service_commands", "outputs.export", "registry"], managers
+    assert managers == ["api.tune", "cli.init", "cli.service_commands", "outputs.export", "registry"], managers

@@ -106,7 +106,6 @@ def refit(
 def _retrain(
     study_file: str | Path, seeds: int | None, storage: str | None, quiet: bool, which: str | int, final: bool
 ) -> tuple[optuna.Study, list[dict[str, Any]]]:
-    from autopeft.registry import ResolvedStudy
     from autopeft.search.study import file_budget, open_study, resolve
     from autopeft.storage.artifacts import keep_weights
     from autopeft.training.workbench import Workbench
@@ -122,7 +121,7 @@ def _retrain(
     chosen = _chosen(study, which, file_budget(config, study), config.final.top)
     progress = Progress(quiet=quiet)
     trained = config.at_final_fidelity() if final else config
-    bench = Workbench(ResolvedStudy(trained, resolved.task, resolved.pm), progress)
+    bench = Workbench(resolved.with_config(trained), progress)
     prefix, verb = (REFIT_PREFIX, "refit") if final else (CONFIRM_PREFIX, "confirm")
     fidelity = {"epochs": trained.train.epochs, "max_train_examples": trained.data.max_train_examples}
     records = []

@@ -20,7 +20,7 @@ from torch import nn
 
 from autopeft.blocks import trainable_per_block
 from autopeft.budget import format_count
-from autopeft.errors import AutopeftError, changed_choices, first_line
+from autopeft.errors import AutopeftError, fatal_in_trial, first_line
 from autopeft.methods import PeftMethod, checked_count
 from autopeft.progress import Progress
 from autopeft.search.coordination import Surplus, check_not_surplus
@@ -73,7 +73,7 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            self.fatal = self.fatal or changed_choices(exc, self.config.study.name)
+            self.fatal = self.fatal or fatal_in_trial(exc, self.config.study.name)
             self._record_failure(trial, exc)
             raise
 

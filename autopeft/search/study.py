@@ -220,9 +220,7 @@ def prepare_study(
     done = len(finished_trials(existing)) if existing is not None else 0
     racing = races(config)
     if racing and config.at_final_fidelity() is not config:  # the race's full training is the final one
-        from autopeft.registry import ResolvedStudy
-
-        resolved = ResolvedStudy(config.at_final_fidelity(), resolved.task, resolved.pm)
+        resolved = resolved.with_config(config.at_final_fidelity())
     front_pending = races_front(config) and existing is not None and FRONT_ATTR not in existing.user_attrs
     if existing is not None and not racing and not front_pending and done >= target:
         progress.line(f"study {config.study.name!r} already has {done} finished trials (n_trials = {target})")
@@ -294,6 +292,7 @@ def run_study(
     start_from: str | Path | None = None,
     label: str = "",
     worker_seed: int | None = None,
+    progress: Progress | None = None,
 ) -> optuna.Study:
     """Run (or resume, or join) the search a study file describes, until ``n_trials`` trials have finished.
 
@@ -311,6 +310,8 @@ def run_study(
         worker_seed: added to the sampler's seed, so that workers of one study draw different
             configurations; by default derived from ``label`` (0 without one: a lone run stays
             reproducible).
+        progress: where progress goes (default: stderr lines, ``quiet`` and ``label`` as given);
+            ``autopeft.tune`` passes one widget line in Jupyter.
 
     Returns:
         The Optuna study; every trial's details are in its user attributes.
@@ -320,7 +321,7 @@ def run_study(
     """
     resolved = resolve(study_file, check_data=True)
     target = n_trials or resolved.config.study.n_trials
-    progress = Progress(quiet=quiet, label=label)
+    progress = progress or Progress(quiet=quiet, label=label)
     if worker_seed is None:
         worker_seed = zlib.crc32(label.encode()) if label else 0
     study, objective = prepare_study(resolved, target, storage, progress, start_from, worker_seed)
@@ -339,7 +340,6 @@ def run_study(
 def _race_front(study: optuna.Study, resolved: ResolvedStudy, searched: Objective, progress: Progress) -> None:
     """Race the finished search's Pareto front on paired seeds at the final fidelity
     (:func:`autopeft.search.racing.make_front_plan`), resuming a front race the study began."""
-    from autopeft.registry import ResolvedStudy
     from autopeft.search.objective import Objective
     from autopeft.search.race_loop import front_plan, run_race
     from autopeft.search.search_space import SearchSpace
@@ -348,7 +348,7 @@ def _race_front(study: optuna.Study, resolved: ResolvedStudy, searched: Objectiv
 
     bench, config = searched.bench, searched.config
     if config.at_final_fidelity() is not config:  # the front races at [final]: its own data and steps
-        bench = Workbench(ResolvedStudy(config.at_final_fidelity(), resolved.task, resolved.pm), progress)
+        bench = Workbench(resolved.with_config(config.at_final_fidelity()), progress)
     objective = Objective(SearchSpace(bench), progress)  # no target: race trials are not search trials
     objective.race = front_plan(study, objective.config, planned_steps(bench.data.train, bench.config.train), progress)
     if objective.race is not None:

@@ -117,6 +117,11 @@ def load_tokenizer(model: ModelSection, source: str, offline: bool) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(source, **_common(model, offline))
     except (OSError, ValueError) as exc:
         raise _loading_error(model, source, offline, exc) from None
+    return with_padding(tokenizer)
+
+
+def with_padding(tokenizer: Any) -> Any:
+    """``tokenizer`` with a padding token: a decoder's lacks one, and its end-of-sequence token pads."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

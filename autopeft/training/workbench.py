@@ -35,7 +35,7 @@ from autopeft._version import __version__
 from autopeft.blocks import build_context
 from autopeft.budget import format_count, parse_budget
 from autopeft.data import SMALL_VALIDATION_EXAMPLES, batches
-from autopeft.errors import AutopeftError, BudgetError, ConfigError, ModelError, PluginError, first_line
+from autopeft.errors import AutopeftError, BudgetError, ConfigError, FitError, ModelError, PluginError, first_line
 from autopeft.methods import PeftMethod, checked_count, plugin_call, trainable_numel
 from autopeft.precision import autocast_for
 from autopeft.progress import Progress
@@ -47,12 +47,15 @@ from autopeft.training.models import (
     load_study_base,
     load_tokenizer,
     resolve_model_name,
+    with_base_precision,
+    with_padding,
     within_model_limit,
 )
 from autopeft.training.prefix_cache import PrefixCache
 from autopeft.training.resident import BaseChanged, BaseLender
 from autopeft.training.token_cache import load_cached_task_data
 from autopeft.training.train import FULL, Fidelity, TrainResult, train
+from autopeft.training.user_fit import as_dataset, call_user_fit
 
 __all__ = [
     "Workbench",
@@ -139,6 +142,12 @@ def enabled_methods(resolved: ResolvedStudy) -> dict[str, MethodInfo]:
     return {m: installed[m] for m in resolved.config.search.methods}
 
 
+def _needs_own_loop(method: PeftMethod) -> bool:
+    """Whether ``method`` trains only in autopeft's loop: it steps each update (AdaLoRA's rank budget)
+    or brings its own optimizer, which a user's training function would not call."""
+    return type(method).on_step is not PeftMethod.on_step or type(method).optimizer is not PeftMethod.optimizer
+
+
 def _trained_in_fp32(model: nn.Module) -> nn.Module:
     """Every trained parameter of ``model`` in fp32, whatever the base is stored in (a bf16 head copy,
     bf16 biases BitFit trains): updates smaller than bf16's resolution would otherwise round away.
@@ -180,8 +189,16 @@ class Workbench:
             for name, method in self.enabled.items()
         }
 
-        self.model_source, self._offline = resolve_model_name(resolved.pm, config.model.name)
-        self.tokenizer = tokenizer = load_tokenizer(config.model, self.model_source, self._offline)
+        #: The user's own training function (``autopeft.tune(..., fit=...)``), or None: autopeft's loop.
+        self.user_fit = resolved.fit
+        self._fit_data: tuple[Any, Any] | None = None  # the splits as datasets, for the user's fit
+        self._loaded = resolved.loaded  # a model and tokenizer handed over from Python, trained on in place
+        if self._loaded is not None:
+            self.model_source, self._offline = config.model.name, True
+            self.tokenizer = tokenizer = with_padding(self._loaded[1])
+        else:
+            self.model_source, self._offline = resolve_model_name(resolved.pm, config.model.name)
+            self.tokenizer = tokenizer = load_tokenizer(config.model, self.model_source, self._offline)
         self._pad_token_id = tokenizer.pad_token_id
         self.config = config = within_model_limit(config, tokenizer, self.model_source, self._offline, self.progress)
         self.data, _ = load_cached_task_data(config, tokenizer, self.task, write=write_cache)
@@ -216,6 +233,10 @@ class Workbench:
         for name in [n for n in self.methods if self.smallest[n] == 0 and self.count(n, "largest") == 0]:
             del self.methods[name]  # e.g. BitFit in a language model without biases: it would train nothing
             self.skipped[name] = "it has nothing to train in this model"
+        if self.user_fit is not None:  # the user's loop calls no per-step hook and builds its own optimizer
+            for name in [n for n, m in self.methods.items() if _needs_own_loop(m)]:
+                del self.methods[name]
+                self.skipped[name] = "it needs autopeft's own loop (a per-step hook or its own optimizer), not fit"
         if config.model.quantization:
             for name, why in quantized_misfits(self.methods, config.model.quantization).items():
                 del self.methods[name]
@@ -257,15 +278,18 @@ class Workbench:
     def _load_base(self) -> None:
         """Load the base model onto the device, where it stays for every trial, with what depends on
         it: the blocks (``ctx``), the lender that gives it back after each trial, the prefix cache."""
-        self.base, self.config = load_study_base(
-            self.config,
-            self.model_source,
-            self._offline,
-            self.task,
-            self.data.label_names,
-            self._pad_token_id,
-            self.device,
-        )
+        if self._loaded is not None:
+            self.base, self.config = self._loaded_base()
+        else:
+            self.base, self.config = load_study_base(
+                self.config,
+                self.model_source,
+                self._offline,
+                self.task,
+                self.data.label_names,
+                self._pad_token_id,
+                self.device,
+            )
         config = self.config
         self._placed = is_quantized(self.base) or config.model.device_map is not None
         try:
@@ -278,10 +302,47 @@ class Workbench:
             ) from None
         self.lender = BaseLender(self.base)
         # A generated token is no cached example: a task that generates runs without the prefix cache.
-        cached = config.train.prefix_cache and not self.task.generates
+        cached = config.train.prefix_cache and not self.task.generates and self.user_fit is None
         self.prefix = PrefixCache(self.base, self.ctx) if cached else None
         if self.prefix is not None:
             self.prefix.remember_base(self._probe())
+
+    def _loaded_base(self) -> tuple[nn.Module, Any]:
+        """The model handed over from Python as the resident base: checked for the task's head, frozen,
+        on the device, its classes named.
+
+        Raises:
+            ModelError: it lacks the task's head (a bare model: which class to load instead), or has
+                another number of classes.
+            FitError: a trial changed its frozen weights, and there is no file to load it again from.
+        """
+        model, task, names = self._loaded[0], self.task, self.data.label_names  # type: ignore[index]
+        if getattr(self, "lender", None) is not None:  # a trial changed it: no file to load it again from
+            raise FitError(
+                "model",
+                f"a trial changed the loaded model's frozen weight {self.lender.changed[0]!r}",
+                "load the model again, fix the fit so that it leaves frozen weights alone, and call tune again",
+            )
+        wanted = task.auto_model.removeprefix("AutoModel")
+        if not type(model).__name__.endswith(wanted):
+            raise ModelError(
+                f"model: a {type(model).__name__} has no {task.name} head; load it with "
+                f"transformers.{task.auto_model}.from_pretrained(...)"
+                + (f" with num_labels={len(names)}" if names else "")
+            )
+        config: Any = model.config
+        if names and getattr(config, "num_labels", len(names)) != len(names):
+            raise ModelError(
+                f"model: the loaded model has {config.num_labels} classes and the data {len(names)} ({names}); load it "
+                f"with {task.auto_model}.from_pretrained(..., num_labels={len(names)})"
+            )
+        if names:
+            config.id2label = {i: str(label) for i, label in enumerate(names)}
+            config.label2id = {str(label): i for i, label in enumerate(names)}
+        if config.pad_token_id is None:
+            config.pad_token_id = self._pad_token_id
+        base = model if is_quantized(model) or getattr(model, "hf_device_map", None) else model.to(self.device)
+        return base.requires_grad_(False), with_base_precision(self.config, base)
 
     @property
     def baseline_value(self) -> float | None:
@@ -391,22 +452,25 @@ class Workbench:
             cache_seconds = time.perf_counter() - started
             overrides_step = type(method).on_step is not PeftMethod.on_step
             tally = LossTally(self.task.loss) if score_loss else None  # the last validation pass's loss
-            with self.prefix.attached(model, cached) if self.prefix and cached else contextlib.nullcontext():
-                result = train(
-                    model,
-                    self.task,
-                    self.data,
-                    self.config.train,
-                    dataclasses.replace(self.evaluation, tally=tally) if tally else self.evaluation,
-                    learning_rate=learning_rate,
-                    metric=self.config.task.metric,
-                    seed=seed,
-                    fidelity=fidelity,
-                    optimizer=method.optimizer(model, config, learning_rate, self.config.train.weight_decay),
-                    on_report=on_report,
-                    on_step=functools.partial(method.on_step, model) if overrides_step else None,
-                    progress=self._progress(label, on_loss),
-                )
+            if self.user_fit is not None:
+                result = self._user_fit(model, learning_rate, seed, fidelity, on_report)
+            else:
+                with self.prefix.attached(model, cached) if self.prefix and cached else contextlib.nullcontext():
+                    result = train(
+                        model,
+                        self.task,
+                        self.data,
+                        self.config.train,
+                        dataclasses.replace(self.evaluation, tally=tally) if tally else self.evaluation,
+                        learning_rate=learning_rate,
+                        metric=self.config.task.metric,
+                        seed=seed,
+                        fidelity=fidelity,
+                        optimizer=method.optimizer(model, config, learning_rate, self.config.train.weight_decay),
+                        on_report=on_report,
+                        on_step=functools.partial(method.on_step, model) if overrides_step else None,
+                        progress=self._progress(label, on_loss),
+                    )
             result.setup_seconds, result.cached_blocks, result.cache_seconds = setup_seconds, cached, cache_seconds
             result.trained_count = method.trained_count(model)
             if result.stopped_at is None:  # stopped by the caller: not a result to test or keep
@@ -429,6 +493,29 @@ class Workbench:
             if on_trained is not None:
                 on_trained(model, result)
             return result
+
+    def _user_fit(
+        self,
+        model: nn.Module,
+        learning_rate: float,
+        seed: int,
+        fidelity: Fidelity,
+        on_report: Callable[[int, float], bool] | None,
+    ) -> TrainResult:
+        """One fit by the user's own training function (:mod:`autopeft.training.user_fit`), on the
+        splits as datasets (made once)."""
+        if self._fit_data is None:
+            self._fit_data = (as_dataset(self.data.train), as_dataset(self.data.validation))
+        return call_user_fit(
+            self.user_fit,
+            model,
+            self.tokenizer,
+            self._fit_data,
+            learning_rate=learning_rate,
+            max_steps=fidelity.total_steps(self.data.train, self.config.train),
+            seed=seed,
+            on_report=on_report,
+        )
 
     @contextlib.contextmanager
     def _trial_model(self, method: PeftMethod, config: dict[str, Any]) -> Iterator[nn.Module]:
@@ -454,6 +541,11 @@ class Workbench:
                     yield _trained_in_fp32(model)
                     del model
         except BaseChanged as exc:
+            if self.user_fit is not None:
+                raise PluginError(
+                    f"fit changed the frozen base weight {exc.names[0]!r} in place (a precision cast, a merge, an "
+                    "optimizer over every parameter?); train only what requires a gradient"
+                ) from None
             raise PluginError(
                 f"method {method.name!r} changed the frozen base weight {exc.names[0]!r} in place; a method that "
                 "rewrites base weights must set modifies_base = True (the base was loaded again)"
