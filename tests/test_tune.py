@@ -317,3 +317,19 @@ def test_a_study_file_fit_that_cannot_be_imported_is_one_line(tmp_path: Path) ->
         resolve_study(config)
     with pytest.raises(ConfigError, match=r'^train\.fit: must be "module:function"'):
         load_config(write_study(tmp_path, train={"fit": "not a function name"}))
+
+
+def test_a_study_written_by_study_toml_reads_back_as_the_same_config() -> None:
+    from conftest import ROOT
+
+    from autopeft.config import config_from_dict, load_config, study_toml, tomllib
+
+    path = ROOT / "studies" / "quickstart.toml"
+    raw = tomllib.loads(path.read_text())
+    raw["data"]["label"] = 'odd\x7f"label'  # DEL and a quote: escaped as TOML wants
+    raw["search"]["lora"] = {"learning_rate": [1e-4, 1e-2]}
+    raw["search"]["methods"] = ["lora", "bitfit"]
+    again = config_from_dict(tomllib.loads(study_toml(raw)), path)
+    assert again == config_from_dict(raw, path)
+    assert again.data.label == 'odd\x7f"label' and again.search.options["lora"]["learning_rate"] == [1e-4, 1e-2]
+    assert config_from_dict(tomllib.loads(path.read_text()), path) == load_config(path)
