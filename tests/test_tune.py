@@ -333,3 +333,18 @@ def test_a_study_written_by_study_toml_reads_back_as_the_same_config() -> None:
     assert again == config_from_dict(raw, path)
     assert again.data.label == 'odd\x7f"label' and again.search.options["lora"]["learning_rate"] == [1e-4, 1e-2]
     assert config_from_dict(tomllib.loads(path.read_text()), path) == load_config(path)
+
+
+def test_workers_read_in_memory_data_from_the_study_file_tune_writes_first(
+    tmp_path: Path, frames, monkeypatch, capsys, minilm_available
+) -> None:
+    import os
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("AUTOPEFT_TEST_MARKS", str(tmp_path / "marks"))  # held_fit: both workers take a trial
+    result = autopeft.tune(MODEL, *frames, n_trials=2, fit="held_fit:fit", folder=tmp_path, workers=2, **FAST)
+    assert "2 workers read the study from" in capsys.readouterr().out
+    text = (tmp_path / "tune.toml").read_text()
+    assert 'train = "data/train-' in text and 'fit = "held_fit:fit"' in text
+    complete = [t for t in result.study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 2 and len({t.user_attrs["worker"] for t in complete}) == 2
