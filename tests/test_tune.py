@@ -236,7 +236,7 @@ def test_a_search_trained_by_the_transformers_trainer_prunes_a_trial(tmp_path: P
     assert not (tmp_path / "trainer").exists() or not any((tmp_path / "trainer").rglob("*.safetensors"))
 
 
-def test_a_search_trained_by_trl_sft_trainer_on_chats(tmp_path: Path) -> None:
+def test_a_search_trained_by_trl_sft_trainer_on_chats_prunes_a_trial(tmp_path: Path) -> None:
     from test_instruction import REVIEWS, WORDS, _messages
     from trl import SFTConfig  # the test extra installs it
 
@@ -245,7 +245,12 @@ def test_a_search_trained_by_trl_sft_trainer_on_chats(tmp_path: Path) -> None:
 
     model = save_random_causal_lm(tmp_path / "model", [" ".join(WORDS)], chat=True)
     chats = pd.DataFrame({"messages": [_messages(r, a) for r, a in REVIEWS * 6]})
-    losses: list[float] = []
+    scores = iter([0.1, 0.1] + [10.0] * 100)  # the first trial's evaluations score well; the rest worse
+
+    def made_up_loss(prediction: Any) -> dict[str, float]:
+        assert prediction.predictions.ndim == 3  # the real SFTTrainer's logits of the real model
+        return {"score": next(scores)}
+
     args = SFTConfig(
         output_dir=str(tmp_path / "sft"),
         per_device_train_batch_size=4,
@@ -257,11 +262,12 @@ def test_a_search_trained_by_trl_sft_trainer_on_chats(tmp_path: Path) -> None:
         gradient_checkpointing=False,
         bf16=False,
     )
-    fit = sft_fit(args, metric="eval_loss")
+    fit = sft_fit(args, metric="eval_score", compute_metrics=made_up_loss)
+    returned: list[float] = []
 
     def recorded(*a: Any) -> float:
-        losses.append(fit(*a))
-        return losses[-1]
+        returned.append(fit(*a))
+        return returned[-1]
 
     result = autopeft.tune(
         str(model),
@@ -278,10 +284,16 @@ def test_a_search_trained_by_trl_sft_trainer_on_chats(tmp_path: Path) -> None:
         race=False,
         methods=["lora"],
         batch_size=4,
+        pruner="median",
+        pruner_startup_trials=1,
+        pruner_min_steps=0,
     )
-    assert _states(result.study) == ["COMPLETE", "COMPLETE"]
-    assert [t.value for t in result.study.trials] == pytest.approx(losses)
-    assert all(math.isfinite(v) for v in losses)
+    states = _states(result.study)
+    assert states.count("COMPLETE") == 1 and states.count("PRUNED") == 1
+    complete = next(t for t in result.study.trials if t.state.name == "COMPLETE")
+    assert complete.value == pytest.approx(returned[0]) and math.isfinite(complete.value)
+    pruned = next(t for t in result.study.trials if t.state.name == "PRUNED")
+    assert pruned.user_attrs["steps_saved"] > 0  # the callback stopped SFTTrainer early
 
 
 def test_sft_fit_refuses_packing() -> None:
