@@ -37,6 +37,7 @@ __all__ = [
     "DATA_SUFFIXES",
     "KEEP_WEIGHTS",
     "folder_kind",
+    "SECTIONS",
     "config_from_dict",
     "study_toml",
 ]
@@ -632,7 +633,8 @@ class StudyConfig:
         return value
 
 
-_SECTIONS = {
+#: The study file's sections, in its order, and the dataclass each is read into.
+SECTIONS: dict[str, type] = {
     "study": StudySection,
     "model": ModelSection,
     "task": TaskSection,
@@ -684,7 +686,7 @@ def _toml(value: Any) -> str:
 
 def _validate(config: StudyConfig) -> None:
     """Check every field against the rules declared beside it, section by section, field by field."""
-    for section_name in _SECTIONS:
+    for section_name in SECTIONS:
         section = getattr(config, section_name)
         for f in fields(section):
             value = getattr(section, f.name)
@@ -802,12 +804,12 @@ def config_from_dict(raw: Mapping[str, Any], path: str | Path) -> StudyConfig:
     """
     path = Path(path)
     for key in raw:
-        if key not in _SECTIONS:
-            raise ConfigError(key, "unknown section", _suggest(key, list(_SECTIONS)))
+        if key not in SECTIONS:
+            raise ConfigError(key, "unknown section", _suggest(key, list(SECTIONS)))
     for required in ("study", "model", "data", "budget"):
         if required not in raw:
             raise ConfigError(required, "section is missing", f"add a [{required}] table")
-    sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()}
     config = StudyConfig(path=path.resolve(), **sections)
     _validate(config)
     return config

@@ -149,11 +149,11 @@ def test_every_study_file_field_declares_its_rules() -> None:
     """A field added without a rule beside it fails here: nothing is checked away from its declaration."""
     from dataclasses import fields
 
-    from autopeft.config import _SECTIONS, Rule
+    from autopeft.config import SECTIONS, Rule
 
     unruled = [
         f"{section}.{f.name}"
-        for section, cls in _SECTIONS.items()
+        for section, cls in SECTIONS.items()
         for f in fields(cls)
         if not f.metadata.get("derived") and not all(isinstance(r, Rule) for r in f.metadata.get("rules", [None]))
     ]

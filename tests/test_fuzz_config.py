@@ -9,7 +9,7 @@ from conftest import _toml, write_study
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autopeft.config import _SECTIONS, load_config
+from autopeft.config import SECTIONS, load_config
 from autopeft.errors import ConfigError
 
 # "section.key: problem; fix", or the file itself ("/path/study.toml: not valid TOML ...").
@@ -24,9 +24,9 @@ _values = st.recursive(
     ),
     max_leaves=6,
 )
-_keys = st.sampled_from(sorted({f.name for cls in _SECTIONS.values() for f in cls.__dataclass_fields__.values()}))
+_keys = st.sampled_from(sorted({f.name for cls in SECTIONS.values() for f in cls.__dataclass_fields__.values()}))
 _mutation = st.tuples(
-    st.sampled_from([*_SECTIONS, "sudo", "Study"]),
+    st.sampled_from([*SECTIONS, "sudo", "Study"]),
     st.one_of(_keys, st.from_regex(r"[a-z_]{1,10}", fullmatch=True)),
     st.one_of(st.none(), _values),  # None: delete the key (or the whole section)
 )

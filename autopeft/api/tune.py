@@ -18,47 +18,26 @@ from typing import Any
 
 from autopeft.api.inputs import data_source, model_name
 from autopeft.api.result import TuneResult
-from autopeft.config import (
-    BudgetSection,
-    DataSection,
-    FinalSection,
-    ModelSection,
-    SearchSection,
-    StudySection,
-    TaskSection,
-    TrainSection,
-    config_from_dict,
-)
+from autopeft.config import SECTIONS, DataSection, config_from_dict
 from autopeft.errors import ConfigError
 from autopeft.progress import NotebookProgress, Progress
 
 __all__ = ["tune"]
 
-#: Sections in the order a flat keyword is looked up: ``epochs`` is [train]'s, ``max_train_examples``
-#: [data]'s (and ``settings={"final": {...}}`` reaches the others).
-_SECTIONS: dict[str, type] = {
-    "study": StudySection,
-    "model": ModelSection,
-    "task": TaskSection,
-    "data": DataSection,
-    "budget": BudgetSection,
-    "train": TrainSection,
-    "search": SearchSection,
-    "final": FinalSection,
-}
-
 
 def _section_of(key: str) -> str:
-    for name, cls in _SECTIONS.items():
+    """The section a flat keyword belongs to: the first in the study file's order that has it
+    (``epochs`` is [train]'s, ``max_train_examples`` [data]'s)."""
+    for name, cls in SECTIONS.items():
         if key in {f.name for f in dataclasses.fields(cls)} and key not in ("options",):
             return name
-    known = sorted({f.name for cls in _SECTIONS.values() for f in dataclasses.fields(cls)} - {"options"})
+    known = sorted({f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)} - {"options"})
     raise ConfigError(key, "is no study setting", f"use one of {', '.join(known)}, or settings={{section: {{...}}}}")
 
 
 def _sections(settings: Mapping[str, Any], flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The study's sections from ``settings`` (by section) and the flat keywords (each to its section)."""
-    raw: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for name, table in settings.items():
         if name not in raw or not isinstance(table, Mapping):
             raise ConfigError(f"settings[{name!r}]", "is no section table", f"use one of {', '.join(raw)} with a dict")
@@ -139,10 +118,10 @@ def tune(
     """
     from autopeft.registry import get_plugin_manager, registered_tasks, resolve_study
 
-    folder = Path(folder if folder is not None else name).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
     if not re.fullmatch(r"[\w.-]+", name):
         raise ConfigError("name", f"{name!r} is no study name", "use letters, digits, '-', '_' or '.'")
+    folder = Path(folder if folder is not None else name).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
     raw = _sections(settings or {}, study_settings)
     base, loaded = model_name(model, tokenizer)
     raw["study"] = {"name": name, **raw["study"], **({"storage": storage} if storage else {})}
@@ -159,7 +138,11 @@ def tune(
     tasks = registered_tasks(pm)
     if task not in tasks:
         raise ConfigError("task", f"unknown task {task!r}", f"use one of {sorted(tasks)}")
-    columns = tasks[task].task.columns(DataSection(train="", validation="", **raw["data"]))
+    # The task's columns (an unknown key is config_from_dict's to name; the splits are the arguments).
+    known = {f.name for f in dataclasses.fields(DataSection)} - {"train", "validation", "test"}
+    columns = tasks[task].task.columns(
+        DataSection(train="", validation="", **{k: v for k, v in raw["data"].items() if k in known})
+    )
     splits = {"train": train, "validation": validation, "test": test}
     for split, value in splits.items():
         if split != "test" and value is None:
