@@ -210,7 +210,9 @@ def _lm_model_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def test_causal_lm_study_end_to_end(tmp_path: Path, minilm_available) -> None:
+def test_causal_lm_study_end_to_end(tmp_path: Path, capsys, minilm_available) -> None:
+    from autopeft.cli.command import main
+
     model = _lm_model_dir(tmp_path)
     path = write_study(
         tmp_path,
@@ -222,6 +224,8 @@ def test_causal_lm_study_end_to_end(tmp_path: Path, minilm_available) -> None:
         train={"batch_size": 8, "learning_rate": [1e-3, 3e-2]},
         search={"methods": ["lora", "ia3", "unfreeze"]},
     )
+    assert main(["plan", str(path)]) == 0
+    assert "head: none new (the model's own output layer stays frozen)" in capsys.readouterr().out
     study = run_study(path, quiet=True)
     assert study.directions == [optuna.study.StudyDirection.MINIMIZE]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

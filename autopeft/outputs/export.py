@@ -461,7 +461,7 @@ def _retrain(bench: Workbench, trial: FrozenTrial, out: Path, progress: Progress
 
 
 def export(
-    study_file: str | Path,
+    study_file: str | Path | ResolvedStudy,
     out: str | Path,
     which: str | int = "best",
     storage: str | None = None,

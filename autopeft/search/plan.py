@@ -173,7 +173,9 @@ def format_plan(plan: dict[str, Any]) -> str:
         + (f": {len(classes)} classes ({', '.join(map(str, classes))})" if classes else "")
         + f"; metric {metric}"
         + (f"; {describe_baselines(baseline)}" if baseline else ""),
-        f"head: {', '.join(plan['head']['modules'])} ({format_count(plan['head']['params'])})",
+        f"head: {', '.join(plan['head']['modules'])} ({format_count(plan['head']['params'])})"
+        if plan["head"]["modules"]
+        else "head: none new (the model's own output layer stays frozen)",
         f"{len(plan['blocks'])} blocks:",
     ]
     for b in plan["blocks"]:
