@@ -16,7 +16,7 @@ from typing import Any
 
 from autopeft.data import padded
 
-__all__ = ["trainer_fit", "PaddingCollator", "run_trainer"]
+__all__ = ["trainer_fit", "PaddingCollator", "fit_with"]
 
 
 class PaddingCollator:
@@ -45,34 +45,43 @@ def _reporter(report: Callable[[int, float], bool], metric: str) -> Any:
     return Reporter()
 
 
-def run_trainer(
-    trainer_class: type,
-    args: Any,
-    model: Any,
-    tokenizer: Any,
-    train: Any,
-    validation: Any,
-    report: Callable[[int, float], bool],
-    metric: str,
-    **trainer_kwargs: Any,
-) -> float:
-    """Train with ``trainer_class(model=..., args=..., ...)`` and return the validation ``metric``."""
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=validation,
-        processing_class=tokenizer,
-        callbacks=[_reporter(report, metric), *trainer_kwargs.pop("callbacks", [])],
-        **trainer_kwargs,
-    )
-    trainer.train()
-    if trainer.control.should_training_stop and trainer.state.global_step < args.max_steps:
-        return float("nan")  # stopped by autopeft: the trial is pruned, its value unused
-    found = trainer.evaluate()
-    if metric not in found:
-        raise KeyError(f"the evaluation gave no {metric!r} (it gave {', '.join(sorted(found))}); pass metric=")
-    return float(found[metric])
+def fit_with(trainer_class: type, args: Any, metric: str, **trainer_kwargs: Any) -> Callable[..., float]:
+    """A ``fit`` that trains each trial with ``trainer_class(model=..., args=..., ...)`` (``Trainer``,
+    ``SFTTrainer``) on the search's rate, steps and seed, and returns the validation ``metric``.
+    A ``data_collator=None`` among ``trainer_kwargs`` becomes a :class:`PaddingCollator`."""
+
+    def fit(
+        model: Any,
+        tokenizer: Any,
+        train: Any,
+        validation: Any,
+        learning_rate: float,
+        max_steps: int,
+        seed: int,
+        report: Callable[[int, float], bool],
+    ) -> float:
+        kwargs = dict(trainer_kwargs)
+        if "data_collator" in kwargs and kwargs["data_collator"] is None:
+            kwargs["data_collator"] = PaddingCollator(tokenizer.pad_token_id)
+        run_args = searched_arguments(args, learning_rate, max_steps, seed)
+        trainer = trainer_class(
+            model=model,
+            args=run_args,
+            train_dataset=train,
+            eval_dataset=validation,
+            processing_class=tokenizer,
+            callbacks=[_reporter(report, metric), *kwargs.pop("callbacks", [])],
+            **kwargs,
+        )
+        trainer.train()
+        if trainer.control.should_training_stop and trainer.state.global_step < run_args.max_steps:
+            return float("nan")  # stopped by autopeft: the trial is pruned, its value unused
+        found = trainer.evaluate()
+        if metric not in found:
+            raise KeyError(f"the evaluation gave no {metric!r} (it gave {', '.join(sorted(found))}); pass metric=")
+        return float(found[metric])
+
+    return fit
 
 
 def searched_arguments(args: Any, learning_rate: float, max_steps: int, seed: int) -> Any:
@@ -110,28 +119,6 @@ def trainer_fit(
     """
     from transformers import Trainer
 
-    def fit(
-        model: Any,
-        tokenizer: Any,
-        train: Any,
-        validation: Any,
-        learning_rate: float,
-        max_steps: int,
-        seed: int,
-        report: Callable[[int, float], bool],
-    ) -> float:
-        return run_trainer(
-            Trainer,
-            searched_arguments(args, learning_rate, max_steps, seed),
-            model,
-            tokenizer,
-            train,
-            validation,
-            report,
-            metric,
-            data_collator=data_collator or PaddingCollator(tokenizer.pad_token_id),
-            compute_metrics=compute_metrics,
-            **trainer_kwargs,
-        )
-
-    return fit
+    return fit_with(
+        Trainer, args, metric, data_collator=data_collator, compute_metrics=compute_metrics, **trainer_kwargs
+    )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from autopeft.errors import ConfigError
-from autopeft.integrations.transformers import run_trainer, searched_arguments
+from autopeft.integrations.transformers import fit_with
 
 __all__ = ["sft_fit"]
 
@@ -37,26 +37,4 @@ def sft_fit(args: Any, metric: str = "eval_loss", **trainer_kwargs: Any) -> Call
     if getattr(args, "packing", False):
         raise ConfigError("fit", "SFTConfig(packing=True) mixes examples in one row", "set packing=False")
 
-    def fit(
-        model: Any,
-        tokenizer: Any,
-        train: Any,
-        validation: Any,
-        learning_rate: float,
-        max_steps: int,
-        seed: int,
-        report: Callable[[int, float], bool],
-    ) -> float:
-        return run_trainer(
-            SFTTrainer,
-            searched_arguments(args, learning_rate, max_steps, seed),
-            model,
-            tokenizer,
-            train,
-            validation,
-            report,
-            metric,
-            **trainer_kwargs,
-        )
-
-    return fit
+    return fit_with(SFTTrainer, args, metric, **trainer_kwargs)
