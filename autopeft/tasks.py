@@ -37,6 +37,7 @@ from torch import nn
 from autopeft.config import DataSection
 from autopeft.data import IGNORE_INDEX, Split, batches
 from autopeft.errors import DataError
+from autopeft.inference_cache import dora_cached
 from autopeft.precision import autocast_for
 
 __all__ = [
@@ -236,7 +237,8 @@ def validation_loss(task: Task, model: nn.Module, split: Split, settings: EvalSe
 def eval_logits(
     model: nn.Module, split: Split, settings: EvalSettings
 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """(example indices, logits, labels) per batch, dropout off, under ``inference_mode``.
+    """(example indices, logits, labels) per batch, dropout off, under ``inference_mode`` (and DoRA's
+    weight norms computed once a pass: :func:`~autopeft.inference_cache.dora_cached`).
 
     Batches hold examples of similar lengths, so little compute goes to padding; the indices say
     which examples each batch holds.
@@ -249,7 +251,7 @@ def eval_logits(
     if settings.tally is not None:  # a new pass: the tally is this one's
         settings.tally.total, settings.tally.count = 0.0, 0
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), dora_cached(model, device):
             for batch in batches(split, settings.batch_size, settings.pad_token_id, order=order):
                 labels = batch.pop("labels")
                 with autocast_for(device, settings.precision):
@@ -266,7 +268,8 @@ def eval_logits(
 def generate_answers(model: nn.Module, split: Split, settings: EvalSettings) -> list[str]:
     """What ``model`` answers to each prompt of ``split`` (its ``prompt_lengths`` leading tokens), in
     the split's order: greedy decoding with the KV cache, in batches of prompts of similar lengths,
-    left-padded so that every prompt ends where generation starts. The answers are decoded without
+    left-padded so that every prompt ends where generation starts (DoRA's weight norms computed once:
+    :func:`~autopeft.inference_cache.dora_cached`). The answers are decoded without
     special tokens (a chat model's end-of-turn token) and stripped of surrounding whitespace.
 
     Raises:
@@ -281,7 +284,7 @@ def generate_answers(model: nn.Module, split: Split, settings: EvalSettings) -> 
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), dora_cached(model, settings.device):
             for start in range(0, len(order), settings.batch_size):
                 chosen = order[start : start + settings.batch_size]
                 longest = max(len(prompts[i]) for i in chosen)

@@ -265,6 +265,37 @@ def test_a_real_model_answers_the_same_in_batches_as_alone(chat_model: Path, tok
     assert TASK.evaluate(model, split, "perplexity", _settings(tokenizer)) == pytest.approx(torch.tensor(loss).exp())
 
 
+def test_dora_norms_are_cached_for_an_evaluation_pass_where_they_fit_and_change_no_answer(
+    chat_model: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from autopeft import inference_cache
+
+    base = AutoModelForCausalLM.from_pretrained(chat_model)
+    config = LoraConfig(r=2, use_dora=True, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(base, config).train()
+    layers = [m for m in model.modules() if hasattr(m, "_dora_cache")]
+    assert layers and inference_cache.dora_cache_bytes(model) == sum(
+        4 * m.get_base_layer().weight.numel() for m in model.modules() if getattr(m, "use_dora", {}).get("default")
+    )
+    held: list[int] = []  # cached entries seen after each forward pass
+    layers[0].register_forward_hook(lambda *_: held.append(len(layers[0]._dora_cache)))
+    rows = {"messages": [_messages(*r) for r in REVIEWS]}
+    split = TASK.encode(rows, tokenizer, _data(), [], "validation")
+    found = {}
+    for share in (0.25, 0.0):  # fits; then nothing may be cached
+        monkeypatch.setattr(inference_cache, "FREE_MEMORY_SHARE", share)
+        held.clear()
+        answers = generate_answers(model, split, _settings(tokenizer, batch_size=2, max_new_tokens=4))
+        found[share] = answers, TASK.evaluate(model, split, "loss", _settings(tokenizer)), list(held)
+        assert all(len(m._dora_cache) == 0 for m in layers)  # emptied after the pass
+    assert found[0.25][:2] == found[0.0][:2]  # the same answers and loss
+    assert max(found[0.25][2]) > 0 and max(found[0.0][2]) == 0
+    assert model.training
+
+
 def test_the_majority_answer_baseline_and_the_base_models_own(tokenizer: Any) -> None:
     rows = {"messages": [_messages(*r) for r in [*REVIEWS, ("great plot", "fresh")]]}
     train = TASK.encode(rows, tokenizer, _data(), [], "train")

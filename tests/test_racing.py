@@ -15,6 +15,7 @@ from optuna.trial import TrialState, create_trial
 from autopeft.search.race import Rung, Schedule
 from autopeft.search.racing import DECISION_ATTR, PLAN_ATTR, Claim, RaceEntrant, RacePlan, RaceState, claim_of
 from autopeft.storage.backends import MAX_RETRIES
+from autopeft.storage.results import recorded_test_metric
 
 
 def _plan(keys: list[str], rungs: list[tuple[float, int, int]], short_rungs: str = "metric") -> RacePlan:
@@ -193,10 +194,10 @@ def test_a_plan_survives_its_record_and_a_broken_race_attribute_is_no_claim() ->
     assert claim_of({"race": {"rung": "x"}}) is None and claim_of({}) is None
 
 
-def _race_study(folder: Path, train: dict | None = None, **search) -> Path:
+def _race_study(folder: Path, train: dict | None = None, keep_weights: str = "front", **search) -> Path:
     return write_study(
         folder,
-        study={"name": "raced", "seed": 0},
+        study={"name": "raced", "seed": 0, "keep_weights": keep_weights},
         data={"test": "validation.parquet"},
         search={"methods": ["lora", "bitfit"], "race": True, "trainings": 7, "proxy": False, **search},
         **({"train": train} if train else {}),
@@ -243,7 +244,13 @@ def test_a_run_races_and_ends_in_a_recommendation(tmp_path, capsys, minilm_avail
         decided["chosen"]
     ] * 3
     best = winner(study)
-    assert best is not None and best.number == decided["trials"][0] and "test_metric" in best.user_attrs
+    assert best is not None and best.number == decided["trials"][0]
+    # the test split scored the recommendation alone, once decided, from its kept weights
+    assert sorted(decided["test_values"]) == sorted(str(n) for n in decided["trials"])
+    assert list(decided["test_means"]) == [decided["chosen"]]
+    assert not any("test_metric" in t.user_attrs for t in study.get_trials())
+    assert recorded_test_metric(best, study.user_attrs) == decided["test_values"][str(best.number)]
+    assert f"test {decided['test_means'][decided['chosen']]:.4f}" in out
     from autopeft.outputs.report import build_figures
 
     lines = [trace for trace in build_figures(study)["race"].data if trace.mode == "lines"]
@@ -257,6 +264,35 @@ def test_a_run_races_and_ends_in_a_recommendation(tmp_path, capsys, minilm_avail
     assert main(["refit", str(path)]) == 0
     assert "race decided: recommends" in capsys.readouterr().out
     assert len(_complete(open_study(load_config(path), create=False))) == len(claims)
+
+
+def test_the_recommendation_scored_from_its_kept_weights_equals_scoring_every_final_training(
+    tmp_path, minilm_available
+) -> None:
+    # Keeping no weights, a race tests each final training as it finishes (the old way): the same
+    # race keeping them scores only its recommendation, after the decision, to the same values.
+    from autopeft import load_config, open_study, run_study
+
+    studies = {}
+    for keep in ("front", "none"):
+        (tmp_path / keep).mkdir()
+        path = _race_study(tmp_path / keep, keep_weights=keep)
+        run_study(path, quiet=True)
+        studies[keep] = open_study(load_config(path), create=False)
+    kept, each = (studies[k].user_attrs[DECISION_ATTR] for k in ("front", "none"))
+    assert kept["chosen"] == each["chosen"] and kept["trials"] == each["trials"]
+    tested = {t.number: t.user_attrs.get("test_metric") for t in studies["none"].get_trials()}
+    finals = [t.number for t in studies["none"].get_trials() if t.user_attrs["race"]["rung"] == 1]
+    assert all(tested[n] is not None for n in finals) and len(each["test_means"]) > 1
+    assert "test_values" not in each
+    assert kept["test_values"] == pytest.approx({str(n): tested[n] for n in each["trials"]}, abs=1e-9)
+    assert kept["test_means"] == pytest.approx({kept["chosen"]: each["test_means"][each["chosen"]]}, abs=1e-9)
+    # the final trainings' weights were kept: they are what export ships, never retrained
+    from autopeft.storage.artifacts import artifact_store, fetch_weights
+
+    store = artifact_store(load_config(tmp_path / "front" / "study.toml"))
+    trials = {t.number: t for t in studies["front"].get_trials()}
+    assert all(fetch_weights(store, studies["front"], trials[n], tmp_path / "w" / str(n)) for n in kept["trials"])
 
 
 def test_a_race_stopped_halfway_resumes_from_the_storage(tmp_path, monkeypatch, minilm_available) -> None:

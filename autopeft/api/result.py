@@ -82,7 +82,7 @@ class TuneResult:
         rate, size, validation and test metric, and, from a race, the paired margin over the
         incumbent (``margin``: mean and 95% interval) and whether it displaced it; None before any
         trial finished."""
-        from autopeft.storage.results import study_budget, winner
+        from autopeft.storage.results import recorded_test_metric, study_budget, winner
 
         trial = winner(self.study, budget=study_budget(self.study))
         if trial is None:
@@ -95,7 +95,7 @@ class TuneResult:
             "learning_rate": a["learning_rate"],
             "trainable_params": a["trainable_params"],
             metric: trial.values[0] if trial.values else None,
-            "test_" + metric: a.get("test_metric"),
+            "test_" + metric: recorded_test_metric(trial, self.study.user_attrs),
         }
         decision = self.study.user_attrs.get("race_decision")
         if isinstance(decision, dict):

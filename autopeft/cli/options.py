@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from autopeft.storage.backends import STORAGE_ENV
-from autopeft.storage.results import Standard
+from autopeft.storage.results import Standard, recorded_test_metric
 
 if TYPE_CHECKING:
     import optuna
@@ -96,21 +96,29 @@ def spread(record: dict[str, Any]) -> str:
     return f"{record['mean']:.4f} ± {record['std']:.4f} over {len(record['seeds'])} seeds{test}"
 
 
-def print_best(best: FrozenTrial, metric: str, standard: Standard, refit: dict[str, Any] | None = None) -> None:
-    attrs = best.user_attrs
+def print_best(
+    best: FrozenTrial,
+    metric: str,
+    standard: Standard,
+    refit: dict[str, Any] | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> None:
+    """``best``'s line (its test metric where it has one, or its race scored it: ``attrs``, the
+    study's user attributes), then its refit and its configuration."""
+    mine, test = best.user_attrs, recorded_test_metric(best, attrs)
     assert best.values is not None
     print(
         f"best trial {best.number}: {metric} {best.values[0]:.4f}"
-        + (f" ± {se:.4f} (standard error)" if isinstance(se := attrs.get("metric_se"), float) else "")
-        + (f" (test {attrs['test_metric']:.4f})" if "test_metric" in attrs else "")
+        + (f" ± {se:.4f} (standard error)" if isinstance(se := mine.get("metric_se"), float) else "")
+        + (f" (test {test:.4f})" if test is not None else "")
         + (f"; {standard.describe_baseline()} without learning" if standard.baseline is not None else "")
     )
     if refit is not None:
         print(f"  refit: {spread(refit)}; chosen by the refit mean on validation")
     print(
-        f"  method {attrs.get('method')}  trainable {attrs.get('trainable_params')} "
-        f"({100 * attrs.get('trainable_share', 0):.3f}%)  learning rate {attrs.get('learning_rate', 0):.2e}"
+        f"  method {mine.get('method')}  trainable {mine.get('trainable_params')} "
+        f"({100 * mine.get('trainable_share', 0):.3f}%)  learning rate {mine.get('learning_rate', 0):.2e}"
     )
-    print(f"  config {attrs.get('config')}")
+    print(f"  config {mine.get('config')}")
     if standard.at_baseline(best):
         print(f"  warning: {standard.why_at_baseline(best)}: it learned nothing from the inputs")

@@ -53,7 +53,8 @@ def _best(args: argparse.Namespace) -> int:
         }
         print(json.dumps(record, indent=2))
     else:
-        print_best(best, study.user_attrs.get("metric", "value"), standard, refit_record(study, best))
+        attrs = study.user_attrs
+        print_best(best, attrs.get("metric", "value"), standard, refit_record(study, best, attrs), attrs)
     return 0
 
 
@@ -63,7 +64,8 @@ def _trials(args: argparse.Namespace) -> int:
     _, study, standard = load_study(args)
     metric = study.user_attrs.get("metric", "value")
     trials = study.get_trials(deepcopy=False)
-    print(format_rows([trial_row(t, metric, standard) for t in trials], args.format))
+    attrs = study.user_attrs  # one read: each is a query
+    print(format_rows([trial_row(t, metric, standard, attrs) for t in trials], args.format))
     if args.format == "table" and trials:
         from collections import Counter
 
@@ -91,7 +93,7 @@ def _pareto(args: argparse.Namespace) -> int:
     raced = {p["trial"]: p for p in front["kept"]} if isinstance(front, dict) else {}
     rows = []
     for t in pareto_front(study, budget=standard.budget):
-        row = trial_row(t, metric, standard)
+        row = trial_row(t, metric, standard, attrs)
         del row["state"], row["train_seconds"]
         if t.number in raced:  # a raced front: its paired seeds' figures, and its margin over the next smaller
             point, diff = raced[t.number], raced[t.number].get("difference")

@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     best = best_trial(study)
     if best is not None:
-        print_best(best, study.user_attrs.get("metric", "value"), Standard.of(study))
+        print_best(best, study.user_attrs.get("metric", "value"), Standard.of(study), attrs=study.user_attrs)
     if len(study.directions) > 1:
         print(f"Pareto front: {len(pareto_front(study))} trials; see `autopeft pareto {args.study}`")
     if best is not None:

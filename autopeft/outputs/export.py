@@ -37,7 +37,14 @@ from autopeft.errors import AutopeftError, PluginError, first_line
 from autopeft.progress import Progress
 from autopeft.registry import ResolvedStudy, get_plugin_manager, registered_methods, registered_tasks
 from autopeft.storage.artifacts import artifact_store, fetch_refit_weights, fetch_weights, plain_name
-from autopeft.storage.results import confirm_record, is_feasible, pareto_front, refit_record, winner
+from autopeft.storage.results import (
+    confirm_record,
+    is_feasible,
+    pareto_front,
+    recorded_test_metric,
+    refit_record,
+    winner,
+)
 from autopeft.tasks import Task
 
 if TYPE_CHECKING:
@@ -191,7 +198,7 @@ def _provenance(
             "number": trial.number,
             "values": trial.values,
             "validation_metric": trial.values[0],
-            "test_metric": a.get("test_metric"),
+            "test_metric": recorded_test_metric(trial, study.user_attrs),
             "confirmed": confirm_record(study, trial),
             "refit": _without_weights(refit),
             "params": trial.params,

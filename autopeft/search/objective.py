@@ -8,6 +8,7 @@ a failure is recorded.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ from autopeft.methods import PeftMethod, checked_count
 from autopeft.progress import Progress
 from autopeft.search.coordination import Surplus, check_not_surplus
 from autopeft.search.pruning import TrialReporter, own_pruner, trial_fidelity
+from autopeft.search.race_test import tests_after_decision
 from autopeft.search.racing import RacePlan, RaceTurn, race_training
 from autopeft.search.search_space import SearchSpace
 from autopeft.storage.artifacts import SAVED_NOTHING, keep_if_wanted
@@ -60,16 +62,13 @@ class Objective:
             if self.target is not None:
                 check_not_surplus(trial, self.target)
             return self._trial(trial)
-        except KeyboardInterrupt:
-            trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM)")
+        except (KeyboardInterrupt, Surplus) as exc:
+            trial.set_user_attr("error", str(exc) if isinstance(exc, Surplus) else "interrupted (Ctrl-C or SIGTERM)")
             raise
         except NonFiniteLoss as exc:
             trial.set_user_attr("pruned_reason", str(exc))
             self.progress.line(f"[trial {trial.number}] pruned: {exc}")
             raise optuna.TrialPruned(str(exc)) from None
-        except Surplus as exc:
-            trial.set_user_attr("error", str(exc))
-            raise
         except optuna.TrialPruned:
             raise
         except Exception as exc:
@@ -98,6 +97,7 @@ class Objective:
         trial.set_user_attr("worker", self.worker)  # first: no worker takes it for an orphan (fail_orphaned_trials)
         if self.race is not None:  # a race trial trains what the race needs (autopeft.search.racing)
             name, learning_rate, config, seed, fidelity, tag = race_training(trial, self.race, self.turn, self.space)
+            tested = fidelity is FULL and not tests_after_decision(self.race, self.config)  # else the choice, once
         else:
             (name, learning_rate, config), fidelity, tag = self.space.suggest(trial), self.fidelity, ""
             seed = self.config.study.seed + trial.number
@@ -124,8 +124,8 @@ class Objective:
             fidelity=fidelity,
             on_report=report if self.race is None else None,  # a race compares whole rungs
             on_loss=report.loss,
-            test=fidelity is FULL if self.race else lambda value: beats_best(trial.study, value, n),
-            on_trained=self._keeper(trial, method, n),
+            test=tested if self.race else lambda value: beats_best(trial.study, value, n),
+            on_trained=self._keeper(trial, method, n, candidate=self.race is not None and fidelity is FULL),
             label=trial.number,
             score_loss=self.race is not None and fidelity is not FULL,
         )
@@ -135,14 +135,14 @@ class Objective:
         set_user_attrs(trial, result.measurements() | report.curve())
         return self._values(result.metric, n)
 
-    def _keeper(self, trial: optuna.Trial, method: PeftMethod, n: int) -> Callable[[nn.Module, TrainResult], None]:
+    def _keeper(self, trial: optuna.Trial, method: PeftMethod, n: int, candidate: bool) -> Callable[..., None]:
         """What happens to a trained model before it is freed: its size per block is recorded, and its
-        weights are kept as artifacts when ``[study] keep_weights`` says so."""
+        weights are kept when ``[study] keep_weights`` says so, or when it is a ``candidate`` answer."""
 
         def keep(model: nn.Module, result: TrainResult) -> None:
             trial.set_user_attr("block_params", trainable_per_block(model, self.bench.ctx))
-            save = lambda directory: method.save(model, directory)  # noqa: E731
-            why = keep_if_wanted(self.config, trial, result.metric, n, self.bench.budget, save)
+            save = functools.partial(method.save, model)
+            why = keep_if_wanted(self.config, trial, result.metric, n, self.bench.budget, save, candidate)
             if why is not None:  # a full disk's trial is retrained at export; one whose plugin saves nothing is not
                 then = "fix the plugin's save()" if why == SAVED_NOTHING else "`autopeft export` retrains it"
                 self.progress.line(f"[trial {trial.number}] weights not kept: {why}; {then}")

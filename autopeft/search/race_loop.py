@@ -10,6 +10,7 @@ their retries are queued. Once the final rung has finished, the decision is writ
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from autopeft.budget import format_count
 from autopeft.progress import Progress
 from autopeft.search.coordination import fail_dead_trials
 from autopeft.search.portfolio import from_front
+from autopeft.search.race_test import score_chosen_on_test, tests_after_decision
 from autopeft.search.racing import (
     DECISION_ATTR,
     PLAN_ATTR,
@@ -178,11 +180,30 @@ def run_race(
     decision = state.decision()
     if decision is not None:
         record = state.decision_record(decision)
+        if tests_after_decision(plan, objective.config):
+            record = _with_chosen_test(study, objective, record, progress)
         if study.user_attrs.get(DECISION_ATTR) != record:
             study.set_user_attr(DECISION_ATTR, record)
         for line in describe_decision(study, plan):
             progress.line(line)
     return failed
+
+
+def _with_chosen_test(
+    study: optuna.Study, objective: Objective, record: dict[str, Any], progress: Progress
+) -> dict[str, Any]:
+    """``record`` with the chosen entrant's test values (``test_values``, by trial) and their mean:
+    an earlier record's for the same trainings (a resumed run, a second worker), else scored now
+    from their kept weights (:mod:`autopeft.search.race_test`)."""
+    earlier = study.user_attrs.get(DECISION_ATTR)
+    if isinstance(earlier, dict) and earlier.get("trials") == record["trials"] and "test_values" in earlier:
+        values = earlier["test_values"]
+    else:
+        if objective.bench.data.test is not None:
+            progress.line(f"race: scoring the recommendation, {record['chosen']}, on the test split")
+        values = score_chosen_on_test(study, objective.bench, record, progress)
+    tested = {"test_means": {record["chosen"]: statistics.fmean(values.values())}} if values else {}
+    return record | {"test_values": values} | tested
 
 
 def describe_decision(study: optuna.Study, plan: RacePlan | None = None) -> list[str]:

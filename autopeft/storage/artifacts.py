@@ -42,6 +42,7 @@ __all__ = [
     "median_seed",
     "on_front",
     "plain_name",
+    "scratch_folder",
 ]
 
 # A file name with no folder part: what a method's save writes, and all an export may create.
@@ -88,8 +89,7 @@ def keep_weights(
     """
     store = artifact_store(config)
     assert store is not None
-    scratch = config.path.parent if config.artifacts_bucket else config.artifacts_dir
-    with tempfile.TemporaryDirectory(prefix=".autopeft-weights-", dir=scratch) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".autopeft-weights-", dir=scratch_folder(config)) as tmp:
         save(Path(tmp))
         return [
             (upload_artifact(artifact_store=store, file_path=str(f), study_or_trial=trial), f.name)
@@ -98,21 +98,36 @@ def keep_weights(
         ]
 
 
+def scratch_folder(config: StudyConfig) -> Path:
+    """Where weights pass through on their way to or from the store: the artifact folder, or beside
+    the study file when the store is a bucket; never the system's temporary folder."""
+    return config.path.parent if config.artifacts_bucket else config.artifacts_dir
+
+
 #: Why a trial's weights were not kept when its method's ``save`` wrote nothing: retraining would not help.
 SAVED_NOTHING = "its method's save() wrote no file (a bug in the method's plugin)"
 
 
 def keep_if_wanted(
-    config: StudyConfig, trial: optuna.Trial, metric: float, n: int, budget: int, save: Callable[[Path], None]
+    config: StudyConfig,
+    trial: optuna.Trial,
+    metric: float,
+    n: int,
+    budget: int,
+    save: Callable[[Path], None],
+    candidate: bool = False,
 ) -> str | None:
     """Keep ``trial``'s weights when ``[study] keep_weights`` says so (``front``: when its ``metric``
-    and size ``n`` join the front under ``budget``); why they could not be kept, or None.
+    and size ``n`` join the front under ``budget``), or when it is a ``candidate`` for the answer (a
+    race's final training: scored on the test split if chosen, and exported), unless the policy is
+    ``none``; why they could not be kept, or None.
 
     A full or lost disk does not fail the trial: its result stands, its weights can be retrained, and
     ``weights_not_kept`` says why.
     """
     policy = config.study.keep_weights
-    if not (policy == "all" or policy == "front" and on_front(trial.study, metric, n, budget)):
+    wanted = policy == "all" or candidate and policy != "none"
+    if not (wanted or policy == "front" and on_front(trial.study, metric, n, budget)):
         return None
     try:
         kept = keep_weights(config, trial, save)

@@ -36,6 +36,7 @@ __all__ = [
     "best_trial",
     "best_trials",
     "winner",
+    "recorded_test_metric",
     "refit_record",
     "confirm_record",
     "record_problem",
@@ -343,6 +344,19 @@ def winner(study: optuna.Study, budget: int | None = None) -> FrozenTrial | None
     return max(refit, key=lambda tr: (sign * tr[1]["mean"], -tr[0].user_attrs["trainable_params"], -tr[0].number))[0]
 
 
+def recorded_test_metric(trial: FrozenTrial, study_attrs: dict[str, Any] | None = None) -> float | None:
+    """``trial``'s test metric: its own, or, for a race's recommendation, the one the race scored
+    from its kept weights once decided (``study_attrs``: the study's user attributes), since a
+    decision race tests no other training (:mod:`autopeft.search.race_test`); None when untested."""
+    own = trial.user_attrs.get("test_metric")
+    if _is_number(own):
+        return float(own)
+    decided = (study_attrs or {}).get("race_decision")
+    values = decided.get("test_values") if isinstance(decided, dict) else None
+    found = values.get(str(trial.number)) if isinstance(values, dict) else None
+    return float(found) if _is_number(found) else None
+
+
 def beats_best(study: optuna.Study, metric: float, n: int) -> bool:
     """Whether a trial with ``metric`` and ``n`` trainable parameters would be the new best, as
     :func:`best_trial` ranks (a tie on the metric goes to the smaller)."""
@@ -413,8 +427,11 @@ def reason(trial: FrozenTrial, standard: Standard | None = None) -> str | None:
     return "still running or waiting"
 
 
-def trial_row(trial: FrozenTrial, metric: str, standard: Standard | None = None) -> dict[str, Any]:
-    """One trial as a flat record for tables, JSON and CSV; ``reason`` judged by ``standard``.
+def trial_row(
+    trial: FrozenTrial, metric: str, standard: Standard | None = None, study_attrs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One trial as a flat record for tables, JSON and CSV; ``reason`` judged by ``standard``; the
+    test metric a race recorded in ``study_attrs`` (:func:`recorded_test_metric`).
 
     ``trainable_share`` is a fraction (0.0049); tables show it as a percentage (0.490%)."""
     a = trial.user_attrs
@@ -422,7 +439,7 @@ def trial_row(trial: FrozenTrial, metric: str, standard: Standard | None = None)
         "number": trial.number,
         "state": outcome(trial),
         metric: trial.values[0] if trial.values else None,
-        "test": a.get("test_metric"),
+        "test": recorded_test_metric(trial, study_attrs),
         "method": a.get("method"),
         "trainable_params": a.get("trainable_params"),
         "trainable_share": a.get("trainable_share"),

@@ -616,6 +616,21 @@ class Workbench:
         result.test_metric = self.task.evaluate(model, self.data.test, self.config.task.metric, self.evaluation)
         result.test_seconds = time.perf_counter() - started
 
+    def score_saved_on_test(self, method: PeftMethod | str, config: dict[str, Any], directory: Path) -> float:
+        """The test split's metric of the weights ``method.save`` wrote to ``directory`` for
+        ``config``: what a race scores its recommendation by once it is decided, instead of testing
+        every final training (:mod:`autopeft.search.race_test`).
+
+        Raises:
+            ValueError: the study has no test split.
+        """
+        if self.data.test is None:
+            raise ValueError("the study has no test split")
+        method = self.enabled[method] if isinstance(method, str) else method
+        with self._trial_model(method, config) as model:
+            method.load(model, directory)
+            return self.task.evaluate(model, self.data.test, self.config.task.metric, self.evaluation)
+
     def _peak_memory_mb(self) -> float:
         """Peak CUDA memory of this fit; on MPS, what the driver holds now; on a CPU, the process's
         peak resident memory so far (:func:`peak_rss_mb`)."""
