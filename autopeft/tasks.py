@@ -53,6 +53,7 @@ __all__ = [
     "validation_loss",
     "LossTally",
     "generate_answers",
+    "teacher_forced_answers",
 ]
 
 Direction = Literal["maximize", "minimize"]
@@ -86,6 +87,10 @@ class GenerationSettings:
 
     max_new_tokens: int = 32
     stop_token_ids: tuple[int, ...] = ()
+    #: Read the answers from one teacher-forced pass instead of generating
+    #: (:func:`teacher_forced_answers`): what a race's short rungs do, which rank by the loss that
+    #: same pass computes and only record the metric.
+    teacher_forced: bool = False
 
 
 @dataclass(frozen=True)
@@ -310,4 +315,34 @@ def generate_answers(model: nn.Module, split: Split, settings: EvalSettings) -> 
                     answers[i] = text.strip()
     finally:
         model.train(was_training)
+    return answers
+
+
+def teacher_forced_answers(model: nn.Module, split: Split, settings: EvalSettings) -> list[str]:
+    """What ``model`` answers to each prompt of ``split`` when every answer token is chosen after the
+    reference's own earlier ones: the most likely token at each position of the last answer, up to a
+    stop token or ``max_new_tokens``, decoded as :func:`generate_answers` decodes. One forward pass
+    over prompt and answer, the one :func:`eval_logits` makes (so ``settings.tally`` gets the loss
+    too), instead of a pass a token.
+
+    Up to its first wrong token it is the greedy answer, token for token, so it matches the
+    reference wherever greedy decoding's tokens do: exact match reads the same but for answers whose
+    right text comes in other tokens; ``contains`` and ROUGE-L, which read past the first wrong
+    token, are estimates. A race's short rungs, which rank by the loss and only record the metric,
+    read it this way (``GenerationSettings.teacher_forced``).
+
+    Raises:
+        ValueError: the split has no prompts (``prompt_lengths``), or ``settings`` no tokenizer.
+    """
+    if split.prompt_lengths is None or settings.tokenizer is None:
+        raise ValueError("teacher-forced answers need the split's prompt_lengths and the settings' tokenizer")
+    stop, cap = set(settings.generation.stop_token_ids), settings.generation.max_new_tokens
+    answers = [""] * len(split)
+    for indices, logits, labels in eval_logits(model, split, settings):
+        guesses = logits[:, logits.shape[1] - labels.shape[1] :].argmax(-1)  # after virtual tokens, if any
+        for row, i in enumerate(indices):
+            start, end = split.prompt_lengths[i], len(split.features[i]["input_ids"])
+            tokens = guesses[row, start - 1 : end - 1].tolist()[:cap]  # position t guesses token t + 1
+            cut = next((k for k, token in enumerate(tokens) if token in stop), len(tokens))
+            answers[i] = settings.tokenizer.decode(tokens[:cut], skip_special_tokens=True).strip()
     return answers

@@ -35,6 +35,7 @@ from autopeft.tasks import (
     EvalSettings,
     Split,
     generate_answers,
+    teacher_forced_answers,
 )
 from autopeft_plugins.answer_metrics import ANSWER_METRICS
 from autopeft_plugins.tasks import CausalLanguageModelling, share_standard_error
@@ -125,7 +126,8 @@ class InstructionTuning(CausalLanguageModelling):
         if metric not in ANSWER_METRICS:
             return super().evaluate(model, split, metric, settings)
         score = ANSWER_METRICS[metric]
-        answers = generate_answers(model, split, settings)
+        answer = teacher_forced_answers if settings.generation.teacher_forced else generate_answers
+        answers = answer(model, split, settings)
         return sum(score(a, r) for a, r in zip(answers, split.answers or [])) / max(len(split), 1)
 
     def baseline(self, train: Split, validation: Split, metric: str) -> tuple[str, float] | None:

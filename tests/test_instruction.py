@@ -13,7 +13,16 @@ import pytest
 import torch
 
 from autopeft.errors import DataError
-from autopeft.tasks import IGNORE_INDEX, DataSection, EvalSettings, GenerationSettings, generate_answers
+from autopeft.tasks import (
+    IGNORE_INDEX,
+    DataSection,
+    EvalSettings,
+    GenerationSettings,
+    LossTally,
+    generate_answers,
+    teacher_forced_answers,
+    validation_loss,
+)
 from autopeft.testing import TaskConformance, save_random_causal_lm
 from autopeft_plugins.answer_metrics import contains, exact_match, normalize, normalized_exact_match, rouge_l
 from autopeft_plugins.instruction import PLAIN_CHAT_TEMPLATE, InstructionTuning
@@ -265,6 +274,45 @@ def test_a_real_model_answers_the_same_in_batches_as_alone(chat_model: Path, tok
     assert TASK.evaluate(model, split, "perplexity", _settings(tokenizer)) == pytest.approx(torch.tensor(loss).exp())
 
 
+def test_teacher_forced_answers_follow_greedy_decoding_and_give_the_loss_in_the_same_pass(
+    chat_model: Path, tokenizer: Any
+) -> None:
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(chat_model)
+    model.resize_token_embeddings(len(tokenizer))  # answers in the tokenizer's words, not unknown ids
+    settings = _settings(tokenizer, batch_size=3, max_new_tokens=3)
+    prompts = [f"{a} {b}" for a in ("a great", "a dull", "great", "dull") for b in ("film", "plot", "review")]
+    rows = {"messages": [_messages(p, "fresh") for p in prompts]}
+    greedy = generate_answers(model, TASK.encode(rows, tokenizer, _data(), [], "validation"), settings)
+    # The prompts whose greedy answer is words the tokenizer spells back the same (the random model
+    # also emits <unk>, which decoding drops), each answer then given as the reference
+    hidden = set(tokenizer.all_special_ids) - {tokenizer.eos_token_id}
+    spelled = [(p, g) for p, g in zip(prompts, greedy) if g and not hidden & set(_greedy_ids(model, tokenizer, p))]
+    assert len(spelled) >= 4, greedy
+    echoed = {"messages": [_messages(p, g) for p, g in spelled]}
+    split = TASK.encode(echoed, tokenizer, _data(), [], "validation")
+    tally = LossTally(TASK.loss)
+    forced = replace(settings, tally=tally, generation=replace(settings.generation, teacher_forced=True))
+    assert teacher_forced_answers(model, split, forced) == [g for _, g in spelled]
+    assert TASK.evaluate(model, split, "exact_match", forced) == 1.0
+    assert TASK.evaluate(model, split, "exact_match", settings) == 1.0
+    assert tally.mean == pytest.approx(validation_loss(TASK, model, split, settings))  # one pass gave both
+    # against other references both read the same exact match: a wrong first token is wrong either way
+    other = TASK.encode({"messages": [_messages(p, "fresh") for p in prompts]}, tokenizer, _data(), [], "validation")
+    assert TASK.evaluate(model, other, "exact_match", forced) == TASK.evaluate(model, other, "exact_match", settings)
+
+
+def _greedy_ids(model: Any, tokenizer: Any, review: str) -> list[int]:
+    """The token ids ``model`` generates greedily (3 at most) after the review's prompt."""
+    prompt = tokenizer.apply_chat_template(_messages(review, "")[:-1], add_generation_prompt=True, return_tensors="pt")
+    ids = prompt if isinstance(prompt, torch.Tensor) else prompt["input_ids"]
+    out = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+    return list(out[0, ids.shape[1] :].tolist())
+
+
 def test_dora_norms_are_cached_for_an_evaluation_pass_where_they_fit_and_change_no_answer(
     chat_model: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -378,6 +426,32 @@ def test_a_bad_row_stops_the_run_in_one_line_before_any_training(chat_model: Pat
     if (tmp_path / "chat.db").exists():  # nothing was trained: no trial was even asked for
         with sqlite3.connect(tmp_path / "chat.db") as db:
             assert db.execute("select count(*) from trials").fetchone() == (0,)
+
+
+def test_a_fit_ranked_by_its_loss_reads_its_metric_from_that_pass_without_generating(
+    chat_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A race's short rung: the loss ranks it, so one teacher-forced pass gives loss and metric
+    from autopeft import load_config
+    from autopeft.registry import resolve_study
+    from autopeft.training.train import Fidelity
+    from autopeft.training.workbench import Workbench
+
+    reviews = [_messages(*r) for r in REVIEWS * 4]
+    bench = Workbench(resolve_study(load_config(_chat_study(tmp_path, chat_model, reviews, reviews[:8]))))
+    lora = {"ranks": [2] * len(bench.ctx.blocks), "alpha": 2, "targets": "query+value", "variant": "lora"}
+    lora["dropout"] = 0.0
+    full = bench.fit("lora", lora, learning_rate=1e-3, seed=0, fidelity=Fidelity(steps=2))
+
+    def no_generating(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a fit ranked by its loss generated")
+
+    monkeypatch.setattr("autopeft_plugins.instruction.generate_answers", no_generating)
+    short = bench.fit("lora", lora, learning_rate=1e-3, seed=0, fidelity=Fidelity(steps=2), score_loss=True)
+    assert short.validation_loss is not None and 0.0 <= short.metric <= 1.0
+    assert short.metric == full.metric  # exact match reads the same, teacher-forced or generated
+    with pytest.raises(AssertionError, match="generated"):
+        bench.fit("lora", lora, learning_rate=1e-3, seed=0, fidelity=Fidelity(steps=2))
 
 
 def test_a_study_on_a_chat_model_reports_both_baselines(chat_model: Path, tmp_path: Path, capsys) -> None:

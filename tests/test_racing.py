@@ -295,6 +295,26 @@ def test_the_recommendation_scored_from_its_kept_weights_equals_scoring_every_fi
     assert all(fetch_weights(store, studies["front"], trials[n], tmp_path / "w" / str(n)) for n in kept["trials"])
 
 
+def test_kept_weights_that_do_not_load_leave_the_decision_recorded_without_a_test_score(
+    tmp_path, monkeypatch, capsys, minilm_available
+) -> None:
+    from autopeft import load_config, open_study, run_study
+    from autopeft.training.workbench import Workbench
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("a cut file\nand its traceback")
+
+    monkeypatch.setattr(Workbench, "score_saved_on_test", broken)
+    path = _race_study(tmp_path)
+    run_study(path)
+    decided = open_study(load_config(path), create=False).user_attrs[DECISION_ATTR]
+    assert decided["test_values"] == {} == decided["test_means"] and len(decided["trials"]) == 3
+    err = capsys.readouterr().err
+    first = decided["trials"][0]
+    assert f"race: trial {first}'s kept weights could not be scored on the test split (RuntimeError: a cut file)" in err
+    assert "race decided: recommends" in err
+
+
 def test_a_race_stopped_halfway_resumes_from_the_storage(tmp_path, monkeypatch, minilm_available) -> None:
     from autopeft import load_config, open_study, run_study
     from autopeft.errors import Interrupted

@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 
 from autopeft.config import StudyConfig
+from autopeft.errors import first_line
 from autopeft.progress import Progress
 from autopeft.search.racing import RacePlan
 from autopeft.storage.artifacts import artifact_store, fetch_weights, scratch_folder
@@ -39,7 +40,7 @@ def score_chosen_on_test(
 ) -> dict[str, float]:
     """``{trial number: test metric}`` of the chosen entrant's final trainings (``record``: the
     decision), from their kept weights; ``{}`` where the study has no test split, and without the
-    trainings whose weights are gone (each said)."""
+    trainings whose weights are gone or do not load (each said: the decision stands without them)."""
     if bench.data.test is None:
         return {}
     config = bench.config
@@ -53,5 +54,9 @@ def score_chosen_on_test(
                 progress.line(f"race: trial {number}'s weights were not kept; it is not scored on the test split")
                 continue
             method_config = json.loads(entrant["config_json"])
-            found[str(number)] = bench.score_saved_on_test(entrant["method"], method_config, Path(tmp))
+            try:
+                found[str(number)] = bench.score_saved_on_test(entrant["method"], method_config, Path(tmp))
+            except Exception as exc:  # a plugin's load, a cut file: the decision is recorded all the same
+                why = f"{type(exc).__name__}: {first_line(exc)}"
+                progress.line(f"race: trial {number}'s kept weights could not be scored on the test split ({why})")
     return found

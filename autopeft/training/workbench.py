@@ -423,7 +423,8 @@ class Workbench:
                 metric (trials score it only when they are the new best, to save the time).
             on_trained: sees the trained model before it is freed (to save its weights).
             score_loss: also score the validation loss (``result.validation_loss``), which a race's
-                short rungs rank by.
+                short rungs rank by; a generation metric is then read from that same pass
+                (:func:`~autopeft.tasks.teacher_forced_answers`) instead of generating.
             label: names the fit in progress lines (the trial number).
 
         Raises:
@@ -452,6 +453,7 @@ class Workbench:
             cache_seconds = time.perf_counter() - started
             overrides_step = type(method).on_step is not PeftMethod.on_step
             tally = LossTally(self.task.loss) if score_loss else None  # the last validation pass's loss
+            evaluation = self._ranked_by_loss() if score_loss else self.evaluation
             if self.user_fit is not None:
                 result = self._user_fit(model, learning_rate, seed, fidelity, on_report)
             else:
@@ -461,7 +463,7 @@ class Workbench:
                         self.task,
                         self.data,
                         self.config.train,
-                        dataclasses.replace(self.evaluation, tally=tally) if tally else self.evaluation,
+                        dataclasses.replace(evaluation, tally=tally) if tally else evaluation,
                         learning_rate=learning_rate,
                         metric=self.config.task.metric,
                         seed=seed,
@@ -493,6 +495,13 @@ class Workbench:
             if on_trained is not None:
                 on_trained(model, result)
             return result
+
+    def _ranked_by_loss(self) -> EvalSettings:
+        """The evaluation of a fit ranked by its validation loss: a generating task reads its metric
+        from the loss pass's teacher-forced answers instead of generating (on the instruction
+        study's first rung, generating took more time than training: benchmarks/README.md)."""
+        generation = dataclasses.replace(self.evaluation.generation, teacher_forced=True)
+        return dataclasses.replace(self.evaluation, generation=generation)
 
     def _user_fit(
         self,
