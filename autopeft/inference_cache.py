@@ -3,10 +3,11 @@
 DoRA rescales each adapted weight by its column norm, ``||W + BA||``, and peft recomputes that norm
 (and materializes ``BA``, a matrix the size of ``W``) in every forward pass. Training needs that, as
 ``B`` and ``A`` change each step; an evaluation pass does not, and generation runs the forward once
-per new token: on this project's CPU a DoRA trial took 2.5x a LoRA trial's time to answer 200
-prompts (benchmarks/README.md, "DoRA's cache in evaluation"). peft caches both while the model is in
-eval mode, behind :class:`peft.helpers.DoraCaching`. The cache holds one ``BA`` per adapted weight,
-so it is used only where that fits in a quarter of the memory free on the model's device.
+per new token: DoRA on every linear of SmolLM2-135M answered 400 prompts in 40.3 s without the
+cache and 30.2 s with it, the same answers (benchmarks/README.md, "DoRA's cache in evaluation").
+peft caches both while the model is in eval mode, behind :class:`peft.helpers.DoraCaching`. The
+cache holds one ``BA`` per adapted weight, so it is used only where that fits in a quarter of the
+memory free on the model's device.
 """
 
 from __future__ import annotations
