@@ -325,11 +325,11 @@ def teacher_forced_answers(model: nn.Module, split: Split, settings: EvalSetting
     over prompt and answer, the one :func:`eval_logits` makes (so ``settings.tally`` gets the loss
     too), instead of a pass a token.
 
-    Up to its first wrong token it is the greedy answer, token for token, so it matches the
-    reference wherever greedy decoding's tokens do: exact match reads the same but for answers whose
-    right text comes in other tokens; ``contains`` and ROUGE-L, which read past the first wrong
-    token, are estimates. A race's short rungs, which rank by the loss and only record the metric,
-    read it this way (``GenerationSettings.teacher_forced``).
+    Up to its first wrong token it is the greedy answer, token for token, so a metric read from it
+    estimates the generated one: an answer whose right text comes in other tokens (a leading space),
+    or that runs on where the reference stops, reads otherwise (exact match within 5 of 200 answers
+    on the instruction study's first rung: benchmarks/README.md). A race's short rungs, which rank by
+    the loss and only record the metric, read it this way (``GenerationSettings.teacher_forced``).
 
     Raises:
         ValueError: the split has no prompts (``prompt_lengths``), or ``settings`` no tokenizer.

@@ -114,8 +114,8 @@ def capturing_logits():
 
     batch, logits, original = tokenized(), {}, Objective._keeper
 
-    def keeper(self, trial, method, n):
-        keep = original(self, trial, method, n)
+    def keeper(self, trial, method, n, candidate):
+        keep = original(self, trial, method, n, candidate)
 
         def record(model, result):
             keep(model, result)
