@@ -33,7 +33,11 @@ def _dora_layers(model: nn.Module) -> list[LoraLayer]:
 
 def dora_cache_bytes(model: nn.Module) -> int:
     """What peft's DoRA cache would hold for ``model``: one fp32 ``BA`` per adapted weight (0: no DoRA)."""
-    return sum(4 * layer.get_base_layer().weight.numel() for layer in _dora_layers(model))
+    return _cache_bytes(_dora_layers(model))
+
+
+def _cache_bytes(layers: list[LoraLayer]) -> int:
+    return sum(4 * layer.get_base_layer().weight.numel() for layer in layers)
 
 
 def _free_bytes(device: torch.device) -> int | None:
@@ -55,7 +59,7 @@ def dora_cached(model: nn.Module, device: torch.device) -> Iterator[None]:
     held between evaluations."""
     layers = _dora_layers(model)
     free = _free_bytes(device) if layers else None
-    if free is None or dora_cache_bytes(model) > FREE_MEMORY_SHARE * free:
+    if free is None or _cache_bytes(layers) > FREE_MEMORY_SHARE * free:
         yield
         return
     try:

@@ -45,6 +45,7 @@ def score_chosen_on_test(
         return {}
     config = bench.config
     entrant = record["entrants"][record["chosen"]]
+    method_config = json.loads(entrant["config_json"])
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     store = artifact_store(config)
     found: dict[str, float] = {}
@@ -53,7 +54,6 @@ def score_chosen_on_test(
             if number not in trials or not fetch_weights(store, study, trials[number], Path(tmp)):
                 progress.line(f"race: trial {number}'s weights were not kept; it is not scored on the test split")
                 continue
-            method_config = json.loads(entrant["config_json"])
             try:
                 found[str(number)] = bench.score_saved_on_test(entrant["method"], method_config, Path(tmp))
             except Exception as exc:  # a plugin's load, a cut file: the decision is recorded all the same
