@@ -11,7 +11,7 @@ Lifecycle, as the driver calls it::
     names    = task.label_names(train_rows, data_section)  # class names, [] when there are none
     split    = task.encode(rows, tokenizer, data_section, names, "train")  # token ids + labels
     model    = task.load_model(source, names, **from_pretrained_kwargs)
-    loss     = task.loss(logits, labels)               # in every training step
+    loss     = task.training_loss(model, batch, labels)  # in every training step: forward pass and loss
     value    = task.evaluate(model, split, metric, settings)  # the study metric on a split
     baseline = task.baseline(train, validation, metric)  # what a model that learned nothing scores
     zero_shot = task.model_baseline(base, validation, metric, settings)  # the untuned base model's score
@@ -38,6 +38,7 @@ from autopeft.config import DataSection
 from autopeft.data import IGNORE_INDEX, Split, batches
 from autopeft.errors import DataError
 from autopeft.inference_cache import dora_cached
+from autopeft.kept_logits import logits_at
 from autopeft.precision import autocast_for
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "eval_logits",
     "validation_loss",
     "LossTally",
+    "logits_at",
     "generate_answers",
     "teacher_forced_answers",
 ]
@@ -221,6 +223,17 @@ class Task(ABC):
     @abstractmethod
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The training loss of a batch (a scalar) from the model's logits and the batch's labels."""
+
+    def training_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """The loss of one training batch, its forward pass included: :meth:`loss` of the model's
+        logits on ``batch`` (the model's inputs, labels removed). The training loop calls it inside its
+        autocast.
+
+        A task whose loss reads the logits of only some positions may compute only those (a causal
+        LM's answer tokens: :func:`logits_at`), as long as it returns what :meth:`loss` of all the
+        logits would: :class:`autopeft.testing.TaskConformance` checks that it does.
+        """
+        return self.loss(model(**batch).logits.float(), labels)
 
     @abstractmethod
     def evaluate(self, model: nn.Module, split: Split, metric: str, settings: EvalSettings) -> float:

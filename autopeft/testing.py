@@ -431,6 +431,24 @@ class TaskConformance:
         loss.backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
+    def test_training_loss_is_the_loss_of_all_the_logits(
+        self, model: nn.Module, encoded: tuple[Split, list[Any]]
+    ) -> None:
+        """:meth:`Task.training_loss` may compute fewer logits than the model would, never another loss."""
+        from autopeft.data import batches
+
+        batch = next(batches(encoded[0], 4, 0))
+        labels = batch.pop("labels")
+        model.eval()  # no dropout: both passes compute the same function
+        expected = self.task.loss(model(**batch).logits.float(), labels)
+        found = self.task.training_loss(model, batch, labels)
+        assert found.dim() == 0 and torch.allclose(found, expected, rtol=1e-4, atol=1e-6), (
+            float(found),
+            float(expected),
+        )
+        found.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
     def test_every_metric_is_a_number_no_worse_than_worst(
         self, model: nn.Module, encoded: tuple[Split, list[Any]], tokenizer: Any
     ) -> None:

@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch import nn
 
 from autopeft import hookimpl
-from autopeft.tasks import IGNORE_INDEX, DataError, DataSection, EvalSettings, Split, Task, eval_logits
+from autopeft.tasks import IGNORE_INDEX, DataError, DataSection, EvalSettings, Split, Task, eval_logits, logits_at
 
 __all__ = [
     "SequenceClassification",
@@ -310,6 +310,20 @@ class CausalLanguageModelling(Task):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = _per_token(logits, labels)
         return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+
+    def training_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """:meth:`loss`, with the vocabulary's logits computed only at the positions whose next token
+        is labelled (:func:`~autopeft.tasks.logits_at`) where they are fewer than half: an answer-only
+        loss (the instruction task) reads a few positions of each example, a packed text all of them."""
+        positions = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # position t scores token t + 1
+        if not 0 < 2 * len(positions) < labels.shape[1]:
+            return super().training_loss(model, batch, labels)
+        with logits_at(model, positions, labels.shape[1]):
+            logits = model(**batch).logits
+        if logits.shape[1] != len(positions):  # a model whose logits do not come from its output embeddings
+            logits = _per_token(logits, labels)[:, positions]
+        targets = labels[:, positions + 1]
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
     def evaluate(self, model: nn.Module, split: Split, metric: str, settings: EvalSettings) -> float:
         total, count = 0.0, 0

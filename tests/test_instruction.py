@@ -305,6 +305,36 @@ def test_teacher_forced_answers_follow_greedy_decoding_and_give_the_loss_in_the_
     assert TASK.evaluate(model, other, "exact_match", forced) == TASK.evaluate(model, other, "exact_match", settings)
 
 
+@pytest.mark.parametrize("method", ["lora", "prompt-tuning", "no output embeddings"])
+def test_the_answer_only_loss_computes_the_logits_at_the_answers_only(
+    chat_model: Path, tokenizer: Any, method: str
+) -> None:
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from autopeft.data import batches
+
+    base = AutoModelForCausalLM.from_pretrained(chat_model)
+    base.resize_token_embeddings(len(tokenizer))
+    config = PromptTuningConfig(num_virtual_tokens=3) if method == "prompt-tuning" else LoraConfig(r=2)
+    model = get_peft_model(base, config.__class__(**{**config.to_dict(), "task_type": "CAUSAL_LM"})).eval()
+    if method == "no output embeddings":  # a model whose head the hook cannot find computes every logit
+        model.base_model.model.get_output_embeddings = lambda: None
+    rows = {"messages": [_messages(*r) for r in REVIEWS]}
+    batch = next(batches(TASK.encode(rows, tokenizer, _data(), [], "train"), 4, tokenizer.pad_token_id))
+    labels = batch.pop("labels")
+    widths: list[int] = []  # the positions the head computed logits at
+    base.lm_head.register_forward_hook(lambda _m, _a, out: widths.append(out.shape[1]))
+    expected = TASK.loss(model(**batch).logits.float(), labels)
+    found = TASK.training_loss(model, batch, labels)
+    scored = int((labels[:, 1:] != IGNORE_INDEX).any(0).sum())  # the answer's tokens, at a few positions
+    assert 0 < 2 * scored < labels.shape[1]
+    assert widths[1] == (scored if method != "no output embeddings" else widths[0])
+    assert float(found.detach()) == pytest.approx(float(expected), rel=1e-5)
+    found.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+
+
 def _greedy_ids(model: Any, tokenizer: Any, review: str) -> list[int]:
     """The token ids ``model`` generates greedily (3 at most) after the review's prompt."""
     prompt = tokenizer.apply_chat_template(_messages(review, "")[:-1], add_generation_prompt=True, return_tensors="pt")

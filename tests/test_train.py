@@ -154,6 +154,33 @@ def test_bf16_on_cpu_trains_in_bf16_and_learns(monkeypatch) -> None:
     assert set(dtypes) == {torch.float32}
 
 
+def test_bf16_training_on_a_cpu_runs_short_batches_in_the_math_attention_kernel(monkeypatch) -> None:
+    # PyTorch's CPU flash attention is slow to differentiate in bf16 on short sequences: a training
+    # step there runs the math kernel (flash disabled while the model computes), evaluation and fp32
+    # training as PyTorch chooses, and sequences of CPU_FLASH_MIN_LENGTH tokens or more too.
+    from autopeft.precision import CPU_FLASH_MIN_LENGTH, attention_for_training
+
+    flash: list[tuple[bool, bool]] = []  # (training, flash enabled) at each forward pass
+    real = torch.nn.Linear.forward
+
+    def recording(self, x):
+        flash.append((torch.is_grad_enabled(), torch.backends.cuda.flash_sdp_enabled()))
+        return real(self, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    _trained(1, [], precision="bf16")
+    assert {enabled for training, enabled in flash if training} == {False}
+    assert {enabled for training, enabled in flash if not training} == {True}  # evaluation
+    flash.clear()
+    _trained(1, [], precision="fp32")
+    assert {enabled for _, enabled in flash} == {True}
+    cpu = torch.device("cpu")
+    with attention_for_training(cpu, "bf16", CPU_FLASH_MIN_LENGTH):
+        assert torch.backends.cuda.flash_sdp_enabled()
+    with attention_for_training(torch.device("cuda"), "bf16", 8):
+        assert torch.backends.cuda.flash_sdp_enabled()
+
+
 def test_length_buckets_cut_padding_and_keep_every_example() -> None:
     lengths = [random.Random(i).randint(1, 64) for i in range(1000)]
     split = Split([{"input_ids": [1] * n} for n in lengths], [0] * 1000)

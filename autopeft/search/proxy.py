@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from autopeft.precision import autocast_for
+from autopeft.precision import attention_for_training, autocast_for
 
 if TYPE_CHECKING:
     import optuna
@@ -70,9 +70,9 @@ def proxy_scores(bench: Workbench, n_batches: int = 4) -> ProxyScores:
         used = 0
         for batch in bench.first_batches(n_batches):
             labels = batch.pop("labels")
-            with autocast_for(bench.device, bench.config.train.precision):
-                logits = model(**batch).logits
-            loss = bench.task.loss(logits.float(), labels)
+            precision, length = bench.config.train.precision, batch["attention_mask"].shape[1]
+            with autocast_for(bench.device, precision), attention_for_training(bench.device, precision, length):
+                loss = bench.task.training_loss(model, batch, labels)
             if not torch.isfinite(loss):  # a batch the base model cannot score says nothing about where to adapt
                 continue
             grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)

@@ -21,7 +21,7 @@ from torch import nn
 
 from autopeft.config import TrainSection
 from autopeft.data import Split, TaskData, batches, bucketed_order
-from autopeft.precision import autocast_for
+from autopeft.precision import attention_for_training, autocast_for
 from autopeft.tasks import EvalSettings, Task
 
 __all__ = [
@@ -245,9 +245,9 @@ def train(
                 tokens += int(batch["attention_mask"].sum())  # counted on the host, before the copy
                 batch = _to(batch, device)
                 labels = batch.pop("labels")
-                with autocast_for(device, settings.precision):
-                    logits = model(**batch).logits
-                loss = task.loss(logits.float(), labels)
+                kernels = attention_for_training(device, settings.precision, batch["attention_mask"].shape[1])
+                with autocast_for(device, settings.precision), kernels:
+                    loss = task.training_loss(model, batch, labels)
                 losses[step] += loss.detach() / len(group_of)
                 scaler.scale(loss / len(group_of)).backward()
             scaler.unscale_(optimizer)
