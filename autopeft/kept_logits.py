@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["logits_at"]
+from autopeft.data import IGNORE_INDEX
+
+__all__ = ["logits_at", "scored_frame"]
 
 
 def _output_embeddings(model: nn.Module) -> nn.Module | None:
@@ -55,3 +57,17 @@ def logits_at(model: nn.Module, positions: torch.Tensor, length: int) -> Iterato
         yield
     finally:
         handle.remove()
+
+
+def scored_frame(labels: torch.Tensor) -> torch.Tensor:
+    """The positions a next-token loss reads: each position whose label some row scores, and the one
+    before it, whose logits predict that label (a 1-D index tensor, ascending).
+
+    Logits and labels taken at these positions (and any others added) pair up under the loss's shift
+    by one exactly as the whole sequence's do: a scored label's predecessor is always kept, and a
+    label that follows a gap is scored in no row.
+    """
+    scored = (labels != IGNORE_INDEX).any(0)
+    kept = scored.clone()
+    kept[:-1] |= scored[1:]
+    return kept.nonzero().squeeze(1)

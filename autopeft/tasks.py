@@ -26,6 +26,7 @@ promises.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -38,7 +39,7 @@ from autopeft.config import DataSection
 from autopeft.data import IGNORE_INDEX, Split, batches
 from autopeft.errors import DataError
 from autopeft.inference_cache import dora_cached
-from autopeft.kept_logits import logits_at
+from autopeft.kept_logits import logits_at, scored_frame
 from autopeft.precision import autocast_for
 
 __all__ = [
@@ -51,6 +52,8 @@ __all__ = [
     "DataSection",
     "DataError",
     "eval_logits",
+    "eval_scored_logits",
+    "scored_frame",
     "validation_loss",
     "LossTally",
     "logits_at",
@@ -261,6 +264,43 @@ def eval_logits(
     Batches hold examples of similar lengths, so little compute goes to padding; the indices say
     which examples each batch holds.
     """
+    with contextlib.closing(_passes(model, split, settings, framed=False)) as passes:
+        for indices, logits, labels, _ in passes:
+            yield indices, logits, labels
+
+
+def eval_scored_logits(
+    model: nn.Module, split: Split, settings: EvalSettings
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """As :func:`eval_logits`, for a causal LM whose labels score a few positions (answers): the
+    logits only where a next-token loss reads them (:func:`scored_frame`) and, where the split has
+    ``prompt_lengths``, at each answer's first ``settings.generation.max_new_tokens`` positions (what
+    :func:`teacher_forced_answers` reads); the labels at the same positions. Yields (example indices,
+    logits, labels, positions): ``positions`` says which of the sequence's positions the logits and
+    labels are, None where they are all of them (the frame would be half the sequence or more).
+
+    A loss that pairs each position's logits with the next position's label reads the same pairs on
+    these logits and labels as on the whole sequence (:func:`scored_frame`), so ``settings.tally``
+    tallies the same loss. The vocabulary's logits at every position of 200 chats were most of an
+    evaluation's time on SmolLM2 (benchmarks/README.md, "Shorter training steps on a CPU").
+    """
+    return _passes(model, split, settings, framed=True)
+
+
+def _frame(split: Split, indices: list[int], labels: torch.Tensor, cap: int) -> torch.Tensor | None:
+    """The positions :func:`eval_scored_logits` keeps for a batch, None for all of them."""
+    wanted = set(scored_frame(labels).tolist())
+    for i in indices if split.prompt_lengths is not None else []:
+        start, end = split.prompt_lengths[i], len(split.features[i]["input_ids"])
+        wanted.update(range(max(start - 1, 0), min(end - 1, start - 1 + cap)))
+    if not 0 < 2 * len(wanted) < labels.shape[1]:
+        return None
+    return torch.tensor(sorted(wanted), device=labels.device)
+
+
+def _passes(
+    model: nn.Module, split: Split, settings: EvalSettings, framed: bool
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     device = settings.device
     was_training = model.training
     model.eval()
@@ -271,14 +311,21 @@ def eval_logits(
     try:
         with torch.inference_mode(), dora_cached(model, device):
             for batch in batches(split, settings.batch_size, settings.pad_token_id, order=order):
-                labels = batch.pop("labels")
-                with autocast_for(device, settings.precision):
-                    logits = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).logits
+                labels = batch.pop("labels").to(device)
                 indices = order[done : done + len(labels)]
                 done += len(labels)
+                frame = _frame(split, indices, labels, settings.generation.max_new_tokens) if framed else None
+                kept = logits_at(model, frame, labels.shape[1]) if frame is not None else contextlib.nullcontext()
+                with autocast_for(device, settings.precision), kept:
+                    logits = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).logits
+                if frame is not None:
+                    if logits.shape[1] != len(frame):  # a model whose logits do not come from its output embeddings
+                        logits = logits[:, logits.shape[1] - labels.shape[1] :][:, frame]
+                    labels = labels[:, frame]
+                logits = logits.float()
                 if settings.tally is not None:
-                    settings.tally.add(logits.float(), labels.to(device))
-                yield indices, logits.float(), labels.to(device)
+                    settings.tally.add(logits, labels)
+                yield indices, logits, labels, frame
     finally:
         model.train(was_training)
 
@@ -335,8 +382,8 @@ def teacher_forced_answers(model: nn.Module, split: Split, settings: EvalSetting
     """What ``model`` answers to each prompt of ``split`` when every answer token is chosen after the
     reference's own earlier ones: the most likely token at each position of the last answer, up to a
     stop token or ``max_new_tokens``, decoded as :func:`generate_answers` decodes. One forward pass
-    over prompt and answer, the one :func:`eval_logits` makes (so ``settings.tally`` gets the loss
-    too), instead of a pass a token.
+    over prompt and answer, with the vocabulary's logits at the answers' positions only
+    (:func:`eval_scored_logits`, so ``settings.tally`` gets the loss too), instead of a pass a token.
 
     Up to its first wrong token it is the greedy answer, token for token, so a metric read from it
     estimates the generated one: an answer whose right text comes in other tokens (a leading space),
@@ -351,11 +398,13 @@ def teacher_forced_answers(model: nn.Module, split: Split, settings: EvalSetting
         raise ValueError("teacher-forced answers need the split's prompt_lengths and the settings' tokenizer")
     stop, cap = set(settings.generation.stop_token_ids), settings.generation.max_new_tokens
     answers = [""] * len(split)
-    for indices, logits, labels in eval_logits(model, split, settings):
+    for indices, logits, labels, positions in eval_scored_logits(model, split, settings):
         guesses = logits[:, logits.shape[1] - labels.shape[1] :].argmax(-1)  # after virtual tokens, if any
+        column = {p: k for k, p in enumerate(positions.tolist())} if positions is not None else None
         for row, i in enumerate(indices):
             start, end = split.prompt_lengths[i], len(split.features[i]["input_ids"])
-            tokens = guesses[row, start - 1 : end - 1].tolist()[:cap]  # position t guesses token t + 1
+            read = range(start - 1, end - 1)[:cap]  # position t guesses token t + 1
+            tokens = guesses[row, [t if column is None else column[t] for t in read]].tolist()
             cut = next((k for k, token in enumerate(tokens) if token in stop), len(tokens))
             answers[i] = settings.tokenizer.decode(tokens[:cut], skip_special_tokens=True).strip()
     return answers

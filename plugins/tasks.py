@@ -17,7 +17,18 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch import nn
 
 from autopeft import hookimpl
-from autopeft.tasks import IGNORE_INDEX, DataError, DataSection, EvalSettings, Split, Task, eval_logits, logits_at
+from autopeft.tasks import (
+    IGNORE_INDEX,
+    DataError,
+    DataSection,
+    EvalSettings,
+    Split,
+    Task,
+    eval_logits,
+    eval_scored_logits,
+    logits_at,
+    scored_frame,
+)
 
 __all__ = [
     "SequenceClassification",
@@ -312,22 +323,22 @@ class CausalLanguageModelling(Task):
         return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
 
     def training_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """:meth:`loss`, with the vocabulary's logits computed only at the positions whose next token
-        is labelled (:func:`~autopeft.tasks.logits_at`) where they are fewer than half: an answer-only
-        loss (the instruction task) reads a few positions of each example, a packed text all of them."""
-        positions = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # position t scores token t + 1
+        """:meth:`loss`, with the vocabulary's logits computed only where it reads them (the
+        :func:`~autopeft.tasks.scored_frame`, by :func:`~autopeft.tasks.logits_at`) when that is under
+        half the positions: an answer-only loss (the instruction task) reads a few positions of each
+        example, a packed text all of them."""
+        positions = scored_frame(labels)
         if not 0 < 2 * len(positions) < labels.shape[1]:
             return super().training_loss(model, batch, labels)
         with logits_at(model, positions, labels.shape[1]):
             logits = model(**batch).logits
         if logits.shape[1] != len(positions):  # a model whose logits do not come from its output embeddings
             logits = _per_token(logits, labels)[:, positions]
-        targets = labels[:, positions + 1]
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return self.loss(logits.float(), labels[:, positions])
 
     def evaluate(self, model: nn.Module, split: Split, metric: str, settings: EvalSettings) -> float:
         total, count = 0.0, 0
-        for _, logits, labels in eval_logits(model, split, settings):
+        for _, logits, labels, _ in eval_scored_logits(model, split, settings):  # all logits of packed text
             logits, targets = _per_token(logits, labels), labels[:, 1:]
             total += float(
                 F.cross_entropy(

@@ -20,6 +20,7 @@ from autopeft.tasks import (
     GenerationSettings,
     LossTally,
     generate_answers,
+    scored_frame,
     teacher_forced_answers,
     validation_loss,
 )
@@ -327,12 +328,45 @@ def test_the_answer_only_loss_computes_the_logits_at_the_answers_only(
     base.lm_head.register_forward_hook(lambda _m, _a, out: widths.append(out.shape[1]))
     expected = TASK.loss(model(**batch).logits.float(), labels)
     found = TASK.training_loss(model, batch, labels)
-    scored = int((labels[:, 1:] != IGNORE_INDEX).any(0).sum())  # the answer's tokens, at a few positions
-    assert 0 < 2 * scored < labels.shape[1]
-    assert widths[1] == (scored if method != "no output embeddings" else widths[0])
+    scored = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(1).tolist()  # the answers' tokens
+    frame = sorted({p for t in scored for p in (t - 1, t)})  # and the positions that predict them
+    assert scored_frame(labels).tolist() == frame and 2 * len(frame) < labels.shape[1]
+    assert widths[1] == (len(frame) if method != "no output embeddings" else widths[0])
     assert float(found.detach()) == pytest.approx(float(expected), rel=1e-5)
     found.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt-tuning"])
+def test_an_evaluation_computes_the_logits_at_the_answers_only_and_scores_the_same(
+    chat_model: Path, tokenizer: Any, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from autopeft import tasks
+
+    base = AutoModelForCausalLM.from_pretrained(chat_model)
+    base.resize_token_embeddings(len(tokenizer))
+    config = PromptTuningConfig(num_virtual_tokens=3) if method == "prompt-tuning" else LoraConfig(r=2)
+    model = get_peft_model(base, config.__class__(**{**config.to_dict(), "task_type": "CAUSAL_LM"}))
+    reviews = [f"{a} {b}" for a in ("a great", "a dull", "dull") for b in ("film", "plot")]
+    rows = {"messages": [_messages(review, "fresh") for review in reviews]}
+    split = TASK.encode(rows, tokenizer, _data(), [], "validation")
+    widths: list[int] = []  # the positions the head computed logits at, a batch
+    base.lm_head.register_forward_hook(lambda _m, _a, out: widths.append(out.shape[1]))
+    settings = _settings(tokenizer, batch_size=3, max_new_tokens=3)
+    forced = replace(settings, tally=LossTally(TASK.loss), generation=replace(settings.generation, teacher_forced=True))
+    framed = (TASK.evaluate(model, split, "loss", settings), teacher_forced_answers(model, split, forced))
+    tally, framed_widths = forced.tally.mean, list(widths)
+    monkeypatch.setattr(tasks, "_frame", lambda *_: None)  # every position's logits, as before
+    widths.clear()
+    whole = (TASK.evaluate(model, split, "loss", settings), teacher_forced_answers(model, split, forced))
+    assert max(framed_widths) * 2 < min(widths)  # a few positions a batch: the answers'
+    assert framed[0] == pytest.approx(whole[0], rel=1e-5) and framed[1] == whole[1]
+    assert tally == pytest.approx(forced.tally.mean, rel=1e-5)
 
 
 def _greedy_ids(model: Any, tokenizer: Any, review: str) -> list[int]:
