@@ -12,16 +12,22 @@ the study's own precision (bf16 autocast on a CPU with bf16 units):
 
 Each line gives seconds a training step (the loop's own clock, the first step left out) and the
 validation metric, which the kernels and the kept logits must not move beyond bf16's rounding.
+
+Then where flash attention overtakes the math kernel (``CPU_FLASH_MIN_LENGTH``): the same LoRA on
+SmolLM2, a step on random tokens (the loss on every position) at 128, 256 and 512 tokens, in bf16.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import statistics
 import time
 
+import torch
 from common import workbench
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autopeft.tasks import Task
 from autopeft.training import train as train_module
@@ -54,6 +60,23 @@ def _fit(bench, steps: int, *, math_kernel: bool, kept_logits: bool) -> tuple[fl
     return statistics.median(b - a for a, b in zip(stamps, stamps[1:])), result.metric
 
 
+def _by_length(bench, rows: int, length: int, *, math_kernel: bool, steps: int = 4) -> float:
+    """Median seconds of a forward and backward pass of the default LoRA on ``rows`` random sequences."""
+    config = {"ranks": [8] * len(bench.ctx.blocks), **DEFAULT_LORA}
+    model = bench.enabled["lora"].apply(copy.deepcopy(bench.base), bench.ctx, config).train()
+    ids = torch.randint(0, bench.base.config.vocab_size, (rows, length), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    kernel = sdpa_kernel(SDPBackend.MATH) if math_kernel else contextlib.nullcontext()
+    seconds = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16), kernel:
+            loss = bench.task.training_loss(model, batch, ids)
+        loss.backward()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
@@ -69,6 +92,10 @@ def main() -> None:
             kernel = "math kernel" if math_kernel else "flash kernel"
             logits = ", answer logits only" if kept_logits else ""
             print(f"{path}: {kernel}{logits}: {seconds:.3f} s a step, validation {metric:.4f}", flush=True)
+        if path.startswith("studies/smollm2"):
+            for rows, length in ((8, 128), (4, 256), (2, 512)):
+                flash, math = (_by_length(bench, rows, length, math_kernel=m) for m in (False, True))
+                print(f"SmolLM2, {rows} x {length} random tokens: flash {flash:.3f} s, math {math:.3f} s", flush=True)
 
 
 if __name__ == "__main__":
