@@ -1,6 +1,6 @@
 """Shorter training steps on a CPU: the attention kernel and the answer-only logits, each on and off.
 
-    python benchmarks/bench_train_step.py [--steps 12]
+    python benchmarks/bench_train_step.py [--steps 12] [--rounds 3]
 
 Two studies, the default LoRA (r=8 on query and value) for ``--steps`` steps with the same seed, in
 the study's own precision (bf16 autocast on a CPU with bf16 units):
@@ -10,8 +10,9 @@ the study's own precision (bf16 autocast on a CPU with bf16 units):
   vocabulary's logits at every position or at the answer's positions only;
 - ``studies/quickstart.toml`` (MiniLM-L6, a classifier): flash or math.
 
-Each line gives seconds a training step (the loop's own clock, the first step left out) and the
-validation metric, which the kernels and the kept logits must not move beyond bf16's rounding.
+The variants take turns, ``--rounds`` times. Each line gives the median of a variant's seconds a
+training step (a fit's median between steps, the first left out), each round's, and the validation
+metrics it reached, which the kernels and the kept logits must not move beyond bf16's rounding.
 
 Then where flash attention overtakes the math kernel (``CPU_FLASH_MIN_LENGTH``): the same LoRA on
 SmolLM2, a step on random tokens (the loss on every position) at 128, 256 and 512 tokens, in bf16.
@@ -66,10 +67,10 @@ def _by_length(bench, rows: int, length: int, *, math_kernel: bool, steps: int =
     model = bench.enabled["lora"].apply(copy.deepcopy(bench.base), bench.ctx, config).train()
     ids = torch.randint(0, bench.base.config.vocab_size, (rows, length), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    kernel = sdpa_kernel(SDPBackend.MATH) if math_kernel else contextlib.nullcontext()
     seconds = []
     for _ in range(steps):
         started = time.perf_counter()
+        kernel = sdpa_kernel(SDPBackend.MATH) if math_kernel else contextlib.nullcontext()
         with torch.autocast("cpu", dtype=torch.bfloat16), kernel:
             loss = bench.task.training_loss(model, batch, ids)
         loss.backward()
@@ -80,6 +81,7 @@ def _by_length(bench, rows: int, length: int, *, math_kernel: bool, steps: int =
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     cases = {
         "studies/smollm2-instruct.toml": [(False, False), (True, False), (False, True), (True, True)],
@@ -87,11 +89,22 @@ def main() -> None:
     }
     for path, variants in cases.items():
         bench = workbench(path)
-        for math_kernel, kept_logits in variants:
-            seconds, metric = _fit(bench, args.steps, math_kernel=math_kernel, kept_logits=kept_logits)
+        found: dict[tuple[bool, bool], list[tuple[float, float]]] = {v: [] for v in variants}
+        for _ in range(args.rounds):  # the variants in turn, so that a slow spell of the machine hits each
+            for math_kernel, kept_logits in variants:
+                found[math_kernel, kept_logits].append(
+                    _fit(bench, args.steps, math_kernel=math_kernel, kept_logits=kept_logits)
+                )
+        for (math_kernel, kept_logits), runs in found.items():
             kernel = "math kernel" if math_kernel else "flash kernel"
             logits = ", answer logits only" if kept_logits else ""
-            print(f"{path}: {kernel}{logits}: {seconds:.3f} s a step, validation {metric:.4f}", flush=True)
+            steps = ", ".join(f"{seconds:.3f}" for seconds, _ in runs)
+            metrics = sorted({round(metric, 4) for _, metric in runs})
+            print(
+                f"{path}: {kernel}{logits}: median {statistics.median(s for s, _ in runs):.3f} s a step "
+                f"({steps}), validation {metrics}",
+                flush=True,
+            )
         if path.startswith("studies/smollm2"):
             for rows, length in ((8, 128), (4, 256), (2, 512)):
                 flash, math = (_by_length(bench, rows, length, math_kernel=m) for m in (False, True))
