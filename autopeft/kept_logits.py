@@ -4,7 +4,7 @@ A causal LM's head multiplies each position's hidden state by a vocabulary-sized
 then takes a softmax over the vocabulary at each position. An instruction study's loss reads only the
 positions before its answer's tokens (a one-word answer: 3 of some 80), so nearly all of that work
 is thrown away. On SmolLM2-135M (a 49k vocabulary), computing it only there took a bf16 training
-step of the instruction study (8 chats) on 2 CPU cores from 1.63 s to 1.03 s (benchmarks/README.md,
+step of the instruction study (8 chats) on 2 CPU cores from 1.56 s to 1.26 s (benchmarks/README.md,
 "Shorter training steps on a CPU"). transformers' ``logits_to_keep`` does the same for the models
 whose ``forward`` takes it; a hook on the output embeddings does it for any model that computes its
 logits there, and it also finds the input's positions behind the virtual tokens prompt tuning

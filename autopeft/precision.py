@@ -16,8 +16,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["cpu_has_bf16", "uses_bf16", "autocast_for", "attention_for_training", "CPU_FLASH_MIN_LENGTH"]
 
-#: From this many tokens a sequence, PyTorch's CPU flash attention trains as fast as the math kernel
-#: in bf16 (SmolLM2-135M and MiniLM-L6 even at 256 tokens), and faster beyond.
+#: From this many tokens a sequence, PyTorch's CPU flash attention trains SmolLM2-135M in bf16 faster
+#: than the math kernel (1.83 s against 2.39 s a step at 4 x 256 tokens; 2.04 s against 2.40 s for
+#: the math kernel at 8 x 128).
 CPU_FLASH_MIN_LENGTH = 256
 
 
@@ -60,13 +61,13 @@ def attention_for_training(
     """The scaled-dot-product attention kernels a training step's forward pass (and so its backward)
     may use, for batches ``length`` tokens long.
 
-    PyTorch's CPU flash-attention kernel is slow to differentiate in bf16 on short sequences: its
-    backward pass was a third of a SmolLM2-135M step at 80 tokens. The math kernel (matmuls and a
-    softmax, the same function) trains the instruction study's step in 1.63 s instead of 2.19 s, and
-    the quickstart's (MiniLM-L6) in 0.153 s instead of 0.202 s (benchmarks/README.md, "Shorter
+    PyTorch's CPU flash-attention kernel is slow to differentiate in bf16 on short sequences: on
+    SmolLM2-135M at about 80 tokens its forward and backward took 0.57 s of a training step, the
+    math kernel's (matmuls and a softmax, the same function) 0.10 s (benchmarks/README.md, "Shorter
     training steps on a CPU"). Below :data:`CPU_FLASH_MIN_LENGTH` tokens, bf16 training on a CPU
     runs the math kernel; elsewhere (fp32, GPUs, long sequences, evaluation) PyTorch chooses as it
-    always does. Models with their own attention code (eager) are unaffected.
+    always does. Models that train with attention dropout (BERT's) already get the math kernel, and
+    models with their own attention code (eager) are unaffected.
     """
     if device.type == "cpu" and length < CPU_FLASH_MIN_LENGTH and uses_bf16(device, precision):
         return sdpa_kernel(SDPBackend.MATH)

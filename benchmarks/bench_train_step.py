@@ -14,6 +14,10 @@ The variants take turns, ``--rounds`` times. Each line gives the median of a var
 training step (a fit's median between steps, the first left out), each round's, and the validation
 metrics it reached, which the kernels and the kept logits must not move beyond bf16's rounding.
 
+``--profile`` instead profiles one fit of each kernel on each study (6 steps and the validation pass)
+and prints the CPU seconds of the attention operators: this machine's speed wanders by a third from
+minute to minute, the operators' share of a step much less.
+
 Then where flash attention overtakes the math kernel (``CPU_FLASH_MIN_LENGTH``): the same LoRA on
 SmolLM2, a step on random tokens (the loss on every position) at 128, 256 and 512 tokens, in bf16.
 """
@@ -78,11 +82,41 @@ def _by_length(bench, rows: int, length: int, *, math_kernel: bool, steps: int =
     return statistics.median(seconds[1:])
 
 
+def _attention_seconds(bench, steps: int, *, math_kernel: bool) -> dict[str, float]:
+    """CPU seconds of each attention operator (flash, math, their matmuls and softmax) in one fit."""
+    from torch.profiler import ProfilerActivity, profile
+
+    kernel = train_module.attention_for_training
+    if not math_kernel:
+        train_module.attention_for_training = lambda *_: contextlib.nullcontext()
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            config = {"ranks": [8] * len(bench.ctx.blocks), **DEFAULT_LORA}
+            bench.fit("lora", config, learning_rate=4e-3, seed=1, fidelity=Fidelity(steps=steps))
+    finally:
+        train_module.attention_for_training = kernel
+    names = ("scaled_dot_product", "bmm", "softmax")
+    return {
+        e.key: e.self_cpu_time_total / 1e6
+        for e in prof.key_averages()
+        if any(n in e.key for n in names) and e.self_cpu_time_total > 1e4
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="the attention operators' CPU seconds instead")
     args = parser.parse_args()
+    if args.profile:
+        for path in ("studies/smollm2-instruct.toml", "studies/quickstart.toml"):
+            bench = workbench(path)
+            for math_kernel in (False, True):
+                found = _attention_seconds(bench, 6, math_kernel=math_kernel)
+                shown = ", ".join(f"{k.removeprefix('aten::')} {v:.2f} s" for k, v in sorted(found.items()))
+                print(f"{path}: {'math' if math_kernel else 'flash'} kernel: {shown}", flush=True)
+        return
     cases = {
         "studies/smollm2-instruct.toml": [(False, False), (True, False), (False, True), (True, True)],
         "studies/quickstart.toml": [(False, False), (True, False)],
