@@ -332,7 +332,7 @@ def test_the_answer_only_loss_computes_the_logits_at_the_answers_only(
     frame = sorted({p for t in scored for p in (t - 1, t)})  # and the positions that predict them
     assert scored_frame(labels).tolist() == frame and 2 * len(frame) < labels.shape[1]
     assert widths[1] == (len(frame) if method != "no output embeddings" else widths[0])
-    assert float(found.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(found.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     found.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
 
