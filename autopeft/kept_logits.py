@@ -14,7 +14,7 @@ prepends.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -35,27 +35,35 @@ def _output_embeddings(model: nn.Module) -> nn.Module | None:
 
 
 @contextlib.contextmanager
-def logits_at(model: nn.Module, positions: torch.Tensor, length: int) -> Iterator[None]:
+def logits_at(
+    model: nn.Module, positions: torch.Tensor, length: int
+) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
     """Within the block, a forward pass of ``model`` on inputs ``length`` tokens long computes its
-    logits only at ``positions`` (a 1-D index tensor, on the model's device): the logits then have
-    ``len(positions)`` positions, in that order. Virtual tokens a method prepends are skipped: the
-    positions count the input's own tokens.
+    logits only at ``positions`` (a 1-D index tensor, on the model's device). The block yields
+    ``kept``: ``kept(model(...).logits)`` are the logits at ``positions``, in that order (virtual
+    tokens a method prepends skipped: the positions count the input's own tokens).
 
     A model whose logits do not come from its output embeddings module computes them all, as
-    without the block: callers compare the logits' length with ``len(positions)``.
+    without the block; ``kept`` then takes the positions from them.
     """
     head = _output_embeddings(model)
+    fired: list[bool] = []
+
+    def kept(logits: torch.Tensor) -> torch.Tensor:
+        return logits if fired else logits[:, logits.shape[1] - length :][:, positions]
+
     if head is None:
-        yield
+        yield kept
         return
 
     def gather(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        fired.append(True)
         hidden = args[0]
         return (hidden[:, positions + (hidden.shape[1] - length)], *args[1:])
 
     handle = head.register_forward_pre_hook(gather)
     try:
-        yield
+        yield kept
     finally:
         handle.remove()
 

@@ -17,8 +17,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 __all__ = ["cpu_has_bf16", "uses_bf16", "autocast_for", "attention_for_training", "CPU_FLASH_MIN_LENGTH"]
 
 #: From this many tokens a sequence, PyTorch's CPU flash attention trains SmolLM2-135M in bf16 faster
-#: than the math kernel (1.83 s against 2.39 s a step at 4 x 256 tokens; 2.04 s against 2.40 s for
-#: the math kernel at 8 x 128).
+#: than the math kernel: 1.83 s against 2.39 s a step at 4 x 256 tokens, where at 8 x 128 the math
+#: kernel took 2.04 s and flash 2.40 s (benchmarks/bench_train_step.py).
 CPU_FLASH_MIN_LENGTH = 256
 
 

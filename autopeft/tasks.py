@@ -281,8 +281,8 @@ def eval_scored_logits(
 
     A loss that pairs each position's logits with the next position's label reads the same pairs on
     these logits and labels as on the whole sequence (:func:`scored_frame`), so ``settings.tally``
-    tallies the same loss. The vocabulary's logits at every position of 200 chats were most of an
-    evaluation's time on SmolLM2 (benchmarks/README.md, "Shorter training steps on a CPU").
+    tallies the same loss. The vocabulary's logits at every position of 200 chats were about half
+    of such an evaluation's time on SmolLM2 (benchmarks/README.md, "Shorter training steps on a CPU").
     """
     return _passes(model, split, settings, framed=True)
 
@@ -290,7 +290,7 @@ def eval_scored_logits(
 def _frame(split: Split, indices: list[int], labels: torch.Tensor, cap: int) -> torch.Tensor | None:
     """The positions :func:`eval_scored_logits` keeps for a batch, None for all of them."""
     wanted = set(scored_frame(labels).tolist())
-    for i in indices if split.prompt_lengths is not None else []:
+    for i in indices if split.prompt_lengths is not None else []:  # what teacher-forced answers read
         start, end = split.prompt_lengths[i], len(split.features[i]["input_ids"])
         wanted.update(range(max(start - 1, 0), min(end - 1, start - 1 + cap)))
     if not 0 < 2 * len(wanted) < labels.shape[1]:
@@ -315,14 +315,14 @@ def _passes(
                 indices = order[done : done + len(labels)]
                 done += len(labels)
                 frame = _frame(split, indices, labels, settings.generation.max_new_tokens) if framed else None
-                kept = logits_at(model, frame, labels.shape[1]) if frame is not None else contextlib.nullcontext()
-                with autocast_for(device, settings.precision), kept:
-                    logits = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).logits
-                if frame is not None:
-                    if logits.shape[1] != len(frame):  # a model whose logits do not come from its output embeddings
-                        logits = logits[:, logits.shape[1] - labels.shape[1] :][:, frame]
-                    labels = labels[:, frame]
-                logits = logits.float()
+                inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with autocast_for(device, settings.precision):
+                    if frame is None:
+                        logits = model(**inputs).logits.float()
+                    else:
+                        with logits_at(model, frame, labels.shape[1]) as kept:
+                            logits = kept(model(**inputs).logits).float()
+                        labels = labels[:, frame]
                 if settings.tally is not None:
                     settings.tally.add(logits, labels)
                 yield indices, logits, labels, frame

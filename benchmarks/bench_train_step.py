@@ -29,9 +29,10 @@ import contextlib
 import copy
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
-from common import workbench
+from common import DEFAULT_LORA, workbench
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autopeft.tasks import Task
@@ -39,36 +40,44 @@ from autopeft.training import train as train_module
 from autopeft.training.train import Fidelity
 from autopeft_plugins.tasks import CausalLanguageModelling
 
-DEFAULT_LORA = {"alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.0}
 
-
-def _fit(bench, steps: int, *, math_kernel: bool, kept_logits: bool) -> tuple[float, float]:
-    """(median seconds a step after the first, validation metric) of one default-LoRA fit."""
-    kernel = train_module.attention_for_training
-    kept = CausalLanguageModelling.training_loss
+@contextlib.contextmanager
+def _variant(*, math_kernel: bool, kept_logits: bool) -> Iterator[None]:
+    """Training as before this benchmark's two changes, where asked: PyTorch's own attention kernel,
+    every position's logits."""
+    kernel, kept = train_module.attention_for_training, CausalLanguageModelling.training_loss
     if not math_kernel:
         train_module.attention_for_training = lambda *_: contextlib.nullcontext()
     if not kept_logits:
         CausalLanguageModelling.training_loss = Task.training_loss
-    stamps: list[float] = []
     try:
+        yield
+    finally:
+        train_module.attention_for_training, CausalLanguageModelling.training_loss = kernel, kept
+
+
+def _default_lora(bench) -> dict:
+    return {"ranks": [8] * len(bench.ctx.blocks), **DEFAULT_LORA}
+
+
+def _fit(bench, steps: int, *, math_kernel: bool, kept_logits: bool) -> tuple[float, float]:
+    """(median seconds a step after the first, validation metric) of one default-LoRA fit."""
+    stamps: list[float] = []
+    with _variant(math_kernel=math_kernel, kept_logits=kept_logits):
         result = bench.fit(
             "lora",
-            {"ranks": [8] * len(bench.ctx.blocks), **DEFAULT_LORA},
+            _default_lora(bench),
             learning_rate=4e-3,
             seed=1,
             fidelity=Fidelity(steps=steps),
             on_loss=lambda *_: stamps.append(time.perf_counter()),
         )
-    finally:
-        train_module.attention_for_training, CausalLanguageModelling.training_loss = kernel, kept
     return statistics.median(b - a for a, b in zip(stamps, stamps[1:])), result.metric
 
 
 def _by_length(bench, rows: int, length: int, *, math_kernel: bool, steps: int = 4) -> float:
     """Median seconds of a forward and backward pass of the default LoRA on ``rows`` random sequences."""
-    config = {"ranks": [8] * len(bench.ctx.blocks), **DEFAULT_LORA}
-    model = bench.enabled["lora"].apply(copy.deepcopy(bench.base), bench.ctx, config).train()
+    model = bench.enabled["lora"].apply(copy.deepcopy(bench.base), bench.ctx, _default_lora(bench)).train()
     ids = torch.randint(0, bench.base.config.vocab_size, (rows, length), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     seconds = []
@@ -86,15 +95,8 @@ def _attention_seconds(bench, steps: int, *, math_kernel: bool) -> dict[str, flo
     """CPU seconds of each attention operator (flash, math, their matmuls and softmax) in one fit."""
     from torch.profiler import ProfilerActivity, profile
 
-    kernel = train_module.attention_for_training
-    if not math_kernel:
-        train_module.attention_for_training = lambda *_: contextlib.nullcontext()
-    try:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            config = {"ranks": [8] * len(bench.ctx.blocks), **DEFAULT_LORA}
-            bench.fit("lora", config, learning_rate=4e-3, seed=1, fidelity=Fidelity(steps=steps))
-    finally:
-        train_module.attention_for_training = kernel
+    with _variant(math_kernel=math_kernel, kept_logits=True), profile(activities=[ProfilerActivity.CPU]) as prof:
+        bench.fit("lora", _default_lora(bench), learning_rate=4e-3, seed=1, fidelity=Fidelity(steps=steps))
     names = ("scaled_dot_product", "bmm", "softmax")
     return {
         e.key: e.self_cpu_time_total / 1e6

@@ -22,11 +22,13 @@ from autopeft.registry import ResolvedStudy, resolve_study  # noqa: E402
 from autopeft.training.train import TrainResult, planned_steps  # noqa: E402
 from autopeft.training.workbench import Workbench  # noqa: E402
 
-__all__ = ["ROOT", "STUDIES", "QUICKSTART", "study", "workbench", "tokenized", "instant_fit"]
+__all__ = ["ROOT", "STUDIES", "QUICKSTART", "DEFAULT_LORA", "study", "workbench", "tokenized", "instant_fit"]
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "studies"
 QUICKSTART = STUDIES / "quickstart.toml"
+#: The LoRA a user types (r=8 on query and value, alpha 2r), without its per-block ranks.
+DEFAULT_LORA = {"alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.0}
 
 
 def study(path: Path | str = QUICKSTART, **train: Any) -> ResolvedStudy:

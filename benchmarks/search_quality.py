@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from common import STUDIES, study
+from common import DEFAULT_LORA, STUDIES, study
 
 from autopeft import run_study
 from autopeft.methods import PeftMethod
@@ -66,7 +66,6 @@ TASKS = {
     "debates": STUDIES / "debates.toml",  # three classes, macro F1, 258 steps a training (issue 28)
     "instruct": STUDIES / "smollm2-instruct.toml",  # chat answers, exact match of greedy answers (issue 29)
 }
-DEFAULT_LORA = {"alpha": 2, "targets": "query+value", "variant": "lora", "dropout": 0.0}
 
 
 @dataclasses.dataclass

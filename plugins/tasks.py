@@ -330,10 +330,8 @@ class CausalLanguageModelling(Task):
         positions = scored_frame(labels)
         if not 0 < 2 * len(positions) < labels.shape[1]:
             return super().training_loss(model, batch, labels)
-        with logits_at(model, positions, labels.shape[1]):
-            logits = model(**batch).logits
-        if logits.shape[1] != len(positions):  # a model whose logits do not come from its output embeddings
-            logits = _per_token(logits, labels)[:, positions]
+        with logits_at(model, positions, labels.shape[1]) as kept:
+            logits = kept(model(**batch).logits)
         return self.loss(logits.float(), labels[:, positions])
 
     def evaluate(self, model: nn.Module, split: Split, metric: str, settings: EvalSettings) -> float:
